@@ -1,0 +1,74 @@
+"""The Backend and Network seams, and what every backend is given."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from backends.model import Skipped
+from flanneld.config import NetConfig
+from subnet.lease import Lease
+from subnet.manager import SubnetManager
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalInterface:
+    """The interface that carries inter-node traffic, and the addresses used.
+
+    ``iface_addr`` is the address on the interface; ``ext_addr`` is the one
+    advertised to peers (``--public-ip``), equal to it unless overridden.
+    """
+
+    name: str
+    index: int
+    mtu: int
+    iface_addr: ipaddress.IPv4Address | None
+    ext_addr: ipaddress.IPv4Address | None
+    iface_addr6: ipaddress.IPv6Address | None = None
+    ext_addr6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What one reconcile pass did."""
+
+    added: int = 0
+    removed: int = 0
+    failed: tuple[str, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    device_recreated: bool = False
+    peers: int = 0
+
+
+class Network(Protocol):
+    """A registered network: our lease plus the kernel state that serves it."""
+
+    @property
+    def lease(self) -> Lease: ...
+
+    @property
+    def mtu(self) -> int:
+        """The MTU pods should use (FLANNEL_MTU)."""
+        ...
+
+    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        """Make the kernel match ``peers`` (every known lease except ours).
+
+        Idempotent; recreates our devices if they vanished; never raises for
+        a single bad peer or a single failed kernel write.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop background work; leave routes and devices in place."""
+        ...
+
+
+class Backend(Protocol):
+    """A way of carrying pod traffic between nodes."""
+
+    def register_network(self, manager: SubnetManager, config: NetConfig) -> Network:
+        """Prepare devices, acquire our lease from ``manager``, address the devices."""
+        ...

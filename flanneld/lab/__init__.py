@@ -1,0 +1,1 @@
+"""The multi-node lab: nodes as network namespaces around an underlay bridge."""

@@ -1,0 +1,63 @@
+"""Choosing a free subnet: pure functions over a range and the taken subnets."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Iterable, Iterator
+
+from flanneld.config import SubnetRange
+from flanneld.errors import SubnetsExhaustedError
+from subnet.lease import IPNetwork
+
+MAX_CANDIDATES = 100
+
+
+def candidates(rng: SubnetRange) -> Iterator[IPNetwork]:
+    """Every subnet of the range, from SubnetMin to SubnetMax inclusive."""
+    size = 1 << (rng.network.max_prefixlen - rng.subnet_len)
+    first, last = int(rng.subnet_min), int(rng.subnet_max)
+    for start in range(first, last + 1, size):
+        yield ipaddress.ip_network((start, rng.subnet_len))
+
+
+def in_range(subnet: IPNetwork, rng: SubnetRange) -> bool:
+    """Is ``subnet`` one that this range could have handed out?"""
+    return (
+        subnet.version == rng.network.version
+        and subnet.prefixlen == rng.subnet_len
+        and int(rng.subnet_min) <= int(subnet.network_address) <= int(rng.subnet_max)
+    )
+
+
+def free_subnets(
+    rng: SubnetRange, taken: Iterable[IPNetwork], limit: int = MAX_CANDIDATES
+) -> list[IPNetwork]:
+    """Up to ``limit`` subnets of the range that overlap nothing taken."""
+    same_family = [t for t in taken if t.version == rng.network.version]
+    exact = {int(t.network_address) for t in same_family if t.prefixlen == rng.subnet_len}
+    odd = [t for t in same_family if t.prefixlen != rng.subnet_len]
+    found: list[IPNetwork] = []
+    for cand in candidates(rng):
+        if int(cand.network_address) in exact:
+            continue
+        if any(cand.overlaps(t) for t in odd):  # type: ignore[arg-type]
+            continue
+        found.append(cand)
+        if len(found) >= limit:
+            break
+    return found
+
+
+def choose_subnet(
+    rng: SubnetRange, taken: Iterable[IPNetwork], chooser: random.Random | None = None
+) -> IPNetwork:
+    """A random free subnet (among the first 100), as upstream picks."""
+    free = free_subnets(rng, taken)
+    if not free:
+        raise SubnetsExhaustedError(
+            f"out of subnets: every /{rng.subnet_len} between {rng.subnet_min} and "
+            f"{rng.subnet_max} in {rng.network} is leased; delete leases of dead nodes "
+            f"or widen Network/SubnetMin/SubnetMax in the flannel config"
+        )
+    return (chooser or random.Random()).choice(free)

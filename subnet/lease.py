@@ -1,0 +1,169 @@
+"""The lease model shared by every subnet manager and backend.
+
+Wire formats here are upstream flannel's, byte for byte:
+
+* the etcd key of a lease, ``10.5.34.0-24`` or ``10.5.34.0-24&fd00:12:13::-64``;
+* the lease value (``LeaseAttrs`` JSON), e.g.
+  ``{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",
+  "BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}``.
+
+Backend data stays opaque JSON text; only the owning backend decodes it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from flanneld.errors import PeerDataError
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+UNSPECIFIED_V4 = ipaddress.IPv4Address("0.0.0.0")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAttrs:
+    """What a node advertises with its lease.
+
+    ``backend_data``/``backend_v6_data`` are compact JSON text (or None).
+    """
+
+    public_ip: ipaddress.IPv4Address = UNSPECIFIED_V4
+    public_ipv6: ipaddress.IPv6Address | None = None
+    backend_type: str = ""
+    backend_data: str | None = None
+    backend_v6_data: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One node's subnet(s) and attributes.  At least one subnet is set."""
+
+    subnet: ipaddress.IPv4Network | None
+    ipv6_subnet: ipaddress.IPv6Network | None
+    attrs: LeaseAttrs
+    expiration: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return subnet_key(self.subnet, self.ipv6_subnet)
+
+    def with_expiration(self, expiration: datetime | None) -> Lease:
+        return replace(self, expiration=expiration)
+
+    def subnets(self) -> tuple[IPNetwork, ...]:
+        return tuple(s for s in (self.subnet, self.ipv6_subnet) if s is not None)
+
+
+# --- keys ------------------------------------------------------------------------
+
+_KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?")
+
+
+def subnet_key(subnet: ipaddress.IPv4Network | None, ipv6: ipaddress.IPv6Network | None) -> str:
+    """The etcd key name of a lease (the part after ``<prefix>/subnets/``).
+
+    etcd leases always have an IPv4 subnet; an IPv6-only lease (kube mode)
+    gets the IPv6 part alone, which serves as its identity in memory.
+    """
+    parts = [f"{s.network_address}-{s.prefixlen}" for s in (subnet, ipv6) if s is not None]
+    if not parts:
+        raise ValueError("a lease needs at least one subnet")
+    return "&".join(parts)
+
+
+def parse_subnet_key(
+    key: str,
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """Parse a key name as written by :func:`subnet_key`; PeerDataError if malformed.
+
+    Like upstream, an IPv4 prefix above 31 and an IPv6 prefix above 127 are
+    rejected; unlike upstream, the whole name must match (no leading junk).
+    """
+    match = _KEY_RE.fullmatch(key)
+    if match is None:
+        raise PeerDataError(f"bad subnet key {key!r}")
+    v4_ip, v4_len, v6_ip, v6_len = match.groups()
+    try:
+        if int(v4_len) > 31:
+            raise ValueError("IPv4 prefix length above 31")
+        v4 = ipaddress.IPv4Network(f"{v4_ip}/{int(v4_len)}", strict=False)
+        v6 = None
+        if v6_ip is not None:
+            if int(v6_len) > 127:
+                raise ValueError("IPv6 prefix length above 127")
+            v6 = ipaddress.IPv6Network(f"{v6_ip}/{int(v6_len)}", strict=False)
+    except ValueError as err:
+        raise PeerDataError(f"bad subnet key {key!r}: {err}") from err
+    return v4, v6
+
+
+# --- attrs JSON ----------------------------------------------------------------------
+
+
+def encode_attrs(attrs: LeaseAttrs) -> str:
+    """Serialise attributes exactly as Go flanneld does (field order, omitempty)."""
+    parts = [
+        '"PublicIP":' + json.dumps(str(attrs.public_ip)),
+        '"PublicIPv6":' + (json.dumps(str(attrs.public_ipv6)) if attrs.public_ipv6 else "null"),
+    ]
+    if attrs.backend_type:
+        parts.append('"BackendType":' + json.dumps(attrs.backend_type))
+    if attrs.backend_data is not None:
+        parts.append('"BackendData":' + attrs.backend_data)
+    if attrs.backend_v6_data is not None:
+        parts.append('"BackendV6Data":' + attrs.backend_v6_data)
+    return "{" + ",".join(parts) + "}"
+
+
+def compact_json(value: Any) -> str:
+    """JSON text without spaces, as Go's encoder compacts a RawMessage."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def decode_attrs(text: str | bytes) -> LeaseAttrs:
+    """Parse a lease value; PeerDataError on anything malformed."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PeerDataError(f"lease value is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise PeerDataError("lease value is not a JSON object")
+    fields = _fold_keys(doc)
+    public_ip = _optional_ip(fields.get("publicip"), ipaddress.IPv4Address, "PublicIP")
+    public_ipv6 = _optional_ip(fields.get("publicipv6"), ipaddress.IPv6Address, "PublicIPv6")
+    backend_type = fields.get("backendtype") or ""
+    if not isinstance(backend_type, str):
+        raise PeerDataError(f"BackendType must be a string, not {backend_type!r}")
+    return LeaseAttrs(
+        public_ip=public_ip or UNSPECIFIED_V4,
+        public_ipv6=public_ipv6,
+        backend_type=backend_type,
+        backend_data=_raw(fields.get("backenddata")),
+        backend_v6_data=_raw(fields.get("backendv6data")),
+    )
+
+
+def _fold_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    return {key.lower(): value for key, value in doc.items()}
+
+
+def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PeerDataError(f"{name} must be an address string, not {value!r}")
+    try:
+        return kind(value)
+    except ValueError as err:
+        raise PeerDataError(f"{name} is not a valid address: {value!r}") from err
+
+
+def _raw(value: Any) -> str | None:
+    return None if value is None else compact_json(value)

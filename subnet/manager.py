@@ -1,0 +1,66 @@
+"""The SubnetManager seam: what both the etcd and the Kubernetes managers do.
+
+Watchers report what they see as typed messages; the daemon keeps the peer
+map.  A :class:`Snapshot` replaces the whole map (after a re-list), so a
+missed event can never leave a stale or missing peer behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from flanneld.config import NetConfig
+from subnet.lease import Lease, LeaseAttrs
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAdded:
+    """A lease appeared or changed."""
+
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRemoved:
+    """The lease with this key is gone (deleted or expired)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The complete set of leases at one point in time."""
+
+    leases: tuple[Lease, ...]
+
+
+LeaseMessage: TypeAlias = LeaseAdded | LeaseRemoved | Snapshot
+Sink: TypeAlias = Callable[[LeaseMessage], None]
+
+
+class SubnetManager(Protocol):
+    """A store of per-node subnet leases."""
+
+    def get_network_config(self) -> NetConfig:
+        """The cluster's net-conf.json (raise ConfigError/StoreError)."""
+        ...
+
+    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        """Get this node's lease, reusing a previous one where possible."""
+        ...
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        """Extend the lease; returns it with its new expiration."""
+        ...
+
+    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+        """Report every lease (ours included) to ``sink`` until ``stop`` is set.
+
+        Starts with a Snapshot and sends a new Snapshot after any gap
+        (reconnect, compaction, 410 Gone).  Survives store outages by
+        itself; returns only when ``stop`` is set.
+        """
+        ...

@@ -1,0 +1,50 @@
+"""Shared fixtures: a per-run name prefix and throw-away network namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+# Every kernel object a test creates carries this prefix, so parallel or
+# crashed runs never collide and leftovers are easy to find by name.
+RUN_PREFIX = "pft" + uuid.uuid4().hex[:5]
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture
+def run_prefix() -> str:
+    return RUN_PREFIX
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[str], str]]:
+    """Create namespaces named ``<RUN_PREFIX>-<suffix>``; all deleted afterwards."""
+    needs_root()
+    made: list[str] = []
+
+    def make(suffix: str) -> str:
+        name = f"{RUN_PREFIX}-{suffix}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield make
+    for name in reversed(made):
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
