@@ -14,6 +14,37 @@ from subnet.manager import SubnetManager
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceAddress:
+    """One address on an interface, with what interface selection sorts on."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    prefixlen: int
+    permanent: bool = True
+    temporary: bool = False
+    deprecated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceInfo:
+    """A link as the kernel reports it, for external-interface selection."""
+
+    name: str
+    index: int
+    mtu: int
+    up: bool
+    addresses: tuple[InterfaceAddress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLookup:
+    """The answer of a route lookup (``ip route get``) for one destination."""
+
+    ifindex: int
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    prefsrc: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+
+@dataclass(frozen=True, slots=True)
 class ExternalInterface:
     """The interface that carries inter-node traffic, and the addresses used.
 
