@@ -158,7 +158,7 @@ def _backend(value: Any) -> BackendConfig:
     probe = BackendConfig("", value)
     kind = probe.option("Type", "")
     if not isinstance(kind, str):
-        raise ConfigError(f"error decoding Backend property of config: Type must be a string")
+        raise ConfigError("error decoding Backend property of config: Type must be a string")
     return BackendConfig(kind.lower(), dict(value))
 
 

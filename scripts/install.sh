@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything pyflannel needs on a Debian 12 machine, as root:
+# Debian packages (etcd, CNI plugins, firewall and network tools) and a
+# virtualenv in .venv with the package and its test extras.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  etcd-server etcd-client containernetworking-plugins nftables iptables
+  iproute2 iputils-ping tcpdump iperf3 python3 python3-venv python3-pip
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (network namespaces and netlink need it)" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "install.sh: ready (.venv/bin/flanneld, .venv/bin/flannelctl, .venv/bin/flannel)"
