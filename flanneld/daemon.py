@@ -1,256 +1,200 @@
-"""Wiring and the main loop of flanneld.
+"""flanneld start-up and shutdown: build the parts from the flags and run them.
 
-Threads: a watcher (store -> queue), a renewer (etcd leases expire), and
-the main thread, which owns the dataplane: it folds watch messages into the
-peer table and runs the backend's reconcile on every batch of messages and
-on every resync tick.  One ``threading.Event`` stops everything.
+Order (as upstream, see the reference §1.1): subnet manager, health server,
+network config, external interface, backend (devices + lease), subnet.env,
+then the watcher, the renewer and the main loop.  Shutdown leaves devices,
+routes and the lease in place so a restart does not interrupt traffic.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import signal
+import os
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
-from backends.base import Network, ReconcileReport
+from backends.base import ExternalInterface, Network
+from backends.netlink import Netlink
+from backends.registry import BackendContext, backend_factories
+from flanneld import iface, subnetfile
+from flanneld.cli import Flags
 from flanneld.config import NetConfig
-from flanneld.errors import FlannelError, LeaseError, StoreError
-from flanneld.peertable import PeerTable
-from flanneld.retry import Backoff, wait
+from flanneld.errors import ConfigError
+from flanneld.health import HealthServer, HealthState
+from flanneld.health import start as start_health
+from flanneld.loop import (
+    LeaseHolder,
+    LoopSettings,
+    MainLoop,
+    Renewer,
+    StopRequested,
+    Watcher,
+    get_network_config,
+    install_signal_handlers,
+    retry_until_stopped,
+)
+from flanneld.retry import Backoff
 from subnet.lease import Lease
-from subnet.manager import LeaseMessage, SubnetManager
+from subnet.manager import SubnetManager
 
 log = logging.getLogger(__name__)
 
-RENEW_RETRY_MAX = 60.0
-T = TypeVar("T")
+BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+JOIN_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class LoopSettings:
-    resync_interval: float
-    renew_margin: timedelta
+@dataclass(slots=True)
+class Parts:
+    """What start-up built, so shutdown can undo exactly that."""
+
+    manager: SubnetManager | None = None
+    health: HealthServer | None = None
+    network: Network | None = None
+    threads: tuple[threading.Thread, ...] = ()
 
 
-class LeaseHolder:
-    """The current own lease, shared between the main loop and the renewer."""
+def build_manager(flags: Flags) -> SubnetManager:
+    """The etcd or Kubernetes subnet manager the flags ask for."""
+    if flags.kube_subnet_mgr:
+        from subnet.kube import manager_from_flags
 
-    def __init__(self, lease: Lease) -> None:
-        self._lock = threading.Lock()
-        self._lease = lease
-        self.changed = threading.Event()
+        return manager_from_flags(flags)
+    from subnet.etcd import EtcdSettings, EtcdSubnetManager
 
-    def get(self) -> Lease:
-        with self._lock:
-            return self._lease
-
-    def set(self, lease: Lease) -> None:
-        with self._lock:
-            self._lease = lease
-        self.changed.set()
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGINT/SIGTERM set ``stop``: shutdown leaves routes and the lease in place."""
-
-    def handler(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down (routes and lease are kept)", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    settings = EtcdSettings(
+        endpoints=tuple(e for e in flags.etcd_endpoints.split(",") if e),
+        prefix=flags.etcd_prefix,
+        keyfile=flags.etcd_keyfile,
+        certfile=flags.etcd_certfile,
+        cafile=flags.etcd_cafile,
+        username=flags.etcd_username,
+        password=flags.etcd_password,
+        renew_margin_minutes=flags.subnet_lease_renew_margin,
+    )
+    return EtcdSubnetManager(settings, subnetfile.read_previous_subnets(flags.subnet_file))
 
 
-def retry_until_stopped(
-    what: str, action: Callable[[], T], stop: threading.Event, backoff: Backoff
-) -> T:
-    """Run ``action`` until it succeeds, retrying on StoreError/LeaseError only."""
-    while True:
-        try:
-            return action()
-        except (StoreError, LeaseError) as err:
-            delay = backoff.next_delay()
-            log.warning("%s failed: %s (retrying in %.1fs)", what, err, delay)
-            if wait(stop, delay):
-                raise StopRequested() from err
+def check_br_netfilter(config: NetConfig) -> None:
+    """Warn (upstream exits) when bridged pod traffic would bypass iptables."""
+    if config.enable_ipv4 and not config.enable_nftables and not os.path.exists(BR_NETFILTER_V4):
+        log.warning(
+            "%s is missing: load the br_netfilter module (modprobe br_netfilter), or Service "
+            "traffic between pods on one node may bypass kube-proxy's rules",
+            BR_NETFILTER_V4,
+        )
 
 
-class StopRequested(FlannelError):
-    """Raised out of a retry loop when shutdown was requested meanwhile."""
+def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -> ExternalInterface:
+    override = manager.public_ip_override()
+    if override is not None:
+        log.info("using public IP %s from the node annotation", override)
+        flags = replace(flags, public_ip=str(override))
+    ext = iface.discover(netlink, flags)
+    log.info(
+        "using interface %s (index %d, MTU %d), address %s, public address %s",
+        ext.name, ext.index, ext.mtu, ext.iface_addr, ext.ext_addr,
+    )
+    return ext
 
 
-def get_network_config(manager: SubnetManager, stop: threading.Event) -> NetConfig:
+def register(
+    flags: Flags, manager: SubnetManager, config: NetConfig, stop: threading.Event
+) -> Network:
+    netlink = Netlink()
+    ext = external_interface(flags, manager, netlink)
+    factories = backend_factories()
+    factory = factories.get(config.backend.type)
+    if factory is None:
+        raise ConfigError(
+            f"unknown backend type: {config.backend.type} (this build has: "
+            f"{', '.join(sorted(factories))})"
+        )
+    previous = manager.previous_attrs(ext.ext_addr)
+    backend = factory(
+        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
+    )
     return retry_until_stopped(
-        "reading the network config", manager.get_network_config, stop, Backoff(1.0, 10.0)
+        "registering the network", lambda: backend.register_network(manager, config), stop,
+        Backoff(1.0, 30.0),
     )
 
 
-class Renewer(threading.Thread):
-    """Renews an expiring lease ``margin`` before it expires."""
-
-    def __init__(
-        self, manager: SubnetManager, holder: LeaseHolder, margin: timedelta, stop: threading.Event
-    ) -> None:
-        super().__init__(name="lease-renewer", daemon=True)
-        self._manager = manager
-        self._holder = holder
-        self._margin = margin
-        self._stop_event = stop
-
-    def run(self) -> None:
-        backoff = Backoff(1.0, RENEW_RETRY_MAX)
-        while not self._stop_event.is_set():
-            lease = self._holder.get()
-            if lease.expiration is None:
-                if self._wait_for_change(None):
-                    return
-                continue
-            due = lease.expiration - self._margin
-            delay = (due - datetime.now(UTC)).total_seconds()
-            if delay > 0 and self._wait_for_change(delay):
-                return
-            if self._holder.get() is not lease:
-                continue
-            try:
-                renewed = self._manager.renew_lease(lease)
-            except FlannelError as err:
-                delay = backoff.next_delay()
-                log.warning("renewing lease %s failed: %s (retrying in %.0fs)", lease.key, err, delay)
-                if wait(self._stop_event, delay):
-                    return
-                continue
-            backoff.reset()
-            if self._holder.get() is lease:
-                self._holder.set(renewed)
-            log.info("renewed lease %s until %s", renewed.key, renewed.expiration)
-
-    def _wait_for_change(self, timeout: float | None) -> bool:
-        """Wait until timeout, a lease change or stop; True when stopping."""
-        self._holder.changed.clear()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._stop_event.is_set():
-            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if left <= 0:
-                return False
-            if self._holder.changed.wait(left):
-                return False
-        return True
-
-
-class Watcher(threading.Thread):
-    """Runs the manager's watch, restarting it if it ever fails unexpectedly."""
-
-    def __init__(
-        self, manager: SubnetManager, sink: Callable[[LeaseMessage], None], stop: threading.Event
-    ) -> None:
-        super().__init__(name="lease-watcher", daemon=True)
-        self._manager = manager
-        self._sink = sink
-        self._stop_event = stop
-
-    def run(self) -> None:
-        backoff = Backoff(1.0, 30.0)
-        while not self._stop_event.is_set():
-            try:
-                self._manager.watch_leases(self._sink, self._stop_event)
-            except FlannelError as err:
-                delay = backoff.next_delay()
-                log.error("lease watch failed: %s (restarting in %.1fs)", err, delay)
-                wait(self._stop_event, delay)
-
-
-def drain(q: queue.Queue[LeaseMessage], timeout: float) -> list[LeaseMessage]:
-    """Block up to ``timeout`` for one message, then take whatever else is queued."""
+def write_subnet_env(flags: Flags, config: NetConfig, network: Network) -> None:
+    text = subnetfile.render_subnet_env(config, network.lease, network.mtu, flags.ip_masq)
     try:
-        first = q.get(timeout=max(0.0, timeout))
-    except queue.Empty:
-        return []
-    batch = [first]
-    while True:
-        try:
-            batch.append(q.get_nowait())
-        except queue.Empty:
-            return batch
+        subnetfile.write_subnet_env(flags.subnet_file, text)
+    except OSError as err:
+        log.error("failed to write %s: %s (pods cannot start on this node)", flags.subnet_file, err)
+        return
+    log.info("wrote %s: subnet %s, MTU %d", flags.subnet_file, network.lease.key, network.mtu)
 
 
-class MainLoop:
-    """Owns the network: folds lease messages, reconciles, re-acquires a lost lease."""
+def run(flags: Flags) -> int:
+    """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    parts = Parts()
+    health = HealthState()
+    try:
+        _serve(flags, stop, parts, health)
+    except StopRequested:
+        log.info("stopped during start-up")
+    finally:
+        stop.set()
+        _shutdown(parts)
+    return 0
 
-    def __init__(
-        self,
-        register: Callable[[], Network],
-        on_lease: Callable[[Lease], None],
-        on_synced: Callable[[], None],
-        settings: LoopSettings,
-        stop: threading.Event,
-    ) -> None:
-        self._register = register
-        self._on_lease = on_lease
-        self._on_synced = on_synced
-        self._settings = settings
-        self._stop = stop
-        self.messages: queue.Queue[LeaseMessage] = queue.Queue()
 
-    def run(self, network: Network, holder: LeaseHolder) -> None:
-        table = PeerTable(network.lease.key)
-        synced = False
-        next_resync = time.monotonic() + self._settings.resync_interval
-        while not self._stop.is_set():
-            batch = drain(self.messages, min(1.0, next_resync - time.monotonic()))
-            lost = False
-            for message in batch:
-                lost = table.apply(message) or lost
-            if lost:
-                network = self._reacquire(network, table, holder)
-            due = time.monotonic() >= next_resync
-            if not batch and not due:
-                continue
-            if due:
-                next_resync = time.monotonic() + self._settings.resync_interval
-            started = time.monotonic()
-            report = network.reconcile(table.peers())
-            self._log_report(report, time.monotonic() - started, resync=due and not batch)
-            if not synced and batch:
-                synced = True
-                self._on_synced()
+def _serve(flags: Flags, stop: threading.Event, parts: Parts, health: HealthState) -> None:
+    if flags.healthz_port > 0:
+        parts.health = start_health(health, flags.healthz_ip, flags.healthz_port)
+    manager = parts.manager = build_manager(flags)
+    config = get_network_config(manager, stop)
+    check_br_netfilter(config)
+    network = parts.network = register(flags, manager, config, stop)
+    log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
+    write_subnet_env(flags, config, network)
+    health.set_detail("lease", f"lease {network.lease.key}; peers not synced yet")
 
-    def _reacquire(self, network: Network, table: PeerTable, holder: LeaseHolder) -> Network:
-        old = network.lease
-        log.warning(
-            "our lease %s was deleted or expired in the store; re-acquiring (routes stay in place)",
-            old.key,
-        )
-        try:
-            new_network = retry_until_stopped(
-                "re-acquiring our lease", self._register, self._stop, Backoff(1.0, 30.0)
-            )
-        except StopRequested:
-            return network
-        table.set_own_key(new_network.lease.key)
-        holder.set(new_network.lease)
-        if new_network.lease.subnets() != old.subnets():
-            log.warning("our subnet changed from %s to %s", old.key, new_network.lease.key)
-        else:
-            log.info("re-acquired the same lease %s", new_network.lease.key)
-        self._on_lease(new_network.lease)
-        return new_network
+    def on_lease(lease: Lease) -> None:
+        write_subnet_env(flags, config, parts.network or network)
+        health.set_detail("lease", f"lease {lease.key}")
 
-    @staticmethod
-    def _log_report(report: ReconcileReport, seconds: float, resync: bool) -> None:
-        if report.added or report.removed or report.failed or report.device_recreated:
-            log.info(
-                "reconciled %d peers in %.3fs: %d kernel objects written, %d removed, %d failed%s",
-                report.peers, seconds, report.added, report.removed, len(report.failed),
-                ", device recreated" if report.device_recreated else "",
-            )
-        elif not resync:
-            log.debug("reconciled %d peers in %.3fs: no change", report.peers, seconds)
-        for failure in report.failed:
-            log.error("kernel write failed: %s", failure)
+    def on_synced() -> None:
+        health.mark_ready()
+        health.set_detail("lease", f"lease {network.lease.key}")
+        manager.mark_network_available()
+        log.info("peers programmed; flanneld is ready")
 
+    def reregister() -> Network:
+        fresh = register(flags, manager, config, stop)
+        parts.network = fresh
+        return fresh
+
+    holder = LeaseHolder(network.lease)
+    loop = MainLoop(reregister, on_lease, on_synced, LoopSettings(flags.resync_interval), stop)
+    watcher = Watcher(manager, loop.messages.put, stop)
+    margin = timedelta(minutes=flags.subnet_lease_renew_margin)
+    renewer = Renewer(manager, holder, margin, stop)
+    parts.threads = (watcher, renewer)
+    watcher.start()
+    renewer.start()
+    loop.run(network, holder)
+
+
+def _expiry(lease: Lease) -> str:
+    return f"expires {lease.expiration:%Y-%m-%d %H:%M:%S}Z" if lease.expiration else "no expiry"
+
+
+def _shutdown(parts: Parts) -> None:
+    for thread in parts.threads:
+        thread.join(JOIN_TIMEOUT)
+        if thread.is_alive():
+            log.warning("thread %s did not stop within %.0fs", thread.name, JOIN_TIMEOUT)
+    if parts.network is not None:
+        parts.network.close()
+    if parts.manager is not None:
+        parts.manager.close()
+    if parts.health is not None:
+        parts.health.stop()

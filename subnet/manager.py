@@ -7,6 +7,7 @@ missed event can never leave a stale or missing peer behind.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,23 @@ class SubnetManager(Protocol):
 
     def renew_lease(self, lease: Lease) -> Lease:
         """Extend the lease; returns it with its new expiration."""
+        ...
+
+    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
+        """What this node advertised last time (etcd: the lease with our public IP;
+        kube: our node's annotations), so a backend can keep e.g. its VTEP MAC."""
+        ...
+
+    def public_ip_override(self) -> ipaddress.IPv4Address | None:
+        """A public IP set for this node in the store (kube: node-public-ip)."""
+        ...
+
+    def mark_network_available(self) -> None:
+        """Tell the cluster this node's network is up (kube: NetworkUnavailable=False)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; leases stay in the store."""
         ...
 
     def watch_leases(self, sink: Sink, stop: threading.Event) -> None:

@@ -1,0 +1,255 @@
+"""The daemon's threads and its main loop.
+
+Threads: a watcher (store -> queue), a renewer (etcd leases expire), and
+the main thread, which owns the dataplane: it folds watch messages into the
+peer table and runs the backend's reconcile on every batch of messages and
+on every resync tick.  One ``threading.Event`` stops everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from backends.base import Network, ReconcileReport
+from flanneld.config import NetConfig
+from flanneld.errors import FlannelError, LeaseError, StoreError
+from flanneld.peertable import PeerTable
+from flanneld.retry import Backoff, wait
+from subnet.lease import Lease
+from subnet.manager import LeaseMessage, SubnetManager
+
+log = logging.getLogger(__name__)
+
+RENEW_RETRY_MAX = 60.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    resync_interval: float
+
+
+class LeaseHolder:
+    """The current own lease, shared between the main loop and the renewer."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lock = threading.Lock()
+        self._lease = lease
+        self.changed = threading.Event()
+
+    def get(self) -> Lease:
+        with self._lock:
+            return self._lease
+
+    def set(self, lease: Lease) -> None:
+        with self._lock:
+            self._lease = lease
+        self.changed.set()
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``: shutdown leaves routes and the lease in place."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down (routes and lease are kept)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def retry_until_stopped(
+    what: str, action: Callable[[], T], stop: threading.Event, backoff: Backoff
+) -> T:
+    """Run ``action`` until it succeeds, retrying on StoreError/LeaseError only."""
+    while True:
+        try:
+            return action()
+        except (StoreError, LeaseError) as err:
+            delay = backoff.next_delay()
+            log.warning("%s failed: %s (retrying in %.1fs)", what, err, delay)
+            if wait(stop, delay):
+                raise StopRequested() from err
+
+
+class StopRequested(FlannelError):
+    """Raised out of a retry loop when shutdown was requested meanwhile."""
+
+
+def get_network_config(manager: SubnetManager, stop: threading.Event) -> NetConfig:
+    return retry_until_stopped(
+        "reading the network config", manager.get_network_config, stop, Backoff(1.0, 10.0)
+    )
+
+
+class Renewer(threading.Thread):
+    """Renews an expiring lease ``margin`` before it expires."""
+
+    def __init__(
+        self, manager: SubnetManager, holder: LeaseHolder, margin: timedelta, stop: threading.Event
+    ) -> None:
+        super().__init__(name="lease-renewer", daemon=True)
+        self._manager = manager
+        self._holder = holder
+        self._margin = margin
+        self._stop_event = stop
+
+    def run(self) -> None:
+        backoff = Backoff(1.0, RENEW_RETRY_MAX)
+        while not self._stop_event.is_set():
+            lease = self._holder.get()
+            if lease.expiration is None:
+                if self._wait_for_change(None):
+                    return
+                continue
+            due = lease.expiration - self._margin
+            delay = (due - datetime.now(UTC)).total_seconds()
+            if delay > 0 and self._wait_for_change(delay):
+                return
+            if self._holder.get() is not lease:
+                continue
+            try:
+                renewed = self._manager.renew_lease(lease)
+            except FlannelError as err:
+                delay = backoff.next_delay()
+                log.warning("renewing lease %s failed: %s (retrying in %.0fs)", lease.key, err, delay)
+                if wait(self._stop_event, delay):
+                    return
+                continue
+            backoff.reset()
+            if self._holder.get() is lease:
+                self._holder.set(renewed)
+            log.info("renewed lease %s until %s", renewed.key, renewed.expiration)
+
+    def _wait_for_change(self, timeout: float | None) -> bool:
+        """Wait until timeout, a lease change or stop; True when stopping."""
+        self._holder.changed.clear()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop_event.is_set():
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            if self._holder.changed.wait(left):
+                return False
+        return True
+
+
+class Watcher(threading.Thread):
+    """Runs the manager's watch, restarting it if it ever fails unexpectedly."""
+
+    def __init__(
+        self, manager: SubnetManager, sink: Callable[[LeaseMessage], None], stop: threading.Event
+    ) -> None:
+        super().__init__(name="lease-watcher", daemon=True)
+        self._manager = manager
+        self._sink = sink
+        self._stop_event = stop
+
+    def run(self) -> None:
+        backoff = Backoff(1.0, 30.0)
+        while not self._stop_event.is_set():
+            try:
+                self._manager.watch_leases(self._sink, self._stop_event)
+            except FlannelError as err:
+                delay = backoff.next_delay()
+                log.error("lease watch failed: %s (restarting in %.1fs)", err, delay)
+                wait(self._stop_event, delay)
+
+
+def drain(q: queue.Queue[LeaseMessage], timeout: float) -> list[LeaseMessage]:
+    """Block up to ``timeout`` for one message, then take whatever else is queued."""
+    try:
+        first = q.get(timeout=max(0.0, timeout))
+    except queue.Empty:
+        return []
+    batch = [first]
+    while True:
+        try:
+            batch.append(q.get_nowait())
+        except queue.Empty:
+            return batch
+
+
+class MainLoop:
+    """Owns the network: folds lease messages, reconciles, re-acquires a lost lease."""
+
+    def __init__(
+        self,
+        register: Callable[[], Network],
+        on_lease: Callable[[Lease], None],
+        on_synced: Callable[[], None],
+        settings: LoopSettings,
+        stop: threading.Event,
+    ) -> None:
+        self._register = register
+        self._on_lease = on_lease
+        self._on_synced = on_synced
+        self._settings = settings
+        self._stop = stop
+        self.messages: queue.Queue[LeaseMessage] = queue.Queue()
+
+    def run(self, network: Network, holder: LeaseHolder) -> None:
+        table = PeerTable(network.lease.key)
+        synced = False
+        next_resync = time.monotonic() + self._settings.resync_interval
+        while not self._stop.is_set():
+            batch = drain(self.messages, min(1.0, next_resync - time.monotonic()))
+            lost = False
+            for message in batch:
+                lost = table.apply(message) or lost
+            if lost:
+                network = self._reacquire(network, table, holder)
+            due = time.monotonic() >= next_resync
+            if not batch and not due:
+                continue
+            if due:
+                next_resync = time.monotonic() + self._settings.resync_interval
+            started = time.monotonic()
+            report = network.reconcile(table.peers())
+            self._log_report(report, time.monotonic() - started, resync=due and not batch)
+            if not synced and batch:
+                synced = True
+                self._on_synced()
+
+    def _reacquire(self, network: Network, table: PeerTable, holder: LeaseHolder) -> Network:
+        old = network.lease
+        log.warning(
+            "our lease %s was deleted or expired in the store; re-acquiring (routes stay in place)",
+            old.key,
+        )
+        try:
+            new_network = retry_until_stopped(
+                "re-acquiring our lease", self._register, self._stop, Backoff(1.0, 30.0)
+            )
+        except StopRequested:
+            return network
+        table.set_own_key(new_network.lease.key)
+        holder.set(new_network.lease)
+        if new_network.lease.subnets() != old.subnets():
+            log.warning("our subnet changed from %s to %s", old.key, new_network.lease.key)
+        else:
+            log.info("re-acquired the same lease %s", new_network.lease.key)
+        self._on_lease(new_network.lease)
+        return new_network
+
+    @staticmethod
+    def _log_report(report: ReconcileReport, seconds: float, resync: bool) -> None:
+        if report.added or report.removed or report.failed or report.device_recreated:
+            log.info(
+                "reconciled %d peers in %.3fs: %d kernel objects written, %d removed, %d failed%s",
+                report.peers, seconds, report.added, report.removed, len(report.failed),
+                ", device recreated" if report.device_recreated else "",
+            )
+        elif not resync:
+            log.debug("reconciled %d peers in %.3fs: no change", report.peers, seconds)
+        for failure in report.failed:
+            log.error("kernel write failed: %s", failure)
+
