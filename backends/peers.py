@@ -50,7 +50,7 @@ def _reject_reason(
         if not any(sub.version == n.version and sub.subnet_of(n) for n in networks):  # type: ignore[arg-type]
             return f"subnet {sub} is outside the cluster network"
         for other in claimed:
-            if sub.version == other.version and sub.overlaps(other):  # type: ignore[arg-type]
+            if sub.version == other.version and sub.overlaps(other):
                 whose = "ours" if other in own_subnets else "another peer's"
                 return f"subnet {sub} overlaps {whose} ({other})"
     return ""

@@ -38,7 +38,11 @@ class PeerDataError(FlannelError):
 
 
 class DataplaneError(FlannelError):
-    """A kernel (netlink) operation failed."""
+    """A kernel (netlink) operation failed; ``errno`` is the kernel's code when known."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class InterfaceError(FlannelError):

@@ -198,10 +198,11 @@ class MainLoop:
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
         table = PeerTable(network.lease.key)
-        synced = False
+        heard = synced = False
         next_resync = time.monotonic() + self._settings.resync_interval
         while not self._stop.is_set():
             batch = drain(self.messages, min(1.0, next_resync - time.monotonic()))
+            heard = heard or bool(batch)
             lost = False
             for message in batch:
                 lost = table.apply(message) or lost
@@ -213,9 +214,13 @@ class MainLoop:
             if due:
                 next_resync = time.monotonic() + self._settings.resync_interval
             started = time.monotonic()
-            report = network.reconcile(table.peers())
+            try:
+                report = network.reconcile(table.peers())
+            except FlannelError as err:
+                log.error("reconcile failed: %s (retrying at the next resync)", err)
+                continue
             self._log_report(report, time.monotonic() - started, resync=due and not batch)
-            if not synced and batch:
+            if heard and not synced:
                 synced = True
                 self._on_synced()
 

@@ -1,0 +1,249 @@
+"""The vxlan backend's pure parts: options, lease data, and the desired kernel state.
+
+Per usable peer the kernel needs three objects on ``flannel.<VNI>`` (the same
+as upstream flannel, so Go and Python nodes interoperate):
+
+* neighbour: the peer subnet's network address -> the peer's VTEP MAC;
+* FDB entry: the peer's VTEP MAC -> the peer's public IP;
+* route: the peer subnet via its network address, on the device, ``onlink``.
+
+With DirectRouting, a peer on our own L2 segment gets a plain route via its
+public IP instead.  Nothing here touches the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route, Skipped
+from backends.peers import usable_peers
+from flanneld.config import BackendConfig
+from flanneld.errors import ConfigError, PeerDataError
+from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, compact_json
+
+BACKEND_TYPE = "vxlan"
+# Bytes the kernel adds around a pod packet (outer IPv4 + UDP + VXLAN + Ethernet).
+ENCAP_OVERHEAD = 50
+MAX_VNI = (1 << 24) - 1
+MIN_DEVICE_MTU = 68
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanOptions:
+    """The backend's net-conf.json keys; ``mtu`` is the underlay MTU (None: the interface's)."""
+
+    vni: int = 1
+    port: int = 0
+    gbp: bool = False
+    learning: bool = False
+    direct_routing: bool = False
+    mtu: int | None = None
+
+    def device_name(self, version: int = 4) -> str:
+        return f"flannel.{self.vni}" if version == 4 else f"flannel-v6.{self.vni}"
+
+    def device_mtu(self, ext_mtu: int) -> int:
+        return (self.mtu if self.mtu is not None else ext_mtu) - ENCAP_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanData:
+    """A lease's decoded vxlan BackendData."""
+
+    vni: int
+    vtep_mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanPeer:
+    """A peer we can program: its subnet of one family, underlay address and VTEP MAC."""
+
+    key: str
+    subnet: IPNetwork
+    public_ip: IPAddress
+    vtep_mac: str
+
+
+# --- options -----------------------------------------------------------------------------
+
+
+def parse_options(backend: BackendConfig) -> VxlanOptions:
+    """The vxlan keys of the Backend object (any case); ConfigError on a bad value."""
+    vni = _int_option(backend, "VNI", 1, 0, MAX_VNI)
+    port = _int_option(backend, "Port", 0, 0, 65535)
+    mtu_value = backend.option("MTU")
+    mtu = None
+    if mtu_value is not None and mtu_value != 0:
+        mtu = _int_option(backend, "MTU", 0, MIN_DEVICE_MTU + ENCAP_OVERHEAD, 65535)
+    return VxlanOptions(
+        vni=vni,
+        port=port,
+        gbp=_bool_option(backend, "GBP"),
+        learning=_bool_option(backend, "Learning"),
+        direct_routing=_bool_option(backend, "DirectRouting"),
+        mtu=mtu,
+    )
+
+
+def _int_option(backend: BackendConfig, name: str, default: int, low: int, high: int) -> int:
+    value = backend.option(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"vxlan backend: {name} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"vxlan backend: {name} must be in [{low}, {high}], not {value}")
+    return value
+
+
+def _bool_option(backend: BackendConfig, name: str) -> bool:
+    value = backend.option(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"vxlan backend: {name} must be true or false, not {value!r}")
+    return value
+
+
+# --- MACs and lease data -------------------------------------------------------------------
+
+
+def vtep_mac(raw: bytes) -> str:
+    """A locally administered unicast MAC from 6 random bytes (bit 0 cleared, bit 1 set)."""
+    if len(raw) != 6:
+        raise ValueError("a MAC needs 6 bytes")
+    first = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in (first, *raw[1:]))
+
+
+def parse_mac(text: Any) -> str:
+    """A unicast, non-zero Ethernet MAC as lower-case colon form; PeerDataError otherwise."""
+    if not isinstance(text, str) or not _MAC_RE.fullmatch(text.lower()):
+        raise PeerDataError(f"VtepMAC {text!r} is not a MAC address")
+    mac = text.lower().replace("-", ":")
+    if int(mac[:2], 16) & 0x01:
+        raise PeerDataError(f"VtepMAC {mac} is a multicast address")
+    if mac == "00:00:00:00:00:00":
+        raise PeerDataError("VtepMAC is all zeros")
+    return mac
+
+
+def encode_backend_data(vni: int, mac: str) -> str:
+    """BackendData as upstream writes it: ``{"VNI":1,"VtepMAC":"..."}``."""
+    return compact_json({"VNI": vni, "VtepMAC": mac})
+
+
+def decode_backend_data(text: str | None) -> VxlanData:
+    """Decode BackendData (keys in any case, as Go does); PeerDataError if unusable."""
+    if text is None:
+        raise PeerDataError("no backend data")
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise PeerDataError(f"backend data is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise PeerDataError("backend data is not a JSON object")
+    fields = BackendConfig("", doc)
+    vni = fields.option("VNI", 0)
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= MAX_VNI:
+        raise PeerDataError(f"VNI {vni!r} is not a VNI")
+    return VxlanData(vni=vni, vtep_mac=parse_mac(fields.option("VtepMAC")))
+
+
+def previous_vtep_mac(text: str | None) -> str | None:
+    """The VtepMAC in our own earlier BackendData, if it has a usable one."""
+    try:
+        return decode_backend_data(text).vtep_mac
+    except PeerDataError:
+        return None
+
+
+# --- peers and desired state ------------------------------------------------------------------
+
+
+def vxlan_peers(
+    own: Lease,
+    peers: Sequence[Lease],
+    networks: Sequence[IPNetwork],
+    vni: int,
+    version: int = 4,
+) -> tuple[list[VxlanPeer], list[Skipped]]:
+    """The peers whose ``version`` family we can program, and the skipped ones with reasons.
+
+    On top of :func:`backends.peers.usable_peers`: the peer needs a subnet and
+    public address of this family and vxlan data with our VNI and a VTEP MAC
+    nobody else (ourselves included) uses.
+    """
+    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    macs: dict[str, str] = {}
+    try:
+        macs[_family_data(own, version).vtep_mac] = "ours"
+    except PeerDataError:
+        pass
+    result: list[VxlanPeer] = []
+    for peer in usable:
+        try:
+            found = _vxlan_peer(peer, vni, version)
+            owner = macs.get(found.vtep_mac)
+            if owner is not None:
+                raise PeerDataError(f"VtepMAC {found.vtep_mac} is already used ({owner})")
+        except PeerDataError as err:
+            skipped.append(Skipped(peer.key, str(err)))
+            continue
+        macs[found.vtep_mac] = f"by {peer.key}"
+        result.append(found)
+    return result, skipped
+
+
+def _vxlan_peer(peer: Lease, vni: int, version: int) -> VxlanPeer:
+    subnet = peer.subnet if version == 4 else peer.ipv6_subnet
+    if subnet is None:
+        raise PeerDataError(f"no IPv{version} subnet")
+    public_ip = _public_ip(peer, version)
+    if public_ip is None:
+        raise PeerDataError(f"no IPv{version} public address")
+    data = _family_data(peer, version)
+    if data.vni != vni:
+        raise PeerDataError(f"VNI {data.vni}, not {vni}")
+    return VxlanPeer(peer.key, subnet, public_ip, data.vtep_mac)
+
+
+def _public_ip(lease: Lease, version: int) -> IPAddress | None:
+    if version == 4:
+        addr = lease.attrs.public_ip
+        return None if addr == UNSPECIFIED_V4 else addr
+    return lease.attrs.public_ipv6
+
+
+def _family_data(lease: Lease, version: int) -> VxlanData:
+    attrs = lease.attrs
+    return decode_backend_data(attrs.backend_data if version == 4 else attrs.backend_v6_data)
+
+
+def desired_state(
+    peers: Sequence[VxlanPeer],
+    ifindex: int,
+    direct: Mapping[IPAddress, int],
+) -> DataplaneState:
+    """The kernel objects serving ``peers`` through the device ``ifindex``.
+
+    ``direct`` maps the public address of each peer reachable without a
+    gateway (DirectRouting) to the interface the kernel reaches it on.
+    """
+    objects: list[KernelObject] = []
+    for peer in peers:
+        via_dev = direct.get(peer.public_ip)
+        if via_dev is not None:
+            objects.append(Route(peer.subnet, peer.public_ip, via_dev))
+            continue
+        gateway = peer.subnet.network_address
+        objects.append(Neighbour(ifindex, gateway, peer.vtep_mac))
+        objects.append(FdbEntry(ifindex, peer.vtep_mac, peer.public_ip))
+        objects.append(Route(peer.subnet, gateway, ifindex, onlink=True))
+    return DataplaneState.of(objects)

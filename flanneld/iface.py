@@ -1,0 +1,330 @@
+"""External interface selection: which link carries inter-node traffic, and from which address.
+
+:func:`select_interface` is pure: it decides from a snapshot of the links,
+the default route's interface and a route-lookup function, following
+upstream's order (IPv4):
+
+1. without ``--iface``/``--iface-regex``/``--iface-can-reach``: the interface
+   owning ``--public-ip`` if one is given, else the default route's;
+2. otherwise each ``--iface`` (an IP: the interface carrying it; else a
+   name), then each ``--iface-regex`` (addresses first, then names), then
+   ``--iface-can-reach`` (the route lookup's interface and source); first
+   hit wins.
+
+Errors name what was tried and list the interfaces that exist.
+:func:`discover` gathers the snapshot through a netlink object and calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from backends.base import ExternalInterface, InterfaceAddress, InterfaceInfo, RouteLookup
+from flanneld.errors import ConfigError, DataplaneError, InterfaceError
+from subnet.lease import IPAddress
+
+log = logging.getLogger(__name__)
+
+_A = TypeVar("_A", ipaddress.IPv4Address, ipaddress.IPv6Address)
+_DESCRIBE_MAX = 16  # interfaces listed in an error; nodes may have hundreds of veths
+RouteLookupFn = Callable[[IPAddress], Sequence[RouteLookup]]
+
+
+class NetlinkView(Protocol):
+    """The three read-only kernel queries interface selection needs."""
+
+    def interfaces(self) -> Sequence[InterfaceInfo]: ...
+
+    def default_route_ifindex(self, family: int) -> int | None: ...
+
+    def route_get(self, addr: IPAddress) -> Sequence[RouteLookup]: ...
+
+
+class InterfaceFlags(Protocol):
+    """The flags that steer selection (``flanneld.cli.Flags`` satisfies this)."""
+
+    @property
+    def iface(self) -> Sequence[str]: ...
+
+    @property
+    def iface_regex(self) -> Sequence[str]: ...
+
+    @property
+    def iface_can_reach(self) -> str: ...
+
+    @property
+    def public_ip(self) -> str: ...
+
+    @property
+    def public_ipv6(self) -> str: ...
+
+
+# --- address choice (generic over the family) -------------------------------------------
+
+
+def is_global_unicast(addr: IPAddress) -> bool:
+    """Go's ``net.IP.IsGlobalUnicast`` (private ranges count; loopback/link-local don't)."""
+    return not (
+        addr.is_unspecified
+        or addr.is_loopback
+        or addr.is_multicast
+        or addr.is_link_local
+        or addr == ipaddress.IPv4Address("255.255.255.255")
+    )
+
+
+def usable_addresses(info: InterfaceInfo, version: int) -> list[InterfaceAddress]:
+    """The interface's addresses of one family that selection may use, best first.
+
+    Global or link-local unicast and not deprecated; sorted global before
+    link-local, permanent before dynamic, non-temporary before temporary,
+    otherwise in kernel order.
+    """
+    candidates = [
+        a
+        for a in info.addresses
+        if a.address.version == version
+        and not a.deprecated
+        and (is_global_unicast(a.address) or a.address.is_link_local)
+    ]
+    return sorted(candidates, key=lambda a: (a.address.is_link_local, not a.permanent, a.temporary))
+
+
+def choose_address(info: InterfaceInfo, version: int) -> IPAddress | None:
+    """The address selection uses on ``info`` for one family, or None."""
+    usable = usable_addresses(info, version)
+    return usable[0].address if usable else None
+
+
+# --- selection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    info: InterfaceInfo
+    address: ipaddress.IPv4Address | None  # None: choose the interface's best address
+    via: str
+
+
+class _NoMatch(Exception):
+    """One selection attempt failed; the text says why."""
+
+
+def _describe(interfaces: Sequence[InterfaceInfo]) -> str:
+    if not interfaces:
+        return "no interfaces at all"
+    parts = []
+    for info in interfaces[:_DESCRIBE_MAX]:
+        v4 = [str(a.address) for a in info.addresses if a.address.version == 4]
+        state = "" if info.up else " down"
+        parts.append(f"{info.name}{state} [{', '.join(v4) or 'no IPv4'}]")
+    if len(interfaces) > _DESCRIBE_MAX:
+        parts.append(f"... and {len(interfaces) - _DESCRIBE_MAX} more")
+    return "available: " + "; ".join(parts)
+
+
+def _parse_ip(text: str, what: str, kind: type[_A]) -> _A | None:
+    if not text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"invalid {what} {text!r}: not an IP address") from None
+    if not isinstance(addr, kind):
+        raise ConfigError(f"invalid {what} {text!r}: not an IPv{kind(0).version} address")
+    return addr
+
+
+def _owner_of(interfaces: Sequence[InterfaceInfo], addr: IPAddress) -> InterfaceInfo | None:
+    for info in interfaces:
+        if any(a.address == addr for a in info.addresses):
+            return info
+    return None
+
+
+def _by_index(interfaces: Sequence[InterfaceInfo], index: int) -> InterfaceInfo | None:
+    return next((info for info in interfaces if info.index == index), None)
+
+
+def _by_iface_value(interfaces: Sequence[InterfaceInfo], value: str) -> _Match:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        info = next((i for i in interfaces if i.name == value), None)
+        if info is None:
+            raise _NoMatch(f"no interface named {value!r}") from None
+        return _Match(info, None, f"--iface {value}")
+    if not isinstance(addr, ipaddress.IPv4Address):
+        raise _NoMatch(f"{value} is an IPv6 address; IPv4 selection needs an IPv4 address or a name")
+    owner = _owner_of(interfaces, addr)
+    if owner is None:
+        raise _NoMatch(f"no interface with given IP found ({value} is on no interface)")
+    return _Match(owner, addr, f"--iface {value}")
+
+
+def _by_regex(interfaces: Sequence[InterfaceInfo], pattern: re.Pattern[str]) -> _Match:
+    via = f"--iface-regex {pattern.pattern}"
+    for info in interfaces:
+        for candidate in usable_addresses(info, 4):
+            addr = candidate.address
+            if isinstance(addr, ipaddress.IPv4Address) and pattern.search(str(addr)):
+                return _Match(info, addr, via)
+    for info in interfaces:
+        if pattern.search(info.name):
+            return _Match(info, None, via)
+    raise _NoMatch("matches no interface address or name")
+
+
+def _by_route(
+    interfaces: Sequence[InterfaceInfo], target: IPAddress, route_lookup: RouteLookupFn
+) -> _Match:
+    try:
+        found = route_lookup(target)
+    except DataplaneError as err:
+        raise _NoMatch(f"route lookup failed: {err}") from err
+    if not found:
+        raise _NoMatch(f"no route to {target}")
+    route = found[0]
+    info = _by_index(interfaces, route.ifindex)
+    if info is None:
+        raise _NoMatch(f"the route to {target} uses interface index {route.ifindex}, "
+                       f"which is not in the interface list")
+    src = route.prefsrc if isinstance(route.prefsrc, ipaddress.IPv4Address) else None
+    return _Match(info, src, f"--iface-can-reach {target}")
+
+
+def _explicit(
+    interfaces: Sequence[InterfaceInfo],
+    ifaces: Sequence[str],
+    regexes: Sequence[re.Pattern[str]],
+    can_reach: IPAddress | None,
+    route_lookup: RouteLookupFn,
+) -> _Match:
+    attempts: list[tuple[str, Callable[[], _Match]]] = []
+    for value in ifaces:
+        attempts.append((f"--iface {value}", functools.partial(_by_iface_value, interfaces, value)))
+    for pattern in regexes:
+        attempts.append((f"--iface-regex {pattern.pattern}",
+                         functools.partial(_by_regex, interfaces, pattern)))
+    if can_reach is not None:
+        attempts.append((f"--iface-can-reach {can_reach}",
+                         functools.partial(_by_route, interfaces, can_reach, route_lookup)))
+    failures = []
+    for label, attempt in attempts:
+        try:
+            return attempt()
+        except _NoMatch as why:
+            log.info("Could not find valid interface matching %s: %s", label, why)
+            failures.append(f"{label}: {why}")
+    raise InterfaceError(
+        "failed to find interface to use that matches the interfaces and/or regexes provided ("
+        + "; ".join(failures) + f"); {_describe(interfaces)}"
+    )
+
+
+def _implicit(
+    interfaces: Sequence[InterfaceInfo],
+    public_ip: ipaddress.IPv4Address | None,
+    default_ifindex: int | None,
+) -> _Match:
+    if public_ip is not None:
+        owner = _owner_of(interfaces, public_ip)
+        if owner is None:
+            raise InterfaceError(
+                f"no interface with given IP found: --public-ip {public_ip} is not configured on "
+                f"any local interface (for a NAT address add --iface, or use the "
+                f"public-ip-overwrite annotation); {_describe(interfaces)}"
+            )
+        return _Match(owner, public_ip, f"--public-ip {public_ip}")
+    if default_ifindex is None:
+        raise InterfaceError(
+            "no IPv4 default route, so no interface to pick; add a default route or pass "
+            f"--iface, --iface-regex or --iface-can-reach; {_describe(interfaces)}"
+        )
+    info = _by_index(interfaces, default_ifindex)
+    if info is None:
+        raise InterfaceError(f"the default route uses interface index {default_ifindex}, which "
+                             f"is not in the interface list; {_describe(interfaces)}")
+    return _Match(info, None, "the default route")
+
+
+def _no_route(target: IPAddress) -> Sequence[RouteLookup]:
+    return ()
+
+
+def select_interface(
+    interfaces: Sequence[InterfaceInfo],
+    *,
+    ifaces: Sequence[str] = (),
+    iface_regexes: Sequence[str] = (),
+    iface_can_reach: str = "",
+    public_ip: str = "",
+    public_ipv6: str = "",
+    default_ifindex: int | None = None,
+    route_lookup: RouteLookupFn = _no_route,
+) -> ExternalInterface:
+    """Pick the external interface (IPv4) the way upstream does; see the module doc.
+
+    ``default_ifindex`` is the IPv4 default route's interface; ``route_lookup``
+    answers ``ip route get`` for ``--iface-can-reach`` (empty when unreachable;
+    the first route counts) and may raise DataplaneError.  Raises ConfigError for malformed flag values and
+    InterfaceError when nothing suitable exists.
+    """
+    public4 = _parse_ip(public_ip, "--public-ip", ipaddress.IPv4Address)
+    public6 = _parse_ip(public_ipv6, "--public-ipv6", ipaddress.IPv6Address)
+    target = _parse_ip(iface_can_reach, "--iface-can-reach", ipaddress.IPv4Address)
+    try:
+        regexes = [re.compile(r) for r in iface_regexes]
+    except re.error as err:
+        raise ConfigError(f"invalid --iface-regex {err.pattern!r}: {err}") from None
+
+    if ifaces or regexes or target is not None:
+        match = _explicit(interfaces, ifaces, regexes, target, route_lookup)
+    else:
+        match = _implicit(interfaces, public4, default_ifindex)
+
+    info = match.info
+    addr = match.address
+    if addr is None:
+        chosen = choose_address(info, 4)
+        if not isinstance(chosen, ipaddress.IPv4Address):
+            raise InterfaceError(
+                f"failed to find IPv4 address for interface {info.name} (chosen by {match.via}): "
+                "it has no global or link-local IPv4 address that is not deprecated; "
+                f"{_describe(interfaces)}"
+            )
+        addr = chosen
+    if info.mtu == 0:
+        raise InterfaceError(f"failed to determine MTU for interface {info.name} ({addr})")
+    if not info.up:
+        log.warning("External interface %s is down", info.name)
+    log.info("Using interface with name %s and address %s (chosen by %s)", info.name, addr,
+             match.via)
+    ext = public4 if public4 is not None else addr
+    if public4 is not None:
+        log.info("Using %s as external address", ext)
+    return ExternalInterface(
+        name=info.name, index=info.index, mtu=info.mtu,
+        iface_addr=addr, ext_addr=ext, iface_addr6=None, ext_addr6=public6,
+    )
+
+
+def discover(netlink: NetlinkView, flags: InterfaceFlags) -> ExternalInterface:
+    """Read links and the default route through ``netlink``, then :func:`select_interface`."""
+    return select_interface(
+        netlink.interfaces(),
+        ifaces=flags.iface,
+        iface_regexes=flags.iface_regex,
+        iface_can_reach=flags.iface_can_reach,
+        public_ip=flags.public_ip,
+        public_ipv6=flags.public_ipv6,
+        default_ifindex=netlink.default_route_ifindex(socket.AF_INET),
+        route_lookup=netlink.route_get,
+    )
