@@ -1,0 +1,120 @@
+"""Per-container cache of rendered delegate configs in ``dataDir``.
+
+ADD stores the exact bytes sent to the delegate before invoking it, so that
+DEL can replay them even after subnet.env changed or vanished. The directory
+is created 0700 and each file is written 0600, atomically (temporary file,
+fsync, rename, fsync of the directory). Container IDs are checked against
+the CNI spec's character set before they become file names, so no path can
+leave the directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cni.errors import INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, CniError
+from cni.netconf import is_valid_name
+
+# NAME_MAX: a longer ID could not be a file name in the cache directory.
+MAX_CONTAINER_ID = 255
+
+
+def validate_container_id(container_id: str) -> str:
+    """Return ``container_id`` if the spec allows it; otherwise raise CniError."""
+    if not container_id:
+        raise CniError(UNKNOWN_CONTAINER, "missing containerID")
+    if len(container_id) > MAX_CONTAINER_ID:
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "containerID is too long",
+            f"CNI_CONTAINERID has {len(container_id)} characters, at most"
+            f" {MAX_CONTAINER_ID} are allowed",
+        )
+    if not is_valid_name(container_id):
+        raise CniError(INVALID_ENVIRONMENT, "invalid characters in containerID", container_id)
+    return container_id
+
+
+class ScratchCache:
+    """Rendered delegate configs, one file per container ID."""
+
+    __slots__ = ("data_dir",)
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def path(self, container_id: str) -> str:
+        return os.path.join(self.data_dir, validate_container_id(container_id))
+
+    def _make_dir(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.data_dir))
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.mkdir(self.data_dir, 0o700)
+        except FileExistsError:
+            return
+        os.chmod(self.data_dir, 0o700)  # whatever the umask
+
+    def save(self, container_id: str, data: bytes) -> None:
+        """Store ``data`` durably for ``container_id``, replacing an older copy."""
+        final = self.path(container_id)
+        temp = os.path.join(self.data_dir, f".tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            self._make_dir()
+            fd = os.open(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+            )
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, final)
+            self._sync_dir()
+        except OSError as err:
+            _unlink_quietly(temp)
+            raise CniError(
+                IO_FAILURE, f"failed to save delegate config for {container_id}", str(err)
+            ) from None
+
+    def load(self, container_id: str) -> bytes | None:
+        """The cached config, or None if there is none."""
+        try:
+            fd = os.open(self.path(container_id), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise CniError(
+                IO_FAILURE, f"failed to read cached delegate config for {container_id}", str(err)
+            ) from None
+        with os.fdopen(fd, "rb") as stream:
+            return stream.read()
+
+    def remove(self, container_id: str) -> None:
+        """Forget ``container_id``; a missing file is fine (DEL is idempotent)."""
+        try:
+            os.unlink(self.path(container_id))
+            self._sync_dir()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise CniError(
+                IO_FAILURE, f"failed to remove cached delegate config for {container_id}", str(err)
+            ) from None
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        return
