@@ -1,0 +1,605 @@
+"""The Kubernetes subnet manager against the API server double (tests/kubeapi)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubeapi import KubeAPIDouble
+
+from flanneld.cli import Flags
+from flanneld.errors import ConfigError, LeaseError, StoreError
+from subnet.kube import KubeSettings, KubeSubnetManager, KubeTimings, manager_from_flags
+from subnet.lease import Lease, LeaseAttrs
+from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot, SubnetManager
+
+pytestmark = pytest.mark.integration
+
+P = "flannel.alpha.coreos.com/"
+NET_CONF = '{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}'
+MAC = "0e:1a:2b:3c:4d:5e"
+VXLAN_DATA = '{"VNI":1,"VtepMAC":"' + MAC + '"}'
+FAST = KubeTimings(request_timeout=5, watch_timeout=5, retry_interval=0.05, retry_deadline=0.5,
+                   sync_timeout=1, backoff_initial=0.05, backoff_max=0.5, stop_poll=0.05)
+OWN_ATTRS = LeaseAttrs(public_ip=ipaddress.IPv4Address("192.168.50.1"), backend_type="vxlan",
+                       backend_data=VXLAN_DATA)
+
+
+def peer_annotations(ip: str, mac: str = "aa:bb:cc:00:00:01") -> dict[str, str]:
+    return {
+        P + "kube-subnet-manager": "true",
+        P + "backend-type": "vxlan",
+        P + "backend-data": '{"VNI":1,"VtepMAC":"' + mac + '"}',
+        P + "public-ip": ip,
+    }
+
+
+@pytest.fixture
+def api() -> Iterator[KubeAPIDouble]:
+    with KubeAPIDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def net_conf(tmp_path: Path) -> Path:
+    path = tmp_path / "net-conf.json"
+    path.write_text(NET_CONF)
+    return path
+
+
+@pytest.fixture
+def make_manager(
+    api: KubeAPIDouble, net_conf: Path
+) -> Iterator[Callable[..., KubeSubnetManager]]:
+    made: list[KubeSubnetManager] = []
+
+    def make(node: str = "me", environ: dict[str, str] | None = None,
+             **settings: Any) -> KubeSubnetManager:
+        options: dict[str, Any] = {"api_url": api.url, "net_config_path": str(net_conf)}
+        options.update(settings)
+        env = {"NODE_NAME": node} if environ is None else environ
+        manager = KubeSubnetManager.connect(KubeSettings(**options), env, FAST)
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close()
+
+
+class Watcher:
+    """Runs watch_leases in a thread and keeps the peer map its messages describe."""
+
+    def __init__(self, manager: KubeSubnetManager) -> None:
+        self.messages: queue.Queue[LeaseMessage] = queue.Queue()
+        self.log: list[LeaseMessage] = []
+        self.peers: dict[str, Lease] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=manager.watch_leases,
+                                       args=(self.messages.put, self.stop))
+        self.thread.start()
+
+    def pump(self, timeout: float) -> None:
+        try:
+            message = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.log.append(message)
+        if isinstance(message, Snapshot):
+            self.peers = {lease.key: lease for lease in message.leases}
+        elif isinstance(message, LeaseAdded):
+            self.peers[message.lease.key] = message.lease
+        else:
+            self.peers.pop(message.key, None)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+        """Seconds until predicate held; fails after ``timeout``."""
+        started = time.monotonic()
+        while not predicate():
+            remaining = timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                pytest.fail(f"timed out; peers are {sorted(self.peers)}, log {self.log[-5:]}")
+            self.pump(min(remaining, 0.1))
+        return time.monotonic() - started
+
+    def wait_for_keys(self, keys: set[str], timeout: float = 5.0) -> float:
+        return self.wait_for(lambda: set(self.peers) == keys, timeout)
+
+    def settle(self, seconds: float = 0.3) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.pump(0.05)
+
+    def snapshots(self) -> int:
+        return sum(isinstance(m, Snapshot) for m in self.log)
+
+    def close(self) -> float:
+        started = time.monotonic()
+        self.stop.set()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive()
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def watch(make_manager: Callable[..., KubeSubnetManager]) -> Iterator[Callable[[], Watcher]]:
+    started: list[Watcher] = []
+
+    def start() -> Watcher:
+        watcher = Watcher(make_manager())
+        started.append(watcher)
+        return watcher
+
+    yield start
+    for watcher in started:
+        watcher.close()
+
+
+# --- acquire ----------------------------------------------------------------------
+
+
+def test_own_lease_from_pod_cidr_and_upstream_annotations(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24", annotations={"other/keep": "x"})
+    lease = make_manager().acquire_lease(OWN_ATTRS)
+    assert lease.subnet == ipaddress.IPv4Network("10.244.7.0/24")
+    assert lease.ipv6_subnet is None
+    assert lease.expiration is None
+    assert lease.attrs == OWN_ATTRS
+    assert api.node("me")["metadata"]["annotations"] == {
+        "other/keep": "x",
+        P + "kube-subnet-manager": "true",
+        P + "backend-type": "vxlan",
+        P + "backend-data": VXLAN_DATA,
+        P + "public-ip": "192.168.50.1",
+    }
+    patches = api.requests_matching("PATCH")
+    assert [r.path for r in patches] == ["/api/v1/nodes/me/status"]
+    assert patches[0].content_type == "application/strategic-merge-patch+json"
+
+
+def test_second_acquire_with_same_attrs_sends_no_patch(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    manager = make_manager()
+    manager.acquire_lease(OWN_ATTRS)
+    manager.acquire_lease(OWN_ATTRS)
+    assert len(api.requests_matching("PATCH")) == 1
+    changed = LeaseAttrs(public_ip=ipaddress.IPv4Address("192.168.50.9"), backend_type="vxlan",
+                         backend_data=VXLAN_DATA)
+    manager.acquire_lease(changed)
+    patches = api.requests_matching("PATCH")
+    assert len(patches) == 2
+    assert patches[1].body == {"metadata": {"annotations": {P + "public-ip": "192.168.50.9"}}}
+
+
+def test_missing_pod_cidr_explains_the_fix(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me")
+    with pytest.raises(LeaseError) as caught:
+        make_manager().acquire_lease(OWN_ATTRS)
+    text = str(caught.value)
+    assert text.startswith('node "me" pod cidr not assigned')
+    assert "--allocate-node-cidrs=true" in text and "--cluster-cidr" in text
+    assert "kubeadm init --pod-network-cidr" in text
+    assert api.requests_matching("PATCH") == []
+
+
+def test_pod_cidr_outside_network_uses_upstream_message(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.99.1.0/24")
+    with pytest.raises(LeaseError) as caught:
+        make_manager().acquire_lease(OWN_ATTRS)
+    assert str(caught.value) == (
+        'subnet "10.244.0.0/16" specified in the flannel net config doesn\'t contain '
+        '"10.99.1.0/24" PodCIDR of the "me" node'
+    )
+    assert api.requests_matching("PATCH") == []
+
+
+def test_three_pod_cidrs_are_rejected(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidrs=["10.244.1.0/24", "fd00::/64", "10.244.2.0/24"])
+    with pytest.raises(LeaseError, match='node "me" pod cidrs should be IPv4/IPv6 only or dualstack'):
+        make_manager().acquire_lease(OWN_ATTRS)
+
+
+def test_public_ip_overwrite_is_honoured(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations={P + "public-ip-overwrite": "203.0.113.7"})
+    lease = make_manager().acquire_lease(OWN_ATTRS)
+    annotations = api.node("me")["metadata"]["annotations"]
+    assert annotations[P + "public-ip"] == "203.0.113.7"
+    assert annotations[P + "public-ip-overwrite"] == "203.0.113.7"
+    assert lease.attrs.public_ip == ipaddress.IPv4Address("192.168.50.1")
+
+
+def test_host_gw_writes_null_backend_data(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    make_manager().acquire_lease(LeaseAttrs(public_ip=ipaddress.IPv4Address("192.168.50.1"),
+                                            backend_type="host-gw"))
+    annotations = api.node("me")["metadata"]["annotations"]
+    assert annotations[P + "backend-data"] == "null"
+    assert annotations[P + "backend-type"] == "host-gw"
+
+
+def test_dual_stack_vxlan_lease_and_annotations(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager], net_conf: Path
+) -> None:
+    net_conf.write_text('{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                        '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+    api.add_node("me", pod_cidrs=["10.244.7.0/24", "fd00:10:244:7::/64"])
+    attrs = LeaseAttrs(public_ip=ipaddress.IPv4Address("192.168.50.1"),
+                       public_ipv6=ipaddress.IPv6Address("fd99::1"), backend_type="vxlan",
+                       backend_data=VXLAN_DATA, backend_v6_data='{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}')
+    lease = make_manager().acquire_lease(attrs)
+    assert lease.ipv6_subnet == ipaddress.IPv6Network("fd00:10:244:7::/64")
+    annotations = api.node("me")["metadata"]["annotations"]
+    assert annotations[P + "public-ipv6"] == "fd99::1"
+    assert annotations[P + "backend-v6-data"] == '{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}'
+
+
+def test_patch_is_retried_after_server_errors(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    api.fail_next(2, 500, method="PATCH")
+    make_manager().acquire_lease(OWN_ATTRS)
+    assert len(api.requests_matching("PATCH")) == 3
+    assert api.node("me")["metadata"]["annotations"][P + "kube-subnet-manager"] == "true"
+
+
+def test_patch_gives_up_after_the_retry_deadline(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    api.fail_next(1000, 503, method="PATCH")
+    started = time.monotonic()
+    with pytest.raises(LeaseError) as caught:
+        make_manager().acquire_lease(OWN_ATTRS)
+    assert str(caught.value).startswith(
+        'timeout contacting kube-api, failed to patch node "me". Error: PATCH node status: 503')
+    assert time.monotonic() - started < FAST.retry_deadline + 1
+    assert 5 <= len(api.requests_matching("PATCH")) <= 12
+
+
+def test_forbidden_patch_fails_without_retrying(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    api.fail_next(5, 403, method="PATCH")
+    with pytest.raises(LeaseError, match="403"):
+        make_manager().acquire_lease(OWN_ATTRS)
+    assert len(api.requests_matching("PATCH")) == 1
+
+
+def test_missing_node_times_out_like_upstream(
+    make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    manager = make_manager()
+    started = time.monotonic()
+    with pytest.raises(LeaseError, match='^failed to get node "me": GET node: 404 nodes "me" not found$'):
+        manager.acquire_lease(OWN_ATTRS)
+    assert time.monotonic() - started < 2
+
+
+# --- helpers for the daemon ---------------------------------------------------------
+
+
+def test_node_public_ip_annotations_are_read(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations={P + "node-public-ip": "198.51.100.4",
+                              P + "node-public-ipv6": "2001:db8::4"})
+    api.add_node("plain", pod_cidr="10.244.8.0/24")
+    assert make_manager().node_public_ip_override() == (
+        ipaddress.IPv4Address("198.51.100.4"), ipaddress.IPv6Address("2001:db8::4"))
+    assert make_manager("plain").node_public_ip_override() == (None, None)
+    api.annotate_node("plain", {P + "node-public-ip": "not-an-ip"})
+    with pytest.raises(ConfigError, match="node-public-ip"):
+        make_manager("plain").node_public_ip_override()
+
+
+def test_previous_attrs_and_public_ip_override_for_the_daemon(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations={P + "node-public-ip": "198.51.100.4"})
+    manager: SubnetManager = make_manager()  # the daemon's view: the protocol
+    assert manager.previous_attrs(None) is None
+    assert manager.public_ip_override() == ipaddress.IPv4Address("198.51.100.4")
+    manager.acquire_lease(OWN_ATTRS)
+    assert manager.previous_attrs(ipaddress.IPv4Address("192.168.50.1")) == OWN_ATTRS
+    api.annotate_node("me", {P + "backend-data": "{garbage", P + "public-ip": "nonsense"})
+    assert manager.previous_attrs(None) == LeaseAttrs(backend_type="vxlan")
+
+
+def test_manager_from_flags(api: KubeAPIDouble, net_conf: Path) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    flags = Flags(kube_subnet_mgr=True, kube_api_url=api.url, net_config_path=str(net_conf),
+                  kube_annotation_prefix="example.org/pf", set_node_network_unavailable=False)
+    env = {"NODE_NAME": "me", "EVENT_QUEUE_DEPTH": "77", "CONT_WHEN_CACHE_NOT_READY": "true"}
+    manager = manager_from_flags(flags, env)
+    try:
+        assert manager.node_name == "me"
+        assert manager.settings == KubeSettings(
+            api_url=api.url, annotation_prefix="example.org/pf",
+            net_config_path=str(net_conf), set_node_network_unavailable=False,
+            event_queue_depth=77, cont_when_cache_not_ready=True)
+        manager.acquire_lease(OWN_ATTRS)
+        assert api.node("me")["metadata"]["annotations"]["example.org/pf-public-ip"] == (
+            "192.168.50.1")
+    finally:
+        manager.close()
+    with pytest.raises(ConfigError, match="prefix must be in a format"):
+        manager_from_flags(Flags(kube_subnet_mgr=True, kube_annotation_prefix="Bad"), env)
+
+
+def test_previous_vtep_mac_is_read_back(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    manager = make_manager()
+    assert manager.previous_vtep_mac() is None
+    manager.acquire_lease(OWN_ATTRS)
+    assert manager.previous_vtep_mac() == MAC
+    assert manager.previous_vtep_mac(v6=True) is None
+    api.annotate_node("me", {P + "backend-data": '{ "VtepMAC" : "0E:AA:BB:CC:DD:EE", "VNI": 1 }',
+                             P + "backend-v6-data": '{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}'})
+    assert manager.previous_vtep_mac() == "0e:aa:bb:cc:dd:ee"
+    assert manager.previous_vtep_mac(v6=True) == "0e:00:00:00:00:06"
+    api.annotate_node("me", {P + "backend-data": '{"VNI":1,"VtepMAC":"zz"}'})
+    assert manager.previous_vtep_mac() is None
+
+
+def test_network_available_keeps_other_conditions(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "ok", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    unavailable = {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated",
+                   "message": "no route", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                   "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    api.add_node("me", pod_cidr="10.244.7.0/24", conditions=[ready, unavailable])
+    make_manager().mark_network_available()
+    conditions = api.node("me")["status"]["conditions"]
+    assert conditions[0] == ready
+    assert len(conditions) == 2
+    network = conditions[1]
+    assert (network["type"], network["status"], network["reason"], network["message"]) == (
+        "NetworkUnavailable", "False", "FlannelIsUp", "Flannel is running on this node")
+    assert network["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    assert api.requests_matching("PATCH")[0].content_type == "application/strategic-merge-patch+json"
+
+
+def test_network_unavailable_left_alone_when_switched_off(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    make_manager(set_node_network_unavailable=False).mark_network_available()
+    assert api.requests_matching("PATCH") == []
+
+
+# --- configuration and node name ----------------------------------------------------
+
+
+def test_net_conf_errors_carry_upstream_prefixes(
+    make_manager: Callable[..., KubeSubnetManager], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="^failed to read net conf: "):
+        make_manager(net_config_path=str(tmp_path / "absent.json")).get_network_config()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Network": 42}')
+    with pytest.raises(ConfigError, match="^error parsing subnet config: "):
+        make_manager(net_config_path=str(bad)).get_network_config()
+
+
+def test_node_name_from_pod(api: KubeAPIDouble,
+                            make_manager: Callable[..., KubeSubnetManager]) -> None:
+    api.add_pod("kube-flannel", "kube-flannel-ds-abcde", "worker-3")
+    manager = make_manager(environ={"POD_NAME": "kube-flannel-ds-abcde",
+                                    "POD_NAMESPACE": "kube-flannel"})
+    assert manager.node_name == "worker-3"
+    assert make_manager(environ={"NODE_NAME": "explicit", "POD_NAME": "x",
+                                 "POD_NAMESPACE": "y"}).node_name == "explicit"
+
+
+def test_node_name_errors(api: KubeAPIDouble,
+                          make_manager: Callable[..., KubeSubnetManager]) -> None:
+    with pytest.raises(ConfigError, match="^env variables POD_NAME and POD_NAMESPACE must be set$"):
+        make_manager(environ={"POD_NAME": "x"})
+    with pytest.raises(StoreError,
+                       match=r"^error retrieving pod spec for 'kube-flannel/ghost': 404 "):
+        make_manager(environ={"POD_NAME": "ghost", "POD_NAMESPACE": "kube-flannel"})
+    api.add_pod("kube-flannel", "unscheduled", "")
+    with pytest.raises(ConfigError,
+                       match="^node name not present in pod spec 'kube-flannel/unscheduled'$"):
+        make_manager(environ={"POD_NAME": "unscheduled", "POD_NAMESPACE": "kube-flannel"})
+
+
+def test_kubeconfig_file_and_api_url_override(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager], tmp_path: Path
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        f"clusters:\n- name: t\n  cluster:\n    server: {api.url}\n"
+        "users:\n- name: t\n  user:\n    token: secret\n"
+        "contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n"
+    )
+    manager = make_manager(api_url="", kubeconfig_file=str(kubeconfig))
+    assert manager.acquire_lease(OWN_ATTRS).subnet == ipaddress.IPv4Network("10.244.7.0/24")
+    wrong = make_manager(api_url="http://127.0.0.1:1", kubeconfig_file=str(kubeconfig))
+    with pytest.raises(LeaseError, match="timeout contacting kube-api"):
+        wrong.acquire_lease(OWN_ATTRS)  # the URL flag overrides the file's server
+    with pytest.raises(ConfigError, match="^fail to create kubernetes config: "):
+        make_manager(api_url="", kubeconfig_file=str(tmp_path / "absent"))
+
+
+def test_wait_for_sync(api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]) -> None:
+    make_manager().wait_for_sync()
+    strict = make_manager()
+    lenient = make_manager(cont_when_cache_not_ready=True)
+    api.stop()
+    with pytest.raises(StoreError, match="error waiting for nodes to sync state"):
+        strict.wait_for_sync()
+    lenient.wait_for_sync()
+
+
+# --- watch ------------------------------------------------------------------------
+
+
+def test_watch_snapshot_then_changes(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24", annotations=peer_annotations("192.168.50.1"))
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    api.add_node("unmanaged", pod_cidr="10.244.9.0/24")
+    w = watch()
+    w.wait_for_keys({"10.244.7.0-24", "10.244.1.0-24"})
+    assert isinstance(w.log[0], Snapshot) and len(w.log) == 1
+    assert w.peers["10.244.1.0-24"].attrs.public_ip == ipaddress.IPv4Address("192.168.50.11")
+    assert w.peers["10.244.1.0-24"].attrs.backend_data == '{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:01"}'
+
+    api.add_node("b", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w.wait_for_keys({"10.244.7.0-24", "10.244.1.0-24", "10.244.2.0-24"})
+
+    api.annotate_node("a", {P + "public-ip": "192.168.50.21"})
+    w.wait_for(lambda: w.peers["10.244.1.0-24"].attrs.public_ip
+               == ipaddress.IPv4Address("192.168.50.21"))
+
+    count = len(w.log)
+    api.annotate_node("a", {"unrelated/annotation": "1"})
+    api.update_node("b", lambda n: n["metadata"]["labels"].update({"role": "x"}))
+    api.annotate_node("unmanaged", {"unrelated/annotation": "1"})
+    w.settle()
+    assert len(w.log) == count  # nothing lease-relevant changed
+
+    api.delete_node("b")
+    w.wait_for_keys({"10.244.7.0-24", "10.244.1.0-24"})
+    assert isinstance(w.log[-1], LeaseRemoved) and w.log[-1].key == "10.244.2.0-24"
+
+    api.annotate_node("unmanaged", peer_annotations("192.168.50.19"))
+    w.wait_for_keys({"10.244.7.0-24", "10.244.1.0-24", "10.244.9.0-24"})
+    api.annotate_node("unmanaged", {P + "kube-subnet-manager": None})
+    w.wait_for_keys({"10.244.7.0-24", "10.244.1.0-24"})
+    assert w.snapshots() == 1
+
+
+def test_pod_cidr_change_moves_the_lease(api: KubeAPIDouble,
+                                         watch: Callable[[], Watcher]) -> None:
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24"})
+
+    def move(node: dict[str, Any]) -> None:
+        node["spec"] = {"podCIDR": "10.244.5.0/24", "podCIDRs": ["10.244.5.0/24"]}
+
+    api.update_node("a", move)
+    w.wait_for_keys({"10.244.5.0-24"})
+    assert [type(m) for m in w.log[-2:]] == [LeaseRemoved, LeaseAdded]
+
+
+def test_garbage_nodes_are_skipped_and_logged_once(
+    api: KubeAPIDouble, watch: Callable[[], Watcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subnet.kube")
+    api.add_node("bad-ip", pod_cidr="10.244.3.0/24", annotations=peer_annotations("nonsense"))
+    bad_data = peer_annotations("192.168.50.14")
+    bad_data[P + "backend-data"] = "{not json"
+    api.add_node("bad-data", pod_cidr="10.244.4.0/24", annotations=bad_data)
+    api.add_node("no-cidr", annotations=peer_annotations("192.168.50.15"))
+    api.add_node("good", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24"})
+    api.annotate_node("bad-ip", {"unrelated/x": "1"})  # still garbage: no second log line
+    api.add_node("good2", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})
+    skipped = [r.getMessage() for r in caplog.records if "Skipping node" in r.getMessage()]
+    assert sorted(m.split("'")[1] for m in skipped) == ["bad-data", "bad-ip", "no-cidr"]
+    api.annotate_node("bad-ip", {P + "public-ip": "192.168.50.13"})  # repaired
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"})
+
+
+@pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
+def test_gone_relists_to_the_correct_set(
+    api: KubeAPIDouble, watch: Callable[[], Watcher], as_http_status: bool
+) -> None:
+    api.gone_as_http_status = as_http_status
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    api.add_node("b", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})
+    api.wait_for_watches(1)
+    with api.watches_paused():
+        api.delete_node("b")
+        api.add_node("c", pod_cidr="10.244.3.0/24", annotations=peer_annotations("192.168.50.13"))
+        api.annotate_node("a", {P + "public-ip": "192.168.50.31"})
+        api.compact()
+        if as_http_status:
+            api.drop_watches(clean=True)  # the re-watch from the old version gets HTTP 410
+    w.wait_for_keys({"10.244.1.0-24", "10.244.3.0-24"})
+    w.wait_for(lambda: w.peers["10.244.1.0-24"].attrs.public_ip
+               == ipaddress.IPv4Address("192.168.50.31"))
+    assert w.snapshots() == 2
+    assert isinstance(w.log[-1], Snapshot)  # the gap was bridged by a re-list, not events
+
+
+def test_api_server_restart(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> None:
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    api.add_node("b", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})
+    api.wait_for_watches(1)
+    api.stop()
+    api.delete_node("b")  # changed while the server is down
+    w.settle(1.0)
+    api.start()
+    w.wait_for_keys({"10.244.1.0-24"}, timeout=5)
+    api.add_node("c", pod_cidr="10.244.3.0/24", annotations=peer_annotations("192.168.50.13"))
+    took = w.wait_for_keys({"10.244.1.0-24", "10.244.3.0-24"}, timeout=5)
+    assert took < 5
+    assert w.snapshots() >= 2
+
+
+def test_clean_stream_end_resumes_without_relist(
+    api: KubeAPIDouble, watch: Callable[[], Watcher]
+) -> None:
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24"})
+    api.wait_for_watches(1)
+    api.drop_watches(clean=True)
+    api.add_node("b", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})
+    assert w.snapshots() == 1
+    assert len(api.requests_matching("GET", "/nodes")) >= 3  # list, watch, re-watch
+
+
+def test_stop_is_prompt(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> None:
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24"})
+    api.wait_for_watches(1)
+    assert w.close() < 1.0
+    api.stop()
+    w2 = watch()  # a watcher that is backing off also stops promptly
+    w2.settle(0.5)
+    assert w2.close() < 1.0

@@ -1,0 +1,358 @@
+"""The API server double itself, exercised with the official kubernetes client."""
+
+# The kubernetes client's watch module and ApiClient.close carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import urllib3
+from kubernetes import client, watch
+
+from kubeapi import KubeAPIDouble
+from kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def double() -> Iterator[KubeAPIDouble]:
+    with KubeAPIDouble() as api:
+        yield api
+
+
+@pytest.fixture
+def core(double: KubeAPIDouble) -> Iterator[Any]:
+    cfg = client.Configuration()
+    cfg.host = double.url
+    cfg.retries = False
+    api_client = client.ApiClient(cfg)
+    yield client.CoreV1Api(api_client)
+    api_client.close()
+
+
+def raw_watch(double: KubeAPIDouble, query: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """GET a watch URL with urllib3 and return its events (the stream must end)."""
+    http = urllib3.PoolManager(retries=False)
+    resp = http.request("GET", f"{double.url}/api/v1/nodes?{query}", preload_content=False,
+                        timeout=urllib3.Timeout(connect=2, read=timeout))
+    assert resp.status == 200
+    assert resp.headers["Transfer-Encoding"] == "chunked"
+    body = b"".join(resp.stream(4096))
+    resp.release_conn()
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def status_of(err: client.ApiException) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(err.body or "")
+    assert doc["kind"] == "Status" and doc["status"] == "Failure"
+    assert doc["code"] == err.status
+    return doc
+
+
+# --- list / get ----------------------------------------------------------------------
+
+
+def test_list_carries_resource_version_and_deserialises(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("b", pod_cidr="10.1.2.0/24")
+    double.add_node("a", pod_cidrs=["10.1.1.0/24", "fd00:1::/64"])
+    nodes = core.list_node()
+    assert nodes.metadata.resource_version == str(double.resource_version)
+    assert [n.metadata.name for n in nodes.items] == ["a", "b"]
+    assert nodes.items[0].spec.pod_cidrs == ["10.1.1.0/24", "fd00:1::/64"]
+    assert nodes.items[0].spec.pod_cidr == "10.1.1.0/24"
+    assert nodes.items[1].status.conditions[0].type == "Ready"
+
+
+def test_get_missing_node_is_a_not_found_status(core: Any) -> None:
+    with pytest.raises(client.ApiException) as caught:
+        core.read_node("nope")
+    assert caught.value.status == 404
+    doc = status_of(caught.value)
+    assert doc["reason"] == "NotFound"
+    assert doc["message"] == 'nodes "nope" not found'
+
+
+def test_each_write_bumps_the_resource_version(double: KubeAPIDouble) -> None:
+    first = double.add_node("a")
+    second = double.annotate_node("a", {"x/y": "1"})
+    assert int(second["metadata"]["resourceVersion"]) == int(first["metadata"]["resourceVersion"]) + 1
+    assert double.resource_version == int(second["metadata"]["resourceVersion"])
+
+
+# --- watch -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["true", "True", "1"])
+def test_watch_flag_spellings(double: KubeAPIDouble, flag: str) -> None:
+    double.add_node("a")
+    events = raw_watch(double, f"watch={flag}&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "a")]
+
+
+def test_watch_from_version_replays_later_changes_only(double: KubeAPIDouble) -> None:
+    double.add_node("a")
+    rv = double.resource_version
+    double.add_node("b")
+    double.annotate_node("a", {"k/x": "1"})
+    double.delete_node("b")
+    events = raw_watch(double, f"watch=true&resourceVersion={rv}&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b"),
+    ]
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(versions) and versions[0] > rv
+
+
+def test_watch_times_out_with_a_bookmark(double: KubeAPIDouble) -> None:
+    double.add_node("a")
+    rv = double.resource_version
+    started = time.monotonic()
+    events = raw_watch(double, f"watch=true&resourceVersion={rv}&timeoutSeconds=1"
+                               "&allowWatchBookmarks=true")
+    assert 0.9 < time.monotonic() - started < 3
+    assert events == [{"type": "BOOKMARK", "object": {
+        "kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)}}}]
+
+
+def test_official_watch_streams_live_events(double: KubeAPIDouble, core: Any) -> None:
+    rv = core.list_node().metadata.resource_version
+    timer = threading.Timer(0.2, lambda: double.add_node("late", pod_cidr="10.9.0.0/24"))
+    timer.start()
+    seen = []
+    w = watch.Watch()
+    for event in w.stream(core.list_node, resource_version=rv, timeout_seconds=3):
+        seen.append((event["type"], event["object"].metadata.name, event["object"].spec.pod_cidr))
+        w.stop()
+    timer.join()
+    assert seen == [("ADDED", "late", "10.9.0.0/24")]
+
+
+def test_watch_from_compacted_version_gets_410_error_event(double: KubeAPIDouble) -> None:
+    double.add_node("a")
+    old = double.resource_version
+    double.add_node("b")
+    double.compact()
+    events = raw_watch(double, f"watch=true&resourceVersion={old}")
+    assert len(events) == 1 and events[0]["type"] == "ERROR"
+    assert events[0]["object"]["code"] == 410
+    assert events[0]["object"]["reason"] == "Expired"
+    assert "too old resource version" in events[0]["object"]["message"]
+
+
+def test_history_window_expires_old_versions(core: Any) -> None:
+    with KubeAPIDouble(history=2) as small:
+        cfg = client.Configuration()
+        cfg.host = small.url
+        api = client.CoreV1Api(client.ApiClient(cfg))
+        small.add_node("a")
+        old = small.resource_version
+        for i in range(3):
+            small.annotate_node("a", {"k/n": str(i)})
+        recent = small.resource_version - 2
+        assert len(raw_watch(small, f"watch=true&resourceVersion={recent}&timeoutSeconds=1")) == 2
+        with pytest.raises(client.ApiException) as caught:
+            for _ in watch.Watch().stream(api.list_node, resource_version=str(old)):
+                pass
+        assert caught.value.status == 410
+        api.api_client.close()
+
+
+def test_gone_as_http_status(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    old = double.resource_version
+    double.add_node("b")
+    double.compact()
+    double.gone_as_http_status = True
+    with pytest.raises(client.ApiException) as caught:
+        core.list_node(watch=True, resource_version=str(old), _preload_content=False)
+    assert caught.value.status == 410
+    assert status_of(caught.value)["reason"] == "Expired"
+
+
+def test_paused_watch_that_falls_behind_compaction_expires(double: KubeAPIDouble) -> None:
+    double.add_node("a")
+    rv = double.resource_version
+    result: list[list[dict[str, Any]]] = []
+    reader = threading.Thread(target=lambda: result.append(
+        raw_watch(double, f"watch=true&resourceVersion={rv}&timeoutSeconds=5")))
+    with double.watches_paused():
+        reader.start()
+        double.wait_for_watches(1)
+        double.add_node("b")
+        double.compact()
+    reader.join(timeout=5)
+    assert [(e["type"], e["object"].get("code")) for e in result[0]] == [("ERROR", 410)]
+
+
+def test_drop_watches_cleanly_ends_the_stream(double: KubeAPIDouble) -> None:
+    result: list[list[dict[str, Any]]] = []
+    reader = threading.Thread(target=lambda: result.append(
+        raw_watch(double, "watch=true&resourceVersion=1000&timeoutSeconds=30")))
+    reader.start()
+    double.wait_for_watches(1)
+    started = time.monotonic()
+    double.drop_watches(clean=True)
+    reader.join(timeout=5)
+    assert time.monotonic() - started < 2
+    assert result == [[]]
+
+
+def test_stop_cuts_watches_and_start_reuses_the_port(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    port = double.port
+    errors: list[Exception] = []
+
+    def read() -> None:
+        try:
+            raw_watch(double, "watch=true&resourceVersion=1001&timeoutSeconds=30")
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            errors.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    double.wait_for_watches(1)
+    double.stop()
+    reader.join(timeout=5)
+    assert not reader.is_alive()
+    assert errors and isinstance(errors[0], urllib3.exceptions.HTTPError)
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        core.read_node("a", _request_timeout=(1, 1))
+    double.start()
+    assert double.port == port
+    assert core.read_node("a").metadata.name == "a"
+
+
+# --- writes ------------------------------------------------------------------------
+
+
+def test_put_with_stale_resource_version_conflicts(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    node = core.read_node("a")
+    double.annotate_node("a", {"k/other": "x"})
+    node.metadata.annotations = {"k/mine": "y"}
+    with pytest.raises(client.ApiException) as caught:
+        core.replace_node("a", node)
+    assert caught.value.status == 409
+    assert status_of(caught.value)["reason"] == "Conflict"
+    fresh = core.read_node("a")
+    fresh.metadata.annotations["k/mine"] = "y"
+    stored = core.replace_node("a", fresh)
+    assert stored.metadata.annotations == {"k/other": "x", "k/mine": "y"}
+
+
+def test_strategic_patch_merges_conditions_on_type(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a", annotations={"k/keep": "1", "k/drop": "2"})
+    patched = core.patch_node_status("a", {
+        "metadata": {"annotations": {"k/new": "3", "k/drop": None}},
+        "status": {"conditions": [{"type": "NetworkUnavailable", "status": "False",
+                                   "reason": "FlannelIsUp"}]},
+    })
+    assert [c.type for c in patched.status.conditions] == ["Ready", "NetworkUnavailable"]
+    assert patched.metadata.annotations == {"k/keep": "1", "k/new": "3"}
+    again = core.patch_node_status("a", {"status": {"conditions": [
+        {"type": "NetworkUnavailable", "status": "True", "reason": "Other"}]}})
+    assert [(c.type, c.status) for c in again.status.conditions] == [
+        ("Ready", "True"), ("NetworkUnavailable", "True")]
+    assert double.requests[-1].content_type == "application/strategic-merge-patch+json"
+
+
+def test_merge_patch_replaces_lists(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    patched = core.patch_node_status(
+        "a", {"status": {"conditions": [{"type": "NetworkUnavailable", "status": "False"}]}},
+        _content_type="application/merge-patch+json")
+    assert [c.type for c in patched.status.conditions] == ["NetworkUnavailable"]
+
+
+def test_json_patch_and_failed_test_operation(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a", annotations={"k/a": "1"})
+    patched = core.patch_node("a", [{"op": "add", "path": "/metadata/annotations/k~1b",
+                                     "value": "2"}])
+    assert patched.metadata.annotations == {"k/a": "1", "k/b": "2"}
+    assert double.requests[-1].content_type == "application/json-patch+json"
+    with pytest.raises(client.ApiException) as caught:
+        core.patch_node("a", [{"op": "test", "path": "/metadata/annotations/k~1a", "value": "9"}])
+    assert caught.value.status == 422
+
+
+def test_unknown_patch_type_is_415(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    with pytest.raises(client.ApiException) as caught:
+        core.patch_node("a", {"metadata": {}}, _content_type="application/apply-patch+yaml")
+    assert caught.value.status == 415
+
+
+def test_status_subresource_keeps_spec_and_main_keeps_status(double: KubeAPIDouble,
+                                                               core: Any) -> None:
+    double.add_node("a", pod_cidr="10.0.1.0/24")
+    core.patch_node_status("a", {"spec": {"podCIDR": "10.0.9.0/24"}, "status": {"conditions": []}},
+                           _content_type="application/merge-patch+json")
+    assert double.node("a")["spec"]["podCIDR"] == "10.0.1.0/24"
+    assert double.node("a")["status"]["conditions"] == []
+    core.patch_node("a", {"spec": {"unschedulable": True}, "status": {"conditions": [
+        {"type": "X", "status": "True"}]}})
+    assert double.node("a")["spec"]["unschedulable"] is True
+    assert double.node("a")["status"]["conditions"] == []
+
+
+def test_noop_patch_changes_nothing(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a", annotations={"k/a": "1"})
+    rv = double.resource_version
+    core.patch_node_status("a", {"metadata": {"annotations": {"k/a": "1"}}})
+    assert double.resource_version == rv
+
+
+def test_pods_and_configmaps(double: KubeAPIDouble, core: Any) -> None:
+    double.add_pod("kube-flannel", "flannel-x", "node-7")
+    assert core.read_namespaced_pod("flannel-x", "kube-flannel").spec.node_name == "node-7"
+    double.put_configmap("kube-flannel", "cfg", {"k": "v"})
+    cm = core.read_namespaced_config_map("cfg", "kube-flannel")
+    cm.data = {"k": "w"}
+    assert core.replace_namespaced_config_map("cfg", "kube-flannel", cm).data == {"k": "w"}
+    cm.data = {"k": "stale"}
+    with pytest.raises(client.ApiException) as caught:
+        core.replace_namespaced_config_map("cfg", "kube-flannel", cm)
+    assert caught.value.status == 409
+    assert double.configmap("kube-flannel", "cfg")["data"] == {"k": "w"}
+
+
+def test_fail_next_injects_errors(double: KubeAPIDouble, core: Any) -> None:
+    double.add_node("a")
+    double.fail_next(1, 503, method="GET", path_suffix="/nodes/a")
+    with pytest.raises(client.ApiException) as caught:
+        core.read_node("a")
+    assert caught.value.status == 503
+    assert core.read_node("a").metadata.name == "a"
+
+
+# --- the patch functions (pure) ---------------------------------------------------
+
+
+def test_patch_functions_do_not_mutate_inputs() -> None:
+    node = {"metadata": {"annotations": {"a": "1"}}, "status": {"conditions": [{"type": "R"}]}}
+    frozen = json.dumps(node, sort_keys=True)
+    strategic_merge_patch(node, {"status": {"conditions": [{"type": "R", "status": "x"}]}})
+    merge_patch(node, {"metadata": {"annotations": None}})
+    json_patch(node, [{"op": "remove", "path": "/metadata/annotations/a"}])
+    assert json.dumps(node, sort_keys=True) == frozen
+
+
+def test_strategic_delete_directive_and_primitive_set() -> None:
+    node = {"spec": {"podCIDRs": ["10.0.0.0/24"]},
+            "status": {"conditions": [{"type": "A"}, {"type": "B"}]}}
+    out = strategic_merge_patch(node, {
+        "spec": {"podCIDRs": ["10.0.0.0/24", "fd00::/64"]},
+        "status": {"conditions": [{"type": "A", "$patch": "delete"}],
+                   "$setElementOrder/conditions": [{"type": "B"}]},
+    })
+    assert out == {"spec": {"podCIDRs": ["10.0.0.0/24", "fd00::/64"]},
+                   "status": {"conditions": [{"type": "B"}]}}
+    with pytest.raises(PatchError):
+        strategic_merge_patch(node, {"status": {"conditions": [{"status": "no key"}]}})
