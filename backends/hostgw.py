@@ -1,0 +1,93 @@
+"""The host-gw backend: a plain route per peer through its public address.
+
+Design: like vxlan, one path serves every event and every resync tick.
+:meth:`HostGwNetwork.reconcile` computes the wanted routes from the peer
+leases (pure, :mod:`backends.hostgw_state`), observes the routes of ours
+(protocol 44) once per family, and applies the difference.  So a route
+deleted by hand comes back on the next pass, a removed peer's route goes,
+a restart flushes nothing, and routes we did not make are never touched.
+There is no device: FLANNEL_MTU is the external interface's MTU.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+
+from backends.base import ExternalInterface, ReconcileReport
+from backends.hostgw_state import check_no_nat, desired_state, hostgw_peers, lease_attrs
+from backends.netlink import Netlink
+from backends.plan import Delete, Put, plan
+from backends.skiplog import SkipLog
+from flanneld.config import NetConfig
+from flanneld.errors import ConfigError, InterfaceError
+from subnet.lease import IPNetwork, Lease
+from subnet.manager import SubnetManager
+
+log = logging.getLogger(__name__)
+
+
+class HostGwBackend:
+    """Builds the host-gw :class:`HostGwNetwork` on the external interface."""
+
+    def __init__(self, ext: ExternalInterface, netlink: Netlink) -> None:
+        self._ext = ext
+        self._netlink = netlink
+
+    def register_network(self, manager: SubnetManager, config: NetConfig) -> HostGwNetwork:
+        networks = config.networks()
+        if not networks:
+            raise ConfigError("the host-gw backend needs an IPv4 or IPv6 Network")
+        versions = [net.version for net in networks]
+        for version in versions:
+            if (self._ext.ext_addr if version == 4 else self._ext.ext_addr6) is None:
+                raise InterfaceError(f"interface {self._ext.name} has no IPv{version} address")
+        check_no_nat(self._ext, versions)
+        lease = manager.acquire_lease(lease_attrs(self._ext, versions))
+        return HostGwNetwork(self._netlink, self._ext, lease, networks)
+
+
+class HostGwNetwork:
+    """Our lease and the routes to every peer subnet."""
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        ext: ExternalInterface,
+        lease: Lease,
+        networks: Sequence[IPNetwork],
+    ) -> None:
+        self._netlink = netlink
+        self._ext = ext
+        self._lease = lease
+        self._networks = tuple(networks)
+        self._families = sorted(
+            {socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in networks}
+        )
+        self._skips = SkipLog(log)
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        return self._ext.mtu
+
+    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        usable, skipped = hostgw_peers(self._lease, peers, self._networks)
+        self._skips.report(skipped)
+        desired = desired_state(usable, self._ext.index)
+        observed = self._netlink.observe([], self._families)
+        result = self._netlink.apply(plan(observed, desired))
+        return ReconcileReport(
+            added=sum(isinstance(c, Put) for c in result.applied),
+            removed=sum(isinstance(c, Delete) for c in result.applied),
+            failed=tuple(str(f) for f in result.failed),
+            skipped=tuple(skipped),
+            peers=len({p.key for p in usable}),
+        )
+
+    def close(self) -> None:
+        """Nothing runs in the background; routes stay for a restart."""

@@ -1,0 +1,81 @@
+"""The host-gw backend's pure parts: the NAT check, usable peers, desired routes.
+
+Per usable peer and address family the kernel needs one route, as
+upstream programs it: ``<peer subnet> via <peer public IP> dev <external
+interface>`` (ours carry protocol id 44).  That only works when every node
+shares an L2 segment; the lease carries no BackendData (``null``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from backends.base import ExternalInterface
+from backends.model import DataplaneState, Route, Skipped
+from backends.peers import usable_peers
+from flanneld.errors import ConfigError
+from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs
+
+BACKEND_TYPE = "host-gw"
+NAT_MESSAGE = (
+    "your PublicIP differs from interface IP, meaning that probably you're on a NAT, "
+    "which is not supported by host-gw backend"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HostGwPeer:
+    """One peer subnet of one family and the address to route it through."""
+
+    key: str
+    subnet: IPNetwork
+    gateway: IPAddress
+
+
+def check_no_nat(ext: ExternalInterface, versions: Sequence[int]) -> None:
+    """ConfigError (upstream's message) when an advertised address is not the interface's."""
+    for version in versions:
+        iface, public = (
+            (ext.iface_addr, ext.ext_addr) if version == 4 else (ext.iface_addr6, ext.ext_addr6)
+        )
+        if public != iface:
+            raise ConfigError(NAT_MESSAGE)
+
+
+def lease_attrs(ext: ExternalInterface, versions: Sequence[int]) -> LeaseAttrs:
+    """BackendType ``host-gw``, no BackendData, a public address per enabled family."""
+    public_ip = ext.ext_addr if 4 in versions and ext.ext_addr is not None else UNSPECIFIED_V4
+    return LeaseAttrs(
+        public_ip=public_ip,
+        public_ipv6=ext.ext_addr6 if 6 in versions else None,
+        backend_type=BACKEND_TYPE,
+    )
+
+
+def hostgw_peers(
+    own: Lease, peers: Sequence[Lease], networks: Sequence[IPNetwork]
+) -> tuple[list[HostGwPeer], list[Skipped]]:
+    """Routes to program per family, and the peers skipped with reasons.
+
+    A family of a usable peer is programmed when the peer has both a
+    subnet and a public address of that family and we run that family.
+    """
+    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    versions = {net.version for net in networks}
+    result: list[HostGwPeer] = []
+    for peer in usable:
+        found = []
+        if 4 in versions and peer.subnet is not None and peer.attrs.public_ip != UNSPECIFIED_V4:
+            found.append(HostGwPeer(peer.key, peer.subnet, peer.attrs.public_ip))
+        if 6 in versions and peer.ipv6_subnet is not None and peer.attrs.public_ipv6 is not None:
+            found.append(HostGwPeer(peer.key, peer.ipv6_subnet, peer.attrs.public_ipv6))
+        if not found:
+            skipped.append(Skipped(peer.key, "no public address for any family we route"))
+        result.extend(found)
+    return result, skipped
+
+
+def desired_state(peers: Sequence[HostGwPeer], ifindex: int) -> DataplaneState:
+    """One route per peer subnet through its public address on the external interface."""
+    return DataplaneState(frozenset(Route(p.subnet, p.gateway, ifindex) for p in peers))

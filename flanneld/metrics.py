@@ -1,0 +1,172 @@
+"""Prometheus metrics of one flanneld (upstream has none; names are ours).
+
+Everything lives in a private :class:`~prometheus_client.CollectorRegistry`
+held by :class:`Metrics` (never the global default registry), so tests and
+several daemons in one process do not share counters.  The udp forwarder's
+per-packet counters stay plain ints in its threads; a custom collector
+reads them at scrape time, so forwarding pays no lock per packet.
+
+Serve them by adding ``{"/metrics": metrics_handler(metrics)}`` to the
+health server's ``extra_routes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from backends.base import ReconcileReport
+from backends.udp_packet import Drop, ForwardStats
+from flanneld.health import Handler, Response
+from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot
+
+# The classic text format generate_latest() writes (prometheus-client >= 0.24 would
+# announce version 1.0.0 as its "latest"; every scraper understands 0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_EVENT_KINDS: dict[type, str] = {LeaseAdded: "added", LeaseRemoved: "removed", Snapshot: "snapshot"}
+
+
+class Metrics:
+    """The daemon's counters and gauges, and the hooks that feed them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.known_peers = Gauge(
+            "flannel_known_peers", "Peer leases known (all backends, ours excluded).", registry=reg
+        )
+        self.usable_peers = Gauge(
+            "flannel_programmed_peers",
+            "Peers the backend programmed in the last pass.",
+            registry=reg,
+        )
+        self.lease_expiry = Gauge(
+            "flannel_lease_expiry_timestamp_seconds",
+            "When our lease expires (Unix time; 0 when it does not expire).",
+            registry=reg,
+        )
+        self.events = Counter(
+            "flannel_lease_events", "Lease watch messages handled, by kind.", ["kind"], registry=reg
+        )
+        self.reconcile_duration = Histogram(
+            "flannel_reconcile_duration_seconds",
+            "Duration of a reconcile pass.",
+            buckets=RECONCILE_BUCKETS,
+            registry=reg,
+        )
+        self.kernel_added = Counter(
+            "flannel_kernel_objects_added",
+            "Routes, neighbours and FDB entries written.",
+            registry=reg,
+        )
+        self.kernel_removed = Counter(
+            "flannel_kernel_objects_removed",
+            "Routes, neighbours and FDB entries removed.",
+            registry=reg,
+        )
+        self.repaired = Counter(
+            "flannel_kernel_objects_repaired",
+            "Kernel state found altered and put back, by kind (dataplane, rules, device).",
+            ["kind"],
+            registry=reg,
+        )
+        self.netlink_errors = Counter(
+            "flannel_netlink_errors", "Kernel writes that failed.", registry=reg
+        )
+        self.store_errors = Counter(
+            "flannel_store_errors", "Subnet store (etcd, Kubernetes API) failures.", registry=reg
+        )
+        for kind in _EVENT_KINDS.values():
+            self.events.labels(kind)
+        for kind in ("dataplane", "rules", "device"):
+            self.repaired.labels(kind)
+        self._udp = _UdpCollector()
+        reg.register(self._udp)
+
+    # --- hooks the daemon calls -------------------------------------------------------
+
+    def record_messages(self, batch: Iterable[LeaseMessage]) -> None:
+        for message in batch:
+            self.events.labels(_EVENT_KINDS[type(message)]).inc()
+
+    def record_reconcile(self, report: ReconcileReport, seconds: float, resync_only: bool) -> None:
+        """Account one pass; on a resync tick without news every change was a repair."""
+        self.reconcile_duration.observe(seconds)
+        self.kernel_added.inc(report.added)
+        self.kernel_removed.inc(report.removed)
+        self.netlink_errors.inc(len(report.failed))
+        self.usable_peers.set(report.peers)
+        if resync_only:
+            self.repaired.labels("dataplane").inc(report.added + report.removed)
+        if report.device_recreated:
+            self.repaired.labels("device").inc()
+
+    def record_rules_restored(self, count: int) -> None:
+        """What ``TrafficManager.resync()`` returned."""
+        self.repaired.labels("rules").inc(count)
+
+    def set_peers(self, count: int) -> None:
+        self.known_peers.set(count)
+
+    def set_lease_expiry(self, expiration: datetime | None) -> None:
+        self.lease_expiry.set(0 if expiration is None else expiration.timestamp())
+
+    def track_udp(self, stats: ForwardStats | None) -> None:
+        """Export the udp forwarder's counters (None stops exporting them)."""
+        self._udp.stats = stats
+
+    # --- exposition -------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The text exposition format (``text/plain; version=0.0.4``)."""
+        return bytes(generate_latest(self.registry))
+
+
+class _UdpCollector:
+    """Reads the forwarder's plain-int counters at scrape time."""
+
+    def __init__(self) -> None:
+        self.stats: ForwardStats | None = None
+
+    def describe(self) -> Sequence[Metric]:
+        return list(self._families(ForwardStats()))
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is not None:
+            yield from self._families(stats)
+
+    @staticmethod
+    def _families(stats: ForwardStats) -> Iterator[Metric]:
+        packets = CounterMetricFamily(
+            "flannel_udp_packets", "Packets forwarded by the udp backend.", labels=["direction"]
+        )
+        octets = CounterMetricFamily(
+            "flannel_udp_bytes", "Bytes forwarded by the udp backend.", labels=["direction"]
+        )
+        dropped = CounterMetricFamily(
+            "flannel_udp_dropped_packets",
+            "Packets the udp backend dropped, by direction and reason.",
+            labels=["direction", "reason"],
+        )
+        for direction, counts in (("tun_to_udp", stats.tx), ("udp_to_tun", stats.rx)):
+            packets.add_metric([direction], counts.packets)
+            octets.add_metric([direction], counts.bytes)
+            for reason in Drop:
+                dropped.add_metric([direction, reason.value], counts.dropped[reason])
+        yield from (packets, octets, dropped)
+
+
+def metrics_handler(metrics: Metrics) -> Handler:
+    """A ``/metrics`` handler for :func:`flanneld.health.start`'s ``extra_routes``."""
+
+    def handle() -> Response:
+        return Response(200, metrics.exposition().decode(), CONTENT_TYPE)
+
+    return handle

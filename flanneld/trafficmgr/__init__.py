@@ -1,0 +1,1 @@
+"""Masquerade and forward rules: pure renderers (rules) and thin appliers (ipt, nft)."""

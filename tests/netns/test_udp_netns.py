@@ -1,0 +1,332 @@
+"""The udp backend in a real kernel: two node namespaces on a veth underlay.
+
+Node ``a`` (198.18.0.1) owns 10.244.1.0/24, node ``b`` (198.18.0.2) owns
+10.244.2.0/24; each has its subnet's .1 on ``lo`` as a stand-in pod.  The
+TUN and UDP socket of each node are opened inside its namespace (the
+backend's opener seam); the forwarder threads run in this process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from backends.base import ExternalInterface
+from backends.netlink import Netlink
+from backends.topology import run_in_netns
+from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
+from backends.udp_packet import Drop
+from flanneld.config import BackendConfig, NetConfig
+from subnet.lease import Lease, LeaseAttrs
+from subnet.manager import Sink, Snapshot
+
+pytestmark = pytest.mark.netns
+
+CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
+CONFIG = NetConfig(network=CLUSTER, subnet_len=24, backend=BackendConfig("udp", {"Type": "udp"}))
+
+
+class FakeSubnetManager:
+    """Hands out one fixed subnet and remembers the attributes it was given."""
+
+    def __init__(self, subnet: str) -> None:
+        self._subnet = ipaddress.IPv4Network(subnet)
+        self.acquired: list[LeaseAttrs] = []
+
+    def get_network_config(self) -> NetConfig:
+        return CONFIG
+
+    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        self.acquired.append(attrs)
+        return Lease(self._subnet, None, attrs)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        return lease
+
+    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
+        return None
+
+    def public_ip_override(self) -> ipaddress.IPv4Address | None:
+        return None
+
+    def mark_network_available(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+        sink(Snapshot(()))
+        stop.wait()
+
+
+@dataclass
+class Node:
+    ns: str
+    third: int
+    netlink: Netlink
+    ext: ExternalInterface
+    backend: UdpBackend | None = None
+
+    def register(self) -> tuple[UdpNetwork, FakeSubnetManager]:
+        ns = self.ns
+
+        def opener(name: str, bind: tuple[str, int]) -> Endpoints:
+            return run_in_netns(ns, lambda: open_endpoints(name, bind))
+
+        self.backend = UdpBackend(self.ext, self.netlink, CONFIG.backend, opener)
+        manager = FakeSubnetManager(f"10.244.{self.third}.0/24")
+        return self.backend.register_network(manager, CONFIG), manager
+
+    def lease(self, backend_type: str = "") -> Lease:
+        assert self.ext.ext_addr is not None
+        return Lease(
+            ipaddress.IPv4Network(f"10.244.{self.third}.0/24"),
+            None,
+            LeaseAttrs(public_ip=self.ext.ext_addr, backend_type=backend_type),
+        )
+
+
+def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
+    out = sh("ip", "-n", ns, "-j", *args).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def ping(ns: str, src: str, dst: str, count: int = 2) -> subprocess.CompletedProcess[str]:
+    return sh(
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        str(count),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        src,
+        dst,
+        check=False,
+    )
+
+
+@pytest.fixture
+def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
+    a, b = netns_factory("uda"), netns_factory("udb")
+    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
+    nodes = []
+    for ns, third in ((a, 1), (b, 2)):
+        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{third}/24", "dev", "ul0")
+        sh("ip", "-n", ns, "addr", "add", f"10.244.{third}.1/32", "dev", "lo")
+        sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
+        addr = ipaddress.IPv4Address(f"198.18.0.{third}")
+        nodes.append(
+            Node(ns, third, Netlink(ns), ExternalInterface("ul0", index, 1500, addr, addr))
+        )
+    try:
+        yield nodes[0], nodes[1]
+    finally:
+        for node in nodes:
+            if node.backend is not None:
+                node.backend.stop()
+            node.netlink.close()
+
+
+def up_pair(pair: tuple[Node, Node]) -> tuple[UdpNetwork, UdpNetwork]:
+    a, b = pair
+    net_a, _ = a.register()
+    net_b, _ = b.register()
+    net_a.reconcile([b.lease("vxlan")])  # udp accepts peers of any backend type
+    net_b.reconcile([a.lease()])
+    return net_a, net_b
+
+
+def test_device_address_route_and_lease(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    network, manager = a.register()
+    assert manager.acquired == [LeaseAttrs(public_ip=ipaddress.IPv4Address("198.18.0.1"))]
+    assert network.lease.attrs.backend_type == "" and network.mtu == 1472
+    link = ip_json(a.ns, "-d", "link", "show", "flannel0")[0]
+    assert link["mtu"] == 1472 and "UP" in link["flags"]
+    assert link["linkinfo"]["info_kind"] == "tun"
+    addrs = ip_json(a.ns, "addr", "show", "flannel0")[0]["addr_info"]
+    assert [(x["local"], x["prefixlen"]) for x in addrs if x["family"] == "inet"] == [
+        ("10.244.1.0", 32)
+    ]
+    routes = ip_json(a.ns, "route", "show", "proto", "44")
+    assert [(r["dst"], r["dev"]) for r in routes] == [("10.244.0.0/16", "flannel0")]
+    again = network.reconcile([])
+    assert (again.added, again.removed, again.device_recreated) == (0, 0, False)
+
+
+def test_ping_across_and_route_repair(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, net_b = up_pair(pair)
+    assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
+    assert ping(b.ns, "10.244.2.1", "10.244.1.1").returncode == 0
+    assert net_a.stats.tx.packets >= 2 and net_a.stats.rx.packets >= 2
+    assert net_b.stats.rx.packets >= 2
+
+    sh("ip", "-n", a.ns, "route", "del", "10.244.0.0/16")
+    assert ping(a.ns, "10.244.1.1", "10.244.2.1", count=1).returncode != 0
+    assert net_a.reconcile([b.lease()]).added == 1
+    assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
+
+
+UDP_PROBE = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.settimeout(3)
+s.bind(("10.244.1.1", 0))
+s.connect((sys.argv[1], 9))
+s.send(b"probe")
+try:
+    s.recv(100)
+    print("answer")
+except TimeoutError:
+    print("timeout")
+except OSError as err:
+    print(errno.errorcode[err.errno])
+"""
+
+
+def udp_probe(ns: str, dst: str) -> str:
+    return sh("ip", "netns", "exec", ns, sys.executable, "-c", UDP_PROBE, dst).stdout.strip()
+
+
+def test_unknown_destination_gets_net_unreachable(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    net_a, _ = up_pair(pair)
+    accept_local = sh(
+        "ip", "netns", "exec", a.ns, "sysctl", "-n", "net.ipv4.conf.flannel0.accept_local"
+    )
+    assert accept_local.stdout.strip() == "1"
+    assert udp_probe(a.ns, "10.244.77.1") == "ENETUNREACH"
+    assert net_a.stats.tx.dropped[Drop.NO_ROUTE] == 1
+    # ICMP itself is never answered with ICMP: ping just times out
+    done = ping(a.ns, "10.244.1.1", "10.244.77.1", count=1)
+    assert done.returncode != 0 and "Unreachable" not in done.stdout
+    assert net_a.stats.tx.dropped[Drop.NO_ROUTE] == 2
+
+
+def test_removed_peer_is_unreachable(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    net_a, _ = up_pair(pair)
+    assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
+    net_a.reconcile([])
+    assert udp_probe(a.ns, "10.244.2.1") == "ENETUNREACH"
+
+
+SPOOF = """
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack("!10H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0,
+                socket.inet_aton("10.244.2.1"), socket.inet_aton("10.244.1.1")))
+struct.pack_into("!H", hdr, 10, csum(bytes(hdr)))
+pkt = bytes(hdr) + struct.pack("!HHHH", 9, 9, 8, 0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 8285))
+for _ in range(3):
+    s.sendto(pkt, ("198.18.0.1", 8285))
+"""
+
+
+def test_datagram_from_unknown_sender_is_dropped_and_counted(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, _ = a.register()  # b runs no forwarder: the test sends from its port 8285
+    net_a.reconcile([b.lease()])
+    sh("ip", "-n", b.ns, "addr", "add", "198.18.0.99/24", "dev", "ul0")
+    before = net_a.stats.rx.packets
+    sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.99")
+    deadline = time.monotonic() + 5
+    while net_a.stats.rx.dropped[Drop.UNKNOWN_SENDER] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert net_a.stats.rx.dropped[Drop.UNKNOWN_SENDER] == 3
+    assert net_a.stats.rx.packets == before
+    # the same packet from the known peer's address is forwarded
+    sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.2")
+    deadline = time.monotonic() + 5
+    while net_a.stats.rx.packets < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert net_a.stats.rx.packets == before + 3
+
+
+def test_deleted_tun_is_reopened(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, _ = up_pair(pair)
+    sh("ip", "-n", a.ns, "link", "del", "flannel0")
+    report = net_a.reconcile([b.lease()])
+    assert report.device_recreated
+    assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
+
+
+def test_close_stops_threads_and_removes_the_tun(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    net_a, _ = up_pair(pair)
+
+    def forwarders() -> int:
+        return sum(t.name in ("udp-tx", "udp-rx") and t.is_alive() for t in threading.enumerate())
+
+    before = forwarders()
+    started = time.monotonic()
+    net_a.close()
+    assert time.monotonic() - started < 3
+    assert before - forwarders() == 2
+    assert sh("ip", "-n", a.ns, "link", "show", "flannel0", check=False).returncode != 0
+
+
+def test_throughput_smoke(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, _ = up_pair(pair)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", b.ns, "iperf3", "-s", "-1", "-B", "10.244.2.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        done = sh(
+            "ip",
+            "netns",
+            "exec",
+            a.ns,
+            "iperf3",
+            "-c",
+            "10.244.2.1",
+            "-B",
+            "10.244.1.1",
+            "-t",
+            "2",
+            "-J",
+            timeout=30,
+        )
+        result = json.loads(done.stdout)
+    finally:
+        server.kill()
+        server.wait(5)
+    bps = result["end"]["sum_received"]["bits_per_second"]
+    assert bps > 1e6
+    assert net_a.stats.tx.bytes > 1_000_000
+    assert socket.AF_INET  # the forwarder only speaks IPv4
