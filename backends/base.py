@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backends.model import Skipped
+from backends.plan import Change, Delete, Put
 from flanneld.config import NetConfig
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
@@ -71,6 +72,25 @@ class ReconcileReport:
     skipped: tuple[Skipped, ...] = ()
     device_recreated: bool = False
     peers: int = 0
+
+
+def summarize(
+    applied: Sequence[Change],
+    failed: Sequence[object],
+    *,
+    skipped: Sequence[Skipped],
+    peers: int,
+    device_recreated: bool = False,
+) -> ReconcileReport:
+    """The report of one reconcile pass from what the netlink layer applied."""
+    return ReconcileReport(
+        added=sum(isinstance(c, Put) for c in applied),
+        removed=sum(isinstance(c, Delete) for c in applied),
+        failed=tuple(str(f) for f in failed),
+        skipped=tuple(skipped),
+        device_recreated=device_recreated,
+        peers=peers,
+    )
 
 
 class Network(Protocol):

@@ -15,10 +15,9 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from backends.base import ExternalInterface, ReconcileReport
+from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.hostgw_state import check_no_nat, desired_state, hostgw_peers, lease_attrs
 from backends.netlink import Netlink
-from backends.plan import Delete, Put, plan
 from backends.skiplog import SkipLog
 from flanneld.config import NetConfig
 from flanneld.errors import ConfigError, InterfaceError
@@ -79,14 +78,9 @@ class HostGwNetwork:
         usable, skipped = hostgw_peers(self._lease, peers, self._networks)
         self._skips.report(skipped)
         desired = desired_state(usable, self._ext.index)
-        observed = self._netlink.observe([], self._families)
-        result = self._netlink.apply(plan(observed, desired))
-        return ReconcileReport(
-            added=sum(isinstance(c, Put) for c in result.applied),
-            removed=sum(isinstance(c, Delete) for c in result.applied),
-            failed=tuple(str(f) for f in result.failed),
-            skipped=tuple(skipped),
-            peers=len({p.key for p in usable}),
+        result = self._netlink.sync(desired, [], self._families)
+        return summarize(
+            result.applied, result.failed, skipped=skipped, peers=len({p.key for p in usable})
         )
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from backends.model import (
     Neighbour,
     Route,
 )
-from backends.plan import Change, Put
+from backends.plan import Change, Put, plan
 from flanneld.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
 
@@ -383,6 +383,12 @@ class Netlink:
             dump = self._request("dump fdb", self._ipr.fdb, "dump")
             fdb.update(e for e in map(_self_fdb_entry, dump) if e and e.ifindex in devices)
         return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
+
+    def sync(
+        self, desired: DataplaneState, ifindexes: Iterable[int], families: Iterable[int]
+    ) -> ApplyResult:
+        """Observe what is ours, then apply only the difference to ``desired``."""
+        return self.apply(plan(self.observe(ifindexes, families), desired))
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """Apply ``changes`` in order, continuing past failures, one log line each."""

@@ -30,7 +30,7 @@ def usable_peers(
             skipped.append(Skipped(peer.key, reason))
             continue
         usable.append(peer)
-        claimed.extend(peer.subnets())
+        claimed.extend(s for s in peer.subnets() if s.version in {n.version for n in networks})
     return usable, skipped
 
 
@@ -43,10 +43,12 @@ def _reject_reason(
 ) -> str:
     if backend_type is not None and peer.attrs.backend_type != backend_type:
         return f"backend type {peer.attrs.backend_type!r}, not {backend_type!r}"
-    if not peer.subnets():
-        return "no subnet"
+    enabled = {n.version for n in networks}
+    subnets = [s for s in peer.subnets() if s.version in enabled]
+    if not subnets:
+        return "no subnet in an enabled address family"
     own_subnets = own.subnets()
-    for sub in peer.subnets():
+    for sub in subnets:
         if not any(sub.version == n.version and sub.subnet_of(n) for n in networks):  # type: ignore[arg-type]
             return f"subnet {sub} is outside the cluster network"
         for other in claimed:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from backends.base import Backend, ExternalInterface
+from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
+from backends.udp import UdpBackend
 from backends.vxlan import VxlanBackend
 from backends.vxlan_state import previous_vtep_mac
 from flanneld.config import BackendConfig
@@ -33,10 +35,18 @@ BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
 
 def backend_factories() -> dict[str, BackendFactory]:
     """Every backend this build has, by lower-case type name."""
-    return {"vxlan": _vxlan}
+    return {"vxlan": _vxlan, "host-gw": _hostgw, "udp": _udp}
 
 
 def _vxlan(ctx: BackendContext) -> Backend:
     return VxlanBackend(
         ctx.ext, ctx.netlink, ctx.config, previous_mac=previous_vtep_mac(ctx.previous_data)
     )
+
+
+def _hostgw(ctx: BackendContext) -> Backend:
+    return HostGwBackend(ctx.ext, ctx.netlink)
+
+
+def _udp(ctx: BackendContext) -> Backend:
+    return UdpBackend(ctx.ext, ctx.netlink, ctx.config)

@@ -29,11 +29,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport
+from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
 from backends.peers import usable_peers
-from backends.plan import Delete, Put, plan
 from backends.skiplog import SkipLog
 from backends.udp_packet import (
     DEFAULT_PORT,
@@ -360,15 +359,10 @@ class UdpNetwork:
             self._backend.port,
         )
         desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
-        observed = netlink.observe([], [socket.AF_INET])
-        result = netlink.apply(plan(observed, desired))
-        return ReconcileReport(
-            added=sum(isinstance(c, Put) for c in result.applied),
-            removed=sum(isinstance(c, Delete) for c in result.applied),
-            failed=tuple(str(f) for f in result.failed),
-            skipped=tuple(skipped),
+        result = netlink.sync(desired, [], [socket.AF_INET])
+        return summarize(
+            result.applied, result.failed, skipped=skipped, peers=len(usable),
             device_recreated=recreated,
-            peers=len(usable),
         )
 
     def close(self) -> None:

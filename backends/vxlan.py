@@ -19,10 +19,9 @@ import socket
 from collections.abc import Sequence
 from dataclasses import replace
 
-from backends.base import ExternalInterface, ReconcileReport
-from backends.model import Skipped
+from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.netlink import LinkState, Netlink, VxlanSpec
-from backends.plan import Delete, Put, plan
+from backends.skiplog import SkipLog
 from backends.vxlan_state import (
     BACKEND_TYPE,
     desired_state,
@@ -123,7 +122,7 @@ class VxlanNetwork:
         self._direct_routing = direct_routing
         self._device_mtu = spec.mtu
         self._address = ipaddress.ip_interface(f"{lease.subnet.network_address}/32")
-        self._logged_skips: dict[str, str] = {}
+        self._skips = SkipLog(log)
 
     @property
     def lease(self) -> Lease:
@@ -146,18 +145,13 @@ class VxlanNetwork:
     def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         ifindex, recreated = self._ensure_device()
         usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
-        self._log_skips(skipped)
+        self._skips.report(skipped)
         direct = self._direct_peers([p.public_ip for p in usable])
         desired = desired_state(usable, ifindex, direct)
-        observed = self._netlink.observe([ifindex], [socket.AF_INET])
-        result = self._netlink.apply(plan(observed, desired))
-        return ReconcileReport(
-            added=sum(isinstance(c, Put) for c in result.applied),
-            removed=sum(isinstance(c, Delete) for c in result.applied),
-            failed=tuple(str(f) for f in result.failed),
-            skipped=tuple(skipped),
+        result = self._netlink.sync(desired, [ifindex], [socket.AF_INET])
+        return summarize(
+            result.applied, result.failed, skipped=skipped, peers=len(usable),
             device_recreated=recreated,
-            peers=len(usable),
         )
 
     def close(self) -> None:
@@ -191,14 +185,6 @@ class VxlanNetwork:
             if len(lookups) == 1 and lookups[0].gateway is None and lookups[0].ifindex:
                 direct[addr] = lookups[0].ifindex
         return direct
-
-    def _log_skips(self, skipped: Sequence[Skipped]) -> None:
-        """Warn about each skipped peer once per reason, not on every pass."""
-        current = {s.key: s.reason for s in skipped}
-        for key, reason in current.items():
-            if self._logged_skips.get(key) != reason:
-                log.warning("skipping peer lease %s: %s", key, reason)
-        self._logged_skips = current
 
 
 def _valid_mac(mac: str | None) -> str | None:

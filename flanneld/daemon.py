@@ -17,16 +17,18 @@ from datetime import timedelta
 from backends.base import ExternalInterface, Network
 from backends.netlink import Netlink
 from backends.registry import BackendContext, backend_factories
+from backends.udp import UdpNetwork
 from flanneld import iface, subnetfile
 from flanneld.cli import Flags
 from flanneld.config import NetConfig
-from flanneld.errors import ConfigError
+from flanneld.errors import ConfigError, DataplaneError
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
     LeaseHolder,
     LoopSettings,
     MainLoop,
+    Periodic,
     Renewer,
     StopRequested,
     Watcher,
@@ -34,7 +36,10 @@ from flanneld.loop import (
     install_signal_handlers,
     retry_until_stopped,
 )
+from flanneld.metrics import Metrics, metrics_handler
 from flanneld.retry import Backoff
+from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
+from flanneld.trafficmgr.rules import FamilyNets, family_nets
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
 
@@ -130,6 +135,21 @@ def write_subnet_env(flags: Flags, config: NetConfig, network: Network) -> None:
     log.info("wrote %s: subnet %s, MTU %d", flags.subnet_file, network.lease.key, network.mtu)
 
 
+def rule_nets(config: NetConfig, lease: Lease) -> list[FamilyNets]:
+    return family_nets([(config.network, lease.subnet), (config.ipv6_network, lease.ipv6_subnet)])
+
+
+def setup_rules(
+    flags: Flags, rules: TrafficManager, nets: list[FamilyNets], previous: list[FamilyNets]
+) -> None:
+    """Install masquerade/forward rules; a failure is retried by the resync thread."""
+    try:
+        rules.setup(flags.ip_masq, flags.iptables_forward_rules, nets, previous)
+    except DataplaneError as err:
+        log.error("installing traffic rules failed: %s (retrying every %ds)", err,
+                  flags.iptables_resync)
+
+
 def run(flags: Flags) -> int:
     """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
     stop = threading.Event()
@@ -137,7 +157,7 @@ def run(flags: Flags) -> int:
     parts = Parts()
     health = HealthState()
     try:
-        _serve(flags, stop, parts, health)
+        _serve(flags, stop, parts, health, Metrics())
     except StopRequested:
         log.info("stopped during start-up")
     finally:
@@ -146,19 +166,37 @@ def run(flags: Flags) -> int:
     return 0
 
 
-def _serve(flags: Flags, stop: threading.Event, parts: Parts, health: HealthState) -> None:
+def _serve(
+    flags: Flags, stop: threading.Event, parts: Parts, health: HealthState, metrics: Metrics
+) -> None:
     if flags.healthz_port > 0:
-        parts.health = start_health(health, flags.healthz_ip, flags.healthz_port)
+        parts.health = start_health(
+            health, flags.healthz_ip, flags.healthz_port, {"/metrics": metrics_handler(metrics)}
+        )
     manager = parts.manager = build_manager(flags)
     config = get_network_config(manager, stop)
     check_br_netfilter(config)
+    previous_nets = family_nets(
+        zip(subnetfile.read_previous_networks(flags.subnet_file),
+            subnetfile.read_previous_subnets(flags.subnet_file))
+    )
     network = parts.network = register(flags, manager, config, stop)
     log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
+    metrics.set_lease_expiry(network.lease.expiration)
+    metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
+    rules = traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
+    setup_rules(flags, rules, rule_nets(config, network.lease), previous_nets)
     write_subnet_env(flags, config, network)
     health.set_detail("lease", f"lease {network.lease.key}; peers not synced yet")
 
+    announced = network.lease
+
     def on_lease(lease: Lease) -> None:
+        nonlocal announced
+        setup_rules(flags, rules, rule_nets(config, lease), rule_nets(config, announced))
+        announced = lease
         write_subnet_env(flags, config, parts.network or network)
+        metrics.set_lease_expiry(lease.expiration)
         health.set_detail("lease", f"lease {lease.key}")
 
     def on_synced() -> None:
@@ -173,13 +211,19 @@ def _serve(flags: Flags, stop: threading.Event, parts: Parts, health: HealthStat
         return fresh
 
     holder = LeaseHolder(network.lease)
-    loop = MainLoop(reregister, on_lease, on_synced, LoopSettings(flags.resync_interval), stop)
+    loop = MainLoop(
+        reregister, on_lease, on_synced, LoopSettings(flags.resync_interval), stop, metrics
+    )
     watcher = Watcher(manager, loop.messages.put, stop)
     margin = timedelta(minutes=flags.subnet_lease_renew_margin)
     renewer = Renewer(manager, holder, margin, stop)
-    parts.threads = (watcher, renewer)
-    watcher.start()
-    renewer.start()
+    keeper = Periodic(
+        "traffic-rules-resync", flags.iptables_resync,
+        lambda: metrics.record_rules_restored(rules.resync()), stop,
+    )
+    parts.threads = (watcher, renewer, keeper)
+    for thread in parts.threads:
+        thread.start()
     loop.run(network, holder)
 
 

@@ -13,10 +13,10 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from backends.base import Network, ReconcileReport
 from flanneld.config import NetConfig
@@ -178,6 +178,16 @@ def drain(q: queue.Queue[LeaseMessage], timeout: float) -> list[LeaseMessage]:
             return batch
 
 
+class LoopObserver(Protocol):
+    """Where the main loop reports what it did (the Prometheus metrics)."""
+
+    def record_messages(self, batch: Iterable[LeaseMessage]) -> None: ...
+
+    def record_reconcile(self, report: ReconcileReport, seconds: float, resync_only: bool) -> None: ...
+
+    def set_peers(self, count: int) -> None: ...
+
+
 class MainLoop:
     """Owns the network: folds lease messages, reconciles, re-acquires a lost lease."""
 
@@ -188,12 +198,14 @@ class MainLoop:
         on_synced: Callable[[], None],
         settings: LoopSettings,
         stop: threading.Event,
+        observer: LoopObserver | None = None,
     ) -> None:
         self._register = register
         self._on_lease = on_lease
         self._on_synced = on_synced
         self._settings = settings
         self._stop = stop
+        self._observer = observer
         self.messages: queue.Queue[LeaseMessage] = queue.Queue()
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
@@ -206,6 +218,9 @@ class MainLoop:
             lost = False
             for message in batch:
                 lost = table.apply(message) or lost
+            if self._observer is not None and batch:
+                self._observer.record_messages(batch)
+                self._observer.set_peers(len(table))
             if lost:
                 network = self._reacquire(network, table, holder)
             due = time.monotonic() >= next_resync
@@ -219,7 +234,10 @@ class MainLoop:
             except FlannelError as err:
                 log.error("reconcile failed: %s (retrying at the next resync)", err)
                 continue
-            self._log_report(report, time.monotonic() - started, resync=due and not batch)
+            seconds = time.monotonic() - started
+            self._log_report(report, seconds, resync=due and not batch)
+            if self._observer is not None:
+                self._observer.record_reconcile(report, seconds, resync_only=due and not batch)
             if heard and not synced:
                 synced = True
                 self._on_synced()
@@ -258,3 +276,22 @@ class MainLoop:
         for failure in report.failed:
             log.error("kernel write failed: %s", failure)
 
+
+
+class Periodic(threading.Thread):
+    """Calls ``action`` every ``interval`` seconds until stopped; logs its failures."""
+
+    def __init__(
+        self, name: str, interval: float, action: Callable[[], None], stop: threading.Event
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._interval = interval
+        self._action = action
+        self._stop_event = stop
+
+    def run(self) -> None:
+        while not wait(self._stop_event, self._interval):
+            try:
+                self._action()
+            except FlannelError as err:
+                log.error("%s failed: %s (retrying in %.0fs)", self.name, err, self._interval)
