@@ -135,7 +135,8 @@ def _decode_field(name: str, key: str, value: Any) -> Any:
 
 
 def _cidr(key: str, value: Any, kind: type[Any], message: str) -> Any:
-    if not isinstance(value, str):
+    # Like Go's ParseCIDR: "addr/len" only (no bare address, no netmask form).
+    if not isinstance(value, str) or not value.rpartition("/")[2].isdigit():
         raise ConfigError(f"net-conf.json: {key}: {message}: {value!r}")
     try:
         return kind(value, strict=False)  # Go's ParseCIDR masks host bits
@@ -144,9 +145,11 @@ def _cidr(key: str, value: Any, kind: type[Any], message: str) -> Any:
 
 
 def _address(key: str, value: Any, kind: type[Any]) -> Any:
+    if not isinstance(value, str):  # ipaddress would take an int
+        raise ConfigError(f"net-conf.json: {key} is not a valid address: {value!r}")
     try:
         return kind(value)
-    except (ValueError, TypeError) as err:
+    except ValueError as err:
         raise ConfigError(f"net-conf.json: {key} is not a valid address: {value!r}") from err
 
 
@@ -156,7 +159,9 @@ def _backend(value: Any) -> BackendConfig:
             f"error decoding Backend property of config: expected an object, got {value!r}"
         )
     probe = BackendConfig("", value)
-    kind = probe.option("Type", "")
+    kind = probe.option("Type")
+    if kind is None:  # absent or null: Go leaves the empty string
+        kind = ""
     if not isinstance(kind, str):
         raise ConfigError("error decoding Backend property of config: Type must be a string")
     return BackendConfig(kind.lower(), dict(value))
@@ -241,12 +246,13 @@ def _family_range(
     else:
         subnet_len = network.prefixlen + 2
     size = 1 << (network.max_prefixlen - subnet_len)
-    if lo is None:
+    # As upstream, the all-zero address means "not given".
+    if lo is None or int(lo) == 0:
         lo = network.network_address + size
     elif lo not in network:
         raise ConfigError(f"{rules.min_key} is not in the range of the {rules.network_key}")
-    if hi is None:
-        hi = network.broadcast_address + 1 - size
+    if hi is None or int(hi) == 0:
+        hi = network.broadcast_address - (size - 1)  # no overflow past the top address
     elif hi not in network:
         raise ConfigError(f"{rules.max_key} is not in the range of the {rules.network_key}")
     for key, addr in ((rules.min_key, lo), (rules.max_key, hi)):

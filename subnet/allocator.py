@@ -41,7 +41,7 @@ def free_subnets(
     for cand in candidates(rng):
         if int(cand.network_address) in exact:
             continue
-        if any(cand.overlaps(t) for t in odd):  # type: ignore[arg-type]
+        if any(cand.overlaps(t) for t in odd):
             continue
         found.append(cand)
         if len(found) >= limit:

@@ -138,7 +138,9 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     fields = _fold_keys(doc)
     public_ip = _optional_ip(fields.get("publicip"), ipaddress.IPv4Address, "PublicIP")
     public_ipv6 = _optional_ip(fields.get("publicipv6"), ipaddress.IPv6Address, "PublicIPv6")
-    backend_type = fields.get("backendtype") or ""
+    backend_type = fields.get("backendtype")
+    if backend_type is None:
+        backend_type = ""
     if not isinstance(backend_type, str):
         raise PeerDataError(f"BackendType must be a string, not {backend_type!r}")
     return LeaseAttrs(

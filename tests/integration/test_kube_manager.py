@@ -16,7 +16,8 @@ from kubeapi import KubeAPIDouble
 
 from flanneld.cli import Flags
 from flanneld.errors import ConfigError, LeaseError, StoreError
-from subnet.kube import KubeSettings, KubeSubnetManager, KubeTimings, manager_from_flags
+from subnet.kube import KubeSubnetManager, KubeTimings, manager_from_flags
+from subnet.kube_model import KubeSettings
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot, SubnetManager
 

@@ -11,9 +11,9 @@ import pytest
 
 from flanneld.config import parse_net_config
 from flanneld.errors import ConfigError, LeaseError, PeerDataError
-from subnet.kube import (
+from subnet.kube_model import (
     AnnotationKeys,
-    PeerTable,
+    NodeLeaseTable,
     annotation_changes,
     desired_annotations,
     network_available_patch,
@@ -278,7 +278,7 @@ def lease(cidr: str, ip: str = "10.0.0.1") -> Lease:
 
 
 def test_peer_table_messages() -> None:
-    table = PeerTable()
+    table = NodeLeaseTable()
     a = lease("10.244.1.0/24")
     assert table.set("a", a) == [LeaseAdded(a)]
     assert table.set("a", a) == []
@@ -341,7 +341,7 @@ def test_dual_stack_v4_change_is_not_masked_by_unchanged_v6() -> None:
     before = node(annotations=ann, pod_cidrs=["10.244.1.0/24", "fd00:1::/64"])
     after = node(annotations={**ann, P + "public-ip": "192.168.1.9"},
                  pod_cidrs=["10.244.1.0/24", "fd00:1::/64"])
-    table = PeerTable()
+    table = NodeLeaseTable()
     table.set("n1", node_to_lease(before, KEYS, enable_ipv4=True, enable_ipv6=True))
     changed = node_to_lease(after, KEYS, enable_ipv4=True, enable_ipv6=True)
     assert changed is not None

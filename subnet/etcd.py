@@ -1,0 +1,627 @@
+"""The etcd subnet manager: one key per node lease under ``<prefix>/subnets/``.
+
+Keys and values are upstream flanneld's byte for byte, so Go and Python
+nodes can share one etcd (v3 API).  Where this manager deliberately differs
+from upstream:
+
+* a lost creation race is retried with a new choice instead of failing;
+* the create transaction also refuses when any key with the same IPv4 part
+  exists (a dual-stack key cannot shadow an IPv4-only one);
+* reservations (keys without an etcd lease) work as documented: the host
+  whose PublicIP matches reuses them and they stay TTL-less;
+* renewal revokes the previous etcd lease once the new one is attached;
+* a CA file is used even without a client certificate, and TLS files that
+  an ``http://`` endpoint ignores are warned about (upstream is silent);
+* peers' leases carry no expiration (nothing consumes it, and looking it up
+  costs one TimeToLive call per key); etcd deletes expired keys and the
+  watch reports that as LeaseRemoved.
+
+This is the only module that imports the etcd client (``pyetcd``); its
+exceptions and gRPC's are translated to :mod:`flanneld.errors` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, NoReturn, TypeVar, cast
+from urllib.parse import urlsplit
+
+import grpc
+from pyetcd import exceptions as etcd_errors
+from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+from pyetcd.etcdrpc import AuthenticateRequest
+from pyetcd.events import DeleteEvent
+
+from flanneld.config import NetConfig, SubnetRange, parse_net_config, subnet_ranges
+from flanneld.errors import (
+    ConfigError,
+    LeaseConflictError,
+    PeerDataError,
+    StoreError,
+    WatchExpiredError,
+)
+from flanneld.retry import Backoff
+from subnet.allocator import choose_subnet, in_range
+from subnet.lease import (
+    IPNetwork,
+    Lease,
+    LeaseAttrs,
+    decode_attrs,
+    encode_attrs,
+    parse_subnet_key,
+    subnet_key,
+)
+from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Sink, Snapshot
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/coreos.com/network"
+DEFAULT_PORT = 2379
+LEASE_TTL = 86400  # seconds; upstream's fixed subnet lease TTL
+CONFIG_NOT_FOUND = (
+    "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+)
+STOP_POLL = 0.2  # seconds between checks of the stop event inside a watch
+FAILOVER_PAUSE = 1.0  # seconds a failed endpoint is skipped when there are others
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    """How to reach etcd (the ``--etcd-*`` flags)."""
+
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = DEFAULT_PREFIX
+    keyfile: str = ""
+    certfile: str = ""
+    cafile: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    renew_margin_minutes: int = 60
+
+    @property
+    def renew_margin(self) -> timedelta:
+        return timedelta(minutes=self.renew_margin_minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPlan:
+    """One endpoint as the client will dial it."""
+
+    host: str
+    port: int
+    secure: bool
+
+
+def plan_endpoints(settings: EtcdSettings) -> list[EndpointPlan]:
+    """Parse the endpoint URLs and decide TLS per endpoint; ConfigError if unusable.
+
+    The scheme decides, as in etcd's Go client (v3.5+) that flanneld uses:
+    ``https://`` is TLS, ``http://`` is plain even when a certificate is
+    configured.  Upstream's quirk: with only ``--etcd-cafile`` it builds no
+    TLS config at all, so the CA is ignored (https then trusts the system
+    roots; http is plain, silently).  Here the CA is always used for https,
+    and a CA or certificate that an ``http://`` endpoint ignores is warned
+    about.
+    """
+    if not settings.endpoints:
+        raise ConfigError("no etcd endpoints given")
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise ConfigError("--etcd-certfile and --etcd-keyfile must be given together")
+    plans = []
+    for url in settings.endpoints:
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port or DEFAULT_PORT
+        except ValueError as err:
+            raise ConfigError(f"bad etcd endpoint {url!r}: {err}") from err
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
+        plans.append(EndpointPlan(parts.hostname, port, parts.scheme == "https"))
+    plain = [url for url, plan in zip(settings.endpoints, plans, strict=True) if not plan.secure]
+    if plain and (settings.cafile or settings.certfile):
+        log.warning(
+            "etcd TLS files are configured, but %s use http://: talking PLAIN HTTP to them "
+            "(as upstream flanneld does); use https:// endpoints for TLS",
+            ", ".join(plain),
+        )
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One key under ``<prefix>/subnets/`` as listed."""
+
+    key: bytes
+    v4: IPv4Network
+    v6: IPv6Network | None
+    attrs: LeaseAttrs | None  # None: the value does not parse
+    etcd_lease: int  # 0: a reservation (no etcd lease)
+    mod_revision: int
+
+
+class EtcdSubnetManager:
+    """SubnetManager over etcd v3; thread-safe (one client, many callers)."""
+
+    def __init__(
+        self,
+        settings: EtcdSettings,
+        previous_subnet: tuple[IPv4Network | None, IPv6Network | None] = (None, None),
+        *,
+        chooser: random.Random | None = None,
+        attempts: int = 10,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        lease_ttl: int = LEASE_TTL,
+        rpc_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self._previous = previous_subnet
+        self._chooser = chooser or random.Random()
+        self._attempts = attempts
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._ttl = lease_ttl
+        self._config_key = posixpath.join(settings.prefix, "config")
+        self._subnets = posixpath.join(settings.prefix, "subnets") + "/"
+        self._lock = threading.Lock()
+        self._watches: set[int] = set()
+        self._warned: set[tuple[bytes, int]] = set()
+        self._closed = False
+        self._timeout = rpc_timeout
+        self._login_lock = threading.Lock()
+        self._need_login = bool(settings.username)
+        self._endpoint_count = len(settings.endpoints)
+        self._client = _make_client(settings, rpc_timeout)
+
+    # --- SubnetManager ---------------------------------------------------------
+
+    def get_network_config(self) -> NetConfig:
+        value, _meta = self._rpc(lambda: self._client.get(self._config_key))
+        if value is None:  # retryable: an admin may write it any moment
+            raise StoreError(f"{CONFIG_NOT_FOUND} (key {self._config_key})")
+        try:
+            cfg = parse_net_config(value)
+            subnet_ranges(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{self._config_key}: {err}") from err
+        return cfg
+
+    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        cfg = self.get_network_config()
+        v4_range, v6_range = subnet_ranges(cfg)
+        if v4_range is None:
+            raise ConfigError(
+                "the etcd subnet manager always allocates IPv4: EnableIPv4 false needs "
+                "--kube-subnet-mgr"
+            )
+        backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
+        for attempt in range(1, self._attempts + 1):
+            lease = self._try_acquire(attrs, v4_range, v6_range)
+            if lease is not None:
+                return lease
+            if attempt < self._attempts:
+                time.sleep(backoff.next_delay())
+        raise LeaseConflictError(
+            f"lost the race for a subnet {self._attempts} times in a row "
+            "(other nodes are acquiring at the same time); try again"
+        )
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        key = self._subnets + lease.key
+        value, meta = self._rpc(lambda: self._client.get(key))
+        if value is None:
+            log.warning("lease %s is gone from etcd (expired or deleted); re-creating", lease.key)
+            created = self._create(lease)
+            if created is None:
+                raise LeaseConflictError(f"subnet {lease.key} was taken by another node")
+            return created
+        try:
+            holder = str(decode_attrs(value).public_ip)
+        except PeerDataError:
+            holder = "an unreadable value"
+        if holder != str(lease.attrs.public_ip):
+            raise LeaseConflictError(f"subnet {lease.key} is now held by {holder}")
+        compare = self._client.transactions.mod(key) == meta.mod_revision
+        ok, expiration = self._put(key, lease.attrs, compare, ttl_less=meta.lease_id == 0)
+        if not ok:
+            raise LeaseConflictError(f"lease {lease.key} changed while renewing; retry")
+        self._revoke(meta.lease_id)
+        return lease.with_expiration(expiration)
+
+    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+        backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
+        revision = 0  # last revision whose events were delivered; 0: list first
+        failures = 0  # in a row; only the first of an outage is a WARNING
+        while not stop.is_set():
+            try:
+                if revision == 0:
+                    leases, revision = self._snapshot()
+                    sink(Snapshot(leases))
+                watch_id, responses = self._open_watch(revision + 1)
+                backoff.reset()
+                if failures:
+                    log.info("lease watch resumed after %d failed attempts", failures)
+                    failures = 0
+                for message, revision in self._events(watch_id, responses, stop):
+                    sink(message)
+            except WatchExpiredError as err:
+                log.warning("lease watch fell behind etcd compaction (%s); re-listing", err)
+                revision = 0
+            except StoreError as err:
+                delay = backoff.next_delay()
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "lease watch failed: %s; reconnecting in %.1fs", err, delay,
+                )
+                stop.wait(delay)
+
+    def close(self) -> None:
+        """Cancel watches, then close the client (in this order: gotcha 7)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            watches = list(self._watches)
+            self._watches.clear()
+        for watch_id in watches:
+            self._cancel_watch(watch_id)
+        self._client.close()
+
+    # --- acquiring ---------------------------------------------------------------
+
+    def _try_acquire(
+        self, attrs: LeaseAttrs, v4_range: SubnetRange, v6_range: SubnetRange | None
+    ) -> Lease | None:
+        """One attempt (upstream's order); None when another writer got in first."""
+        entries = self._list()[0]
+        mine = _find_by_public_ip(entries, attrs)
+        if mine is not None:
+            if _compatible(mine.v4, mine.v6, v4_range, v6_range):
+                return self._reuse(mine, attrs)
+            log.warning(
+                "lease %s of this host (%s) does not fit the network config; deleting it",
+                subnet_key(mine.v4, mine.v6), attrs.public_ip,
+            )
+            if not self._delete_if_unchanged(mine):
+                return None
+            entries = [e for e in entries if e is not mine]
+        taken4: list[IPNetwork] = [e.v4 for e in entries]
+        taken6: list[IPNetwork] = [e.v6 for e in entries if e.v6 is not None]
+        v4, v6 = self._previous
+        if (
+            v4 is not None
+            and _compatible(v4, v6, v4_range, v6_range)
+            and _free(v4, taken4)
+            and (v6 is None or _free(v6, taken6))
+        ):
+            log.info("trying the previous subnet %s from the subnet file", subnet_key(v4, v6))
+        else:
+            if v4 is not None:
+                log.info("previous subnet %s is taken or outside the config; not reusing", v4)
+            v4 = cast(IPv4Network, choose_subnet(v4_range, taken4, self._chooser))
+            v6 = None
+            if v6_range is not None:
+                v6 = cast(IPv6Network, choose_subnet(v6_range, taken6, self._chooser))
+        return self._create(Lease(v4, v6, attrs))
+
+    def _reuse(self, entry: _Entry, attrs: LeaseAttrs) -> Lease | None:
+        compare = self._client.transactions.mod(entry.key) == entry.mod_revision
+        ok, expiration = self._put(entry.key, attrs, compare, ttl_less=entry.etcd_lease == 0)
+        if not ok:
+            return None
+        self._revoke(entry.etcd_lease)
+        lease = Lease(entry.v4, entry.v6, attrs, expiration)
+        log.info("reusing lease %s of this host (%s)", lease.key, attrs.public_ip)
+        return lease
+
+    def _create(self, lease: Lease) -> Lease | None:
+        # No key with this IPv4 subnet may exist, whatever its IPv6 part.
+        v4_prefix = self._subnets + subnet_key(lease.subnet, None)
+        compare = self._client.transactions.create(v4_prefix, _range_end(v4_prefix)) == 0
+        ok, expiration = self._put(self._subnets + lease.key, lease.attrs, compare, ttl_less=False)
+        if not ok:
+            log.info("subnet %s was taken by another node meanwhile; choosing again", lease.key)
+            return None
+        log.info("acquired lease %s for %s", lease.key, lease.attrs.public_ip)
+        return lease.with_expiration(expiration)
+
+    def _put(
+        self, key: str | bytes, attrs: LeaseAttrs, compare: Any, *, ttl_less: bool
+    ) -> tuple[bool, datetime | None]:
+        """Put ``attrs`` under ``key`` if ``compare`` holds, with a fresh etcd lease.
+
+        Returns (done, new expiration; None when TTL-less).  When the
+        comparison fails, the granted etcd lease is revoked again.
+        """
+        granted = None if ttl_less else self._rpc(lambda: self._client.lease(self._ttl))
+        lease_id = granted.id if granted is not None else 0
+        put = self._client.transactions.put(key, encode_attrs(attrs), lease=lease_id)
+        try:
+            ok, _ = self._rpc(
+                lambda: self._client.transaction(compare=[compare], success=[put], failure=[])
+            )
+        except StoreError:
+            self._revoke(lease_id)
+            raise
+        if not ok:
+            self._revoke(lease_id)
+            return False, None
+        if granted is None:
+            return True, None
+        return True, datetime.now(UTC) + timedelta(seconds=granted.ttl)
+
+    def _delete_if_unchanged(self, entry: _Entry) -> bool:
+        compare = self._client.transactions.mod(entry.key) == entry.mod_revision
+        delete = self._client.transactions.delete(entry.key)
+        ok, _ = self._rpc(
+            lambda: self._client.transaction(compare=[compare], success=[delete], failure=[])
+        )
+        return bool(ok)
+
+    def _revoke(self, lease_id: int) -> None:
+        """Best effort: a lease we fail to revoke expires by itself."""
+        if not lease_id:
+            return
+        try:
+            self._rpc(lambda: self._client.revoke_lease(lease_id))
+        except StoreError as err:
+            log.debug("revoking etcd lease %x failed: %s", lease_id, err)
+
+    # --- listing and watching ------------------------------------------------------
+
+    def _list(self) -> tuple[list[_Entry], int]:
+        """Every parseable key under subnets/ and the store revision of the read."""
+        resp = self._rpc(lambda: self._client.get_prefix_response(self._subnets))
+        entries = []
+        for kv in resp.kvs:
+            try:
+                v4, v6 = self._parse_key(kv.key)
+            except PeerDataError as err:
+                self._warn_once(kv.key, kv.mod_revision, err)
+                continue
+            try:
+                attrs: LeaseAttrs | None = decode_attrs(kv.value)
+            except PeerDataError as err:
+                self._warn_once(kv.key, kv.mod_revision, err)
+                attrs = None
+            entries.append(_Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision))
+        return entries, int(resp.header.revision)
+
+    def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
+        entries, revision = self._list()
+        leases = tuple(
+            Lease(e.v4, e.v6, e.attrs)
+            for e in entries
+            if e.attrs is not None
+        )
+        log.debug("listed %d leases at revision %d", len(leases), revision)
+        return leases, revision
+
+    def _open_watch(self, start: int) -> tuple[int, queue.Queue[Any]]:
+        """Start a prefix watch at revision ``start``; its responses arrive on the queue."""
+        responses: queue.Queue[Any] = queue.Queue()
+        watch_id = self._rpc(
+            lambda: self._client.add_watch_prefix_callback(
+                self._subnets, responses.put, start_revision=start
+            )
+        )
+        if watch_id < 0:  # etcd created and cancelled it at once: not permitted
+            self._need_login = bool(self.settings.username)
+            raise StoreError(f"etcd refused to watch {self._subnets} (permissions or auth token)")
+        with self._lock:
+            self._watches.add(watch_id)
+        return watch_id, responses
+
+    def _events(
+        self, watch_id: int, responses: queue.Queue[Any], stop: threading.Event
+    ) -> Iterator[tuple[LeaseMessage, int]]:
+        """The watch's messages with their revisions until ``stop``; cancels it at the end."""
+        try:
+            while not stop.is_set():
+                try:
+                    item = responses.get(timeout=STOP_POLL)
+                except queue.Empty:
+                    continue
+                if item is None or isinstance(item, BaseException):
+                    _translate(item)
+                for event in item.events:
+                    message = self._event_message(event)
+                    if message is not None:
+                        yield message, int(event.mod_revision)
+        finally:
+            with self._lock:
+                known = watch_id in self._watches
+                self._watches.discard(watch_id)
+            if known:
+                self._cancel_watch(watch_id)
+
+    def _event_message(self, event: Any) -> LeaseMessage | None:
+        try:
+            v4, v6 = self._parse_key(event.key)
+            key = subnet_key(v4, v6)
+            if isinstance(event, DeleteEvent):
+                return LeaseRemoved(key)
+            return LeaseAdded(Lease(v4, v6, decode_attrs(event.value)))
+        except PeerDataError as err:
+            self._warn_once(event.key, int(event.mod_revision), err)
+            return None
+
+    def _cancel_watch(self, watch_id: int) -> None:
+        try:  # not through _rpc: close() cancels after marking the manager closed
+            _call(lambda: self._client.cancel_watch(watch_id))
+        except StoreError as err:
+            log.debug("cancelling watch %d failed: %s", watch_id, err)
+
+    # --- calls and authentication ------------------------------------------------
+
+    def _rpc(self, func: Callable[[], T]) -> T:
+        """One client call, translated into flanneld errors.
+
+        Two cases are retried here because the client cannot: a refused
+        connection when other endpoints remain (the client then fails over
+        to the next), and a refused auth token (tokens are lost when etcd
+        restarts and expire when idle), by logging in again once.
+        """
+        if self._closed:
+            raise StoreError("the etcd subnet manager is closed")
+        if self._need_login:
+            self._login()
+        endpoints_left = self._endpoint_count - 1
+        logged_in_again = False
+        while True:
+            try:
+                return func()
+            except etcd_errors.ConnectionFailedError as err:
+                if endpoints_left <= 0:
+                    _translate(err)
+                endpoints_left -= 1
+                log.debug("etcd endpoint unreachable; failing over to the next one")
+            except grpc.RpcError as err:
+                refused = _code(err) == grpc.StatusCode.UNAUTHENTICATED
+                if logged_in_again or not (refused and self.settings.username):
+                    _translate(err)
+                log.info("etcd refused our auth token (expired or etcd restarted); logging in")
+                self._login()
+                logged_in_again = True
+            except etcd_errors.Etcd3Exception as err:
+                _translate(err)
+
+    def _login(self) -> None:
+        request = AuthenticateRequest(name=self.settings.username, password=self.settings.password)
+        with self._login_lock:
+            response = _call(lambda: self._client.authstub.Authenticate(request, self._timeout))
+            # The token travels as plain metadata, as etcd's own client sends it;
+            # gRPC call credentials would demand TLS.
+            self._client.metadata = (("token", response.token),)
+            stale = self._client.watcher
+            self._client.watcher = self._client.get_watcher()  # new streams, new token
+            self._need_login = False
+        stale.close()
+
+    # --- helpers -------------------------------------------------------------
+
+    def _parse_key(self, key: bytes) -> tuple[IPv4Network, IPv6Network | None]:
+        try:
+            name = key.decode()
+        except UnicodeDecodeError as err:
+            raise PeerDataError(f"subnet key is not UTF-8: {err}") from err
+        return parse_subnet_key(name.removeprefix(self._subnets))
+
+    def _warn_once(self, key: bytes, revision: int, err: PeerDataError) -> None:
+        with self._lock:
+            if (key, revision) in self._warned:
+                return
+            self._warned.add((key, revision))
+        log.warning("ignoring bad subnet lease %r: %s", key, err)
+
+
+# --- module helpers ----------------------------------------------------------------
+
+
+def _range_end(prefix: str) -> bytes:
+    """The end of the key range that holds exactly the keys starting with ``prefix``."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1  # the last character of a subnet key is a digit: no overflow
+    return bytes(raw)
+
+
+def _find_by_public_ip(entries: list[_Entry], attrs: LeaseAttrs) -> _Entry | None:
+    if attrs.public_ip.is_unspecified:
+        return None
+    for entry in entries:
+        if entry.attrs is not None and entry.attrs.public_ip == attrs.public_ip:
+            return entry
+    return None
+
+
+def _compatible(
+    v4: IPNetwork, v6: IPNetwork | None, v4_range: SubnetRange, v6_range: SubnetRange | None
+) -> bool:
+    """Could the current config have handed out this pair (upstream's rule)?"""
+    if not in_range(v4, v4_range):
+        return False
+    if v6_range is None:
+        return v6 is None
+    return v6 is not None and in_range(v6, v6_range)
+
+
+def _free(subnet: IPNetwork, taken: list[IPNetwork]) -> bool:
+    return not any(subnet.overlaps(t) for t in taken)
+
+
+def _make_client(settings: EtcdSettings, timeout: float) -> MultiEndpointEtcd3Client:
+    plans = plan_endpoints(settings)
+    creds = _tls_credentials(settings) if any(p.secure for p in plans) else None
+    # pyetcd skips an endpoint for time_retry seconds after it failed (default
+    # 300 s).  One endpoint: never skip it.  Several: skip it briefly, so the
+    # next call fails over to another one.
+    time_retry = 0.0 if len(plans) == 1 else FAILOVER_PAUSE
+    endpoints = [
+        Endpoint(
+            p.host, p.port, secure=p.secure, creds=creds if p.secure else None,
+            time_retry=time_retry,
+        )
+        for p in plans
+    ]
+    if bool(settings.username) != bool(settings.password):
+        raise ConfigError("--etcd-username and --etcd-password must be given together")
+    # No user/password here: pyetcd would log in once, over call credentials
+    # (TLS only), and never again.  EtcdSubnetManager._login does it instead.
+    return MultiEndpointEtcd3Client(endpoints=endpoints, timeout=timeout, failover=True)
+
+
+def _tls_credentials(settings: EtcdSettings) -> grpc.ChannelCredentials:
+    def read(path: str, what: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as err:
+            raise ConfigError(f"cannot read etcd {what} {path}: {err.strerror}") from err
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(settings.cafile, "CA file"),
+        private_key=read(settings.keyfile, "key file"),
+        certificate_chain=read(settings.certfile, "certificate file"),
+    )
+
+
+def _call(func: Callable[[], T]) -> T:
+    """Run one client call; translate etcd and gRPC failures into StoreError."""
+    try:
+        return func()
+    except (etcd_errors.Etcd3Exception, grpc.RpcError) as err:
+        _translate(err)
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+    return err.code() if isinstance(err, grpc.Call) else None
+
+
+def _translate(err: BaseException | None) -> NoReturn:
+    """Raise the flanneld error for a client failure (None: the stream just ended)."""
+    if err is None:
+        raise StoreError("etcd closed the watch stream")
+    if isinstance(err, etcd_errors.RevisionCompactedError):
+        raise WatchExpiredError(
+            f"revision compacted (oldest kept: {err.compacted_revision})"
+        ) from err
+    if isinstance(err, grpc.Call):
+        raise StoreError(f"etcd call failed: {err.code()}: {err.details()}") from err
+    if isinstance(err, etcd_errors.Etcd3Exception | grpc.RpcError):
+        raise StoreError(f"etcd call failed: {type(err).__name__}: {err}") from err
+    raise err
+

@@ -1,0 +1,293 @@
+"""The lab's pure parts: layout, naming, argv/netconf rendering, parsers, state codec."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from flanneld.ctl import build_parser, render_matrix, up_json
+from flanneld.errors import ConfigError, PeerDataError
+from flanneld.lab.etcdgw import prefix_range_end
+from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
+from flanneld.lab.matrix import Cell, Endpoint, matrix_jobs, parse_ping, ping_argv
+from flanneld.lab.plan import (
+    IFNAMSIZ,
+    MAX_NODES,
+    STATE_ROOT,
+    cni_env,
+    cni_netconf,
+    flanneld_argv,
+    interface_names,
+    is_lab_netns,
+    make_plan,
+    node_paths,
+)
+from flanneld.lab.state import LabState, ProcessRecord, load, save
+
+# --- layout ---------------------------------------------------------------------------
+
+
+def test_names_and_addresses_follow_the_prefix() -> None:
+    plan = make_plan("pfl", nodes=3, pods_per_node=2)
+    assert plan.underlay_netns == "pfl-ul"
+    assert [n.netns for n in plan.nodes] == ["pfl-n1", "pfl-n2", "pfl-n3"]
+    assert [str(n.address) for n in plan.nodes] == [
+        "198.18.0.11/24",
+        "198.18.0.12/24",
+        "198.18.0.13/24",
+    ]
+    assert str(plan.gateway) == "198.18.0.1/24"
+    assert plan.etcd_url == "http://198.18.0.1:12379"
+    assert [p.netns for p in plan.nodes[1].pods] == ["pfl-n2p1", "pfl-n2p2"]
+    assert plan.state_dir == f"{STATE_ROOT}/pfl"
+
+
+def test_namespaces_are_unique_ours_and_pods_come_first() -> None:
+    plan = make_plan("lab7", nodes=4, pods_per_node=3)
+    names = plan.namespaces()
+    assert len(names) == len(set(names)) == 1 + 4 + 4 * 3
+    assert all(is_lab_netns("lab7", n) for n in names)
+    assert names[-1] == "lab7-ul"
+    first_node = names.index("lab7-n1")
+    assert all("p" in n.split("-")[1] for n in names[:first_node])
+
+
+@pytest.mark.parametrize(
+    "name", ["lab7x-n1", "lab-n1", "lab7-n1x", "lab7-ulx", "lab7-n", "lab7-p1", "xlab7-ul"]
+)
+def test_foreign_namespaces_are_not_recognised(name: str) -> None:
+    assert not is_lab_netns("lab7", name)
+
+
+def test_every_interface_name_fits_ifnamsiz_even_at_max_nodes() -> None:
+    plan = make_plan("abcdefghijkl", nodes=MAX_NODES, pods_per_node=1)
+    assert all(len(name) <= IFNAMSIZ for name in interface_names(plan))
+    addresses = {n.address.ip for n in plan.nodes}
+    assert len(addresses) == MAX_NODES and plan.gateway.ip not in addresses
+    assert all(a in ipaddress.IPv4Network("198.18.0.0/24") for a in addresses)
+    assert max(addresses) < ipaddress.IPv4Address("198.18.0.255")
+
+
+@pytest.mark.parametrize("prefix", ["", "Pfl", "1ab", "a-b", "a_b", "abcdefghijklm"])
+def test_bad_prefixes_are_rejected(prefix: str) -> None:
+    with pytest.raises(ConfigError):
+        make_plan(prefix)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"nodes": 0}, {"nodes": MAX_NODES + 1}, {"pods_per_node": -1}, {"backend": "ipip"}],
+)
+def test_out_of_range_sizes_are_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        make_plan("pfl", **kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_node_is_a_config_error() -> None:
+    plan = make_plan("pfl", nodes=2)
+    assert plan.node("n2") is plan.nodes[1]
+    assert plan.node("pfl-n1") is plan.nodes[0]
+    with pytest.raises(ConfigError):
+        plan.node("n3")
+
+
+def test_net_conf_is_the_etcd_config_value() -> None:
+    conf = json.loads(make_plan("pfl", backend="host-gw").net_conf())
+    assert conf == {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}
+
+
+# --- argv and CNI rendering -------------------------------------------------------------
+
+
+def test_flanneld_argv_uses_upstream_flags_and_the_node_state_dir() -> None:
+    plan = make_plan("pfl", nodes=2)
+    node = plan.nodes[1]
+    argv = flanneld_argv(["/venv/bin/flanneld"], plan, node)
+    assert argv[0] == "/venv/bin/flanneld"
+    assert "-etcd-endpoints=http://198.18.0.1:12379" in argv
+    assert "-etcd-prefix=/coreos.com/network" in argv
+    assert "-iface=ul0" in argv
+    assert f"-subnet-file={STATE_ROOT}/pfl/n2/subnet.env" in argv
+    assert any(a.startswith("-healthz-port=") and a != "-healthz-port=0" for a in argv)
+
+
+def test_cni_netconf_keeps_every_file_in_the_node_state_dir() -> None:
+    plan = make_plan("pfl", nodes=2)
+    node = plan.nodes[0]
+    conf = cni_netconf(plan, node)
+    root = node_paths(plan, node).root
+    assert conf["type"] == "flannel"
+    assert conf["subnetFile"] == f"{root}/subnet.env"
+    assert str(conf["dataDir"]).startswith(root + "/")
+    ipam = conf["ipam"]
+    assert isinstance(ipam, dict) and str(ipam["dataDir"]).startswith(root + "/")
+    assert "/var/lib/cni" not in json.dumps(conf)
+
+
+def test_cni_env_points_at_the_pod_namespace() -> None:
+    plan = make_plan("pfl", nodes=1, pods_per_node=2)
+    pod = plan.nodes[0].pods[1]
+    env = cni_env(plan, pod, "ADD", "/x/bin:/usr/lib/cni")
+    assert env == {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "pfl-n1p2",
+        "CNI_NETNS": "/var/run/netns/pfl-n1p2",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/x/bin:/usr/lib/cni",
+    }
+
+
+# --- ping ---------------------------------------------------------------------------
+
+OK_OUTPUT = """PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.
+
+--- 10.244.2.2 ping statistics ---
+3 packets transmitted, 3 received, 0% packet loss, time 402ms
+rtt min/avg/max/mdev = 0.061/0.088/0.130/0.030 ms
+"""
+
+LOSSY_OUTPUT = """--- 10.244.2.2 ping statistics ---
+300 packets transmitted, 297 received, 1% packet loss, time 3050ms
+rtt min/avg/max/mdev = 0.041/0.512/9.100/0.800 ms, pipe 2
+"""
+
+DEAD_OUTPUT = """--- 10.244.9.2 ping statistics ---
+4 packets transmitted, 0 received, +4 errors, 100% packet loss, time 3061ms
+"""
+
+
+def test_parse_ping_reads_counts_and_average_rtt() -> None:
+    ok = parse_ping(OK_OUTPUT)
+    assert (ok.sent, ok.received, ok.rtt_ms, ok.lost) == (3, 3, 0.088, 0)
+    lossy = parse_ping(LOSSY_OUTPUT)
+    assert (lossy.sent, lossy.received, lossy.rtt_ms, lossy.lost) == (300, 297, 0.512, 3)
+    dead = parse_ping(DEAD_OUTPUT)
+    assert (dead.sent, dead.received, dead.rtt_ms) == (4, 0, None)
+    empty = parse_ping("ping: connect: Network is unreachable\n")
+    assert (empty.sent, empty.received, empty.rtt_ms) == (0, 0, None)
+
+
+def test_ping_argv_bounds_the_run() -> None:
+    dst = ipaddress.IPv4Address("10.244.1.2")
+    with_deadline = ping_argv(dst, 3, 0.2, 7.4)
+    assert with_deadline[-1] == "10.244.1.2"
+    assert with_deadline[with_deadline.index("-w") + 1] == "7"
+    assert with_deadline[with_deadline.index("-c") + 1] == "3"
+    fast = ping_argv(dst, 500, 0.01, None)
+    assert "-w" not in fast and fast[fast.index("-i") + 1] == "0.01"
+
+
+def test_matrix_pairs_every_pod_with_every_other_pod() -> None:
+    eps = [
+        Endpoint(f"n{i}p1", f"x-n{i}p1", ipaddress.IPv4Address(f"10.244.{i}.2"))
+        for i in range(1, 5)
+    ]
+    jobs = matrix_jobs(eps, count=3, interval=0.2, deadline=5)
+    pairs = {(j.src.name, j.dst.name) for j in jobs}
+    assert len(jobs) == len(pairs) == 12
+    assert all(src != dst for src, dst in pairs)
+    assert all(j.argv[-1] == str(j.dst.ip) for j in jobs)
+
+
+# --- leases -------------------------------------------------------------------------
+
+SUBNET_ENV = """FLANNEL_NETWORK=10.244.0.0/16
+FLANNEL_SUBNET=10.244.7.1/24
+FLANNEL_MTU=1450
+FLANNEL_IPMASQ=false
+"""
+
+
+def test_subnet_env_subnet_has_host_bits_masked() -> None:
+    assert parse_env_file(SUBNET_ENV)["FLANNEL_MTU"] == "1450"
+    assert subnet_from_env(SUBNET_ENV) == ipaddress.IPv4Network("10.244.7.0/24")
+    assert subnet_from_env("FLANNEL_MTU=1450\n") is None
+    assert subnet_from_env("FLANNEL_SUBNET=bogus\n") is None
+
+
+def test_node_lease_joins_subnet_env_and_the_etcd_lease() -> None:
+    subnet = ipaddress.IPv4Network("10.244.7.0/24")
+    kvs = {
+        "/coreos.com/network/subnets/10.244.7.0-24": (
+            '{"PublicIP":"198.18.0.12","PublicIPv6":null,"BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:07"}}'
+        ),
+        "/coreos.com/network/subnets/10.244.8.0-24": '{"PublicIP":"198.18.0.13"}',
+    }
+    lease = node_lease("n2", subnet, "/coreos.com/network", kvs)
+    assert lease == NodeLease(
+        "n2", subnet, ipaddress.IPv4Address("198.18.0.12"), "vxlan", "aa:bb:cc:dd:ee:07"
+    )
+    with pytest.raises(PeerDataError):
+        node_lease("n9", ipaddress.IPv4Network("10.244.9.0/24"), "/coreos.com/network", kvs)
+
+
+def test_prefix_range_end_selects_exactly_the_prefix() -> None:
+    assert prefix_range_end(b"/coreos.com/network/subnets/") == b"/coreos.com/network/subnets0"
+    assert prefix_range_end(b"a\xff") == b"b"
+    assert prefix_range_end(b"\xff") == b"\0"
+
+
+# --- state file -----------------------------------------------------------------------
+
+
+def test_state_round_trips_through_the_file(tmp_path: object) -> None:
+    state = (
+        LabState("pfl", 2, 1, "vxlan")
+        .with_namespace("pfl-ul")
+        .with_process("etcd", ProcessRecord(41, "/run/pyflannel-lab/pfl/"))
+        .with_process("flanneld-n1", ProcessRecord(42, "/run/pyflannel-lab/pfl/"))
+        .without_process("etcd")
+    )
+    save(str(tmp_path), state)
+    assert load(str(tmp_path)) == state
+    assert load(str(tmp_path) + "/missing") is None
+
+
+def test_malformed_state_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        LabState.from_json({"version": 1, "prefix": "pfl"})
+    with pytest.raises(ConfigError):
+        LabState.from_json({"version": 99})
+
+
+# --- CLI rendering ------------------------------------------------------------------
+
+
+def _cells() -> list[Cell]:
+    return [
+        Cell("n1p1", "n2p1", True, 0.25, 3, 3),
+        Cell("n2p1", "n1p1", False, None, 5, 0),
+    ]
+
+
+def test_matrix_table_marks_failures() -> None:
+    text = render_matrix(_cells())
+    lines = text.splitlines()
+    assert lines[0].split()[-2:] == ["n1p1", "n2p1"]
+    assert "0.250 ms" in lines[1]
+    assert "FAIL 0/5" in lines[2]
+
+
+def test_up_json_has_the_documented_shape() -> None:
+    lease = NodeLease(
+        "n1", ipaddress.IPv4Network("10.244.3.0/24"),
+        ipaddress.IPv4Address("198.18.0.11"), "vxlan", None,
+    )
+    doc = up_json([lease], _cells())
+    assert doc["nodes"] == [{"name": "n1", "subnet": "10.244.3.0/24", "public_ip": "198.18.0.11"}]
+    matrix = doc["matrix"]
+    assert isinstance(matrix, list)
+    assert {"src", "dst", "ok", "rtt_ms"} <= set(matrix[0])
+    assert matrix[1]["ok"] is False
+
+
+def test_parser_knows_the_lab_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["lab", "up", "--nodes", "2", "--prefix", "q1", "--down-after"])
+    assert (args.nodes, args.prefix, args.down_after, args.backend) == (2, "q1", True, "vxlan")
+    assert parser.parse_args(["lab", "down"]).prefix == "pfl"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["lab", "up", "--backend", "ipip"])

@@ -1,0 +1,215 @@
+"""The lease model's wire formats: etcd key names and the attrs JSON (Go's bytes)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flanneld.errors import PeerDataError
+from subnet.lease import (
+    Lease,
+    LeaseAttrs,
+    compact_json,
+    decode_attrs,
+    encode_attrs,
+    parse_subnet_key,
+    subnet_key,
+)
+
+# --- keys --------------------------------------------------------------------------
+
+
+def test_ipv4_key_round_trip() -> None:
+    v4, v6 = parse_subnet_key("10.12.13.0-24")
+    assert (v4, v6) == (IPv4Network("10.12.13.0/24"), None)
+    assert subnet_key(v4, v6) == "10.12.13.0-24"
+
+
+def test_dual_stack_key_round_trip() -> None:
+    v4, v6 = parse_subnet_key("10.12.13.0-24&fd00:12:13::-56")
+    assert (v4, v6) == (IPv4Network("10.12.13.0/24"), IPv6Network("fd00:12:13::/56"))
+    assert subnet_key(v4, v6) == "10.12.13.0-24&fd00:12:13::-56"
+
+
+def test_key_uses_canonical_ipv6_text() -> None:
+    key = subnet_key(IPv4Network("10.5.34.0/24"), IPv6Network("fd00:0012:0013:0000::/64"))
+    assert key == "10.5.34.0-24&fd00:12:13::-64"
+
+
+def test_ipv6_only_key_is_the_ipv6_part() -> None:
+    assert subnet_key(None, IPv6Network("fd00::/64")) == "fd00::-64"
+
+
+def test_key_needs_a_subnet() -> None:
+    with pytest.raises(ValueError):
+        subnet_key(None, None)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        # upstream's TestSubnetNodeInvalid
+        "10",
+        "10.12.13.0",
+        "10.12.13-24",
+        "10.12.13.300-24",
+        "10.12.13.0-24hi",
+        "&2001::-56",
+        "10.12.13.0-24&:12:13:-56",
+        "10.12.13.0-24&20011::-56",
+        "10.12.13.0-24&2001-56",
+        "10.12.13.0-24&2001::",
+        "10.12.13.0-24&2001::-56hi",
+        # prefix lengths beyond what upstream's 5-bit / 7-bit parse accepts
+        "10.12.13.0-32",
+        "10.12.13.0-24&2001::-128",
+        # ours: the whole name must match
+        "x10.12.13.0-24",
+        "10.12.13.0-24/",
+        "10.12.13.0-24&2001:DB8::-56",
+        "",
+    ],
+)
+def test_invalid_keys_are_rejected(key: str) -> None:
+    with pytest.raises(PeerDataError, match="bad subnet key"):
+        parse_subnet_key(key)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(8, 31),
+    st.one_of(st.none(), st.tuples(st.integers(0, 2**128 - 1), st.integers(16, 127))),
+)
+def test_make_then_parse_is_identity(
+    v4_int: int, v4_len: int, v6_parts: tuple[int, int] | None
+) -> None:
+    v4 = IPv4Network((v4_int, v4_len), strict=False)
+    v6 = IPv6Network(v6_parts, strict=False) if v6_parts else None
+    assert parse_subnet_key(subnet_key(v4, v6)) == (v4, v6)
+
+
+def test_lease_key_and_subnets() -> None:
+    lease = Lease(IPv4Network("10.1.2.0/24"), IPv6Network("fd00::/64"), LeaseAttrs())
+    assert lease.key == "10.1.2.0-24&fd00::-64"
+    assert lease.subnets() == (IPv4Network("10.1.2.0/24"), IPv6Network("fd00::/64"))
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    assert lease.with_expiration(when).expiration == when
+    assert lease.expiration is None  # frozen: the original is unchanged
+
+
+# --- attrs JSON --------------------------------------------------------------------------
+
+# Values as Go flanneld writes them (json.Marshal of lease.LeaseAttrs).
+GO_VXLAN = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+)
+GO_HOSTGW = '{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}'
+GO_UDP = '{"PublicIP":"10.0.0.6","PublicIPv6":null}'
+GO_DUAL = (
+    '{"PublicIP":"10.0.0.7","PublicIPv6":"fd00::7","BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"},'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}}'
+)
+GO_EXTENSION = (
+    '{"PublicIP":"10.0.0.8","PublicIPv6":null,"BackendType":"extension","BackendData":"abc"}'
+)
+GO_WIREGUARD = (
+    '{"PublicIP":"10.0.0.9","PublicIPv6":null,"BackendType":"wireguard",'
+    '"BackendData":{"PublicKey":"q0cW1b5n4eGJ2JmZQ0XbT3QkU7uQd1oL8m3wA2y4hF0=","Port":51820}}'
+)
+
+
+@pytest.mark.parametrize("text", [GO_VXLAN, GO_HOSTGW, GO_UDP, GO_DUAL, GO_EXTENSION, GO_WIREGUARD])
+def test_go_values_round_trip_byte_for_byte(text: str) -> None:
+    assert encode_attrs(decode_attrs(text)) == text
+
+
+def test_encode_exact_bytes() -> None:
+    attrs = LeaseAttrs(
+        public_ip=IPv4Address("192.168.64.3"),
+        backend_type="vxlan",
+        backend_data=compact_json({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}),
+    )
+    assert encode_attrs(attrs) == GO_VXLAN
+
+
+def test_encode_defaults_write_the_unspecified_address_and_null() -> None:
+    assert encode_attrs(LeaseAttrs()) == '{"PublicIP":"0.0.0.0","PublicIPv6":null}'
+
+
+def test_decode_fields() -> None:
+    attrs = decode_attrs(GO_DUAL)
+    assert attrs == LeaseAttrs(
+        public_ip=IPv4Address("10.0.0.7"),
+        public_ipv6=IPv6Address("fd00::7"),
+        backend_type="vxlan",
+        backend_data='{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}',
+        backend_v6_data='{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}',
+    )
+
+
+def test_decode_is_case_insensitive_and_compacts_backend_data() -> None:
+    attrs = decode_attrs(
+        b'{"publicip": "10.0.0.1", "backendtype": "vxlan", "backenddata": {"VNI": 1}}'
+    )
+    assert attrs.public_ip == IPv4Address("10.0.0.1")
+    assert attrs.backend_type == "vxlan"
+    assert attrs.backend_data == '{"VNI":1}'
+
+
+def test_decode_missing_public_ip_is_unspecified() -> None:
+    attrs = decode_attrs("{}")
+    assert attrs == LeaseAttrs()
+
+
+def test_compact_json() -> None:
+    assert compact_json({"a": [1, 2], "b": "x y"}) == '{"a":[1,2],"b":"x y"}'
+    assert json.loads(compact_json("abc")) == "abc"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('"10.0.0.1"', "not a JSON object"),
+        ('{"PublicIP": 5}', "PublicIP must be an address string"),
+        ('{"PublicIP": "fd00::1"}', "PublicIP is not a valid address"),
+        ('{"PublicIP": "10.0.0.300"}', "PublicIP is not a valid address"),
+        ('{"PublicIP": ""}', "PublicIP is not a valid address"),
+        ('{"PublicIPv6": "10.0.0.1"}', "PublicIPv6 is not a valid address"),
+        ('{"PublicIPv6": ["fd00::1"]}', "PublicIPv6 must be an address string"),
+        ('{"BackendType": 5}', "BackendType must be a string"),
+        ('{"BackendType": 0}', "BackendType must be a string"),
+        ('{"BackendType": false}', "BackendType must be a string"),
+        ('{"BackendType": []}', "BackendType must be a string"),
+    ],
+)
+def test_decode_errors(text: str | bytes, message: str) -> None:
+    with pytest.raises(PeerDataError, match=message):
+        decode_attrs(text)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.one_of(st.none(), st.integers(1, 2**128 - 1)),
+    st.sampled_from(["", "vxlan", "host-gw", "wireguard"]),
+    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)),
+)
+def test_encode_then_decode_is_identity(
+    ip: int, ip6: int | None, backend: str, data: dict[str, int] | None
+) -> None:
+    attrs = LeaseAttrs(
+        public_ip=IPv4Address(ip),
+        public_ipv6=IPv6Address(ip6) if ip6 is not None else None,
+        backend_type=backend,
+        backend_data=compact_json(data) if data is not None else None,
+    )
+    assert decode_attrs(encode_attrs(attrs)) == attrs
