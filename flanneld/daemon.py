@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from backends.base import ExternalInterface, Network
+from backends.base import Backend, ExternalInterface, Network
 from backends.netlink import Netlink
 from backends.registry import BackendContext, backend_factories
 from backends.udp import UdpNetwork
@@ -103,9 +103,10 @@ def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -
     return ext
 
 
-def register(
+def make_backend(
     flags: Flags, manager: SubnetManager, config: NetConfig, stop: threading.Event
-) -> Network:
+) -> Backend:
+    """The backend net-conf.json names, seeded with what this node advertised before."""
     netlink = Netlink()
     ext = external_interface(flags, manager, netlink)
     factories = backend_factories()
@@ -115,10 +116,19 @@ def register(
             f"unknown backend type: {config.backend.type} (this build has: "
             f"{', '.join(sorted(factories))})"
         )
-    previous = manager.previous_attrs(ext.ext_addr)
-    backend = factory(
+    previous = retry_until_stopped(
+        "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
+        Backoff(1.0, 30.0),
+    )
+    return factory(
         BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
     )
+
+
+def register(
+    backend: Backend, manager: SubnetManager, config: NetConfig, stop: threading.Event
+) -> Network:
+    """Devices up and our lease acquired, retrying while the store is unavailable."""
     return retry_until_stopped(
         "registering the network", lambda: backend.register_network(manager, config), stop,
         Backoff(1.0, 30.0),
@@ -180,7 +190,8 @@ def _serve(
         zip(subnetfile.read_previous_networks(flags.subnet_file),
             subnetfile.read_previous_subnets(flags.subnet_file))
     )
-    network = parts.network = register(flags, manager, config, stop)
+    backend = make_backend(flags, manager, config, stop)
+    network = parts.network = register(backend, manager, config, stop)
     log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
     metrics.set_lease_expiry(network.lease.expiration)
     metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
@@ -206,7 +217,7 @@ def _serve(
         log.info("peers programmed; flanneld is ready")
 
     def reregister() -> Network:
-        fresh = register(flags, manager, config, stop)
+        fresh = backend.register_network(manager, config)
         parts.network = fresh
         return fresh
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -266,6 +266,20 @@ class EtcdSubnetManager:
                     "lease watch failed: %s; reconnecting in %.1fs", err, delay,
                 )
                 stop.wait(delay)
+
+    def previous_attrs(self, public_ip: IPv4Address | None) -> LeaseAttrs | None:
+        """The attributes of the lease held by ``public_ip``: our lease from before a restart."""
+        if public_ip is None:
+            return None
+        mine = _find_by_public_ip(self._list()[0], LeaseAttrs(public_ip=public_ip))
+        return mine.attrs if mine is not None else None
+
+    def public_ip_override(self) -> IPv4Address | None:
+        """etcd has no per-node override; ``--public-ip`` is the only way."""
+        return None
+
+    def mark_network_available(self) -> None:
+        """Nothing to tell in etcd mode."""
 
     def close(self) -> None:
         """Cancel watches, then close the client (in this order: gotcha 7)."""
