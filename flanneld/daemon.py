@@ -59,7 +59,7 @@ class Parts:
     threads: tuple[threading.Thread, ...] = ()
 
 
-def build_manager(flags: Flags) -> SubnetManager:
+def build_manager(flags: Flags, previous: subnetfile.PreviousRun) -> SubnetManager:
     """The etcd or Kubernetes subnet manager the flags ask for."""
     if flags.kube_subnet_mgr:
         from subnet.kube import manager_from_flags
@@ -77,7 +77,7 @@ def build_manager(flags: Flags) -> SubnetManager:
         password=flags.etcd_password,
         renew_margin_minutes=flags.subnet_lease_renew_margin,
     )
-    return EtcdSubnetManager(settings, subnetfile.read_previous_subnets(flags.subnet_file))
+    return EtcdSubnetManager(settings, previous.subnets)
 
 
 def check_br_netfilter(config: NetConfig) -> None:
@@ -183,13 +183,11 @@ def _serve(
         parts.health = start_health(
             health, flags.healthz_ip, flags.healthz_port, {"/metrics": metrics_handler(metrics)}
         )
-    manager = parts.manager = build_manager(flags)
+    previous = subnetfile.read_previous_run(flags.subnet_file)
+    manager = parts.manager = build_manager(flags, previous)
     config = get_network_config(manager, stop)
     check_br_netfilter(config)
-    previous_nets = family_nets(
-        zip(subnetfile.read_previous_networks(flags.subnet_file),
-            subnetfile.read_previous_subnets(flags.subnet_file))
-    )
+    previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
     backend = make_backend(flags, manager, config, stop)
     network = parts.network = register(backend, manager, config, stop)
     log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))

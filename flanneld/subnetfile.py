@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,7 +133,7 @@ def _read_env(path: Path) -> dict[str, str] | None:
 def _cidr(values: dict[str, str], key: str, kind: type[_N], path: Path) -> _N | None:
     text = values.get(key)
     if text is None:
-        log.info("No %s in %s", key, path)
+        log.debug("No %s in %s", key, path)
         return None
     if "," in text:
         log.warning("Ignoring previous %s=%s in %s: more than one entry", key, text, path)
@@ -147,36 +148,39 @@ def _cidr(values: dict[str, str], key: str, kind: type[_N], path: Path) -> _N | 
     return network
 
 
-def read_previous_subnets(
-    path: str | os.PathLike[str],
-) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
-    """FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET from an earlier run, masked to the network.
+@dataclass(frozen=True, slots=True)
+class PreviousRun:
+    """What an earlier run wrote to subnet.env (each field None when absent or bad)."""
+
+    network: ipaddress.IPv4Network | None = None
+    ipv6_network: ipaddress.IPv6Network | None = None
+    subnet: ipaddress.IPv4Network | None = None
+    ipv6_subnet: ipaddress.IPv6Network | None = None
+
+    @property
+    def subnets(self) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
+        """(FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET): etcd mode asks for them again."""
+        return self.subnet, self.ipv6_subnet
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
+        """(FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK): masquerade removes rules built on them."""
+        return self.network, self.ipv6_network
+
+
+def read_previous_run(path: str | os.PathLike[str]) -> PreviousRun:
+    """subnet.env of an earlier run, subnets masked to their network.
 
     Anything missing, unparsable, of the wrong family or listing several
-    entries gives None for that family (logged); a missing file gives (None, None).
+    entries gives None for that field (logged); a missing file gives all None.
     """
     source = Path(path)
     values = _read_env(source)
     if values is None:
-        return None, None
-    return (
-        _cidr(values, "FLANNEL_SUBNET", ipaddress.IPv4Network, source),
-        _cidr(values, "FLANNEL_IPV6_SUBNET", ipaddress.IPv6Network, source),
-    )
-
-
-def read_previous_networks(
-    path: str | os.PathLike[str],
-) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
-    """FLANNEL_NETWORK and FLANNEL_IPV6_NETWORK from an earlier run (same rules).
-
-    Masquerade setup uses these to remove rules for a network that changed.
-    """
-    source = Path(path)
-    values = _read_env(source)
-    if values is None:
-        return None, None
-    return (
-        _cidr(values, "FLANNEL_NETWORK", ipaddress.IPv4Network, source),
-        _cidr(values, "FLANNEL_IPV6_NETWORK", ipaddress.IPv6Network, source),
+        return PreviousRun()
+    return PreviousRun(
+        network=_cidr(values, "FLANNEL_NETWORK", ipaddress.IPv4Network, source),
+        ipv6_network=_cidr(values, "FLANNEL_IPV6_NETWORK", ipaddress.IPv6Network, source),
+        subnet=_cidr(values, "FLANNEL_SUBNET", ipaddress.IPv4Network, source),
+        ipv6_subnet=_cidr(values, "FLANNEL_IPV6_SUBNET", ipaddress.IPv6Network, source),
     )

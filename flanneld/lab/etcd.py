@@ -78,7 +78,7 @@ class EtcdProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=self._preexec_fn,
+                preexec_fn=self._preexec_fn,  # noqa: PLW1509 - opt-in, e.g. a setns() only
                 start_new_session=True,
             )
         self.wait_healthy(timeout)

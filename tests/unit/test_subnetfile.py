@@ -13,8 +13,7 @@ import pytest
 
 from flanneld.config import NetConfig
 from flanneld.subnetfile import (
-    read_previous_networks,
-    read_previous_subnets,
+    read_previous_run,
     render_subnet_env,
     write_subnet_env,
 )
@@ -148,8 +147,8 @@ def test_round_trip(tmp_path: Path) -> None:
     text = render_subnet_env(DUAL_CONFIG, lease("10.244.3.0/24", "2001:cafe:42:3::/64"), 1450,
                              True)
     write_subnet_env(target, text)
-    assert read_previous_subnets(target) == (N4("10.244.3.0/24"), N6("2001:cafe:42:3::/64"))
-    assert read_previous_networks(target) == (N4("10.244.0.0/16"), N6("2001:cafe:42::/56"))
+    assert read_previous_run(target).subnets == (N4("10.244.3.0/24"), N6("2001:cafe:42:3::/64"))
+    assert read_previous_run(target).networks == (N4("10.244.0.0/16"), N6("2001:cafe:42::/56"))
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -163,23 +162,23 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_read_masks_host_bits(tmp_path: Path) -> None:
     path = write(tmp_path, "FLANNEL_SUBNET=10.5.34.1/24\nFLANNEL_IPV6_SUBNET=fd00:1:2::1/64\n")
-    assert read_previous_subnets(path) == (N4("10.5.34.0/24"), N6("fd00:1:2::/64"))
+    assert read_previous_run(path).subnets == (N4("10.5.34.0/24"), N6("fd00:1:2::/64"))
 
 
 def test_read_missing_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    assert read_previous_subnets(tmp_path / "absent.env") == (None, None)
+    assert read_previous_run(tmp_path / "absent.env").subnets == (None, None)
     assert "absent.env" in caplog.text
 
 
 def test_read_missing_keys(tmp_path: Path) -> None:
-    assert read_previous_subnets(write(tmp_path, "FLANNEL_MTU=1450\n")) == (None, None)
+    assert read_previous_run(write(tmp_path, "FLANNEL_MTU=1450\n")).subnets == (None, None)
 
 
 def test_read_multiple_entries_is_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path, "FLANNEL_SUBNET=10.5.1.1/24,10.6.1.1/24\n"
                            "FLANNEL_IPV6_SUBNET=fd00::1/64\n")
-    assert read_previous_subnets(path) == (None, N6("fd00::/64"))
+    assert read_previous_run(path).subnets == (None, N6("fd00::/64"))
     assert "more than one entry" in caplog.text
 
 
@@ -190,20 +189,20 @@ def test_read_multiple_entries_is_none(tmp_path: Path, caplog: pytest.LogCapture
 )
 def test_read_garbage_is_none(tmp_path: Path, value: str) -> None:
     path = write(tmp_path, f"FLANNEL_SUBNET={value}\nFLANNEL_IPV6_SUBNET=10.1.1.1/24\n")
-    assert read_previous_subnets(path) == (None, None)
+    assert read_previous_run(path).subnets == (None, None)
 
 
 def test_read_tolerates_dotenv_syntax(tmp_path: Path) -> None:
     path = write(tmp_path, "# written by hand\n\nexport FLANNEL_SUBNET=\"10.9.8.1/24\"\n"
                            "FLANNEL_IPV6_SUBNET = 'fd00:9::1/64'\nnot a pair\n")
-    assert read_previous_subnets(path) == (N4("10.9.8.0/24"), N6("fd00:9::/64"))
+    assert read_previous_run(path).subnets == (N4("10.9.8.0/24"), N6("fd00:9::/64"))
 
 
 def test_read_binary_garbage(tmp_path: Path) -> None:
     path = tmp_path / "subnet.env"
     path.write_bytes(b"\xff\xfe\x00FLANNEL_SUBNET=\x80\n")
-    assert read_previous_subnets(path) == (None, None)
+    assert read_previous_run(path).subnets == (None, None)
 
 
 def test_read_directory_instead_of_file(tmp_path: Path) -> None:
-    assert read_previous_subnets(tmp_path) == (None, None)
+    assert read_previous_run(tmp_path).subnets == (None, None)

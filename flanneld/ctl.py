@@ -1,0 +1,245 @@
+"""``flannelctl``: the operator CLI.
+
+Subcommand groups register themselves through one function each
+(``add_<group>_commands(subparsers)``); each leaf sets ``func``, which
+returns the process exit code.  Only :func:`main` maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from flanneld.errors import ConfigError, FlannelError
+from flanneld.lab import lab as labmod
+from flanneld.lab.leases import NodeLease
+from flanneld.lab.matrix import Cell
+from flanneld.lab.plan import BACKENDS, DEFAULT_PREFIX
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --- rendering (pure) -----------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def render_leases(leases: Sequence[NodeLease]) -> str:
+    rows = [
+        (lease.name, str(lease.subnet), str(lease.public_ip), lease.vtep_mac or "-")
+        for lease in leases
+    ]
+    return _table(("NODE", "SUBNET", "PUBLIC IP", "VTEP MAC"), rows)
+
+
+def render_matrix(cells: Sequence[Cell]) -> str:
+    """A src x dst grid; each entry the average RTT in ms, or FAIL."""
+    names = sorted({c.src for c in cells} | {c.dst for c in cells})
+    by_pair = {(c.src, c.dst): c for c in cells}
+
+    def entry(src: str, dst: str) -> str:
+        cell = by_pair.get((src, dst))
+        if cell is None:
+            return "-"
+        if not cell.ok:
+            return f"FAIL {cell.received}/{cell.sent}"
+        return f"{cell.rtt_ms:.3f} ms" if cell.rtt_ms is not None else "ok"
+
+    rows = [(src, *(entry(src, dst) for dst in names)) for src in names]
+    return _table(("FROM \\ TO", *names), rows)
+
+
+def up_json(leases: Sequence[NodeLease], cells: Sequence[Cell]) -> dict[str, object]:
+    return {
+        "nodes": [
+            {"name": lease.name, "subnet": str(lease.subnet), "public_ip": str(lease.public_ip)}
+            for lease in leases
+        ],
+        "matrix": [cell.to_json() for cell in cells],
+    }
+
+
+# --- lab ------------------------------------------------------------------------------
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    try:
+        lab = labmod.up(
+            nodes=args.nodes,
+            backend=args.backend,
+            pods_per_node=args.pods_per_node,
+            prefix=args.prefix,
+        )
+        leases = lab.leases()
+        cells = lab.matrix(count=args.count, timeout=args.ping_timeout)
+    except ConfigError:
+        raise  # raised before anything was built: nothing of ours to remove
+    except (FlannelError, KeyboardInterrupt):
+        if not args.keep:
+            labmod.down(args.prefix)
+        raise
+    ok = all(cell.ok for cell in cells)
+    if args.json:
+        print(json.dumps(up_json(leases, cells)))
+    else:
+        print(f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}")
+        print(render_leases(leases))
+        print()
+        print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
+        print()
+        print("all pods reach each other" if ok else "SOME PODS CANNOT REACH EACH OTHER")
+    tear_down = args.down_after or (not ok and not args.keep)
+    if tear_down:
+        labmod.down(args.prefix)
+        if not args.json:
+            print(f"lab {args.prefix} torn down")
+    elif not args.json:
+        print(f"lab {args.prefix} is up; tear it down with: flannelctl lab down --prefix {args.prefix}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    report = labmod.down(args.prefix)
+    print(
+        f"lab {args.prefix}: stopped {len(report.stopped)} processes, "
+        f"removed {len(report.namespaces)} namespaces"
+        + ("" if report.state_removed else " (no state dir)")
+    )
+    return EXIT_OK
+
+
+def _lab_status(args: argparse.Namespace) -> int:
+    status = labmod.Lab.attach(args.prefix).status()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "prefix": status.prefix,
+                    "backend": status.backend,
+                    "etcd_running": status.etcd_running,
+                    "nodes": [
+                        {
+                            "name": n.name,
+                            "netns": n.netns,
+                            "flanneld_pid": n.flanneld_pid,
+                            "lease": n.lease.to_json() if n.lease else None,
+                            "pods": [{"name": p.name, "ip": p.ip} for p in n.pods],
+                        }
+                        for n in status.nodes
+                    ],
+                }
+            )
+        )
+        return EXIT_OK
+    print(
+        f"lab {status.prefix}: backend {status.backend}, "
+        f"etcd {'running' if status.etcd_running else 'NOT RUNNING'}"
+    )
+    rows = [
+        (
+            n.name,
+            str(n.flanneld_pid) if n.flanneld_pid else "DOWN",
+            str(n.lease.subnet) if n.lease else "-",
+            str(n.lease.public_ip) if n.lease else "-",
+            (n.lease.vtep_mac or "-") if n.lease else "-",
+            " ".join(f"{p.name}={p.ip or '?'}" for p in n.pods) or "-",
+        )
+        for n in status.nodes
+    ]
+    print(_table(("NODE", "FLANNELD", "SUBNET", "PUBLIC IP", "VTEP MAC", "PODS"), rows))
+    return EXIT_OK
+
+
+def _lab_logs(args: argparse.Namespace) -> int:
+    sys.stdout.write(labmod.Lab.attach(args.prefix).logs(args.node))
+    return EXIT_OK
+
+
+def _add_prefix(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"lab name prefix (default {DEFAULT_PREFIX})"
+    )
+
+
+def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = subparsers.add_parser("lab", help="the multi-node lab (network namespaces)")
+    cmds = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+
+    up = cmds.add_parser(
+        "up",
+        help="build a lab, print leases and the pod-to-pod ping matrix",
+        description="Build a lab and leave it running (unless --down-after). Exits 1 if any "
+        "pod cannot reach another; a failed lab is torn down unless --keep.",
+    )
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="default vxlan")
+    up.add_argument("--pods-per-node", type=int, default=1, help="default 1")
+    _add_prefix(up)
+    up.add_argument("--json", action="store_true", help="print one JSON object")
+    up.add_argument(
+        "--down-after", action="store_true", help="tear the lab down after printing (one-shot)"
+    )
+    up.add_argument("--keep", action="store_true", help="keep a lab that failed, for inspection")
+    up.add_argument("--count", type=int, default=3, help="pings per matrix cell (default 3)")
+    up.add_argument(
+        "--ping-timeout", type=float, default=10.0, help="seconds per matrix cell (default 10)"
+    )
+    up.set_defaults(func=_lab_up)
+
+    down = cmds.add_parser("down", help="remove every namespace, process and file of a lab")
+    _add_prefix(down)
+    down.set_defaults(func=_lab_down)
+
+    status = cmds.add_parser("status", help="show a lab's nodes, leases and pods")
+    _add_prefix(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_lab_status)
+
+    logs = cmds.add_parser("logs", help="print one node's flanneld log")
+    logs.add_argument("node", help="node name, e.g. n1")
+    _add_prefix(logs)
+    logs.set_defaults(func=_lab_logs)
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flannelctl", description="pyflannel operator tool")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_lab_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except FlannelError as err:
+        print(f"flannelctl: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""The multi-node lab: build it, inspect it, break it, tear it down.
+
+:func:`up` builds a lab from a :class:`~flanneld.lab.plan.LabPlan`; every
+namespace and process is written to the state file as soon as it exists,
+so :func:`down` (in this or any later process, also after a crash) removes
+exactly what the lab made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from backends import topology
+from flanneld.errors import ConfigError, FlannelError
+from flanneld.lab import etcdgw, pods, procs
+from flanneld.lab import state as statefile
+from flanneld.lab.etcd import EtcdProcess, EtcdSpec
+from flanneld.lab.leases import NodeLease, node_lease, subnet_from_env
+from flanneld.lab.matrix import (
+    Cell,
+    Endpoint,
+    PingStats,
+    matrix_jobs,
+    ping_argv,
+    run_ping,
+    run_pings,
+)
+from flanneld.lab.plan import (
+    DEFAULT_PREFIX,
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
+    HEALTHZ_PORT,
+    NODE_UNDERLAY_IF,
+    POD_IF,
+    UNDERLAY_BRIDGE,
+    UNDERLAY_MTU,
+    LabPlan,
+    NodePlan,
+    flanneld_argv,
+    is_lab_netns,
+    make_plan,
+    node_paths,
+    state_dir,
+)
+from flanneld.lab.state import LabState, ProcessRecord
+
+log = logging.getLogger(__name__)
+
+ETCD_ROLE = "etcd"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    name: str
+    ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    netns: str
+    flanneld_pid: int | None  # None when flanneld is not running
+    lease: NodeLease | None
+    pods: tuple[PodStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    prefix: str
+    backend: str
+    etcd_running: bool
+    nodes: tuple[NodeStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DownReport:
+    stopped: tuple[str, ...]  # process roles that were still running
+    namespaces: tuple[str, ...]  # namespaces removed
+    state_removed: bool
+
+
+def _flanneld_role(node: NodePlan) -> str:
+    return f"flanneld-{node.name}"
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment minus FLANNELD_* (the lab passes every flag explicitly)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLANNELD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class Lab:
+    """A running (or half-built) lab; create with :func:`up` or :meth:`attach`."""
+
+    def __init__(self, state: LabState, python: str = sys.executable) -> None:
+        self._state = state
+        self._plan = state.plan()
+        self._python = python
+        # Popen handles of children started by this process, kept so they
+        # are reaped (not garbage-collected while running).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._etcd: EtcdProcess | None = None
+
+    @classmethod
+    def attach(cls, prefix: str = DEFAULT_PREFIX, python: str = sys.executable) -> Lab:
+        """The lab recorded under ``prefix``; ConfigError if there is none."""
+        recorded = statefile.load(state_dir(prefix))
+        if recorded is None:
+            raise ConfigError(f"no lab with prefix {prefix!r} (no state in {state_dir(prefix)})")
+        return cls(recorded, python)
+
+    @property
+    def plan(self) -> LabPlan:
+        return self._plan
+
+    @property
+    def _marker(self) -> str:
+        """What a lab process's command line contains: a path inside the state dir."""
+        return self._plan.state_dir + "/"
+
+    @property
+    def processes(self) -> dict[str, ProcessRecord]:
+        """The processes the lab recorded, by role (``etcd``, ``flanneld-n1``...)."""
+        return dict(self._state.processes)
+
+    @property
+    def bin_dir(self) -> str:
+        return os.path.join(self._plan.state_dir, "bin")
+
+    # --- bookkeeping -------------------------------------------------------------
+
+    def _save(self, state: LabState) -> None:
+        self._state = state
+        statefile.save(self._plan.state_dir, state)
+
+    def _make_netns(self, name: str) -> None:
+        self._save(self._state.with_namespace(name))  # record first: down must find it
+        topology.create_netns(name)
+
+    def _record(self, role: str) -> ProcessRecord | None:
+        return self._state.processes.get(role)
+
+    # --- building ----------------------------------------------------------------
+
+    def build(self) -> None:
+        """Create namespaces, etcd, flanneld on every node, and the pods."""
+        plan = self._plan
+        self._save(self._state)
+        self._build_underlay()
+        for node in plan.nodes:
+            self._build_node(node)
+        self._start_etcd()
+        self._put_net_conf()
+        for node in plan.nodes:
+            self._spawn_flanneld(node)
+        for node in plan.nodes:
+            self._wait_ready(node, READY_TIMEOUT)
+        pods.write_plugin_wrapper(
+            self.bin_dir, procs.launcher(self._python, "flannel", "cni.plugin")
+        )
+        for node in plan.nodes:
+            for pod in node.pods:
+                self._make_netns(pod.netns)
+                result = pods.run_plugin(plan, node, pod, "ADD", self.bin_dir)
+                log.info("pod %s on %s has %s", pod.name, node.name, pods.result_ipv4(result))
+
+    def _build_underlay(self) -> None:
+        ul = self._plan.underlay_netns
+        self._make_netns(ul)
+        topology.add_bridge(ul, UNDERLAY_BRIDGE, UNDERLAY_MTU)
+        topology.add_address(ul, UNDERLAY_BRIDGE, self._plan.gateway)
+
+    def _build_node(self, node: NodePlan) -> None:
+        ul = self._plan.underlay_netns
+        self._make_netns(node.netns)
+        topology.add_veth(ul, node.bridge_port, node.netns, NODE_UNDERLAY_IF, UNDERLAY_MTU)
+        topology.set_master(ul, node.bridge_port, UNDERLAY_BRIDGE)
+        topology.add_address(node.netns, NODE_UNDERLAY_IF, node.address)
+        topology.set_up(node.netns, NODE_UNDERLAY_IF)
+        topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
+        os.makedirs(node_paths(self._plan, node).root, mode=0o755, exist_ok=True)
+
+    def _etcd_spec(self) -> EtcdSpec:
+        return EtcdSpec(
+            name=f"{self._plan.prefix}-etcd",
+            data_dir=os.path.join(self._plan.state_dir, "etcd"),
+            host=str(self._plan.gateway.ip),
+            client_port=ETCD_CLIENT_PORT,
+            peer_port=ETCD_PEER_PORT,
+        )
+
+    def _start_etcd(self) -> None:
+        ul = self._plan.underlay_netns
+        etcd = EtcdProcess(
+            self._etcd_spec(),
+            os.path.join(self._plan.state_dir, "etcd.log"),
+            preexec_fn=topology.enter_netns(ul),
+        )
+        self._etcd = etcd
+        try:
+            # The health probe must run where 198.18.0.1 exists.
+            topology.run_in_netns(ul, etcd.start)
+        finally:
+            if etcd.pid is not None:
+                self._save(
+                    self._state.with_process(
+                        ETCD_ROLE, ProcessRecord(etcd.pid, self._marker)
+                    )
+                )
+
+    def _etcd_call_put(self, key: str, value: str) -> None:
+        url = self._plan.etcd_url
+        topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
+
+    def _put_net_conf(self) -> None:
+        self._etcd_call_put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
+
+    def _spawn_flanneld(self, node: NodePlan) -> ProcessRecord:
+        launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
+        argv = flanneld_argv(launch, self._plan, node)
+        proc = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, _child_env())
+        self._children[proc.pid] = proc
+        record = ProcessRecord(proc.pid, self._marker)
+        self._save(self._state.with_process(_flanneld_role(node), record))
+        log.info("started flanneld on %s as pid %d", node.name, proc.pid)
+        return record
+
+    def _ready(self, node: NodePlan) -> bool:
+        if not os.path.exists(node_paths(self._plan, node).subnet_file):
+            return False
+        url = f"http://127.0.0.1:{HEALTHZ_PORT}/readyz"
+        return topology.run_in_netns(node.netns, lambda: _http_status(url)) == 200
+
+    def _wait_ready(self, node: NodePlan, timeout: float) -> None:
+        record = self._record(_flanneld_role(node))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if record is None or not procs.is_ours(record):
+                raise FlannelError(
+                    f"flanneld on {node.name} is not running; last log lines:\n"
+                    + _tail(node_paths(self._plan, node).log)
+                )
+            if self._ready(node):
+                return
+            time.sleep(0.1)
+        raise FlannelError(
+            f"flanneld on {node.name} not ready after {timeout:g}s; last log lines:\n"
+            + _tail(node_paths(self._plan, node).log)
+        )
+
+    # --- inspecting --------------------------------------------------------------
+
+    def _etcd_leases(self) -> dict[str, str]:
+        url, prefix = self._plan.etcd_url, self._plan.etcd_prefix + "/subnets/"
+        return topology.run_in_netns(
+            self._plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix)
+        )
+
+    def subnet_env(self, node: str) -> str:
+        """The text of ``node``'s subnet.env ('' if it does not exist)."""
+        path = node_paths(self._plan, self._plan.node(node)).subnet_file
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def node_lease(self, node: str) -> NodeLease:
+        """``node``'s lease: subnet from its subnet.env, the rest from etcd."""
+        plan_node = self._plan.node(node)
+        subnet = subnet_from_env(self.subnet_env(node))
+        if subnet is None:
+            raise FlannelError(f"node {plan_node.name} has no subnet in its subnet.env yet")
+        return node_lease(plan_node.name, subnet, self._plan.etcd_prefix, self._etcd_leases())
+
+    def leases(self) -> list[NodeLease]:
+        return [self.node_lease(node.name) for node in self._plan.nodes]
+
+    def logs(self, node: str) -> str:
+        """``node``'s flanneld log."""
+        path = node_paths(self._plan, self._plan.node(node)).log
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    def flanneld_pid(self, node: str) -> int | None:
+        """The PID of ``node``'s flanneld if it is running."""
+        record = self._record(_flanneld_role(self._plan.node(node)))
+        return record.pid if record is not None and procs.is_ours(record) else None
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every pod with its address, read from the pod's namespace."""
+        found = []
+        for _, pod in self._plan.pods():
+            addrs = topology.ipv4_addresses(pod.netns, POD_IF)
+            if not addrs:
+                raise FlannelError(f"pod {pod.name} has no IPv4 address on {POD_IF}")
+            found.append(Endpoint(pod.name, pod.netns, addrs[0].ip))
+        return found
+
+    def status(self) -> LabStatus:
+        etcd = self._record(ETCD_ROLE)
+        etcd_running = etcd is not None and procs.is_ours(etcd)
+        nodes = []
+        for node in self._plan.nodes:
+            lease: NodeLease | None = None
+            if etcd_running:
+                try:
+                    lease = self.node_lease(node.name)
+                except FlannelError as err:
+                    log.warning("no lease for %s: %s", node.name, err)
+            pod_status = tuple(
+                PodStatus(
+                    pod.name,
+                    next(
+                        (str(a.ip) for a in topology.ipv4_addresses(pod.netns, POD_IF)), None
+                    ),
+                )
+                for pod in node.pods
+            )
+            nodes.append(
+                NodeStatus(node.name, node.netns, self.flanneld_pid(node.name), lease, pod_status)
+            )
+        return LabStatus(self._plan.prefix, self._plan.backend, etcd_running, tuple(nodes))
+
+    def matrix(self, count: int = 3, timeout: float = 10.0) -> list[Cell]:
+        """Ping every pod from every other pod; each cell bounded by ``timeout`` seconds."""
+        jobs = matrix_jobs(self.endpoints(), count, interval=0.2, deadline=timeout)
+        return run_pings(jobs, timeout=timeout + 2.0)
+
+    def ping(
+        self, src: str, dst: str, count: int, interval: float = 0.2, timeout: float = 30.0
+    ) -> PingStats:
+        """``count`` pings from pod ``src`` to pod ``dst`` (no retries: losses show)."""
+        by_name = {ep.name: ep for ep in self.endpoints()}
+        if src not in by_name or dst not in by_name:
+            raise ConfigError(f"unknown pod {src if src not in by_name else dst!r}")
+        argv = ping_argv(by_name[dst].ip, count, interval, deadline=None)
+        return run_ping(by_name[src].netns, argv, timeout)
+
+    # --- breaking ----------------------------------------------------------------
+
+    def kill_flanneld(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to ``node``'s flanneld; for SIGKILL/SIGTERM wait until it is gone."""
+        role = _flanneld_role(self._plan.node(node))
+        record = self._record(role)
+        if record is None or not procs.signal_process(record, sig):
+            raise FlannelError(f"flanneld on {node} is not running")
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            if not procs.wait_gone(record, STOP_TIMEOUT * 2):
+                raise FlannelError(f"flanneld on {node} (pid {record.pid}) did not exit")
+            self._children.pop(record.pid, None)
+            self._save(self._state.without_process(role))
+
+    def start_flanneld(self, node: str, timeout: float = READY_TIMEOUT) -> int:
+        """(Re)start ``node``'s flanneld and wait until it is ready; its PID."""
+        plan_node = self._plan.node(node)
+        if self.flanneld_pid(plan_node.name) is not None:
+            raise FlannelError(f"flanneld on {node} is already running")
+        record = self._spawn_flanneld(plan_node)
+        self._wait_ready(plan_node, timeout)
+        return record.pid
+
+    def down(self) -> DownReport:
+        return down(self._plan.prefix)
+
+
+def up(
+    nodes: int = 3,
+    backend: str = "vxlan",
+    pods_per_node: int = 1,
+    prefix: str = DEFAULT_PREFIX,
+    python: str = sys.executable,
+) -> Lab:
+    """Build a lab and return it; ConfigError if one with ``prefix`` exists.
+
+    On failure the half-built lab is left in place (and in the state file)
+    for inspection; :func:`down` removes it.
+    """
+    plan = make_plan(prefix, nodes, pods_per_node, backend)
+    if os.path.exists(statefile.state_path(plan.state_dir)) or _lab_namespaces(prefix):
+        raise ConfigError(
+            f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"
+        )
+    lab = Lab(LabState(prefix, nodes, pods_per_node, backend), python)
+    lab.build()
+    return lab
+
+
+def _lab_namespaces(prefix: str) -> list[str]:
+    return [name for name in topology.list_netns() if is_lab_netns(prefix, name)]
+
+
+def _deletion_order(name: str) -> tuple[int, str]:
+    """Pods first, then nodes, the underlay last."""
+    tail = name.rsplit("-", 1)[-1]
+    rank = 2 if tail == "ul" else (0 if "p" in tail else 1)
+    return rank, name
+
+
+def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
+    """Remove every process, namespace and file of lab ``prefix``; safe to repeat.
+
+    Processes come from the state file (and are signalled only while still
+    ours); namespaces from the state file plus any following the lab's
+    naming scheme (a crash may have happened before the state was written).
+    """
+    directory = state_dir(prefix)
+    recorded: LabState | None
+    try:
+        recorded = statefile.load(directory)
+    except ConfigError as err:
+        log.warning("ignoring unreadable lab state: %s", err)
+        recorded = None
+    stopped = []
+    if recorded is not None:
+        # flanneld before etcd, so no daemon spins on a vanished store.
+        roles = sorted(recorded.processes, key=lambda role: role == ETCD_ROLE)
+        for role in roles:
+            record = recorded.processes[role]
+            if procs.is_ours(record):
+                procs.stop(record, STOP_TIMEOUT)
+                stopped.append(role)
+    names = set(_lab_namespaces(prefix))
+    if recorded is not None:
+        names |= {n for n in recorded.namespaces if is_lab_netns(prefix, n)}
+    removed = [n for n in sorted(names, key=_deletion_order) if topology.delete_netns(n)]
+    state_removed = os.path.isdir(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    return DownReport(tuple(stopped), tuple(removed), state_removed)

@@ -1,0 +1,70 @@
+"""A node's lease as the lab reports it: subnet from its subnet.env, public
+IP and VTEP MAC from the lease flanneld wrote to etcd.  Pure functions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flanneld.errors import PeerDataError
+from subnet.lease import decode_attrs, subnet_key
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLease:
+    name: str
+    subnet: ipaddress.IPv4Network
+    public_ip: ipaddress.IPv4Address
+    backend_type: str
+    vtep_mac: str | None  # vxlan only
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "subnet": str(self.subnet),
+            "public_ip": str(self.public_ip),
+            "backend_type": self.backend_type,
+            "vtep_mac": self.vtep_mac,
+        }
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines, split on the first ``=``; other lines are ignored."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def subnet_from_env(text: str) -> ipaddress.IPv4Network | None:
+    """The node's own subnet (``FLANNEL_SUBNET`` with host bits masked)."""
+    value = parse_env_file(text).get("FLANNEL_SUBNET")
+    if not value:
+        return None
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        return None
+
+
+def node_lease(
+    name: str, subnet: ipaddress.IPv4Network, etcd_prefix: str, kvs: Mapping[str, str]
+) -> NodeLease:
+    """Combine the node's subnet with its etcd lease; PeerDataError if it is missing."""
+    key = f"{etcd_prefix.rstrip('/')}/subnets/{subnet_key(subnet, None)}"
+    if key not in kvs:
+        raise PeerDataError(f"no lease {key} in etcd for node {name}")
+    attrs = decode_attrs(kvs[key])
+    mac: str | None = None
+    if attrs.backend_data:
+        data = json.loads(attrs.backend_data)
+        if isinstance(data, dict) and isinstance(data.get("VtepMAC"), str):
+            mac = data["VtepMAC"]
+    return NodeLease(
+        name=name,
+        subnet=subnet,
+        public_ip=attrs.public_ip,
+        backend_type=attrs.backend_type,
+        vtep_mac=mac,
+    )

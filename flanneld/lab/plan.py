@@ -1,0 +1,272 @@
+"""The lab's layout as pure data: names, addresses, ports, paths, argv.
+
+Nothing here touches the system.  Every name a lab creates derives from
+its ``prefix``, so a lab (or a crashed lab) is recognisable by name alone::
+
+    <prefix>-ul          underlay namespace: bridge ul0 198.18.0.1/24, etcd
+    <prefix>-n<i>        node i: veth ul0 198.18.0.(10+i)/24, flanneld
+    <prefix>-n<i>p<j>    pod j on node i, attached by the CNI plugin
+
+198.18.0.0/15 is the RFC 2544 benchmark range; these addresses exist only
+inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flanneld.errors import ConfigError
+
+STATE_ROOT = "/run/pyflannel-lab"
+DEFAULT_PREFIX = "pfl"
+DEFAULT_ETCD_PREFIX = "/coreos.com/network"
+DEFAULT_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+UNDERLAY_BRIDGE = "ul0"
+NODE_UNDERLAY_IF = "ul0"
+POD_IF = "eth0"
+UNDERLAY_MTU = 1500
+ETCD_CLIENT_PORT = 12379
+ETCD_PEER_PORT = 12380
+HEALTHZ_PORT = 18081
+CNI_NETWORK_NAME = "cbr0"
+CNI_VERSION = "1.0.0"
+FIRST_NODE_HOST = 10  # node i gets .(10+i)
+MAX_NODES = 240
+MAX_PODS_PER_NODE = 32
+IFNAMSIZ = 15  # longest Linux interface name
+BACKENDS = ("vxlan", "host-gw", "udp")
+
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlan:
+    """One pod: a namespace attached to its node by the CNI plugin."""
+
+    name: str  # n1p1
+    netns: str  # <prefix>-n1p1
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One node: a namespace with an underlay veth and one flanneld."""
+
+    name: str  # n1
+    index: int
+    netns: str  # <prefix>-n1
+    bridge_port: str  # the veth end on the underlay bridge, in <prefix>-ul
+    address: ipaddress.IPv4Interface
+    pods: tuple[PodPlan, ...]
+
+    @property
+    def public_ip(self) -> ipaddress.IPv4Address:
+        return self.address.ip
+
+
+@dataclass(frozen=True, slots=True)
+class LabPlan:
+    """The whole lab, derived from (prefix, nodes, pods per node, backend)."""
+
+    prefix: str
+    backend: str
+    network: ipaddress.IPv4Network
+    etcd_prefix: str
+    underlay_netns: str
+    gateway: ipaddress.IPv4Interface
+    nodes: tuple[NodePlan, ...]
+
+    @property
+    def state_dir(self) -> str:
+        return state_dir(self.prefix)
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{self.gateway.ip}:{ETCD_CLIENT_PORT}"
+
+    def node(self, name: str) -> NodePlan:
+        for node in self.nodes:
+            if name in (node.name, node.netns):
+                return node
+        raise ConfigError(f"lab {self.prefix} has no node {name!r}")
+
+    def pods(self) -> tuple[tuple[NodePlan, PodPlan], ...]:
+        return tuple((node, pod) for node in self.nodes for pod in node.pods)
+
+    def namespaces(self) -> tuple[str, ...]:
+        """Every namespace of the lab, pods first (the order to delete them in)."""
+        pods = tuple(pod.netns for _, pod in self.pods())
+        return pods + tuple(n.netns for n in self.nodes) + (self.underlay_netns,)
+
+    def net_conf(self) -> str:
+        """The ``<etcd prefix>/config`` value."""
+        return json.dumps(
+            {"Network": str(self.network), "Backend": {"Type": self.backend}},
+            separators=(",", ":"),
+        )
+
+
+def check_prefix(prefix: str) -> str:
+    """Accept a lab prefix: a lowercase letter then up to 11 letters/digits."""
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            f"lab prefix {prefix!r} must be a lowercase letter followed by at most "
+            "11 lowercase letters or digits"
+        )
+    return prefix
+
+
+def state_dir(prefix: str) -> str:
+    return os.path.join(STATE_ROOT, check_prefix(prefix))
+
+
+def is_lab_netns(prefix: str, name: str) -> bool:
+    """Whether namespace ``name`` follows lab ``prefix``'s naming scheme."""
+    return re.fullmatch(re.escape(prefix) + r"-(ul|n\d+(p\d+)?)", name) is not None
+
+
+def make_plan(
+    prefix: str = DEFAULT_PREFIX,
+    nodes: int = 3,
+    pods_per_node: int = 1,
+    backend: str = "vxlan",
+    network: ipaddress.IPv4Network = DEFAULT_NETWORK,
+    etcd_prefix: str = DEFAULT_ETCD_PREFIX,
+) -> LabPlan:
+    """Lay out a lab; ConfigError on out-of-range input."""
+    check_prefix(prefix)
+    if not 1 <= nodes <= MAX_NODES:
+        raise ConfigError(f"nodes must be between 1 and {MAX_NODES}, not {nodes}")
+    if not 0 <= pods_per_node <= MAX_PODS_PER_NODE:
+        raise ConfigError(
+            f"pods per node must be between 0 and {MAX_PODS_PER_NODE}, not {pods_per_node}"
+        )
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    hosts = list(UNDERLAY.hosts())
+    node_plans = []
+    for i in range(1, nodes + 1):
+        name = f"n{i}"
+        pods = tuple(
+            PodPlan(
+                name=f"{name}p{j}",
+                netns=f"{prefix}-{name}p{j}",
+                container_id=f"{prefix}-{name}p{j}",
+            )
+            for j in range(1, pods_per_node + 1)
+        )
+        node_plans.append(
+            NodePlan(
+                name=name,
+                index=i,
+                netns=f"{prefix}-{name}",
+                bridge_port=f"veth-{name}",
+                address=ipaddress.IPv4Interface(
+                    f"{hosts[FIRST_NODE_HOST + i - 1]}/{UNDERLAY.prefixlen}"
+                ),
+                pods=pods,
+            )
+        )
+    plan = LabPlan(
+        prefix=prefix,
+        backend=backend,
+        network=network,
+        etcd_prefix=etcd_prefix,
+        underlay_netns=f"{prefix}-ul",
+        gateway=ipaddress.IPv4Interface(f"{hosts[0]}/{UNDERLAY.prefixlen}"),
+        nodes=tuple(node_plans),
+    )
+    too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
+    if too_long:
+        raise ConfigError(f"interface names longer than {IFNAMSIZ}: {', '.join(too_long)}")
+    return plan
+
+
+def interface_names(plan: LabPlan) -> tuple[str, ...]:
+    """Every interface name the lab itself creates (for the IFNAMSIZ check)."""
+    names = [UNDERLAY_BRIDGE, NODE_UNDERLAY_IF, POD_IF]
+    names.extend(node.bridge_port for node in plan.nodes)
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePaths:
+    """Where one node keeps its files, all under the lab's state dir."""
+
+    root: str
+
+    @property
+    def subnet_file(self) -> str:
+        return os.path.join(self.root, "subnet.env")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.root, "flanneld.log")
+
+    @property
+    def cni_cache(self) -> str:
+        return os.path.join(self.root, "cni")
+
+    @property
+    def ipam_dir(self) -> str:
+        return os.path.join(self.root, "ipam")
+
+    @property
+    def cni_log(self) -> str:
+        return os.path.join(self.root, "cni.log")
+
+
+def node_paths(plan: LabPlan, node: NodePlan) -> NodePaths:
+    return NodePaths(os.path.join(plan.state_dir, node.name))
+
+
+def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> list[str]:
+    """The flanneld command line for ``node``, upstream flag spelling.
+
+    ``launcher`` is how to start flanneld (see :func:`flanneld.lab.procs.launcher`).
+    """
+    return [
+        *launcher,
+        f"-etcd-endpoints={plan.etcd_url}",
+        f"-etcd-prefix={plan.etcd_prefix}",
+        f"-iface={NODE_UNDERLAY_IF}",
+        f"-subnet-file={node_paths(plan, node).subnet_file}",
+        "-healthz-ip=0.0.0.0",
+        f"-healthz-port={HEALTHZ_PORT}",
+        "-v=1",
+    ]
+
+
+def cni_netconf(plan: LabPlan, node: NodePlan) -> dict[str, object]:
+    """The netconf a runtime would hand our ``flannel`` plugin on ``node``.
+
+    Everything it writes (delegate cache, host-local allocations) lands in
+    the node's state dir, never in /var/lib/cni.
+    """
+    paths = node_paths(plan, node)
+    return {
+        "cniVersion": CNI_VERSION,
+        "name": CNI_NETWORK_NAME,
+        "type": "flannel",
+        "subnetFile": paths.subnet_file,
+        "dataDir": paths.cni_cache,
+        "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+        "ipam": {"dataDir": paths.ipam_dir},
+    }
+
+
+def cni_env(plan: LabPlan, pod: PodPlan, command: str, cni_path: str) -> dict[str, str]:
+    """The CNI_* variables for one plugin call on ``pod``."""
+    return {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": pod.container_id,
+        "CNI_NETNS": os.path.join("/var/run/netns", pod.netns),
+        "CNI_IFNAME": POD_IF,
+        "CNI_PATH": cni_path,
+    }
