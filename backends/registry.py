@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
 from backends.base import Backend, ExternalInterface
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
-from backends.udp import UdpBackend
+from backends.udp import UdpBackend, parse_port
 from backends.vxlan import VxlanBackend
-from backends.vxlan_state import previous_vtep_mac
+from backends.vxlan_state import parse_options, previous_vtep_mac
 from flanneld.config import BackendConfig
+from flanneld.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +32,35 @@ class BackendContext:
 
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
+OptionsCheck: TypeAlias = Callable[[BackendConfig], dict[str, object]]
 
 
-def backend_factories() -> dict[str, BackendFactory]:
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    """How to build a backend, and how to read its net-conf.json options without building it."""
+
+    build: BackendFactory
+    options: OptionsCheck
+
+
+def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
-    return {"vxlan": _vxlan, "host-gw": _hostgw, "udp": _udp}
+    return {
+        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c))),
+        "host-gw": BackendEntry(_hostgw, lambda c: {}),
+        "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}),
+    }
+
+
+def lookup(backend_type: str) -> BackendEntry:
+    """The entry for ``backend_type``; ConfigError naming the known ones if there is none."""
+    entries = backends()
+    entry = entries.get(backend_type)
+    if entry is None:
+        raise ConfigError(
+            f"unknown backend type: {backend_type} (this build has: {', '.join(sorted(entries))})"
+        )
+    return entry
 
 
 def _vxlan(ctx: BackendContext) -> Backend:

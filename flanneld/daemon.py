@@ -16,12 +16,12 @@ from datetime import timedelta
 
 from backends.base import Backend, ExternalInterface, Network
 from backends.netlink import Netlink
-from backends.registry import BackendContext, backend_factories
+from backends.registry import BackendContext, lookup
 from backends.udp import UdpNetwork
 from flanneld import iface, subnetfile
 from flanneld.cli import Flags
 from flanneld.config import NetConfig
-from flanneld.errors import ConfigError, DataplaneError
+from flanneld.errors import DataplaneError
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
@@ -37,6 +37,7 @@ from flanneld.loop import (
     retry_until_stopped,
 )
 from flanneld.metrics import Metrics, metrics_handler
+from flanneld.netconf import NetConfWatcher
 from flanneld.retry import Backoff
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 JOIN_TIMEOUT = 5.0
+NETCONF_POLL = 5.0
 
 
 @dataclass(slots=True)
@@ -109,18 +111,13 @@ def make_backend(
     """The backend net-conf.json names, seeded with what this node advertised before."""
     netlink = Netlink()
     ext = external_interface(flags, manager, netlink)
-    factories = backend_factories()
-    factory = factories.get(config.backend.type)
-    if factory is None:
-        raise ConfigError(
-            f"unknown backend type: {config.backend.type} (this build has: "
-            f"{', '.join(sorted(factories))})"
-        )
+    entry = lookup(config.backend.type)
+    entry.options(config.backend)  # a bad option fails here, before any device is made
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
         Backoff(1.0, 30.0),
     )
-    return factory(
+    return entry.build(
         BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
     )
 
@@ -230,7 +227,11 @@ def _serve(
         "traffic-rules-resync", flags.iptables_resync,
         lambda: metrics.record_rules_restored(rules.resync()), stop,
     )
-    parts.threads = (watcher, renewer, keeper)
+    threads: list[threading.Thread] = [watcher, renewer, keeper]
+    if flags.kube_subnet_mgr:
+        conf_watch = NetConfWatcher(flags.net_config_path, config, "kube", health)
+        threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
+    parts.threads = tuple(threads)
     for thread in parts.threads:
         thread.start()
     loop.run(network, holder)

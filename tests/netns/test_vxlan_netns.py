@@ -23,7 +23,7 @@ from backends.base import ExternalInterface, RouteLookup
 from backends.model import Route
 from backends.netlink import Netlink
 from backends.plan import Put
-from backends.registry import BackendContext, backend_factories
+from backends.registry import BackendContext, lookup
 from backends.vxlan import VxlanBackend, VxlanNetwork
 from flanneld.config import BackendConfig, NetConfig
 from flanneld.errors import DataplaneError
@@ -245,7 +245,7 @@ def test_registry_builds_vxlan_with_the_previous_mac(pair: tuple[Node, Node]) ->
     context = BackendContext(
         a.ext, a.netlink, config.backend, previous_data='{"VNI":1,"VtepMAC":"0a:00:00:00:00:42"}'
     )
-    backend = backend_factories()["vxlan"](context)
+    backend = lookup("vxlan").build(context)
     backend.register_network(FakeSubnetManager(config, "10.244.1.0/24"), config)
     assert device(a.ns)["address"] == "0a:00:00:00:00:42"
 
