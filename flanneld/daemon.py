@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from backends.base import Backend, ExternalInterface, Network
+from backends.kernelwatch import KernelWatch
 from backends.netlink import Netlink
 from backends.registry import BackendContext, lookup
 from backends.udp import UdpNetwork
@@ -25,6 +26,7 @@ from flanneld.errors import DataplaneError
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
+    Kick,
     LeaseHolder,
     LoopSettings,
     MainLoop,
@@ -227,7 +229,8 @@ def _serve(
         "traffic-rules-resync", flags.iptables_resync,
         lambda: metrics.record_rules_restored(rules.resync()), stop,
     )
-    threads: list[threading.Thread] = [watcher, renewer, keeper]
+    kernel = KernelWatch(lambda: loop.messages.put(Kick()), stop)
+    threads: list[threading.Thread] = [watcher, renewer, keeper, kernel]
     if flags.kube_subnet_mgr:
         conf_watch = NetConfWatcher(flags.net_config_path, config, "kube", health)
         threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))

@@ -164,7 +164,15 @@ class Watcher(threading.Thread):
                 wait(self._stop_event, delay)
 
 
-def drain(q: queue.Queue[LeaseMessage], timeout: float) -> list[LeaseMessage]:
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Reconcile now: the kernel lost something of ours."""
+
+
+LoopMessage = LeaseMessage | Kick
+
+
+def drain(q: queue.Queue[LoopMessage], timeout: float) -> list[LoopMessage]:
     """Block up to ``timeout`` for one message, then take whatever else is queued."""
     try:
         first = q.get(timeout=max(0.0, timeout))
@@ -206,14 +214,16 @@ class MainLoop:
         self._settings = settings
         self._stop = stop
         self._observer = observer
-        self.messages: queue.Queue[LeaseMessage] = queue.Queue()
+        self.messages: queue.Queue[LoopMessage] = queue.Queue()
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
         table = PeerTable(network.lease.key)
         heard = synced = False
         next_resync = time.monotonic() + self._settings.resync_interval
         while not self._stop.is_set():
-            batch = drain(self.messages, min(1.0, next_resync - time.monotonic()))
+            received = drain(self.messages, min(1.0, next_resync - time.monotonic()))
+            kicked = any(isinstance(m, Kick) for m in received)
+            batch = [m for m in received if not isinstance(m, Kick)]
             heard = heard or bool(batch)
             lost = False
             for message in batch:
@@ -223,7 +233,7 @@ class MainLoop:
                 self._observer.set_peers(len(table))
             if lost:
                 network = self._reacquire(network, table, holder)
-            due = time.monotonic() >= next_resync
+            due = time.monotonic() >= next_resync or kicked
             if not batch and not due:
                 continue
             if due:

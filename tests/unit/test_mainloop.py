@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from backends.base import ReconcileReport
-from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
+from flanneld.loop import Kick, LeaseHolder, LoopSettings, MainLoop
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
 
@@ -110,3 +110,18 @@ def test_lost_own_lease_is_reacquired_and_reported() -> None:
         stop.set()
         thread.join(5)
     assert second.calls[-1] == ["10.244.2.0-24"]
+
+
+def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
+    stop = threading.Event()
+    synced = threading.Event()
+    network = FakeNetwork(lease(1))
+    loop = MainLoop(lambda: network, lambda _l: None, synced.set, LoopSettings(60), stop)
+    thread = run_loop(loop, network, stop)
+    try:
+        loop.messages.put(Kick())
+        wait_for(lambda: len(network.calls) == 1, timeout=2.0)
+        assert not synced.is_set()
+    finally:
+        stop.set()
+        thread.join(5)
