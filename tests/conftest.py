@@ -12,7 +12,9 @@ import pytest
 
 # Every kernel object a test creates carries this prefix, so parallel or
 # crashed runs never collide and leftovers are easy to find by name.
-RUN_PREFIX = "pft" + uuid.uuid4().hex[:5]
+# Kept in the environment so that a second import of this module (``from
+# tests.conftest import ...``) and child processes see the same prefix.
+RUN_PREFIX = os.environ.setdefault("PYFLANNEL_TEST_PREFIX", "pft" + uuid.uuid4().hex[:5])
 
 
 def needs_root() -> None:

@@ -1,1 +1,6 @@
-"""The multi-node lab: nodes as network namespaces around an underlay bridge."""
+"""The multi-node lab: nodes as network namespaces around an underlay bridge.
+
+plan (pure layout) · state (the JSON state file) · procs (detached daemons,
+stopped by PID) · etcd (EtcdSpec) · etcdgw (etcd's v3 JSON gateway) · pods
+(CNI ADD like a runtime) · matrix (pings) · leases · lab (``up``/``down``/``Lab``).
+"""

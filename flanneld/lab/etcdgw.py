@@ -61,3 +61,12 @@ def get_prefix(url: str, prefix: str, timeout: float = 5.0) -> dict[str, str]:
     end = base64.b64encode(prefix_range_end(prefix.encode())).decode("ascii")
     doc = _post(url, "/v3/kv/range", {"key": _b64(prefix), "range_end": end}, timeout)
     return {_unb64(kv["key"]): _unb64(kv.get("value", "")) for kv in doc.get("kvs", [])}
+
+
+def healthy(url: str, timeout: float = 1.0) -> bool:
+    """Whether etcd's ``/health`` says ``"health": "true"``."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as resp:
+            return bool(json.load(resp).get("health") == "true")
+    except (OSError, urllib.error.URLError, ValueError):
+        return False

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,10 +19,10 @@ import urllib.request
 from dataclasses import dataclass
 
 from backends import topology
-from flanneld.errors import ConfigError, FlannelError
+from flanneld.errors import ConfigError, DataplaneError, FlannelError
 from flanneld.lab import etcdgw, pods, procs
 from flanneld.lab import state as statefile
-from flanneld.lab.etcd import EtcdProcess, EtcdSpec
+from flanneld.lab.etcd import EtcdSpec
 from flanneld.lab.leases import NodeLease, node_lease, subnet_from_env
 from flanneld.lab.matrix import (
     Cell,
@@ -57,6 +56,7 @@ log = logging.getLogger(__name__)
 
 ETCD_ROLE = "etcd"
 READY_TIMEOUT = 60.0
+ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
 
@@ -111,6 +111,15 @@ def _http_status(url: str) -> int | None:
         return None
 
 
+def _pod_ip(netns: str) -> str | None:
+    """The pod's address; None if it has none or its namespace is missing (half-built lab)."""
+    try:
+        addrs = topology.ipv4_addresses(netns, POD_IF)
+    except DataplaneError:
+        return None
+    return str(addrs[0].ip) if addrs else None
+
+
 def _tail(path: str, lines: int = 20) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -126,10 +135,6 @@ class Lab:
         self._state = state
         self._plan = state.plan()
         self._python = python
-        # Popen handles of children started by this process, kept so they
-        # are reaped (not garbage-collected while running).
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._etcd: EtcdProcess | None = None
 
     @classmethod
     def attach(cls, prefix: str = DEFAULT_PREFIX, python: str = sys.executable) -> Lab:
@@ -220,39 +225,33 @@ class Lab:
         )
 
     def _start_etcd(self) -> None:
-        ul = self._plan.underlay_netns
-        etcd = EtcdProcess(
-            self._etcd_spec(),
-            os.path.join(self._plan.state_dir, "etcd.log"),
-            preexec_fn=topology.enter_netns(ul),
-        )
-        self._etcd = etcd
-        try:
-            # The health probe must run where 198.18.0.1 exists.
-            topology.run_in_netns(ul, etcd.start)
-        finally:
-            if etcd.pid is not None:
-                self._save(
-                    self._state.with_process(
-                        ETCD_ROLE, ProcessRecord(etcd.pid, self._marker)
-                    )
-                )
-
-    def _etcd_call_put(self, key: str, value: str) -> None:
-        url = self._plan.etcd_url
-        topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
+        spec = self._etcd_spec()
+        os.makedirs(spec.data_dir, mode=0o700, exist_ok=True)
+        log_path = os.path.join(self._plan.state_dir, "etcd.log")
+        pid = procs.spawn(spec.argv(), log_path, self._plan.underlay_netns)
+        record = ProcessRecord(pid, self._marker)
+        self._save(self._state.with_process(ETCD_ROLE, record))
+        deadline = time.monotonic() + ETCD_TIMEOUT
+        url = spec.client_url
+        while not topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.healthy(url)):
+            if not procs.is_ours(record):
+                raise FlannelError(f"etcd exited; last log lines:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
+            time.sleep(0.05)
 
     def _put_net_conf(self) -> None:
-        self._etcd_call_put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
+        url, key = self._plan.etcd_url, f"{self._plan.etcd_prefix}/config"
+        value = self._plan.net_conf()
+        topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
 
     def _spawn_flanneld(self, node: NodePlan) -> ProcessRecord:
         launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
         argv = flanneld_argv(launch, self._plan, node)
-        proc = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, _child_env())
-        self._children[proc.pid] = proc
-        record = ProcessRecord(proc.pid, self._marker)
+        pid = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, _child_env())
+        record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(_flanneld_role(node), record))
-        log.info("started flanneld on %s as pid %d", node.name, proc.pid)
+        log.info("started flanneld on %s as pid %d", node.name, pid)
         return record
 
     def _ready(self, node: NodePlan) -> bool:
@@ -341,15 +340,7 @@ class Lab:
                     lease = self.node_lease(node.name)
                 except FlannelError as err:
                     log.warning("no lease for %s: %s", node.name, err)
-            pod_status = tuple(
-                PodStatus(
-                    pod.name,
-                    next(
-                        (str(a.ip) for a in topology.ipv4_addresses(pod.netns, POD_IF)), None
-                    ),
-                )
-                for pod in node.pods
-            )
+            pod_status = tuple(PodStatus(pod.name, _pod_ip(pod.netns)) for pod in node.pods)
             nodes.append(
                 NodeStatus(node.name, node.netns, self.flanneld_pid(node.name), lease, pod_status)
             )
@@ -381,7 +372,6 @@ class Lab:
         if sig in (signal.SIGKILL, signal.SIGTERM):
             if not procs.wait_gone(record, STOP_TIMEOUT * 2):
                 raise FlannelError(f"flanneld on {node} (pid {record.pid}) did not exit")
-            self._children.pop(record.pid, None)
             self._save(self._state.without_process(role))
 
     def start_flanneld(self, node: str, timeout: float = READY_TIMEOUT) -> int:
@@ -444,15 +434,15 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
     except ConfigError as err:
         log.warning("ignoring unreadable lab state: %s", err)
         recorded = None
-    stopped = []
+    stopped: list[str] = []
     if recorded is not None:
-        # flanneld before etcd, so no daemon spins on a vanished store.
-        roles = sorted(recorded.processes, key=lambda role: role == ETCD_ROLE)
-        for role in roles:
-            record = recorded.processes[role]
-            if procs.is_ours(record):
-                procs.stop(record, STOP_TIMEOUT)
-                stopped.append(role)
+        # Every flanneld first, etcd last, so no daemon spins on a vanished store.
+        for group in (
+            {r: p for r, p in recorded.processes.items() if r != ETCD_ROLE},
+            {r: p for r, p in recorded.processes.items() if r == ETCD_ROLE},
+        ):
+            done = procs.stop(list(group.values()), STOP_TIMEOUT)
+            stopped += [role for role, rec in group.items() if rec in done]
     names = set(_lab_namespaces(prefix))
     if recorded is not None:
         names |= {n for n in recorded.namespaces if is_lab_netns(prefix, n)}

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from backends.topology import netns_argv
 from flanneld.errors import FlannelError
@@ -33,29 +33,42 @@ def launcher(python: str, script: str, module: str) -> list[str]:
     return [python, "-m", module]
 
 
+# Run by sh: start "$@" in the background with its output appended to $1,
+# print its PID, exit.  The daemon is then nobody's child but init's, so it
+# outlives the process that started it (the CLI) and is never a zombie of ours.
+_DETACH = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+
+
 def spawn(
     argv: list[str],
     log_path: str,
     netns: str,
     env: Mapping[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in namespace ``netns``, in its own session, output to ``log_path``."""
-    with open(log_path, "ab") as out:
-        try:
-            return subprocess.Popen(
-                netns_argv(netns, argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=dict(env) if env is not None else None,
-                start_new_session=True,
-            )
-        except OSError as err:
-            raise FlannelError(f"cannot start {argv[0]} in {netns}: {err}") from err
+) -> int:
+    """Start ``argv`` detached in namespace ``netns``, output to ``log_path``; its PID."""
+    command = ["sh", "-c", _DETACH, "sh", log_path, *netns_argv(netns, argv)]
+    try:
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FlannelError(f"cannot start {argv[0]} in {netns}: {err}") from err
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise FlannelError(
+            f"cannot start {argv[0]} in {netns}: {done.stderr.strip() or done.stdout.strip()}"
+        )
+    return int(done.stdout.strip())
 
 
 def cmdline(pid: int) -> str | None:
-    """The NUL-joined command line of ``pid`` as text, None if it is gone or a zombie."""
+    """The command line of ``pid``, arguments joined by spaces; None if gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -74,14 +87,6 @@ def is_ours(record: ProcessRecord) -> bool:
     return line is not None and record.marker in line
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status if ``pid`` is our own child (no zombie left)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 def signal_process(record: ProcessRecord, sig: int) -> bool:
     """Send ``sig`` to the recorded process if it is still ours; False if it was not."""
     if not is_ours(record):
@@ -98,7 +103,6 @@ def wait_gone(record: ProcessRecord, timeout: float) -> bool:
     """Wait until the recorded process has exited; True if it did within ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        _reap(record.pid)
         if not is_ours(record):
             return True
         if time.monotonic() >= deadline:
@@ -106,14 +110,18 @@ def wait_gone(record: ProcessRecord, timeout: float) -> bool:
         time.sleep(0.02)
 
 
-def stop(record: ProcessRecord, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; no-op if the process is gone or not ours."""
-    if not signal_process(record, signal.SIGTERM):
-        _reap(record.pid)
-        return
-    if wait_gone(record, timeout):
-        return
-    signal_process(record, signal.SIGKILL)
-    if not wait_gone(record, timeout):
-        raise FlannelError(f"pid {record.pid} survived SIGKILL")
+def stop(records: Sequence[ProcessRecord], timeout: float = 5.0) -> list[ProcessRecord]:
+    """SIGTERM all, then SIGKILL whatever is left after ``timeout``.
 
+    Processes that are gone or no longer ours are skipped; returns the
+    ones that were signalled.
+    """
+    signalled = [r for r in records if signal_process(r, signal.SIGTERM)]
+    deadline = time.monotonic() + timeout
+    stubborn = [r for r in signalled if not wait_gone(r, max(0.0, deadline - time.monotonic()))]
+    for record in stubborn:
+        signal_process(record, signal.SIGKILL)
+    survivors = [r.pid for r in stubborn if not wait_gone(r, timeout)]
+    if survivors:
+        raise FlannelError(f"pids {survivors} survived SIGKILL")
+    return signalled
