@@ -4,6 +4,7 @@ Nothing here touches the system.  Every name a lab creates derives from
 its ``prefix``, so a lab (or a crashed lab) is recognisable by name alone::
 
     <prefix>-ul          underlay namespace: bridge ul0 198.18.0.1/24, etcd
+                         (or, in kube mode, the Kubernetes API double)
     <prefix>-n<i>        node i: veth ul0 198.18.0.(10+i)/24, flanneld
     <prefix>-n<i>p<j>    pod j on node i, attached by the CNI plugin
 
@@ -41,6 +42,8 @@ MAX_NODES = 240
 MAX_PODS_PER_NODE = 32
 IFNAMSIZ = 15  # longest Linux interface name
 BACKENDS = ("vxlan", "host-gw", "udp")
+SUBNET_MGRS = ("etcd", "kube")
+KUBE_API_PORT = 16443
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
 
@@ -81,10 +84,24 @@ class LabPlan:
     underlay_netns: str
     gateway: ipaddress.IPv4Interface
     nodes: tuple[NodePlan, ...]
+    subnet_mgr: str = "etcd"  # or "kube": Node objects in the API double
 
     @property
     def state_dir(self) -> str:
         return state_dir(self.prefix)
+
+    @property
+    def kube(self) -> bool:
+        return self.subnet_mgr == "kube"
+
+    @property
+    def kube_api_url(self) -> str:
+        return f"http://{self.gateway.ip}:{KUBE_API_PORT}"
+
+    @property
+    def kube_control(self) -> str:
+        """The API double's control socket (kube mode)."""
+        return os.path.join(self.state_dir, "kubeapi.sock")
 
     @property
     def etcd_url(self) -> str:
@@ -138,6 +155,7 @@ def make_plan(
     backend: str = "vxlan",
     network: ipaddress.IPv4Network = DEFAULT_NETWORK,
     etcd_prefix: str = DEFAULT_ETCD_PREFIX,
+    subnet_mgr: str = "etcd",
 ) -> LabPlan:
     """Lay out a lab; ConfigError on out-of-range input."""
     check_prefix(prefix)
@@ -149,6 +167,10 @@ def make_plan(
         )
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if subnet_mgr not in SUBNET_MGRS:
+        raise ConfigError(
+            f"subnet manager must be one of {', '.join(SUBNET_MGRS)}, not {subnet_mgr!r}"
+        )
     hosts = list(UNDERLAY.hosts())
     node_plans = []
     for i in range(1, nodes + 1):
@@ -181,6 +203,7 @@ def make_plan(
         underlay_netns=f"{prefix}-ul",
         gateway=ipaddress.IPv4Interface(f"{hosts[0]}/{UNDERLAY.prefixlen}"),
         nodes=tuple(node_plans),
+        subnet_mgr=subnet_mgr,
     )
     too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
     if too_long:
@@ -221,6 +244,15 @@ class NodePaths:
     def cni_log(self) -> str:
         return os.path.join(self.root, "cni.log")
 
+    @property
+    def net_conf(self) -> str:
+        """net-conf.json as a ConfigMap mount would hold it (kube mode)."""
+        return os.path.join(self.root, "net-conf.json")
+
+    @property
+    def kubeconfig(self) -> str:
+        return os.path.join(self.root, "kubeconfig")
+
 
 def node_paths(plan: LabPlan, node: NodePlan) -> NodePaths:
     return NodePaths(os.path.join(plan.state_dir, node.name))
@@ -230,17 +262,55 @@ def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> lis
     """The flanneld command line for ``node``, upstream flag spelling.
 
     ``launcher`` is how to start flanneld (see :func:`flanneld.lab.procs.launcher`).
+    In kube mode it also needs ``NODE_NAME`` (see :func:`flanneld_env`).
     """
+    paths = node_paths(plan, node)
+    store = (
+        [
+            "--kube-subnet-mgr",
+            f"--kubeconfig-file={paths.kubeconfig}",
+            f"--net-config-path={paths.net_conf}",
+        ]
+        if plan.kube
+        else [f"-etcd-endpoints={plan.etcd_url}", f"-etcd-prefix={plan.etcd_prefix}"]
+    )
     return [
         *launcher,
-        f"-etcd-endpoints={plan.etcd_url}",
-        f"-etcd-prefix={plan.etcd_prefix}",
+        *store,
         f"-iface={NODE_UNDERLAY_IF}",
         f"-subnet-file={node_paths(plan, node).subnet_file}",
         "-healthz-ip=0.0.0.0",
         f"-healthz-port={HEALTHZ_PORT}",
+        # as kube-flannel.yml: flanneld masquerades, so the bridge plugin does not
+        # (with ipMasq on the bridge, pod-to-pod traffic across nodes would be NATed)
+        "-ip-masq",
         "-v=1",
     ]
+
+
+def flanneld_env(plan: LabPlan, node: NodePlan) -> dict[str, str]:
+    """Extra environment for ``node``'s flanneld: its Node's name in kube mode."""
+    return {"NODE_NAME": node.name} if plan.kube else {}
+
+
+def pod_cidr(plan: LabPlan, node: NodePlan) -> ipaddress.IPv4Network:
+    """The ``spec.podCIDR`` the lab gives ``node``'s Node object: /24 number ``index``."""
+    first = int(plan.network.network_address)
+    return ipaddress.IPv4Network((first + (node.index << 8), 24))
+
+
+def kubeconfig(plan: LabPlan) -> dict[str, object]:
+    """A kubeconfig for the API double: plain HTTP, no credentials (JSON is valid YAML)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": plan.prefix, "cluster": {"server": plan.kube_api_url}}],
+        "users": [{"name": "flanneld", "user": {}}],
+        "contexts": [
+            {"name": plan.prefix, "context": {"cluster": plan.prefix, "user": "flanneld"}}
+        ],
+        "current-context": plan.prefix,
+    }
 
 
 def cni_netconf(plan: LabPlan, node: NodePlan) -> dict[str, object]:
