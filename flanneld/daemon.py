@@ -209,7 +209,7 @@ def _serve(
 
     def on_synced() -> None:
         health.mark_ready()
-        health.set_detail("lease", f"lease {network.lease.key}")
+        health.set_detail("lease", f"lease {(parts.network or network).lease.key}")
         manager.mark_network_available()
         log.info("peers programmed; flanneld is ready")
 
@@ -224,7 +224,7 @@ def _serve(
     )
     watcher = Watcher(manager, loop.messages.put, stop)
     margin = timedelta(minutes=flags.subnet_lease_renew_margin)
-    renewer = Renewer(manager, holder, margin, stop)
+    renewer = Renewer(manager, holder, margin, stop, metrics.set_lease_expiry)
     keeper = Periodic(
         "traffic-rules-resync", flags.iptables_resync,
         lambda: metrics.record_rules_restored(rules.resync()), stop,

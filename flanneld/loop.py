@@ -94,13 +94,19 @@ class Renewer(threading.Thread):
     """Renews an expiring lease ``margin`` before it expires."""
 
     def __init__(
-        self, manager: SubnetManager, holder: LeaseHolder, margin: timedelta, stop: threading.Event
+        self,
+        manager: SubnetManager,
+        holder: LeaseHolder,
+        margin: timedelta,
+        stop: threading.Event,
+        on_renewed: Callable[[datetime | None], None],
     ) -> None:
         super().__init__(name="lease-renewer", daemon=True)
         self._manager = manager
         self._holder = holder
         self._margin = margin
         self._stop_event = stop
+        self._on_renewed = on_renewed
 
     def run(self) -> None:
         backoff = Backoff(1.0, RENEW_RETRY_MAX)
@@ -128,6 +134,7 @@ class Renewer(threading.Thread):
             if self._holder.get() is lease:
                 self._holder.set(renewed)
             log.info("renewed lease %s until %s", renewed.key, renewed.expiration)
+            self._on_renewed(renewed.expiration)
 
     def _wait_for_change(self, timeout: float | None) -> bool:
         """Wait until timeout, a lease change or stop; True when stopping."""
