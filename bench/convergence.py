@@ -1,0 +1,184 @@
+"""Convergence of one flanneld (etcd subnet manager, vxlan backend) on single peer changes.
+
+With ``--peers`` leases already in etcd, flanneld is started in a node
+namespace (start -> /readyz 200, and start -> every route/neighbour/FDB
+entry programmed).  Then ``--samples`` times: put ONE new peer lease and
+time until the kernel announces its route (with its neighbour and FDB entry
+already present), then delete it and time until its route, and then all
+three objects, are gone.  Times run from just before the etcd request;
+the etcd round trip itself is reported separately.  After the samples the
+daemon is restarted ``--restarts`` times on the programmed node (warm start).
+
+Kernel changes are observed with an rtnetlink socket opened in the node
+namespace (notifications, timestamped on arrival), not by polling.
+
+Usage (root): ``python3 bench/convergence.py [--peers 10] [--samples 50]
+[--restarts 2] [--out bench/results/convergence.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import benchlib as bl
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--peers", type=int, default=10, help="existing peer leases (N)")
+    parser.add_argument("--samples", type=int, default=50, help="add/delete samples")
+    parser.add_argument("--restarts", type=int, default=2, help="warm restarts to time")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per sample")
+    parser.add_argument("--ready-timeout", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=0.02,
+                        help="pause between steps, seconds")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="stop sampling after this many seconds")
+    parser.add_argument("--profile", help="run flanneld under cProfile, write stats here")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="sample the daemon with py-spy during the add/delete samples")
+    parser.add_argument("--out", default=bl.default_out("convergence"))
+    return parser.parse_args()
+
+
+def start_and_time(lab: bl.Lab, monitor: bl.KernelMonitor, peers: int, timeout: float,
+                   *, cold: bool, profile: str | None = None) -> tuple[bl.Flanneld, dict[str, Any]]:
+    daemon = lab.flanneld(profile=profile)
+    daemon.start()
+    ready = daemon.wait_ready(lab.node_thread, timeout)
+    # on a warm restart everything is programmed already: nothing to time
+    programmed = monitor.wait_counts(peers, peers, peers, timeout) if cold else None
+    if ready is None:
+        raise RuntimeError(f"flanneld not ready after {timeout}s:\n{daemon.log_tail()}")
+    return daemon, {
+        "start_to_ready_ms": round(1000 * (ready - daemon.started_at), 1),
+        "start_to_programmed_ms": (
+            None if programmed is None else round(1000 * (programmed - daemon.started_at), 1)
+        ),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    facts = bl.machine_facts()
+    base = [bl.Peer(i) for i in range(args.peers)]
+    adds: list[bl.Sample] = []
+    deletes: list[bl.Sample] = []
+    timeouts = 0
+    restarts: list[dict[str, Any]] = []
+    profile: dict[str, Any] = {}
+    with bl.lab() as lab:
+        bl.put_peers(lab.gateway, base)
+        monitor = lab.monitor()
+        daemon: bl.Flanneld | None = None
+        try:
+            daemon, cold = start_and_time(lab, monitor, args.peers, args.ready_timeout,
+                                          cold=True, profile=args.profile)
+            cpu_at_ready = bl.cpu_seconds(daemon.pid)
+            status_ready = bl.proc_status(daemon.pid)
+            spy = None
+            if args.py_spy:
+                profile_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "profiles")
+                os.makedirs(profile_dir, exist_ok=True)
+                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
+            deadline = time.monotonic() + args.budget
+            for k in range(args.samples):
+                if time.monotonic() > deadline:
+                    print(f"budget of {args.budget}s used up after {k} samples")
+                    break
+                peer = bl.Peer(args.peers + k)
+                added = bl.add_peer_sample(lab, monitor, peer, args.timeout)
+                time.sleep(args.settle)
+                removed = bl.delete_peer_sample(lab, monitor, peer, args.timeout)
+                time.sleep(args.settle)
+                if added is None or removed is None:
+                    timeouts += 1
+                    continue
+                adds.append(added)
+                deletes.append(removed)
+            if spy is not None:
+                spy.stop()
+                profile = bl.top_functions(spy.out)
+            final = bl.compare_views(bl.dump_kernel(lab.node_ns), bl.expected_view(base))
+            metrics = daemon.metrics(lab.node_thread)
+            cpu_total = bl.cpu_seconds(daemon.pid)
+            status_end = bl.proc_status(daemon.pid)
+            daemon.stop()
+            daemon = None
+            for _ in range(args.restarts):
+                daemon, warm = start_and_time(lab, monitor, args.peers, args.ready_timeout,
+                                              cold=False)
+                restarts.append(warm)
+                daemon.stop()
+                daemon = None
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            monitor.close()
+
+    add_e2e = bl.summary([s.latency_ms for s in adds])
+    del_route = bl.summary([s.latency_ms for s in deletes])
+    del_all = bl.summary([s.extra_ms for s in deletes if s.extra_ms is not None])
+    put_rtt = bl.summary([s.put_ms for s in adds])
+    del_rtt = bl.summary([s.put_ms for s in deletes])
+    rows = [
+        ("add: put -> route+neigh+fdb", add_e2e),
+        ("delete: del -> route gone", del_route),
+        ("delete: del -> all 3 gone", del_all),
+        ("etcd put round trip", put_rtt),
+        ("etcd delete round trip", del_rtt),
+    ]
+    bl.print_table(
+        f"flanneld convergence, vxlan, etcd, {args.peers} existing peers, "
+        f"{len(adds)} samples ({timeouts} timed out) [ms]",
+        ["measure", "n", "p50", "p99", "max", "mean"],
+        [(name, s["n"], bl.fmt_ms(s["p50"]), bl.fmt_ms(s["p99"]), bl.fmt_ms(s["max"]),
+          bl.fmt_ms(s["mean"])) for name, s in rows],
+    )
+    start_rows = [("cold", cold["start_to_ready_ms"], cold["start_to_programmed_ms"])]
+    start_rows += [(f"warm restart {i + 1}", r["start_to_ready_ms"], r["start_to_programmed_ms"])
+                   for i, r in enumerate(restarts)]
+    bl.print_table(
+        f"flanneld start with {args.peers} peers [ms]",
+        ["start", "start -> /readyz 200", "start -> all programmed"],
+        start_rows,
+    )
+    if profile:
+        bl.print_profile("py-spy during the samples", profile)
+    reconcile = bl.reconcile_stats(metrics)
+    print(f"\nreconciles: {reconcile['count']:.0f}, mean {reconcile['mean_ms']} ms; "
+          f"daemon CPU {cpu_total:.2f}s ({cpu_total - cpu_at_ready:.2f}s during samples); "
+          f"RSS at ready {status_ready.get('VmRSS')} KiB, end {status_end.get('VmRSS')} KiB; "
+          f"final kernel state vs leases: {final}")
+    bl.write_json(args.out, {
+        "bench": "convergence",
+        "machine": bl.finish_facts(facts),
+        "params": vars(args),
+        "samples_ok": len(adds),
+        "samples_timed_out": timeouts,
+        "add_ms": add_e2e,
+        "delete_route_ms": del_route,
+        "delete_all_ms": del_all,
+        "etcd_put_rtt_ms": put_rtt,
+        "etcd_delete_rtt_ms": del_rtt,
+        "cold_start": cold,
+        "warm_restarts": restarts,
+        "reconcile": reconcile,
+        "daemon_cpu_s": round(cpu_total, 3),
+        "daemon_cpu_during_samples_s": round(cpu_total - cpu_at_ready, 3),
+        "rss_kib": {"ready": status_ready.get("VmRSS"), "end": status_end.get("VmRSS"),
+                    "hwm": status_end.get("VmHWM")},
+        "final_kernel_vs_leases": final,
+        "monitor_overflows": monitor.overflows,
+        "profile_samples": profile,
+        "raw": {"add_ms": [round(s.latency_ms, 3) for s in adds],
+                "delete_route_ms": [round(s.latency_ms, 3) for s in deletes]},
+    })
+    return 0 if timeouts == 0 and not any(final.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

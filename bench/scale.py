@@ -1,0 +1,245 @@
+"""flanneld (etcd, vxlan) at 1000 and 5000 peers: cold start, memory, and per-peer latency.
+
+For each size N (``--sizes``), in a fresh lab: N peer leases are written to
+etcd (transactions of 128 puts), then flanneld is started and timed until
+/readyz answers 200 and until the kernel holds all 3N objects (N routes,
+N neighbours, N FDB entries; counted from rtnetlink notifications and
+checked against an ``ip``/``bridge`` dump afterwards).  VmRSS/VmHWM are read
+from /proc/PID/status after convergence.  Then ``--samples`` times one new
+peer is added (put -> route+neigh+fdb) and deleted again (del -> route
+gone), within ``--budget`` seconds per size.
+
+Unless ``--no-py-spy``, py-spy samples the daemon during the cold start and
+during the samples, and the functions with the most samples are reported.
+
+Usage (root): ``python3 bench/scale.py [--sizes 1000,5000] [--samples 20]
+[--out bench/results/scale.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shutil
+import time
+from typing import Any
+
+import benchlib as bl
+
+from backends.model import DataplaneState
+from backends.peers import usable_peers
+from backends.plan import plan
+from backends.vxlan_state import BACKEND_TYPE, desired_state, encode_backend_data, vxlan_peers
+from subnet.lease import Lease, LeaseAttrs, decode_attrs
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", default="1000,5000", help="comma-separated peer counts")
+    parser.add_argument("--samples", type=int, default=20, help="add/delete samples per size")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per sample")
+    parser.add_argument("--ready-timeout", type=float, default=120.0,
+                        help="seconds to wait for readiness and for all objects")
+    parser.add_argument("--budget", type=float, default=50.0,
+                        help="seconds of sampling per size at most")
+    parser.add_argument("--settle", type=float, default=0.05)
+    parser.add_argument("--no-py-spy", action="store_true", help="do not profile the daemon")
+    parser.add_argument("--no-pure", action="store_true",
+                        help="skip timing the backend's pure functions in this process")
+    parser.add_argument("--out", default=bl.default_out("scale"))
+    return parser.parse_args()
+
+
+def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[str, Any]:
+    peers = [bl.Peer(i) for i in range(n)]
+    result: dict[str, Any] = {"peers": n}
+    with bl.lab() as lab:
+        result["etcd_write_s"] = round(bl.put_peers(lab.gateway, peers), 3)
+        result["etcd_keys"] = lab.gateway.count_prefix(bl.SUBNETS)
+        monitor = lab.monitor()
+        daemon = lab.flanneld()
+        spy: bl.PySpy | None = None
+        try:
+            daemon.start()
+            if profile_dir:
+                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-start.txt"))
+            ready = daemon.wait_ready(lab.node_thread, args.ready_timeout)
+            left = max(1.0, args.ready_timeout - (time.monotonic() - daemon.started_at))
+            programmed = monitor.wait_counts(n, n, n, left)
+            if spy is not None:
+                spy.stop()
+                result["profile_start"] = bl.top_functions(spy.out)
+                spy = None
+            first_route = min(monitor.view.routes.values(), default=None)
+            result["start_to_first_route_s"] = _since(daemon.started_at, first_route)
+            result["start_to_ready_s"] = _since(daemon.started_at, ready)
+            result["start_to_all_programmed_s"] = _since(daemon.started_at, programmed)
+            result["kernel_counts_monitor"] = dict(
+                zip(("routes", "neighbours", "fdb"), monitor.counts(), strict=True)
+            )
+            dump = bl.dump_kernel(lab.node_ns)
+            result["kernel_counts_dump"] = dict(
+                zip(("routes", "neighbours", "fdb"), dump.counts(), strict=True)
+            )
+            result["kernel_vs_leases"] = bl.compare_views(dump, bl.expected_view(peers))
+            result["status_after_convergence_kib"] = bl.proc_status(daemon.pid)
+            result["cpu_to_convergence_s"] = round(bl.cpu_seconds(daemon.pid), 2)
+            result["reconcile_at_convergence"] = bl.reconcile_stats(daemon.metrics(lab.node_thread))
+            if ready is None or programmed is None:
+                result["error"] = "not converged in time"
+                result["log_tail"] = daemon.log_tail()
+                return result
+
+            if profile_dir:
+                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-samples.txt"))
+            adds: list[bl.Sample] = []
+            deletes: list[bl.Sample] = []
+            timeouts = 0
+            cpu_before = bl.cpu_seconds(daemon.pid)
+            deadline = time.monotonic() + args.budget
+            for k in range(args.samples):
+                if time.monotonic() > deadline:
+                    break
+                peer = bl.Peer(n + k)
+                added = bl.add_peer_sample(lab, monitor, peer, args.timeout)
+                time.sleep(args.settle)
+                removed = bl.delete_peer_sample(lab, monitor, peer, args.timeout)
+                time.sleep(args.settle)
+                if added is None or removed is None:
+                    timeouts += 1
+                    continue
+                adds.append(added)
+                deletes.append(removed)
+            if spy is not None:
+                spy.stop()
+                result["profile_samples"] = bl.top_functions(spy.out)
+                spy = None
+            result["samples_ok"] = len(adds)
+            result["samples_timed_out"] = timeouts
+            result["add_ms"] = bl.summary([s.latency_ms for s in adds])
+            result["delete_route_ms"] = bl.summary([s.latency_ms for s in deletes])
+            result["etcd_put_rtt_ms"] = bl.summary([s.put_ms for s in adds])
+            result["cpu_during_samples_s"] = round(bl.cpu_seconds(daemon.pid) - cpu_before, 2)
+            result["status_end_kib"] = bl.proc_status(daemon.pid)
+            result["reconcile_end"] = bl.reconcile_stats(daemon.metrics(lab.node_thread))
+            result["monitor_overflows"] = monitor.overflows
+        finally:
+            if spy is not None:
+                spy.stop()
+            daemon.stop()
+            monitor.close()
+    return result
+
+
+def time_pure(n: int) -> dict[str, float]:
+    """Seconds one reconcile pass spends in the vxlan backend's pure steps, for N peers.
+
+    The same functions VxlanNetwork.reconcile calls, on the same leases the
+    daemon sees, run once each in this process (no kernel, no daemon).
+    """
+    own = Lease(
+        ipaddress.IPv4Network("10.127.1.0/24"), None,
+        LeaseAttrs(ipaddress.IPv4Address(bl.NODE_IP), None, BACKEND_TYPE,
+                   encode_backend_data(1, "0e:ff:00:00:00:01")),
+    )
+    leases = [Lease(p.subnet, None, decode_attrs(p.value())) for p in map(bl.Peer, range(n))]
+    networks = [bl.NETWORK]
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    usable, _ = usable_peers(own, leases, networks, BACKEND_TYPE)
+    timings["usable_peers_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    peers, _ = vxlan_peers(own, leases, networks, 1)
+    timings["vxlan_peers_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    desired = desired_state(peers, 7, {})
+    timings["desired_state_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    cold = plan(DataplaneState(), desired)
+    timings["plan_cold_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    steady = plan(desired, desired)
+    timings["plan_steady_s"] = time.perf_counter() - started
+    if len(usable) != n or len(cold) != 3 * n or steady:
+        raise RuntimeError(f"pure functions disagree: {len(usable)} usable, {len(cold)} puts, "
+                           f"{len(steady)} steady changes for {n} peers")
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def _since(start: float, at: float | None) -> float | None:
+    return None if at is None else round(at - start, 3)
+
+
+def main() -> int:
+    args = parse_args()
+    facts = bl.machine_facts()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    profile_dir = None
+    if not args.no_py_spy and shutil.which("py-spy"):
+        profile_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "profiles")
+        os.makedirs(profile_dir, exist_ok=True)
+    results = []
+    for n in sizes:
+        print(f"--- {n} peers", flush=True)
+        results.append(run_size(n, args, profile_dir))
+        r = results[-1]
+        if not args.no_pure:
+            r["pure_functions"] = time_pure(n)
+        print(f"    ready {r.get('start_to_ready_s')}s, all programmed "
+              f"{r.get('start_to_all_programmed_s')}s, dump {r.get('kernel_counts_dump')}",
+              flush=True)
+
+    bl.print_table(
+        "flanneld cold start with N peer leases in etcd (vxlan; 3 kernel objects per peer)",
+        ["peers", "etcd write s", "start->1st route s", "start->ready s", "start->all s",
+         "routes/neigh/fdb", "kernel=leases", "VmRSS MiB", "VmHWM MiB", "CPU s"],
+        [(r["peers"], r["etcd_write_s"], r.get("start_to_first_route_s"),
+          r.get("start_to_ready_s"), r.get("start_to_all_programmed_s"),
+          "/".join(str(v) for v in r["kernel_counts_dump"].values()),
+          "yes" if not any(r["kernel_vs_leases"].values()) else r["kernel_vs_leases"],
+          _mib(r["status_after_convergence_kib"].get("VmRSS")),
+          _mib(r["status_after_convergence_kib"].get("VmHWM")),
+          r["cpu_to_convergence_s"]) for r in results],
+    )
+    bl.print_table(
+        "one peer added/deleted at scale [ms]",
+        ["peers", "n", "add p50", "add p99", "add max", "del p50", "del p99", "del max",
+         "timeouts", "reconcile mean ms"],
+        [(r["peers"], r.get("samples_ok", 0),
+          *(bl.fmt_ms(r.get("add_ms", {}).get(k)) for k in ("p50", "p99", "max")),
+          *(bl.fmt_ms(r.get("delete_route_ms", {}).get(k)) for k in ("p50", "p99", "max")),
+          r.get("samples_timed_out", "-"), r.get("reconcile_end", {}).get("mean_ms", "-"))
+         for r in results],
+    )
+    if not args.no_pure:
+        names = list(results[0]["pure_functions"])
+        bl.print_table(
+            "vxlan backend pure steps of ONE reconcile pass, timed in-process [s]"
+            " (vxlan_peers includes usable_peers)",
+            ["peers", *(k.removesuffix("_s") for k in names)],
+            [(r["peers"], *(r["pure_functions"][k] for k in names)) for r in results],
+        )
+    for r in results:
+        for phase in ("profile_start", "profile_samples"):
+            prof = r.get(phase)
+            if not prof or not prof["samples"]:
+                continue
+            bl.print_profile(f"py-spy, {r['peers']} peers, {phase.removeprefix('profile_')}",
+                             prof)
+    bl.write_json(args.out, {"bench": "scale", "machine": bl.finish_facts(facts),
+                             "params": vars(args), "results": results})
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
