@@ -104,11 +104,13 @@ class Network(Protocol):
         """The MTU pods should use (FLANNEL_MTU)."""
         ...
 
-    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         """Make the kernel match ``peers`` (every known lease except ours).
 
         Idempotent; recreates our devices if they vanished; never raises for
-        a single bad peer or a single failed kernel write.
+        a single bad peer or a single failed kernel write.  ``full`` re-reads
+        the kernel's tables; without it the state our last pass left is
+        trusted (watch events), which keeps a pass cheap at thousands of peers.
         """
         ...
 

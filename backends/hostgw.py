@@ -74,11 +74,11 @@ class HostGwNetwork:
     def mtu(self) -> int:
         return self._ext.mtu
 
-    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         usable, skipped = hostgw_peers(self._lease, peers, self._networks)
         self._skips.report(skipped)
         desired = desired_state(usable, self._ext.index)
-        result = self._netlink.sync(desired, [], self._families)
+        result = self._netlink.sync(desired, [], self._families, fresh=full)
         return summarize(
             result.applied, result.failed, skipped=skipped, peers=len({p.key for p in usable})
         )

@@ -29,6 +29,7 @@ RTMGRP_IPV6_ROUTE = 0x400
 RTM_DELLINK = 17
 RTM_DELROUTE = 25
 RTM_DELNEIGH = 29
+NUD_FAILED = 0x20
 NUD_PERMANENT = 0x80
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
@@ -54,8 +55,13 @@ def is_relevant(kind: int, payload: bytes) -> bool:
     if kind == RTM_DELROUTE:
         return len(payload) > 5 and payload[5] == ROUTE_PROTOCOL  # rtmsg.rtm_protocol
     if kind == RTM_DELNEIGH:
-        # ndmsg: family, pad, pad, ifindex(4), state(2): our entries are permanent
-        return len(payload) >= 10 and struct.unpack_from("=H", payload, 8)[0] & NUD_PERMANENT != 0
+        # ndmsg: family, pad, pad, ifindex(4), state(2).  Our entries are permanent,
+        # but ``ip neigh del`` marks an entry FAILED before the kernel announces its
+        # deletion; an aged-out failed ARP entry costs one spare reconcile.
+        if len(payload) < 10:
+            return False
+        (state,) = struct.unpack_from("=H", payload, 8)
+        return bool(state & (NUD_PERMANENT | NUD_FAILED))
     return False
 
 

@@ -150,6 +150,7 @@ class Netlink:
     def __init__(self, netns: str | None = None) -> None:
         self._netns = netns
         self._names: dict[int, str] = {}
+        self._views: dict[tuple[tuple[int, ...], tuple[int, ...]], DataplaneState] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             # checked here because pyroute2 leaks its socket when the open fails
@@ -385,10 +386,30 @@ class Netlink:
         return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
 
     def sync(
-        self, desired: DataplaneState, ifindexes: Iterable[int], families: Iterable[int]
+        self,
+        desired: DataplaneState,
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+        *,
+        fresh: bool = True,
     ) -> ApplyResult:
-        """Observe what is ours, then apply only the difference to ``desired``."""
-        return self.apply(plan(self.observe(ifindexes, families), desired))
+        """Apply only the difference between what is ours in the kernel and ``desired``.
+
+        With ``fresh`` the kernel is dumped first; without it, the state the
+        last fully successful sync of the same scope left is used instead
+        (cheap on every watch event; the periodic resync and the kernel watch
+        pass ``fresh`` so hand-made damage is still found).
+        """
+        scope = (tuple(sorted(ifindexes)), tuple(sorted(families)))
+        observed = None if fresh else self._views.get(scope)
+        if observed is None:
+            observed = self.observe(*scope)
+        result = self.apply(plan(observed, desired))
+        if result.failed:
+            self._views.pop(scope, None)
+        else:
+            self._views[scope] = desired
+        return result
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """Apply ``changes`` in order, continuing past failures, one log line each."""

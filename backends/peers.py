@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from backends.model import Skipped
 from subnet.lease import IPNetwork, Lease
+
+
+class _Claims:
+    """Subnets already taken, as sorted disjoint address intervals per family.
+
+    Checking a new subnet looks only at its two neighbours, so a pass over
+    N peers costs O(N log N), not O(N²).
+    """
+
+    def __init__(self) -> None:
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._entries: dict[int, list[tuple[int, IPNetwork]]] = {4: [], 6: []}
+
+    def overlapping(self, subnet: IPNetwork) -> IPNetwork | None:
+        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
+        first, last = int(subnet.network_address), int(subnet.broadcast_address)
+        at = bisect.bisect_right(starts, last)
+        if at and entries[at - 1][0] >= first:  # the claim starting at or before our end
+            return entries[at - 1][1]
+        return None
+
+    def add(self, subnet: IPNetwork) -> None:
+        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
+        at = bisect.bisect_right(starts, int(subnet.network_address))
+        starts.insert(at, int(subnet.network_address))
+        entries.insert(at, (int(subnet.broadcast_address), subnet))
 
 
 def usable_peers(
@@ -19,40 +46,45 @@ def usable_peers(
     A peer is skipped when it runs another backend (``backend_type`` None
     accepts any, as upstream's udp does), when a subnet lies outside the
     cluster networks, overlaps ours, or overlaps a peer seen earlier in key
-    order (the first claimant keeps it).
+    order (the first claimant keeps it).  Subnets of an address family the
+    cluster does not run are ignored.
     """
+    enabled = {n.version for n in networks}
+    own_subnets = [s for s in own.subnets() if s.version in enabled]
+    claims = _Claims()
+    for sub in own_subnets:
+        claims.add(sub)
     usable: list[Lease] = []
     skipped: list[Skipped] = []
-    claimed: list[IPNetwork] = list(own.subnets())
     for peer in sorted(peers, key=lambda p: p.key):
-        reason = _reject_reason(peer, claimed, own, networks, backend_type)
+        subnets = [s for s in peer.subnets() if s.version in enabled]
+        reason = _reject_reason(peer, subnets, claims, own_subnets, networks, backend_type)
         if reason:
             skipped.append(Skipped(peer.key, reason))
             continue
         usable.append(peer)
-        claimed.extend(s for s in peer.subnets() if s.version in {n.version for n in networks})
+        for sub in subnets:
+            claims.add(sub)
     return usable, skipped
 
 
 def _reject_reason(
     peer: Lease,
-    claimed: list[IPNetwork],
-    own: Lease,
+    subnets: list[IPNetwork],
+    claims: _Claims,
+    own_subnets: list[IPNetwork],
     networks: Sequence[IPNetwork],
     backend_type: str | None,
 ) -> str:
     if backend_type is not None and peer.attrs.backend_type != backend_type:
         return f"backend type {peer.attrs.backend_type!r}, not {backend_type!r}"
-    enabled = {n.version for n in networks}
-    subnets = [s for s in peer.subnets() if s.version in enabled]
     if not subnets:
         return "no subnet in an enabled address family"
-    own_subnets = own.subnets()
     for sub in subnets:
         if not any(sub.version == n.version and sub.subnet_of(n) for n in networks):  # type: ignore[arg-type]
             return f"subnet {sub} is outside the cluster network"
-        for other in claimed:
-            if sub.version == other.version and sub.overlaps(other):
-                whose = "ours" if other in own_subnets else "another peer's"
-                return f"subnet {sub} overlaps {whose} ({other})"
+        other = claims.overlapping(sub)
+        if other is not None:
+            whose = "ours" if other in own_subnets else "another peer's"
+            return f"subnet {sub} overlaps {whose} ({other})"
     return ""

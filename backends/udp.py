@@ -349,7 +349,7 @@ class UdpNetwork:
     def stats(self) -> ForwardStats:
         return self._backend.stats
 
-    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         netlink = self._backend.netlink
         forwarder, link, recreated = self._ensure_device()
         usable, skipped = udp_peers(self._lease, peers, [self._network])
@@ -359,7 +359,7 @@ class UdpNetwork:
             self._backend.port,
         )
         desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
-        result = netlink.sync(desired, [], [socket.AF_INET])
+        result = netlink.sync(desired, [], [socket.AF_INET], fresh=full or recreated)
         return summarize(
             result.applied, result.failed, skipped=skipped, peers=len(usable),
             device_recreated=recreated,

@@ -142,13 +142,15 @@ class VxlanNetwork:
         )
         self._netlink.sync_addresses(link.index, [self._address], self._networks)
 
-    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         ifindex, recreated = self._ensure_device()
         usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
         self._skips.report(skipped)
         direct = self._direct_peers([p.public_ip for p in usable])
         desired = desired_state(usable, ifindex, direct)
-        result = self._netlink.sync(desired, [ifindex], [socket.AF_INET])
+        result = self._netlink.sync(
+            desired, [ifindex], [socket.AF_INET], fresh=full or recreated
+        )
         return summarize(
             result.applied, result.failed, skipped=skipped, peers=len(usable),
             device_recreated=recreated,

@@ -29,6 +29,10 @@ from subnet.manager import LeaseMessage, SubnetManager
 log = logging.getLogger(__name__)
 
 RENEW_RETRY_MAX = 60.0
+# How long after a pass that deleted kernel objects the kernel watch's reports
+# are taken for the echo of those deletions (a real loss is still repaired by
+# the next kick or resync).
+ECHO_WINDOW = 1.0
 T = TypeVar("T")
 
 
@@ -226,10 +230,13 @@ class MainLoop:
     def run(self, network: Network, holder: LeaseHolder) -> None:
         table = PeerTable(network.lease.key)
         heard = synced = False
+        echo_until = 0.0  # kicks before this are the kernel echoing our own deletions
         next_resync = time.monotonic() + self._settings.resync_interval
         while not self._stop.is_set():
             received = drain(self.messages, min(1.0, next_resync - time.monotonic()))
-            kicked = any(isinstance(m, Kick) for m in received)
+            kicked = any(isinstance(m, Kick) for m in received) and (
+                time.monotonic() >= echo_until
+            )
             batch = [m for m in received if not isinstance(m, Kick)]
             heard = heard or bool(batch)
             lost = False
@@ -247,11 +254,13 @@ class MainLoop:
                 next_resync = time.monotonic() + self._settings.resync_interval
             started = time.monotonic()
             try:
-                report = network.reconcile(table.peers())
+                report = network.reconcile(table.peers(), full=due or not synced)
             except FlannelError as err:
                 log.error("reconcile failed: %s (retrying at the next resync)", err)
                 continue
             seconds = time.monotonic() - started
+            if report.removed or report.device_recreated:
+                echo_until = time.monotonic() + ECHO_WINDOW
             self._log_report(report, seconds, resync=due and not batch)
             if self._observer is not None:
                 self._observer.record_reconcile(report, seconds, resync_only=due and not batch)

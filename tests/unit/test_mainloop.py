@@ -34,7 +34,7 @@ class FakeNetwork:
     def mtu(self) -> int:
         return 1450
 
-    def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         self.calls.append(sorted(p.key for p in peers))
         return ReconcileReport(peers=len(peers))
 

@@ -1,0 +1,81 @@
+"""usable_peers: the shared peer checks, against a brute-force model."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.peers import usable_peers
+from subnet.lease import Lease, LeaseAttrs
+
+NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+OWN = Lease(ipaddress.IPv4Network("10.244.1.0/24"), None, LeaseAttrs(backend_type="vxlan"))
+
+
+def peer(net: str, kind: str = "vxlan") -> Lease:
+    return Lease(ipaddress.IPv4Network(net), None, LeaseAttrs(backend_type=kind))
+
+
+def brute_force(peers: list[Lease]) -> list[str]:
+    claimed = [OWN.subnet]
+    kept = []
+    for p in sorted(peers, key=lambda p: p.key):
+        sub = p.subnet
+        assert sub is not None
+        if not sub.subnet_of(NETWORK) or any(sub.overlaps(c) for c in claimed if c):
+            continue
+        kept.append(p.key)
+        claimed.append(sub)
+    return kept
+
+
+subnets = st.builds(
+    lambda third, fourth, plen: ipaddress.IPv4Network((f"10.{third}.{fourth}.0", plen), strict=False),
+    st.sampled_from([243, 244, 245]), st.integers(0, 7), st.integers(14, 26),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(subnets, max_size=25))
+def test_matches_brute_force(nets: list[ipaddress.IPv4Network]) -> None:
+    peers = [peer(str(n)) for n in nets]
+    usable, skipped = usable_peers(OWN, peers, [NETWORK], "vxlan")
+    assert [p.key for p in usable] == brute_force(peers)
+    assert len(usable) + len(skipped) == len(peers)
+
+
+def test_reasons_name_the_conflict() -> None:
+    usable, skipped = usable_peers(
+        OWN,
+        [peer("10.244.1.0/24"), peer("10.244.2.0/24"), peer("10.244.2.0/25"),
+         peer("10.9.0.0/24"), peer("10.244.3.0/24", "host-gw")],
+        [NETWORK],
+        "vxlan",
+    )
+    assert [p.key for p in usable] == ["10.244.2.0-24"]
+    reasons = {s.key: s.reason for s in skipped}
+    assert reasons["10.244.1.0-24"] == "subnet 10.244.1.0/24 overlaps ours (10.244.1.0/24)"
+    assert "another peer's (10.244.2.0/24)" in reasons["10.244.2.0-25"]
+    assert "outside the cluster network" in reasons["10.9.0.0-24"]
+    assert "backend type 'host-gw'" in reasons["10.244.3.0-24"]
+
+
+def test_dual_stack_peer_in_ipv4_cluster_is_kept() -> None:
+    dual = Lease(
+        ipaddress.IPv4Network("10.244.7.0/24"), ipaddress.IPv6Network("fd00:7::/64"),
+        LeaseAttrs(backend_type="vxlan"),
+    )
+    usable, skipped = usable_peers(OWN, [dual], [NETWORK], "vxlan")
+    assert usable == [dual] and skipped == []
+
+
+def test_five_thousand_peers_are_fast() -> None:
+    import time
+
+    peers = [peer(f"10.{100 + i // 256}.{i % 256}.0/24") for i in range(5000)]
+    started = time.perf_counter()
+    usable, _ = usable_peers(OWN, peers, [ipaddress.IPv4Network("10.0.0.0/8")], "vxlan")
+    assert len(usable) == 5000
+    assert time.perf_counter() - started < 2.0
