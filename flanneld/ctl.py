@@ -17,7 +17,8 @@ from flanneld.errors import ConfigError, FlannelError
 from flanneld.lab import lab as labmod
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
-from flanneld.lab.plan import BACKENDS, DEFAULT_PREFIX
+from flanneld.lab.plan import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
+from flanneld.netconf import check, describe
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,6 +82,7 @@ def _lab_up(args: argparse.Namespace) -> int:
             backend=args.backend,
             pods_per_node=args.pods_per_node,
             prefix=args.prefix,
+            subnet_mgr=args.subnet_mgr,
         )
         leases = lab.leases()
         cells = lab.matrix(count=args.count, timeout=args.ping_timeout)
@@ -94,7 +96,10 @@ def _lab_up(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(up_json(leases, cells)))
     else:
-        print(f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}")
+        print(
+            f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}, "
+            f"subnet manager {args.subnet_mgr}"
+        )
         print(render_leases(leases))
         print()
         print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
@@ -128,7 +133,9 @@ def _lab_status(args: argparse.Namespace) -> int:
                 {
                     "prefix": status.prefix,
                     "backend": status.backend,
+                    "subnet_mgr": status.subnet_mgr,
                     "etcd_running": status.etcd_running,
+                    "kubeapi_running": status.kubeapi_running,
                     "nodes": [
                         {
                             "name": n.name,
@@ -143,9 +150,14 @@ def _lab_status(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
+    store, running = (
+        ("API double", status.kubeapi_running)
+        if status.subnet_mgr == "kube"
+        else ("etcd", status.etcd_running)
+    )
     print(
         f"lab {status.prefix}: backend {status.backend}, "
-        f"etcd {'running' if status.etcd_running else 'NOT RUNNING'}"
+        f"{store} {'running' if running else 'NOT RUNNING'}"
     )
     rows = [
         (
@@ -186,6 +198,13 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="default vxlan")
     up.add_argument("--pods-per-node", type=int, default=1, help="default 1")
+    up.add_argument(
+        "--subnet-mgr",
+        choices=SUBNET_MGRS,
+        default="etcd",
+        help="etcd (default): a private etcd; kube: flanneld --kube-subnet-mgr against the "
+        "Kubernetes API test double (needs a source checkout: it runs tests/kubeapi)",
+    )
     _add_prefix(up)
     up.add_argument("--json", action="store_true", help="print one JSON object")
     up.add_argument(
@@ -213,6 +232,49 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     logs.set_defaults(func=_lab_logs)
 
 
+# --- netconf --------------------------------------------------------------------------
+
+
+def _read_source(source: str) -> bytes:
+    """The bytes of file ``source``, or of stdin for ``-``; ConfigError if unreadable."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(source, "rb") as fh:
+            return fh.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {source}: {err.strerror or err}") from err
+
+
+def _netconf_validate(args: argparse.Namespace) -> int:
+    try:
+        report = check(_read_source(args.file), args.mode)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_FAILED
+    print(describe(report))
+    return EXIT_OK
+
+
+def add_netconf_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    netconf = subparsers.add_parser("netconf", help="net-conf.json tools")
+    cmds = netconf.add_subparsers(dest="netconf_command", required=True, metavar="COMMAND")
+    validate = cmds.add_parser(
+        "validate",
+        help="check a net-conf.json as flanneld would and describe what it would use",
+        description="Exit 0 and print what flanneld would use, or print the error and exit 1.",
+    )
+    validate.add_argument("file", metavar="FILE", help="the net-conf.json file, - for stdin")
+    validate.add_argument(
+        "--mode",
+        choices=("kube", "etcd"),
+        default="kube",
+        help="subnet manager the daemon runs with (default kube; etcd also derives the "
+        "node subnet ranges)",
+    )
+    validate.set_defaults(func=_netconf_validate)
+
+
 # --- main -----------------------------------------------------------------------------
 
 
@@ -221,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_lab_commands(subparsers)
+    add_netconf_commands(subparsers)
     return parser
 
 

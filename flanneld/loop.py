@@ -234,9 +234,10 @@ class MainLoop:
         next_resync = time.monotonic() + self._settings.resync_interval
         while not self._stop.is_set():
             received = drain(self.messages, min(1.0, next_resync - time.monotonic()))
-            kicked = any(isinstance(m, Kick) for m in received) and (
-                time.monotonic() >= echo_until
-            )
+            kicks = any(isinstance(m, Kick) for m in received)
+            kicked = kicks and time.monotonic() >= echo_until
+            if kicks and not kicked:  # maybe an echo, maybe new damage: look again soon
+                next_resync = min(next_resync, echo_until)
             batch = [m for m in received if not isinstance(m, Kick)]
             heard = heard or bool(batch)
             lost = False

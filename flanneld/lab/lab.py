@@ -16,14 +16,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backends import topology
 from flanneld.errors import ConfigError, DataplaneError, FlannelError
-from flanneld.lab import etcdgw, pods, procs
+from flanneld.lab import etcdgw, kubeapi, pods, procs
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
-from flanneld.lab.leases import NodeLease, node_lease, subnet_from_env
+from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
+from flanneld.lab.leases import (
+    NodeLease,
+    node_lease,
+    node_lease_from_annotations,
+    subnet_from_env,
+)
 from flanneld.lab.matrix import (
     Cell,
     Endpoint,
@@ -45,6 +52,7 @@ from flanneld.lab.plan import (
     LabPlan,
     NodePlan,
     flanneld_argv,
+    flanneld_env,
     is_lab_netns,
     make_plan,
     node_paths,
@@ -55,6 +63,7 @@ from flanneld.lab.state import LabState, ProcessRecord
 log = logging.getLogger(__name__)
 
 ETCD_ROLE = "etcd"
+STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE)  # stopped after every flanneld
 READY_TIMEOUT = 60.0
 ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -81,6 +90,8 @@ class LabStatus:
     backend: str
     etcd_running: bool
     nodes: tuple[NodeStatus, ...]
+    subnet_mgr: str = "etcd"
+    kubeapi_running: bool = False  # kube mode: the API double
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +195,11 @@ class Lab:
         self._build_underlay()
         for node in plan.nodes:
             self._build_node(node)
-        self._start_etcd()
-        self._put_net_conf()
+        if plan.kube:
+            self._start_kubeapi()
+        else:
+            self._start_etcd()
+            self._put_net_conf()
         for node in plan.nodes:
             self._spawn_flanneld(node)
         for node in plan.nodes:
@@ -240,15 +254,39 @@ class Lab:
                 raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
             time.sleep(0.05)
 
+    @property
+    def kube_api(self) -> KubeApiControl:
+        """The API double's control client (kube mode)."""
+        if not self._plan.kube:
+            raise ConfigError(f"lab {self._plan.prefix} runs in etcd mode: no API double")
+        return KubeApiControl(self._plan.kube_control)
+
+    def _start_kubeapi(self) -> None:
+        """The API double in the underlay namespace, one Node per lab node, their files."""
+        plan = self._plan
+        env = kubeapi.double_env(_child_env(), kubeapi.source_root())
+        log_path = os.path.join(plan.state_dir, "kubeapi.log")
+        pid = procs.spawn(kubeapi.double_argv(self._python, plan), log_path,
+                          plan.underlay_netns, env)
+        record = ProcessRecord(pid, self._marker)
+        self._save(self._state.with_process(KUBEAPI_ROLE, record))
+        try:
+            self.kube_api.wait_up(ETCD_TIMEOUT, lambda: procs.is_ours(record))
+        except FlannelError as err:
+            raise FlannelError(f"{err}; last log lines:\n{_tail(log_path)}") from err
+        kubeapi.add_lab_nodes(plan, self.kube_api)
+        kubeapi.write_node_files(plan, plan.net_conf())
+
     def _put_net_conf(self) -> None:
         url, key = self._plan.etcd_url, f"{self._plan.etcd_prefix}/config"
         value = self._plan.net_conf()
         topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
 
-    def _spawn_flanneld(self, node: NodePlan) -> ProcessRecord:
+    def _spawn_flanneld(self, node: NodePlan, extra_args: Sequence[str] = ()) -> ProcessRecord:
         launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
-        argv = flanneld_argv(launch, self._plan, node)
-        pid = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, _child_env())
+        argv = [*flanneld_argv(launch, self._plan, node), *extra_args]
+        env = {**_child_env(), **flanneld_env(self._plan, node)}
+        pid = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, env)
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(_flanneld_role(node), record))
         log.info("started flanneld on %s as pid %d", node.name, pid)
@@ -300,6 +338,9 @@ class Lab:
         subnet = subnet_from_env(self.subnet_env(node))
         if subnet is None:
             raise FlannelError(f"node {plan_node.name} has no subnet in its subnet.env yet")
+        if self._plan.kube:
+            meta = self.kube_api.node(plan_node.name).get("metadata") or {}
+            return node_lease_from_annotations(plan_node.name, subnet, meta.get("annotations") or {})
         return node_lease(plan_node.name, subnet, self._plan.etcd_prefix, self._etcd_leases())
 
     def leases(self) -> list[NodeLease]:
@@ -332,10 +373,12 @@ class Lab:
     def status(self) -> LabStatus:
         etcd = self._record(ETCD_ROLE)
         etcd_running = etcd is not None and procs.is_ours(etcd)
+        double = self._record(KUBEAPI_ROLE)
+        kubeapi_running = double is not None and procs.is_ours(double)
         nodes = []
         for node in self._plan.nodes:
             lease: NodeLease | None = None
-            if etcd_running:
+            if etcd_running or kubeapi_running:
                 try:
                     lease = self.node_lease(node.name)
                 except FlannelError as err:
@@ -344,7 +387,10 @@ class Lab:
             nodes.append(
                 NodeStatus(node.name, node.netns, self.flanneld_pid(node.name), lease, pod_status)
             )
-        return LabStatus(self._plan.prefix, self._plan.backend, etcd_running, tuple(nodes))
+        return LabStatus(
+            self._plan.prefix, self._plan.backend, etcd_running, tuple(nodes),
+            self._plan.subnet_mgr, kubeapi_running,
+        )
 
     def matrix(self, count: int = 3, timeout: float = 10.0) -> list[Cell]:
         """Ping every pod from every other pod; each cell bounded by ``timeout`` seconds."""
@@ -374,14 +420,48 @@ class Lab:
                 raise FlannelError(f"flanneld on {node} (pid {record.pid}) did not exit")
             self._save(self._state.without_process(role))
 
-    def start_flanneld(self, node: str, timeout: float = READY_TIMEOUT) -> int:
-        """(Re)start ``node``'s flanneld and wait until it is ready; its PID."""
+    def start_flanneld(
+        self,
+        node: str,
+        timeout: float = READY_TIMEOUT,
+        extra_args: Sequence[str] = (),
+        wait: bool = True,
+    ) -> int:
+        """(Re)start ``node``'s flanneld and (if ``wait``) wait until it is ready; its PID.
+
+        ``extra_args`` follow the lab's own flags, so they override them.
+        """
         plan_node = self._plan.node(node)
         if self.flanneld_pid(plan_node.name) is not None:
             raise FlannelError(f"flanneld on {node} is already running")
-        record = self._spawn_flanneld(plan_node)
-        self._wait_ready(plan_node, timeout)
+        record = self._spawn_flanneld(plan_node, extra_args)
+        if wait:
+            self._wait_ready(plan_node, timeout)
         return record.pid
+
+    def etcd_pid(self) -> int | None:
+        """The PID of the lab's etcd if it is running."""
+        record = self._record(ETCD_ROLE)
+        return record.pid if record is not None and procs.is_ours(record) else None
+
+    def stop_etcd(self, sig: int = signal.SIGKILL) -> None:
+        """End the lab's etcd with ``sig`` (by its PID) and wait until it is gone."""
+        record = self._record(ETCD_ROLE)
+        if record is None or not procs.signal_process(record, sig):
+            raise FlannelError("the lab's etcd is not running")
+        if not procs.wait_gone(record, STOP_TIMEOUT * 2):
+            raise FlannelError(f"etcd (pid {record.pid}) did not exit")
+        self._save(self._state.without_process(ETCD_ROLE))
+
+    def start_etcd(self) -> int:
+        """Start the lab's etcd again on its data dir and wait until it is healthy; its PID."""
+        if self.etcd_pid() is not None:
+            raise FlannelError("the lab's etcd is already running")
+        self._start_etcd()
+        pid = self.etcd_pid()
+        if pid is None:
+            raise FlannelError("etcd exited right after start")
+        return pid
 
     def down(self) -> DownReport:
         return down(self._plan.prefix)
@@ -393,18 +473,23 @@ def up(
     pods_per_node: int = 1,
     prefix: str = DEFAULT_PREFIX,
     python: str = sys.executable,
+    subnet_mgr: str = "etcd",
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
     On failure the half-built lab is left in place (and in the state file)
-    for inspection; :func:`down` removes it.
+    for inspection; :func:`down` removes it.  ``subnet_mgr="kube"`` runs
+    every flanneld with ``--kube-subnet-mgr`` against the Kubernetes API
+    double (source checkout only, see :mod:`flanneld.lab.kubeapi`).
     """
-    plan = make_plan(prefix, nodes, pods_per_node, backend)
+    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr)
+    if plan.kube:
+        kubeapi.source_root()  # fail before building anything
     if os.path.exists(statefile.state_path(plan.state_dir)) or _lab_namespaces(prefix):
         raise ConfigError(
             f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"
         )
-    lab = Lab(LabState(prefix, nodes, pods_per_node, backend), python)
+    lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr), python)
     lab.build()
     return lab
 
@@ -436,10 +521,10 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
         recorded = None
     stopped: list[str] = []
     if recorded is not None:
-        # Every flanneld first, etcd last, so no daemon spins on a vanished store.
+        # Every flanneld first, the store last, so no daemon spins on a vanished store.
         for group in (
-            {r: p for r, p in recorded.processes.items() if r != ETCD_ROLE},
-            {r: p for r, p in recorded.processes.items() if r == ETCD_ROLE},
+            {r: p for r, p in recorded.processes.items() if r not in STORE_ROLES},
+            {r: p for r, p in recorded.processes.items() if r in STORE_ROLES},
         ):
             done = procs.stop(list(group.values()), STOP_TIMEOUT)
             stopped += [role for role, rec in group.items() if rec in done]

@@ -1,5 +1,6 @@
 """A node's lease as the lab reports it: subnet from its subnet.env, public
-IP and VTEP MAC from the lease flanneld wrote to etcd.  Pure functions.
+IP and VTEP MAC from the lease flanneld wrote to etcd (or, in kube mode, the
+annotations it put on its Node).  Pure functions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from flanneld.errors import PeerDataError
 from subnet.lease import decode_attrs, subnet_key
+
+KUBE_ANNOTATION_PREFIX = "flannel.alpha.coreos.com"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +59,46 @@ def node_lease(
     if key not in kvs:
         raise PeerDataError(f"no lease {key} in etcd for node {name}")
     attrs = decode_attrs(kvs[key])
-    mac: str | None = None
-    if attrs.backend_data:
-        data = json.loads(attrs.backend_data)
-        if isinstance(data, dict) and isinstance(data.get("VtepMAC"), str):
-            mac = data["VtepMAC"]
     return NodeLease(
         name=name,
         subnet=subnet,
         public_ip=attrs.public_ip,
         backend_type=attrs.backend_type,
-        vtep_mac=mac,
+        vtep_mac=_vtep_mac(attrs.backend_data),
+    )
+
+
+def _vtep_mac(backend_data: str | None) -> str | None:
+    if not backend_data:
+        return None
+    try:
+        data = json.loads(backend_data)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("VtepMAC"), str):
+        return str(data["VtepMAC"])
+    return None
+
+
+def node_lease_from_annotations(
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    annotations: Mapping[str, str],
+    prefix: str = KUBE_ANNOTATION_PREFIX,
+) -> NodeLease:
+    """Combine the node's subnet with its Node's flannel annotations; PeerDataError if
+    they are missing or unreadable."""
+    public_ip = annotations.get(f"{prefix}/public-ip")
+    if annotations.get(f"{prefix}/kube-subnet-manager") != "true" or not public_ip:
+        raise PeerDataError(f"node {name} carries no flannel annotations yet")
+    try:
+        address = ipaddress.IPv4Address(public_ip)
+    except ValueError as err:
+        raise PeerDataError(f"node {name}: bad public-ip annotation {public_ip!r}") from err
+    return NodeLease(
+        name=name,
+        subnet=subnet,
+        public_ip=address,
+        backend_type=annotations.get(f"{prefix}/backend-type", ""),
+        vtep_mac=_vtep_mac(annotations.get(f"{prefix}/backend-data")),
     )

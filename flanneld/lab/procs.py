@@ -20,6 +20,9 @@ from flanneld.lab.state import ProcessRecord
 
 log = logging.getLogger(__name__)
 
+EMPTY_CMDLINE_READS = 20
+EMPTY_CMDLINE_PAUSE = 0.005
+
 
 def launcher(python: str, script: str, module: str) -> list[str]:
     """How to run one of our console scripts with interpreter ``python``.
@@ -67,8 +70,8 @@ def spawn(
     return int(done.stdout.strip())
 
 
-def cmdline(pid: int) -> str | None:
-    """The command line of ``pid``, arguments joined by spaces; None if gone or a zombie."""
+def _read_cmdline(pid: int) -> str | None:
+    """``pid``'s command line ('' if it has none right now); None if gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
@@ -79,6 +82,21 @@ def cmdline(pid: int) -> str | None:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
+
+
+def cmdline(pid: int) -> str | None:
+    """The command line of ``pid``, arguments joined by spaces; None if gone, exiting or a zombie.
+
+    The kernel shows an empty command line for a moment in the middle of an
+    exec (the launcher execs nsenter, which execs the daemon) and while a
+    process exits; a short, bounded re-read tells the two apart.
+    """
+    for _ in range(EMPTY_CMDLINE_READS):
+        line = _read_cmdline(pid)
+        if line != "":
+            return line
+        time.sleep(EMPTY_CMDLINE_PAUSE)
+    return None
 
 
 def is_ours(record: ProcessRecord) -> bool:

@@ -35,9 +35,12 @@ class LabState:
     backend: str
     namespaces: tuple[str, ...] = ()
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    subnet_mgr: str = "etcd"
 
     def plan(self) -> LabPlan:
-        return make_plan(self.prefix, self.nodes, self.pods_per_node, self.backend)
+        return make_plan(
+            self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr
+        )
 
     def with_namespace(self, name: str) -> LabState:
         return replace(self, namespaces=(*self.namespaces, name))
@@ -57,6 +60,7 @@ class LabState:
             "nodes": self.nodes,
             "pods_per_node": self.pods_per_node,
             "backend": self.backend,
+            "subnet_mgr": self.subnet_mgr,
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -79,6 +83,7 @@ class LabState:
                     str(role): ProcessRecord(int(rec["pid"]), str(rec["marker"]))
                     for role, rec in doc["processes"].items()
                 },
+                subnet_mgr=str(doc.get("subnet_mgr", "etcd")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err

@@ -126,7 +126,11 @@ def _now() -> str:
 class KubeAPIDouble:
     """The API server double; use as a context manager or call start/close."""
 
-    def __init__(self, *, history: int = 1000, first_resource_version: int = 1000) -> None:
+    def __init__(
+        self, *, history: int = 1000, first_resource_version: int = 1000, host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.host = host
         self.history_limit = history
         self.gone_as_http_status = False
         self.requests: list[Request] = []
@@ -145,7 +149,7 @@ class KubeAPIDouble:
         self._uid = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._port = 0
+        self._port = port  # 0: any free port, kept across stop/start
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
 
@@ -163,17 +167,17 @@ class KubeAPIDouble:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://{self.host}:{self._port}"
 
     @property
     def running(self) -> bool:
         return self._server is not None
 
     def start(self) -> Self:
-        """Listen (again) on 127.0.0.1, on the same port as before if any."""
+        """Listen (again) on ``host``, on the same port as before if any."""
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", self._port), _Handler, self)
+        server = _Server((self.host, self._port), _Handler, self)
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(

@@ -1,0 +1,158 @@
+"""Kube mode of the lab: the Kubernetes API double as a lab process, and its control socket.
+
+The double lives in the source checkout (``tests/kubeapi``), not in the
+installed product: kube mode runs ``python -m tests.kubeapi.serve`` with
+the checkout on ``PYTHONPATH`` and never imports it.  The double listens
+on the underlay gateway inside the underlay namespace, so every node
+namespace reaches it; the lab steers it (Nodes, compaction, restarts)
+over a Unix socket in the lab's state dir, one JSON line each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flanneld.errors import ConfigError, FlannelError
+from flanneld.lab.plan import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, pod_cidr
+
+KUBEAPI_ROLE = "kubeapi"
+DOUBLE_MODULE = "tests.kubeapi.serve"
+CONTROL_TIMEOUT = 30.0
+
+JSON = dict[str, Any]
+
+
+def source_root() -> str:
+    """The source checkout this package runs from; ConfigError if the double is not there."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isfile(os.path.join(here, *DOUBLE_MODULE.split(".")) + ".py"):
+        raise ConfigError(
+            "kube mode needs a source checkout: the Kubernetes API double "
+            f"({DOUBLE_MODULE}) is not next to the installed package in {here}"
+        )
+    return here
+
+
+def double_argv(python: str, plan: LabPlan) -> list[str]:
+    """The API double's command line (it contains the state dir: the process marker)."""
+    return [
+        python, "-m", DOUBLE_MODULE,
+        f"--host={plan.gateway.ip}",
+        f"--port={KUBE_API_PORT}",
+        f"--control={plan.kube_control}",
+    ]
+
+
+def double_env(base: dict[str, str], root: str) -> dict[str, str]:
+    """``base`` with the checkout first on PYTHONPATH."""
+    path = [root, *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**base, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def write_node_files(plan: LabPlan, net_conf: str) -> None:
+    """Each node's net-conf.json (as a ConfigMap mount would hold it) and kubeconfig."""
+    config = json.dumps(kubeconfig(plan), indent=1)
+    for node in plan.nodes:
+        paths = node_paths(plan, node)
+        for path, text in ((paths.net_conf, net_conf), (paths.kubeconfig, config)):
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+
+
+class KubeApiControl:
+    """A client of the double's control socket; every call is one short connection."""
+
+    def __init__(self, path: str, timeout: float = CONTROL_TIMEOUT) -> None:
+        self._path = path
+        self._timeout = timeout
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Run ``op`` in the double; FlannelError if it is unreachable or the op failed."""
+        request = json.dumps({"op": op, "args": args}).encode() + b"\n"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self._timeout)
+                sock.connect(self._path)
+                sock.sendall(request)
+                with sock.makefile("rb") as reader:
+                    line = reader.readline()
+        except OSError as err:
+            raise FlannelError(f"API double control {self._path}: {err}") from err
+        try:
+            reply = json.loads(line)
+        except ValueError as err:
+            raise FlannelError(f"API double control {op}: bad reply {line[:200]!r}") from err
+        if "error" in reply:
+            raise FlannelError(f"API double {op}: {reply['error']}")
+        return reply.get("result")
+
+    def wait_up(self, timeout: float, alive: Callable[[], bool]) -> None:
+        """Wait until the control socket answers; ``alive()`` False means the process died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.call("ping")
+                return
+            except FlannelError as err:
+                if not alive():
+                    raise FlannelError("the API double exited") from err
+                if time.monotonic() > deadline:
+                    raise FlannelError(f"API double not up after {timeout:g}s: {err}") from err
+            time.sleep(0.05)
+
+    def add_node(
+        self, name: str, pod_cidr: str | None = None, annotations: dict[str, str] | None = None
+    ) -> JSON:
+        result: JSON = self.call("add_node", name=name, pod_cidr=pod_cidr, annotations=annotations)
+        return result
+
+    def node(self, name: str) -> JSON:
+        result: JSON = self.call("node", name=name)
+        return result
+
+    def annotate_node(self, name: str, annotations: dict[str, str | None]) -> JSON:
+        result: JSON = self.call("annotate_node", name=name, annotations=annotations)
+        return result
+
+    def set_pod_cidr(self, name: str, pod_cidr: str | None) -> JSON:
+        result: JSON = self.call("set_pod_cidr", name=name, pod_cidr=pod_cidr)
+        return result
+
+    def delete_node(self, name: str) -> None:
+        self.call("delete_node", name=name)
+
+    def compact(self) -> int:
+        return int(self.call("compact"))
+
+    def stop(self) -> None:
+        """Stop the API listener (every open connection is cut); the state is kept."""
+        self.call("stop")
+
+    def start(self) -> None:
+        """Listen again on the same address."""
+        self.call("start")
+
+    def drop_watches(self, clean: bool = False) -> None:
+        self.call("drop_watches", clean=clean)
+
+    def pause_watches(self) -> None:
+        self.call("pause_watches")
+
+    def resume_watches(self) -> None:
+        self.call("resume_watches")
+
+    def wait_for_watches(self, count: int, timeout: float) -> bool:
+        """Whether at least ``count`` watches were open within ``timeout`` seconds."""
+        patient = KubeApiControl(self._path, self._timeout + timeout)
+        return bool(patient.call("wait_for_watches", count=count, timeout=timeout))
+
+
+def add_lab_nodes(plan: LabPlan, control: KubeApiControl) -> None:
+    """One Node per lab node, each with its ``spec.podCIDR``."""
+    for node in plan.nodes:
+        control.add_node(node.name, pod_cidr=str(pod_cidr(plan, node)))
