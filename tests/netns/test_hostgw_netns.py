@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from backends.netlink import Netlink
 from flanneld.config import BackendConfig, NetConfig
 from flanneld.errors import ConfigError
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from tests.fakes import FakeSubnetManager
 
 pytestmark = pytest.mark.netns
 
@@ -32,41 +31,6 @@ CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 CONFIG = NetConfig(
     network=CLUSTER, subnet_len=24, backend=BackendConfig("host-gw", {"Type": "host-gw"})
 )
-
-
-class FakeSubnetManager:
-    """Hands out one fixed subnet and remembers the attributes it was given."""
-
-    def __init__(self, subnet: str, ipv6_subnet: str | None = None) -> None:
-        self._subnet = ipaddress.IPv4Network(subnet)
-        self._ipv6_subnet = ipaddress.IPv6Network(ipv6_subnet) if ipv6_subnet else None
-        self.acquired: list[LeaseAttrs] = []
-
-    def get_network_config(self) -> NetConfig:
-        return CONFIG
-
-    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        self.acquired.append(attrs)
-        return Lease(self._subnet, self._ipv6_subnet, attrs)
-
-    def renew_lease(self, lease: Lease) -> Lease:
-        return lease
-
-    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
-        return None
-
-    def public_ip_override(self) -> ipaddress.IPv4Address | None:
-        return None
-
-    def mark_network_available(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
-        sink(Snapshot(()))
-        stop.wait()
 
 
 @dataclass
@@ -77,7 +41,7 @@ class Node:
     ext: ExternalInterface
 
     def register(self) -> tuple[HostGwNetwork, FakeSubnetManager]:
-        manager = FakeSubnetManager(f"10.244.{self.third}.0/24")
+        manager = FakeSubnetManager(CONFIG, f"10.244.{self.third}.0/24")
         return HostGwBackend(self.ext, self.netlink).register_network(manager, CONFIG), manager
 
 
@@ -164,7 +128,7 @@ def test_nat_is_refused(pair: tuple[Node, Node]) -> None:
     natted = ExternalInterface(
         "ul0", a.ext.index, 1500, a.ext.iface_addr, ipaddress.IPv4Address("203.0.113.7")
     )
-    manager = FakeSubnetManager("10.244.1.0/24")
+    manager = FakeSubnetManager(CONFIG, "10.244.1.0/24")
     with pytest.raises(ConfigError, match="NAT, which is not supported by host-gw backend"):
         HostGwBackend(natted, a.netlink).register_network(manager, CONFIG)
     assert manager.acquired == []
@@ -239,7 +203,7 @@ def test_dual_stack_routes_and_ping6(pair: tuple[Node, Node]) -> None:
             "ul0", node.ext.index, 1500, node.ext.iface_addr, node.ext.ext_addr, v6, v6
         )
 
-        manager = FakeSubnetManager(f"10.244.{node.third}.0/24", f"fd00:42:0:{node.third}::/64")
+        manager = FakeSubnetManager(CONFIG, f"10.244.{node.third}.0/24", f"fd00:42:0:{node.third}::/64")
         networks.append(HostGwBackend(node.ext, node.netlink).register_network(manager, config))
         assert manager.acquired[0].public_ipv6 == v6
     net_a, net_b = networks

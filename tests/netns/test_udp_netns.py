@@ -28,46 +28,12 @@ from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
 from backends.udp_packet import Drop
 from flanneld.config import BackendConfig, NetConfig
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from tests.fakes import FakeSubnetManager
 
 pytestmark = pytest.mark.netns
 
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 CONFIG = NetConfig(network=CLUSTER, subnet_len=24, backend=BackendConfig("udp", {"Type": "udp"}))
-
-
-class FakeSubnetManager:
-    """Hands out one fixed subnet and remembers the attributes it was given."""
-
-    def __init__(self, subnet: str) -> None:
-        self._subnet = ipaddress.IPv4Network(subnet)
-        self.acquired: list[LeaseAttrs] = []
-
-    def get_network_config(self) -> NetConfig:
-        return CONFIG
-
-    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        self.acquired.append(attrs)
-        return Lease(self._subnet, None, attrs)
-
-    def renew_lease(self, lease: Lease) -> Lease:
-        return lease
-
-    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
-        return None
-
-    def public_ip_override(self) -> ipaddress.IPv4Address | None:
-        return None
-
-    def mark_network_available(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
-        sink(Snapshot(()))
-        stop.wait()
 
 
 @dataclass
@@ -85,7 +51,7 @@ class Node:
             return run_in_netns(ns, lambda: open_endpoints(name, bind))
 
         self.backend = UdpBackend(self.ext, self.netlink, CONFIG.backend, opener)
-        manager = FakeSubnetManager(f"10.244.{self.third}.0/24")
+        manager = FakeSubnetManager(CONFIG, f"10.244.{self.third}.0/24")
         return self.backend.register_network(manager, CONFIG), manager
 
     def lease(self, backend_type: str = "") -> Lease:

@@ -12,7 +12,6 @@ import ipaddress
 import json
 import logging
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from backends.vxlan import VxlanBackend, VxlanNetwork
 from flanneld.config import BackendConfig, NetConfig
 from flanneld.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
-from subnet.manager import Sink, Snapshot
+from tests.fakes import FakeSubnetManager
 
 pytestmark = pytest.mark.netns
 
@@ -42,29 +41,6 @@ def backend_config(**options: object) -> BackendConfig:
 
 def net_config(**options: object) -> NetConfig:
     return NetConfig(network=CLUSTER, subnet_len=24, backend=backend_config(**options))
-
-
-class FakeSubnetManager:
-    """Hands out one fixed subnet and remembers what it was asked."""
-
-    def __init__(self, config: NetConfig, subnet: str) -> None:
-        self._config = config
-        self._subnet = ipaddress.IPv4Network(subnet)
-        self.acquired: list[LeaseAttrs] = []
-
-    def get_network_config(self) -> NetConfig:
-        return self._config
-
-    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        self.acquired.append(attrs)
-        return Lease(self._subnet, None, attrs)
-
-    def renew_lease(self, lease: Lease) -> Lease:
-        return lease
-
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
-        sink(Snapshot(()))
-        stop.wait()
 
 
 @dataclass

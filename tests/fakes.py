@@ -1,0 +1,46 @@
+"""Test doubles shared by the namespace tests."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+from flanneld.config import NetConfig
+from subnet.lease import Lease, LeaseAttrs
+from subnet.manager import Sink, Snapshot
+
+
+class FakeSubnetManager:
+    """A SubnetManager that hands out one fixed lease and remembers what it was asked."""
+
+    def __init__(self, config: NetConfig, subnet: str, ipv6_subnet: str | None = None) -> None:
+        self._config = config
+        self._subnet = ipaddress.IPv4Network(subnet)
+        self._ipv6_subnet = ipaddress.IPv6Network(ipv6_subnet) if ipv6_subnet else None
+        self.acquired: list[LeaseAttrs] = []
+
+    def get_network_config(self) -> NetConfig:
+        return self._config
+
+    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        self.acquired.append(attrs)
+        return Lease(self._subnet, self._ipv6_subnet, attrs)
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        return lease
+
+    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
+        return None
+
+    def public_ip_override(self) -> ipaddress.IPv4Address | None:
+        return None
+
+    def mark_network_available(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+        sink(Snapshot(()))
+        stop.wait()
