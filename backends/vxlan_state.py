@@ -145,7 +145,7 @@ def decode_backend_data(text: str | None) -> VxlanData:
         raise PeerDataError("no backend data")
     try:
         doc = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise PeerDataError(f"backend data is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise PeerDataError("backend data is not a JSON object")

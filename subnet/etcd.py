@@ -72,6 +72,16 @@ CONFIG_NOT_FOUND = (
 )
 STOP_POLL = 0.2  # seconds between checks of the stop event inside a watch
 FAILOVER_PAUSE = 1.0  # seconds a failed endpoint is skipped when there are others
+# Longest pause between watch reconnects (and lost-race retries): after an
+# etcd outage the watch resumes within this (+20% jitter) of etcd's return.
+RETRY_MAX = 2.0
+# gRPC's own reconnect backoff grows to 120 s; while it waits, every call fails
+# at once.  Capped at 1 s, so a watch resumes soon after an etcd outage.
+GRPC_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 T = TypeVar("T")
 
@@ -161,7 +171,7 @@ class EtcdSubnetManager:
         chooser: random.Random | None = None,
         attempts: int = 10,
         backoff_initial: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_max: float = RETRY_MAX,
         lease_ttl: int = LEASE_TTL,
         rpc_timeout: float = 5.0,
     ) -> None:
@@ -209,6 +219,8 @@ class EtcdSubnetManager:
         for attempt in range(1, self._attempts + 1):
             lease = self._try_acquire(attrs, v4_range, v6_range)
             if lease is not None:
+                # A later re-acquire (our key deleted meanwhile) prefers this subnet.
+                self._previous = (lease.subnet, lease.ipv6_subnet)
                 return lease
             if attempt < self._attempts:
                 time.sleep(backoff.next_delay())
@@ -320,7 +332,7 @@ class EtcdSubnetManager:
             and _free(v4, taken4)
             and (v6 is None or _free(v6, taken6))
         ):
-            log.info("trying the previous subnet %s from the subnet file", subnet_key(v4, v6))
+            log.info("trying our previous subnet %s (subnet file or last lease)", subnet_key(v4, v6))
         else:
             if v4 is not None:
                 log.info("previous subnet %s is taken or outside the config; not reusing", v4)
@@ -531,7 +543,11 @@ class EtcdSubnetManager:
             name = key.decode()
         except UnicodeDecodeError as err:
             raise PeerDataError(f"subnet key is not UTF-8: {err}") from err
-        return parse_subnet_key(name.removeprefix(self._subnets))
+        name = name.removeprefix(self._subnets)
+        v4, v6 = parse_subnet_key(name)
+        if subnet_key(v4, v6) != name:  # e.g. host bits set: it would alias a real lease
+            raise PeerDataError(f"subnet key {name!r} is not canonical ({subnet_key(v4, v6)})")
+        return v4, v6
 
     def _warn_once(self, key: bytes, revision: int, err: PeerDataError) -> None:
         with self._lock:
@@ -585,7 +601,7 @@ def _make_client(settings: EtcdSettings, timeout: float) -> MultiEndpointEtcd3Cl
     endpoints = [
         Endpoint(
             p.host, p.port, secure=p.secure, creds=creds if p.secure else None,
-            time_retry=time_retry,
+            time_retry=time_retry, opts=list(GRPC_OPTIONS),
         )
         for p in plans
     ]

@@ -131,7 +131,7 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     """Parse a lease value; PeerDataError on anything malformed."""
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # too deep: RecursionError
         raise PeerDataError(f"lease value is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise PeerDataError("lease value is not a JSON object")
@@ -168,4 +168,9 @@ def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
 
 
 def _raw(value: Any) -> str | None:
-    return None if value is None else compact_json(value)
+    if value is None:
+        return None
+    try:
+        return compact_json(value)
+    except RecursionError as err:
+        raise PeerDataError("backend data is nested too deeply") from err
