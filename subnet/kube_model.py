@@ -186,7 +186,7 @@ def _backend_json(annotations: Mapping[str, str], key: str) -> str | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise PeerDataError(f"annotation {key} is not JSON: {err}") from err
     return None if value is None else compact_json(value)
 
@@ -316,7 +316,7 @@ def vtep_mac_from_backend_data(text: str | None) -> str | None:
         return None
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict):
         return None

@@ -346,3 +346,26 @@ def test_dual_stack_v4_change_is_not_masked_by_unchanged_v6() -> None:
     changed = node_to_lease(after, KEYS, enable_ipv4=True, enable_ipv6=True)
     assert changed is not None
     assert table.set("n1", changed) == [LeaseAdded(changed)]
+
+
+def test_deeply_nested_backend_data_is_a_peer_data_error() -> None:
+    from flanneld.errors import PeerDataError
+    from subnet.kube_model import AnnotationKeys, node_to_lease, vtep_mac_from_backend_data
+
+    keys = AnnotationKeys.for_prefix("flannel.alpha.coreos.com/")
+    deep = "[" * 100000
+    node = {
+        "metadata": {
+            "name": "deep",
+            "annotations": {
+                keys.kube_subnet_manager: "true",
+                keys.backend_type: "vxlan",
+                keys.backend_data: deep,
+                keys.public_ip: "198.18.0.20",
+            },
+        },
+        "spec": {"podCIDR": "10.244.20.0/24"},
+    }
+    with pytest.raises(PeerDataError):
+        node_to_lease(node, keys, enable_ipv4=True, enable_ipv6=False)
+    assert vtep_mac_from_backend_data(deep) is None
