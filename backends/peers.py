@@ -45,8 +45,8 @@ def usable_peers(
 
     A peer is skipped when it runs another backend (``backend_type`` None
     accepts any, as upstream's udp does), when a subnet lies outside the
-    cluster networks, overlaps ours, or overlaps a peer seen earlier in key
-    order (the first claimant keeps it).  Subnets of an address family the
+    cluster networks, overlaps ours, or overlaps an older peer's (the first
+    claimant, by the store's creation order, keeps it).  Subnets of an address family the
     cluster does not run are ignored.
     """
     enabled = {n.version for n in networks}
@@ -56,7 +56,7 @@ def usable_peers(
         claims.add(sub)
     usable: list[Lease] = []
     skipped: list[Skipped] = []
-    for peer in sorted(peers, key=lambda p: p.key):
+    for peer in sorted(peers, key=Lease.seniority):
         subnets = [s for s in peer.subnets() if s.version in enabled]
         reason = _reject_reason(peer, subnets, claims, own_subnets, networks, backend_type)
         if reason:

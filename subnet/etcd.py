@@ -158,6 +158,7 @@ class _Entry:
     attrs: LeaseAttrs | None  # None: the value does not parse
     etcd_lease: int  # 0: a reservation (no etcd lease)
     mod_revision: int
+    create_revision: int
 
 
 class EtcdSubnetManager:
@@ -422,13 +423,15 @@ class EtcdSubnetManager:
             except PeerDataError as err:
                 self._warn_once(kv.key, kv.mod_revision, err)
                 attrs = None
-            entries.append(_Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision))
+            entries.append(
+                _Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
+            )
         return entries, int(resp.header.revision)
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()
         leases = tuple(
-            Lease(e.v4, e.v6, e.attrs)
+            Lease(e.v4, e.v6, e.attrs, claim_order=float(e.create_revision))
             for e in entries
             if e.attrs is not None
         )
@@ -479,7 +482,8 @@ class EtcdSubnetManager:
             key = subnet_key(v4, v6)
             if isinstance(event, DeleteEvent):
                 return LeaseRemoved(key)
-            return LeaseAdded(Lease(v4, v6, decode_attrs(event.value)))
+            attrs = decode_attrs(event.value)
+            return LeaseAdded(Lease(v4, v6, attrs, claim_order=float(event.create_revision)))
         except PeerDataError as err:
             self._warn_once(event.key, int(event.mod_revision), err)
             return None

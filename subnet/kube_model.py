@@ -230,7 +230,19 @@ def node_to_lease(
         ipv6_subnet=v6 if enable_ipv6 else None,
         attrs=attrs,
         expiration=None,
+        claim_order=_created(node),
     )
+
+
+def _created(node: Mapping[str, Any]) -> float | None:
+    """The Node's creationTimestamp as seconds since the epoch (None if absent or bad)."""
+    stamp = (node.get("metadata") or {}).get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
 
 
 def _parse_ip(ann: Mapping[str, str], key: str, kind: Callable[[str], T]) -> T:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -49,6 +49,10 @@ class Lease:
     ipv6_subnet: ipaddress.IPv6Network | None
     attrs: LeaseAttrs
     expiration: datetime | None = None
+    # When the store says this lease was first created (etcd create revision,
+    # Node creation time): of two leases claiming one subnet or VTEP MAC, the
+    # older keeps it.  None (unknown) sorts last.
+    claim_order: float | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -56,6 +60,10 @@ class Lease:
 
     def with_expiration(self, expiration: datetime | None) -> Lease:
         return replace(self, expiration=expiration)
+
+    def seniority(self) -> tuple[bool, float, str]:
+        """Sort key: older claims first, then by key (deterministic on ties)."""
+        return (self.claim_order is None, self.claim_order or 0.0, self.key)
 
     def subnets(self) -> tuple[IPNetwork, ...]:
         return tuple(s for s in (self.subnet, self.ipv6_subnet) if s is not None)

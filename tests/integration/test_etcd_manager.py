@@ -459,10 +459,14 @@ def test_watch_reports_snapshot_then_additions_and_removals(
     assert set(leases) == {"10.5.50.0-24", own.key}
     assert leases["10.5.50.0-24"].attrs == attrs("192.168.5.50")
     assert leases[own.key].attrs == own.attrs
+    # the store's creation order travels with each lease: older claims win conflicts
+    first, second = leases["10.5.50.0-24"].claim_order, leases[own.key].claim_order
+    assert first is not None and second is not None and first < second
 
     foreign(etcd, "10.5.51.0-24", "192.168.5.51")
     added = watch.expect(LeaseAdded)
     assert added.lease.key == "10.5.51.0-24"
+    assert added.lease.claim_order is not None and added.lease.claim_order > second
     assert added.lease.subnet == NET4("10.5.51.0/24")
     assert added.lease.attrs == attrs("192.168.5.51")
 

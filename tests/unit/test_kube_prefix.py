@@ -369,3 +369,30 @@ def test_deeply_nested_backend_data_is_a_peer_data_error() -> None:
     with pytest.raises(PeerDataError):
         node_to_lease(node, keys, enable_ipv4=True, enable_ipv6=False)
     assert vtep_mac_from_backend_data(deep) is None
+
+
+def test_node_creation_time_orders_claims() -> None:
+    from subnet.kube_model import AnnotationKeys, node_to_lease
+
+    keys = AnnotationKeys.for_prefix("flannel.alpha.coreos.com/")
+
+    def node(created: str | None) -> dict[str, object]:
+        meta: dict[str, object] = {
+            "name": "n",
+            "annotations": {
+                keys.kube_subnet_manager: "true",
+                keys.backend_type: "vxlan",
+                keys.backend_data: '{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}',
+                keys.public_ip: "198.18.0.21",
+            },
+        }
+        if created is not None:
+            meta["creationTimestamp"] = created
+        return {"metadata": meta, "spec": {"podCIDR": "10.244.21.0/24"}}
+
+    early = node_to_lease(node("2026-01-01T00:00:00Z"), keys, enable_ipv4=True, enable_ipv6=False)
+    late = node_to_lease(node("2026-06-01T00:00:00Z"), keys, enable_ipv4=True, enable_ipv6=False)
+    assert early.claim_order is not None and late.claim_order is not None
+    assert early.claim_order < late.claim_order
+    assert node_to_lease(node("garbage"), keys, enable_ipv4=True, enable_ipv6=False).claim_order is None
+    assert node_to_lease(node(None), keys, enable_ipv4=True, enable_ipv6=False).claim_order is None

@@ -79,3 +79,17 @@ def test_five_thousand_peers_are_fast() -> None:
     usable, _ = usable_peers(OWN, peers, [ipaddress.IPv4Network("10.0.0.0/8")], "vxlan")
     assert len(usable) == 5000
     assert time.perf_counter() - started < 2.0
+
+
+def test_the_older_claim_wins_whatever_the_key_order() -> None:
+    import dataclasses
+
+    owner = dataclasses.replace(peer("10.244.9.0/24"), claim_order=10.0)
+    intruder = dataclasses.replace(peer("10.244.8.0/23"), claim_order=99.0)  # sorts first by key
+    usable, skipped = usable_peers(OWN, [intruder, owner], [NETWORK], "vxlan")
+    assert [p.key for p in usable] == ["10.244.9.0-24"]
+    assert skipped[0].key == "10.244.8.0-23"
+    assert "another peer's (10.244.9.0/24)" in skipped[0].reason
+    unknown = dataclasses.replace(peer("10.244.8.0/23"), claim_order=None)
+    usable, _ = usable_peers(OWN, [unknown, owner], [NETWORK], "vxlan")
+    assert [p.key for p in usable] == ["10.244.9.0-24"]
