@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 0x4
 IFF_UP = 0x1
 IFA_F_TEMPORARY = 0x01
@@ -436,6 +437,34 @@ class Netlink:
         return ApplyResult(tuple(applied), tuple(failed))
 
     # --- internals -------------------------------------------------------------------------
+
+    def sync_blackholes(self, subnets: Sequence[IPNetwork]) -> int:
+        """Keep a ``blackhole`` route (proto 44) for each of ``subnets`` and no other of ours.
+
+        Returns how many routes were added or removed.  A blackhole for a
+        subnet we no longer hold is removed (upstream leaves it behind).
+        """
+        have = {
+            ipaddress.ip_network(f"{m.get('RTA_DST')}/{m['dst_len']}")
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for m in self._request("dump routes", self._ipr.route, "dump", family=family)
+            if m["type"] == RTN_BLACKHOLE and m["proto"] == ROUTE_PROTOCOL
+            and _table(m) == MAIN_TABLE and m.get("RTA_DST")
+        }
+        want = set(subnets)
+        for subnet in sorted(want - have, key=str):
+            self._request(
+                f"add blackhole route {subnet}", self._ipr.route, "replace", dst=str(subnet),
+                type=RTN_BLACKHOLE, proto=ROUTE_PROTOCOL, table=MAIN_TABLE,
+            )
+            log.info("blackhole route %s: added", subnet)
+        for subnet in sorted(have - want, key=str):
+            self._request(
+                f"delete blackhole route {subnet}", self._ipr.route, "del", dst=str(subnet),
+                type=RTN_BLACKHOLE, proto=ROUTE_PROTOCOL, table=MAIN_TABLE,
+            )
+            log.info("blackhole route %s: removed (no longer our subnet)", subnet)
+        return len(want ^ have)
 
     def _request(
         self, what: str, call: Callable[..., Iterable[Any]], *args: Any, **kwargs: Any

@@ -159,6 +159,23 @@ def setup_rules(
                   flags.iptables_resync)
 
 
+class Blackholes:
+    """``--ip-blackhole-route``: a blackhole route for our subnet(s), kept in place.
+
+    Traffic to an unused address of our subnet is dropped here instead of
+    following the default route out of the node.
+    """
+
+    def __init__(self, holder: LeaseHolder) -> None:
+        self._holder = holder
+        self._netlink: Netlink | None = None
+
+    def __call__(self) -> None:
+        if self._netlink is None:
+            self._netlink = Netlink()
+        self._netlink.sync_blackholes(self._holder.get().subnets())
+
+
 def run(flags: Flags) -> int:
     """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
     stop = threading.Event()
@@ -231,6 +248,10 @@ def _serve(
     )
     kernel = KernelWatch(lambda: loop.messages.put(Kick()), stop)
     threads: list[threading.Thread] = [watcher, renewer, keeper, kernel]
+    if flags.ip_blackhole_route:
+        blackholes = Blackholes(holder)
+        blackholes()
+        threads.append(Periodic("blackhole-route", flags.iptables_resync, blackholes, stop))
     if flags.kube_subnet_mgr:
         conf_watch = NetConfWatcher(flags.net_config_path, config, "kube", health)
         threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
