@@ -17,7 +17,7 @@ from datetime import timedelta
 from backends.base import Backend, ExternalInterface, Network
 from backends.kernelwatch import KernelWatch
 from backends.netlink import Netlink
-from backends.registry import BackendContext, lookup
+from backends.registry import BackendContext, BackendEntry, lookup
 from backends.udp import UdpNetwork
 from flanneld import iface, subnetfile
 from flanneld.cli import Flags
@@ -107,14 +107,20 @@ def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -
     return ext
 
 
+def backend_entry(config: NetConfig) -> BackendEntry:
+    """The backend net-conf.json names, its options checked before anything is touched."""
+    entry = lookup(config.backend.type)
+    entry.options(config.backend)
+    return entry
+
+
 def make_backend(
-    flags: Flags, manager: SubnetManager, config: NetConfig, stop: threading.Event
+    flags: Flags, manager: SubnetManager, config: NetConfig, entry: BackendEntry,
+    stop: threading.Event,
 ) -> Backend:
-    """The backend net-conf.json names, seeded with what this node advertised before."""
+    """The backend, seeded with what this node advertised before."""
     netlink = Netlink()
     ext = external_interface(flags, manager, netlink)
-    entry = lookup(config.backend.type)
-    entry.options(config.backend)  # a bad option fails here, before any device is made
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
         Backoff(1.0, 30.0),
@@ -202,9 +208,10 @@ def _serve(
     previous = subnetfile.read_previous_run(flags.subnet_file)
     manager = parts.manager = build_manager(flags, previous)
     config = get_network_config(manager, stop)
+    entry = backend_entry(config)
     check_br_netfilter(config)
     previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
-    backend = make_backend(flags, manager, config, stop)
+    backend = make_backend(flags, manager, config, entry, stop)
     network = parts.network = register(backend, manager, config, stop)
     log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
     metrics.set_lease_expiry(network.lease.expiration)
