@@ -51,8 +51,6 @@ IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
-# What a vxlan device created without a port uses (the kernel module's default).
-KERNEL_VXLAN_PORT = 8472
 
 _ABSENT = frozenset({errnos.ENOENT, errnos.ESRCH, errnos.ENODEV})
 _UNREACHABLE = frozenset({errnos.ENETUNREACH, errnos.EHOSTUNREACH})

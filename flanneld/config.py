@@ -5,8 +5,9 @@ the etcd-mode ``<prefix>/config`` value.  Parsing follows Go's decoder:
 keys match case-insensitively (the last duplicate wins), unknown keys are
 ignored, a ``null`` leaves the default, a wrong type is an error.
 
-Validation (:func:`check_ranges`) never changes its input; the derived
-subnet ranges come from :func:`subnet_ranges`, a separate pure function.
+Parsing fills in nothing: a ``NetConfig`` is what the file says.  The
+etcd-mode defaults and checks (SubnetLen, SubnetMin/Max) are derived by
+:func:`subnet_ranges`, a pure function that never changes its input.
 """
 
 from __future__ import annotations
@@ -218,11 +219,6 @@ def subnet_ranges(cfg: NetConfig) -> tuple[SubnetRange | None, SubnetRange | Non
     if v4 is None and v6 is None:
         raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
     return v4, v6
-
-
-def check_ranges(cfg: NetConfig) -> None:
-    """Raise ConfigError if ``cfg`` is not usable in etcd mode."""
-    subnet_ranges(cfg)
 
 
 def _family_range(

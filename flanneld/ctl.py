@@ -22,7 +22,6 @@ from flanneld.netconf import check, describe
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -116,14 +117,14 @@ def backend_entry(config: NetConfig) -> BackendEntry:
 
 def make_backend(
     flags: Flags, manager: SubnetManager, config: NetConfig, entry: BackendEntry,
-    stop: threading.Event,
+    stop: threading.Event, on_error: Callable[[], None],
 ) -> Backend:
     """The backend, seeded with what this node advertised before."""
     netlink = Netlink()
     ext = external_interface(flags, manager, netlink)
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
-        Backoff(1.0, 30.0),
+        Backoff(1.0, 30.0), on_error,
     )
     return entry.build(
         BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
@@ -131,12 +132,13 @@ def make_backend(
 
 
 def register(
-    backend: Backend, manager: SubnetManager, config: NetConfig, stop: threading.Event
+    backend: Backend, manager: SubnetManager, config: NetConfig, stop: threading.Event,
+    on_error: Callable[[], None],
 ) -> Network:
     """Devices up and our lease acquired, retrying while the store is unavailable."""
     return retry_until_stopped(
         "registering the network", lambda: backend.register_network(manager, config), stop,
-        Backoff(1.0, 30.0),
+        Backoff(1.0, 30.0), on_error,
     )
 
 
@@ -207,12 +209,12 @@ def _serve(
         )
     previous = subnetfile.read_previous_run(flags.subnet_file)
     manager = parts.manager = build_manager(flags, previous)
-    config = get_network_config(manager, stop)
+    config = get_network_config(manager, stop, metrics.record_store_error)
     entry = backend_entry(config)
     check_br_netfilter(config)
     previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
-    backend = make_backend(flags, manager, config, entry, stop)
-    network = parts.network = register(backend, manager, config, stop)
+    backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
+    network = parts.network = register(backend, manager, config, stop, metrics.record_store_error)
     log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
     metrics.set_lease_expiry(network.lease.expiration)
     metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
@@ -246,9 +248,11 @@ def _serve(
     loop = MainLoop(
         reregister, on_lease, on_synced, LoopSettings(flags.resync_interval), stop, metrics
     )
-    watcher = Watcher(manager, loop.messages.put, stop)
+    watcher = Watcher(manager, loop.messages.put, stop, metrics.record_store_error)
     margin = timedelta(minutes=flags.subnet_lease_renew_margin)
-    renewer = Renewer(manager, holder, margin, stop, metrics.set_lease_expiry)
+    renewer = Renewer(
+        manager, holder, margin, stop, metrics.set_lease_expiry, metrics.record_store_error
+    )
     keeper = Periodic(
         "traffic-rules-resync", flags.iptables_resync,
         lambda: metrics.record_rules_restored(rules.resync()), stop,

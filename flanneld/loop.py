@@ -70,14 +70,23 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _ignore() -> None:
+    """The default error hook: count nothing."""
+
+
 def retry_until_stopped(
-    what: str, action: Callable[[], T], stop: threading.Event, backoff: Backoff
+    what: str,
+    action: Callable[[], T],
+    stop: threading.Event,
+    backoff: Backoff,
+    on_error: Callable[[], None] = _ignore,
 ) -> T:
     """Run ``action`` until it succeeds, retrying on StoreError/LeaseError only."""
     while True:
         try:
             return action()
         except (StoreError, LeaseError) as err:
+            on_error()
             delay = backoff.next_delay()
             log.warning("%s failed: %s (retrying in %.1fs)", what, err, delay)
             if wait(stop, delay):
@@ -88,9 +97,12 @@ class StopRequested(FlannelError):
     """Raised out of a retry loop when shutdown was requested meanwhile."""
 
 
-def get_network_config(manager: SubnetManager, stop: threading.Event) -> NetConfig:
+def get_network_config(
+    manager: SubnetManager, stop: threading.Event, on_error: Callable[[], None] = _ignore
+) -> NetConfig:
     return retry_until_stopped(
-        "reading the network config", manager.get_network_config, stop, Backoff(1.0, 10.0)
+        "reading the network config", manager.get_network_config, stop, Backoff(1.0, 10.0),
+        on_error,
     )
 
 
@@ -104,8 +116,10 @@ class Renewer(threading.Thread):
         margin: timedelta,
         stop: threading.Event,
         on_renewed: Callable[[datetime | None], None],
+        on_error: Callable[[], None] = _ignore,
     ) -> None:
         super().__init__(name="lease-renewer", daemon=True)
+        self._on_error = on_error
         self._manager = manager
         self._holder = holder
         self._margin = margin
@@ -129,6 +143,7 @@ class Renewer(threading.Thread):
             try:
                 renewed = self._manager.renew_lease(lease)
             except FlannelError as err:
+                self._on_error()
                 delay = backoff.next_delay()
                 log.warning("renewing lease %s failed: %s (retrying in %.0fs)", lease.key, err, delay)
                 if wait(self._stop_event, delay):
@@ -157,12 +172,17 @@ class Watcher(threading.Thread):
     """Runs the manager's watch, restarting it if it ever fails unexpectedly."""
 
     def __init__(
-        self, manager: SubnetManager, sink: Callable[[LeaseMessage], None], stop: threading.Event
+        self,
+        manager: SubnetManager,
+        sink: Callable[[LeaseMessage], None],
+        stop: threading.Event,
+        on_error: Callable[[], None] = _ignore,
     ) -> None:
         super().__init__(name="lease-watcher", daemon=True)
         self._manager = manager
         self._sink = sink
         self._stop_event = stop
+        self._on_error = on_error
 
     def run(self) -> None:
         backoff = Backoff(1.0, 30.0)
@@ -170,6 +190,7 @@ class Watcher(threading.Thread):
             try:
                 self._manager.watch_leases(self._sink, self._stop_event)
             except FlannelError as err:
+                self._on_error()
                 delay = backoff.next_delay()
                 log.error("lease watch failed: %s (restarting in %.1fs)", err, delay)
                 wait(self._stop_event, delay)
@@ -205,6 +226,8 @@ class LoopObserver(Protocol):
     def record_reconcile(self, report: ReconcileReport, seconds: float, resync_only: bool) -> None: ...
 
     def set_peers(self, count: int) -> None: ...
+
+    def record_store_error(self) -> None: ...
 
 
 class MainLoop:
@@ -277,7 +300,8 @@ class MainLoop:
         )
         try:
             new_network = retry_until_stopped(
-                "re-acquiring our lease", self._register, self._stop, Backoff(1.0, 30.0)
+                "re-acquiring our lease", self._register, self._stop, Backoff(1.0, 30.0),
+                self._observer.record_store_error if self._observer else _ignore,
             )
         except StopRequested:
             return network

@@ -111,6 +111,10 @@ class Metrics:
         """What ``TrafficManager.resync()`` returned."""
         self.repaired.labels("rules").inc(count)
 
+    def record_store_error(self) -> None:
+        """A call to etcd or the Kubernetes API failed (it is being retried)."""
+        self.store_errors.inc()
+
     def set_peers(self, count: int) -> None:
         self.known_peers.set(count)
 

@@ -99,10 +99,6 @@ class EtcdSettings:
     password: str = field(default="", repr=False)
     renew_margin_minutes: int = 60
 
-    @property
-    def renew_margin(self) -> timedelta:
-        return timedelta(minutes=self.renew_margin_minutes)
-
 
 @dataclass(frozen=True, slots=True)
 class EndpointPlan:

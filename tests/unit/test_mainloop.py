@@ -125,3 +125,30 @@ def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None:
+    import pytest
+
+    from flanneld.errors import ConfigError, StoreError
+    from flanneld.loop import retry_until_stopped
+    from flanneld.retry import Backoff
+
+    failures: list[int] = []
+    attempts = iter([StoreError("down"), StoreError("still down"), "ok"])
+
+    def action() -> str:
+        item = next(attempts)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    stop = threading.Event()
+    got = retry_until_stopped("t", action, stop, Backoff(0.001, 0.002), lambda: failures.append(1))
+    assert got == "ok" and len(failures) == 2
+
+    def bad_config() -> str:
+        raise ConfigError("bad")
+
+    with pytest.raises(ConfigError):
+        retry_until_stopped("t", bad_config, stop, Backoff(0.001, 0.002))
