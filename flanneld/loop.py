@@ -33,6 +33,7 @@ RENEW_RETRY_MAX = 60.0
 # are taken for the echo of those deletions (a real loss is still repaired by
 # the next kick or resync).
 ECHO_WINDOW = 1.0
+RESYNC_BUDGET = 10.0  # a full pass may take at most 1/RESYNC_BUDGET of the time
 T = TypeVar("T")
 
 
@@ -218,6 +219,13 @@ def drain(q: queue.Queue[LoopMessage], timeout: float) -> list[LoopMessage]:
             return batch
 
 
+def resync_interval(configured: float, last_full_pass: float) -> float:
+    """Seconds to the next full resync: the configured interval, stretched so that
+    full passes (kernel dumps) take at most a tenth of the time on large clusters;
+    the kernel watch still repairs damage at once in between."""
+    return max(configured, RESYNC_BUDGET * last_full_pass)
+
+
 class LoopObserver(Protocol):
     """Where the main loop reports what it did (the Prometheus metrics)."""
 
@@ -283,6 +291,8 @@ class MainLoop:
                 log.error("reconcile failed: %s (retrying at the next resync)", err)
                 continue
             seconds = time.monotonic() - started
+            if due:
+                next_resync = started + resync_interval(self._settings.resync_interval, seconds)
             if report.removed or report.device_recreated:
                 echo_until = time.monotonic() + ECHO_WINDOW
             self._log_report(report, seconds, resync=due and not batch)

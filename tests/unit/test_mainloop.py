@@ -152,3 +152,10 @@ def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None
 
     with pytest.raises(ConfigError):
         retry_until_stopped("t", bad_config, stop, Backoff(0.001, 0.002))
+
+
+def test_resync_interval_stretches_only_for_slow_full_passes() -> None:
+    from flanneld.loop import resync_interval
+
+    assert resync_interval(10.0, 0.05) == 10.0
+    assert resync_interval(10.0, 5.0) == 50.0
