@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 
 from backends.base import Backend, ExternalInterface, Network
@@ -52,16 +52,6 @@ log = logging.getLogger(__name__)
 BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 JOIN_TIMEOUT = 5.0
 NETCONF_POLL = 5.0
-
-
-@dataclass(slots=True)
-class Parts:
-    """What start-up built, so shutdown can undo exactly that."""
-
-    manager: SubnetManager | None = None
-    health: HealthServer | None = None
-    network: Network | None = None
-    threads: tuple[threading.Thread, ...] = ()
 
 
 def build_manager(flags: Flags, previous: subnetfile.PreviousRun) -> SubnetManager:
@@ -188,102 +178,145 @@ def run(flags: Flags) -> int:
     """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
     stop = threading.Event()
     install_signal_handlers(stop)
-    parts = Parts()
-    health = HealthState()
+    daemon = Daemon(flags, stop)
     try:
-        _serve(flags, stop, parts, health, Metrics())
+        daemon.serve()
     except StopRequested:
         log.info("stopped during start-up")
     finally:
         stop.set()
-        _shutdown(parts)
+        daemon.shutdown()
     return 0
 
 
-def _serve(
-    flags: Flags, stop: threading.Event, parts: Parts, health: HealthState, metrics: Metrics
-) -> None:
-    if flags.healthz_port > 0:
-        parts.health = start_health(
-            health, flags.healthz_ip, flags.healthz_port, {"/metrics": metrics_handler(metrics)}
-        )
-    previous = subnetfile.read_previous_run(flags.subnet_file)
-    manager = parts.manager = build_manager(flags, previous)
-    config = get_network_config(manager, stop, metrics.record_store_error)
-    entry = backend_entry(config)
-    check_br_netfilter(config)
-    previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
-    backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
-    network = parts.network = register(backend, manager, config, stop, metrics.record_store_error)
-    log.info("acquired lease %s (%s)", network.lease.key, _expiry(network.lease))
-    metrics.set_lease_expiry(network.lease.expiration)
-    metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
-    rules = traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
-    setup_rules(flags, rules, rule_nets(config, network.lease), previous_nets)
-    write_subnet_env(flags, config, network)
-    health.set_detail("lease", f"lease {network.lease.key}; peers not synced yet")
+class Daemon:
+    """One flanneld: start-up in upstream's order, the main loop, and shutdown."""
 
-    announced = network.lease
+    def __init__(self, flags: Flags, stop: threading.Event) -> None:
+        self._flags = flags
+        self._stop = stop
+        self._health = HealthState()
+        self._metrics = Metrics()
+        self._server: HealthServer | None = None
+        self._manager: SubnetManager | None = None
+        self._node: Node | None = None
+        self._threads: list[threading.Thread] = []
 
-    def on_lease(lease: Lease) -> None:
-        nonlocal announced
-        setup_rules(flags, rules, rule_nets(config, lease), rule_nets(config, announced))
-        announced = lease
-        write_subnet_env(flags, config, parts.network or network)
-        metrics.set_lease_expiry(lease.expiration)
-        health.set_detail("lease", f"lease {lease.key}")
+    def serve(self) -> None:
+        flags, metrics, stop = self._flags, self._metrics, self._stop
+        if flags.healthz_port > 0:
+            self._server = start_health(
+                self._health, flags.healthz_ip, flags.healthz_port,
+                {"/metrics": metrics_handler(metrics)},
+            )
+        previous = subnetfile.read_previous_run(flags.subnet_file)
+        manager = self._manager = build_manager(flags, previous)
+        config = get_network_config(manager, stop, metrics.record_store_error)
+        entry = backend_entry(config)
+        check_br_netfilter(config)
+        backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
+        network = register(backend, manager, config, stop, metrics.record_store_error)
+        rules = traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
+        node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
+                                 network)
+        node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
+                                                     strict=True)))
+        holder = LeaseHolder(network.lease)
+        loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
+                        LoopSettings(flags.resync_interval), stop, metrics)
+        self._threads = node.helpers(loop, holder, stop)
+        for thread in self._threads:
+            thread.start()
+        loop.run(network, holder)
 
-    def on_synced() -> None:
-        health.mark_ready()
-        health.set_detail("lease", f"lease {(parts.network or network).lease.key}")
-        manager.mark_network_available()
+    def shutdown(self) -> None:
+        """Stop the threads; leave devices, routes and the lease in place."""
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT)
+            if thread.is_alive():
+                log.warning("thread %s did not stop within %.0fs", thread.name, JOIN_TIMEOUT)
+        if self._node is not None:
+            self._node.network.close()
+        if self._manager is not None:
+            self._manager.close()
+        if self._server is not None:
+            self._server.stop()
+
+
+class Node:
+    """This node once it holds a lease: what a new lease, readiness and re-registration do."""
+
+    def __init__(
+        self,
+        flags: Flags,
+        config: NetConfig,
+        manager: SubnetManager,
+        backend: Backend,
+        rules: TrafficManager,
+        health: HealthState,
+        metrics: Metrics,
+        network: Network,
+    ) -> None:
+        self._flags = flags
+        self._config = config
+        self._manager = manager
+        self._backend = backend
+        self._rules = rules
+        self._health = health
+        self._metrics = metrics
+        self.network = network
+        self._announced = network.lease
+
+    def announce(self, lease: Lease, previous: list[FamilyNets]) -> None:
+        """Rules, subnet.env, metrics and /readyz for ``lease``, replacing ``previous``."""
+        log.info("holding lease %s (%s)", lease.key, _expiry(lease))
+        setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
+        write_subnet_env(self._flags, self._config, self.network)
+        self._metrics.set_lease_expiry(lease.expiration)
+        network = self.network
+        self._metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
+        ready = "" if self._health.ready else "; peers not synced yet"
+        self._health.set_detail("lease", f"lease {lease.key}{ready}")
+        self._announced = lease
+
+    def on_lease(self, lease: Lease) -> None:
+        """Our lease was re-acquired (maybe with another subnet)."""
+        self.announce(lease, rule_nets(self._config, self._announced))
+
+    def on_synced(self) -> None:
+        self._health.mark_ready()
+        self._health.set_detail("lease", f"lease {self.network.lease.key}")
+        self._manager.mark_network_available()
         log.info("peers programmed; flanneld is ready")
 
-    def reregister() -> Network:
-        fresh = backend.register_network(manager, config)
-        parts.network = fresh
-        return fresh
+    def reregister(self) -> Network:
+        self.network = self._backend.register_network(self._manager, self._config)
+        return self.network
 
-    holder = LeaseHolder(network.lease)
-    loop = MainLoop(
-        reregister, on_lease, on_synced, LoopSettings(flags.resync_interval), stop, metrics
-    )
-    watcher = Watcher(manager, loop.messages.put, stop, metrics.record_store_error)
-    margin = timedelta(minutes=flags.subnet_lease_renew_margin)
-    renewer = Renewer(
-        manager, holder, margin, stop, metrics.set_lease_expiry, metrics.record_store_error
-    )
-    keeper = Periodic(
-        "traffic-rules-resync", flags.iptables_resync,
-        lambda: metrics.record_rules_restored(rules.resync()), stop,
-    )
-    kernel = KernelWatch(lambda: loop.messages.put(Kick()), stop)
-    threads: list[threading.Thread] = [watcher, renewer, keeper, kernel]
-    if flags.ip_blackhole_route:
-        blackholes = Blackholes(holder)
-        blackholes()
-        threads.append(Periodic("blackhole-route", flags.iptables_resync, blackholes, stop))
-    if flags.kube_subnet_mgr:
-        conf_watch = NetConfWatcher(flags.net_config_path, config, "kube", health)
-        threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
-    parts.threads = tuple(threads)
-    for thread in parts.threads:
-        thread.start()
-    loop.run(network, holder)
+    def helpers(
+        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event
+    ) -> list[threading.Thread]:
+        """The threads beside the main loop (not started)."""
+        flags, metrics = self._flags, self._metrics
+        margin = timedelta(minutes=flags.subnet_lease_renew_margin)
+        threads: list[threading.Thread] = [
+            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error),
+            Renewer(self._manager, holder, margin, stop, metrics.set_lease_expiry,
+                    metrics.record_store_error),
+            Periodic("traffic-rules-resync", flags.iptables_resync,
+                     lambda: metrics.record_rules_restored(self._rules.resync()), stop),
+            KernelWatch(lambda: loop.messages.put(Kick()), stop),
+        ]
+        if flags.ip_blackhole_route:
+            blackholes = Blackholes(holder)
+            blackholes()
+            threads.append(Periodic("blackhole-route", flags.iptables_resync, blackholes, stop))
+        if flags.kube_subnet_mgr:
+            conf_watch = NetConfWatcher(flags.net_config_path, self._config, "kube",
+                                        self._health)
+            threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
+        return threads
 
 
 def _expiry(lease: Lease) -> str:
     return f"expires {lease.expiration:%Y-%m-%d %H:%M:%S}Z" if lease.expiration else "no expiry"
-
-
-def _shutdown(parts: Parts) -> None:
-    for thread in parts.threads:
-        thread.join(JOIN_TIMEOUT)
-        if thread.is_alive():
-            log.warning("thread %s did not stop within %.0fs", thread.name, JOIN_TIMEOUT)
-    if parts.network is not None:
-        parts.network.close()
-    if parts.manager is not None:
-        parts.manager.close()
-    if parts.health is not None:
-        parts.health.stop()
