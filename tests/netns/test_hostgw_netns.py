@@ -9,11 +9,8 @@ back with ``ip -j``, never through the code under test.
 from __future__ import annotations
 
 import ipaddress
-import json
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -24,6 +21,7 @@ from flanneld.config import BackendConfig, NetConfig
 from flanneld.errors import ConfigError
 from subnet.lease import Lease, LeaseAttrs
 from tests.fakes import FakeSubnetManager
+from tests.underlay import ip_json, sh, veth_hosts
 
 pytestmark = pytest.mark.netns
 
@@ -43,15 +41,6 @@ class Node:
     def register(self) -> tuple[HostGwNetwork, FakeSubnetManager]:
         manager = FakeSubnetManager(CONFIG, f"10.244.{self.third}.0/24")
         return HostGwBackend(self.ext, self.netlink).register_network(manager, CONFIG), manager
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=60)
-
-
-def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
-    out = sh("ip", "-n", ns, "-j", *args).stdout
-    return json.loads(out) if out.strip() else []
 
 
 def routes(ns: str) -> set[tuple[str, str, str]]:
@@ -95,18 +84,9 @@ def lease_of(node: Node, backend_type: str = "host-gw") -> Lease:
 
 @pytest.fixture
 def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
-    a, b = netns_factory("hga"), netns_factory("hgb")
-    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
-    nodes = []
-    for ns, third in ((a, 1), (b, 2)):
-        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{third}/24", "dev", "ul0")
-        sh("ip", "-n", ns, "addr", "add", f"10.244.{third}.1/32", "dev", "lo")
-        sh("ip", "-n", ns, "link", "set", "ul0", "up")
-        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
-        addr = ipaddress.IPv4Address(f"198.18.0.{third}")
-        nodes.append(
-            Node(ns, third, Netlink(ns), ExternalInterface("ul0", index, 1500, addr, addr))
-        )
+    nodes = [
+        Node(ns, third, Netlink(ns), ext) for ns, third, ext in veth_hosts(netns_factory, "hg")
+    ]
     try:
         yield nodes[0], nodes[1]
     finally:

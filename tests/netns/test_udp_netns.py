@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from backends.udp_packet import Drop
 from flanneld.config import BackendConfig, NetConfig
 from subnet.lease import Lease, LeaseAttrs
 from tests.fakes import FakeSubnetManager
+from tests.underlay import ip_json, sh, veth_hosts
 
 pytestmark = pytest.mark.netns
 
@@ -63,15 +63,6 @@ class Node:
         )
 
 
-def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
-    out = sh("ip", "-n", ns, "-j", *args).stdout
-    return json.loads(out) if out.strip() else []
-
-
 def ping(ns: str, src: str, dst: str, count: int = 2) -> subprocess.CompletedProcess[str]:
     return sh(
         "ip",
@@ -94,18 +85,9 @@ def ping(ns: str, src: str, dst: str, count: int = 2) -> subprocess.CompletedPro
 
 @pytest.fixture
 def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
-    a, b = netns_factory("uda"), netns_factory("udb")
-    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
-    nodes = []
-    for ns, third in ((a, 1), (b, 2)):
-        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{third}/24", "dev", "ul0")
-        sh("ip", "-n", ns, "addr", "add", f"10.244.{third}.1/32", "dev", "lo")
-        sh("ip", "-n", ns, "link", "set", "ul0", "up")
-        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
-        addr = ipaddress.IPv4Address(f"198.18.0.{third}")
-        nodes.append(
-            Node(ns, third, Netlink(ns), ExternalInterface("ul0", index, 1500, addr, addr))
-        )
+    nodes = [
+        Node(ns, third, Netlink(ns), ext) for ns, third, ext in veth_hosts(netns_factory, "ud")
+    ]
     try:
         yield nodes[0], nodes[1]
     finally:
