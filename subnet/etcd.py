@@ -189,7 +189,11 @@ class EtcdSubnetManager:
         self._login_lock = threading.Lock()
         self._need_login = bool(settings.username)
         self._endpoint_count = len(settings.endpoints)
-        self._client = _make_client(settings, rpc_timeout)
+        self._client = _make_client(settings, rpc_timeout)  # validates the endpoints
+        # host:port only: an endpoint URL could carry credentials
+        self._where = ", ".join(
+            f"{urlsplit(e).hostname}:{urlsplit(e).port or DEFAULT_PORT}" for e in settings.endpoints
+        )
 
     # --- SubnetManager ---------------------------------------------------------
 
@@ -511,7 +515,10 @@ class EtcdSubnetManager:
                 return func()
             except etcd_errors.ConnectionFailedError as err:
                 if endpoints_left <= 0:
-                    _translate(err)
+                    raise StoreError(
+                        f"cannot reach etcd at {self._where} (is it "
+                        "running, and are --etcd-endpoints and the TLS flags right?)"
+                    ) from err
                 endpoints_left -= 1
                 log.debug("etcd endpoint unreachable; failing over to the next one")
             except grpc.RpcError as err:
