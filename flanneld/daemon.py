@@ -23,7 +23,7 @@ from backends.udp import UdpNetwork
 from flanneld import iface, subnetfile
 from flanneld.cli import Flags
 from flanneld.config import NetConfig
-from flanneld.errors import DataplaneError
+from flanneld.errors import DataplaneError, StopRequested
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
@@ -33,7 +33,6 @@ from flanneld.loop import (
     MainLoop,
     Periodic,
     Renewer,
-    StopRequested,
     Watcher,
     get_network_config,
     install_signal_handlers,
@@ -54,12 +53,14 @@ JOIN_TIMEOUT = 5.0
 NETCONF_POLL = 5.0
 
 
-def build_manager(flags: Flags, previous: subnetfile.PreviousRun) -> SubnetManager:
+def build_manager(
+    flags: Flags, previous: subnetfile.PreviousRun, stop: threading.Event
+) -> SubnetManager:
     """The etcd or Kubernetes subnet manager the flags ask for."""
     if flags.kube_subnet_mgr:
         from subnet.kube import manager_from_flags
 
-        return manager_from_flags(flags)
+        return manager_from_flags(flags, stop)
     from subnet.etcd import EtcdSettings, EtcdSubnetManager
 
     settings = EtcdSettings(
@@ -210,7 +211,7 @@ class Daemon:
                 {"/metrics": metrics_handler(metrics)},
             )
         previous = subnetfile.read_previous_run(flags.subnet_file)
-        manager = self._manager = build_manager(flags, previous)
+        manager = self._manager = build_manager(flags, previous, stop)
         config = get_network_config(manager, stop, metrics.record_store_error)
         entry = backend_entry(config)
         check_br_netfilter(config)

@@ -45,5 +45,9 @@ class DataplaneError(FlannelError):
         self.errno = errno
 
 
+class StopRequested(FlannelError):
+    """Shutdown was requested while start-up was still waiting or retrying."""
+
+
 class InterfaceError(FlannelError):
     """The external interface or public address could not be determined."""

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 
 from backends.base import Network, ReconcileReport
 from flanneld.config import NetConfig
-from flanneld.errors import FlannelError, LeaseError, StoreError
+from flanneld.errors import FlannelError, LeaseError, StopRequested, StoreError
 from flanneld.peertable import PeerTable
 from flanneld.retry import Backoff, wait
 from subnet.lease import Lease
@@ -92,10 +92,6 @@ def retry_until_stopped(
             log.warning("%s failed: %s (retrying in %.1fs)", what, err, delay)
             if wait(stop, delay):
                 raise StopRequested() from err
-
-
-class StopRequested(FlannelError):
-    """Raised out of a retry loop when shutdown was requested meanwhile."""
 
 
 def get_network_config(

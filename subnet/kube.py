@@ -51,6 +51,7 @@ from flanneld.errors import (
     FlannelError,
     LeaseError,
     PeerDataError,
+    StopRequested,
     StoreError,
     WatchExpiredError,
 )
@@ -373,11 +374,12 @@ class KubeSubnetManager:
 
     # --- helpers the daemon needs ------------------------------------------------
 
-    def wait_for_sync(self) -> None:
+    def wait_for_sync(self, stop: threading.Event) -> None:
         """Wait until the Nodes can be listed (upstream: node controller sync).
 
-        After ``timings.sync_timeout`` raise StoreError, or only log when
-        ``cont_when_cache_not_ready`` is set.
+        Each failure is logged.  After ``timings.sync_timeout`` raise
+        StoreError, or only log when ``cont_when_cache_not_ready`` is set;
+        StopRequested as soon as ``stop`` is set.
         """
         deadline = time.monotonic() + self.timings.sync_timeout
         backoff = self.timings.backoff()
@@ -386,12 +388,19 @@ class KubeSubnetManager:
                 self._list_nodes()
                 return
             except StoreError as err:
-                if time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     if self.settings.cont_when_cache_not_ready:
                         log.warning("Node list not ready (%s); continuing anyway", err)
                         return
                     raise StoreError(f"error waiting for nodes to sync state: {err}") from err
-                time.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+                delay = min(backoff.next_delay(), left)
+                log.warning(
+                    "cannot list Nodes yet: %s (retrying in %.1fs; giving up in %.0fs)",
+                    err, delay, left,
+                )
+                if stop.wait(delay):
+                    raise StopRequested("stopped while waiting for the Kubernetes API") from err
 
     def public_ip_override(self) -> ipaddress.IPv4Address | None:
         """Our Node's ``node-public-ip`` annotation (acts as --public-ip)."""
@@ -579,13 +588,13 @@ class KubeSubnetManager:
 
 
 def manager_from_flags(
-    flags: Flags, environ: Mapping[str, str] | None = None
+    flags: Flags, stop: threading.Event, environ: Mapping[str, str] | None = None
 ) -> KubeSubnetManager:
     """The daemon's entry: connect, resolve our node, wait until Nodes can be listed."""
     env = os.environ if environ is None else environ
     manager = KubeSubnetManager.connect(settings_from_flags(flags, env), env)
     try:
-        manager.wait_for_sync()
+        manager.wait_for_sync(stop)
     except FlannelError:
         manager.close()
         raise

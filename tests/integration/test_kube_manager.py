@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import queue
@@ -15,7 +16,7 @@ import pytest
 from kubeapi import KubeAPIDouble
 
 from flanneld.cli import Flags
-from flanneld.errors import ConfigError, LeaseError, StoreError
+from flanneld.errors import ConfigError, LeaseError, StopRequested, StoreError
 from subnet.kube import KubeSubnetManager, KubeTimings, manager_from_flags
 from subnet.kube_model import KubeSettings
 from subnet.lease import Lease, LeaseAttrs
@@ -337,7 +338,7 @@ def test_manager_from_flags(api: KubeAPIDouble, net_conf: Path) -> None:
     flags = Flags(kube_subnet_mgr=True, kube_api_url=api.url, net_config_path=str(net_conf),
                   kube_annotation_prefix="example.org/pf", set_node_network_unavailable=False)
     env = {"NODE_NAME": "me", "EVENT_QUEUE_DEPTH": "77", "CONT_WHEN_CACHE_NOT_READY": "true"}
-    manager = manager_from_flags(flags, env)
+    manager = manager_from_flags(flags, threading.Event(), env)
     try:
         assert manager.node_name == "me"
         assert manager.settings == KubeSettings(
@@ -350,7 +351,9 @@ def test_manager_from_flags(api: KubeAPIDouble, net_conf: Path) -> None:
     finally:
         manager.close()
     with pytest.raises(ConfigError, match="prefix must be in a format"):
-        manager_from_flags(Flags(kube_subnet_mgr=True, kube_annotation_prefix="Bad"), env)
+        manager_from_flags(
+            Flags(kube_subnet_mgr=True, kube_annotation_prefix="Bad"), threading.Event(), env
+        )
 
 
 def test_previous_vtep_mac_is_read_back(
@@ -457,13 +460,31 @@ def test_kubeconfig_file_and_api_url_override(
 
 
 def test_wait_for_sync(api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]) -> None:
-    make_manager().wait_for_sync()
+    never = threading.Event()
+    make_manager().wait_for_sync(never)
     strict = make_manager()
     lenient = make_manager(cont_when_cache_not_ready=True)
     api.stop()
     with pytest.raises(StoreError, match="error waiting for nodes to sync state"):
-        strict.wait_for_sync()
-    lenient.wait_for_sync()
+        strict.wait_for_sync(never)
+    lenient.wait_for_sync(never)
+
+
+def test_wait_for_sync_stops_at_once_when_asked(
+    api: KubeAPIDouble, net_conf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    slow = dataclasses.replace(FAST, sync_timeout=600.0)
+    manager = KubeSubnetManager.connect(settings, {"NODE_NAME": "me"}, slow)
+    api.stop()
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="subnet.kube"), pytest.raises(StopRequested):
+        manager.wait_for_sync(stop)
+    assert time.monotonic() - started < 5.0
+    assert "cannot list Nodes yet" in caplog.text
+    manager.close()
 
 
 # --- watch ------------------------------------------------------------------------
