@@ -906,3 +906,33 @@ def _short_frame(frame: str) -> str:
     parts = path.split("/")
     short = "/".join(parts[-2:]) if len(parts) > 1 else path
     return f"{name} ({short})"
+
+
+def peer_samples(
+    lab: Any, monitor: Any, first: int, count: int, timeout: float, settle: float,
+    budget: float,
+) -> tuple[list[Sample], list[Sample], int]:
+    """Add then delete one new peer ``count`` times (within ``budget`` seconds).
+
+    Returns the add samples, the delete samples and how many timed out.
+    """
+    adds: list[Sample] = []
+    deletes: list[Sample] = []
+    timeouts = 0
+    deadline = time.monotonic() + budget
+    for k in range(count):
+        if time.monotonic() > deadline:
+            print(f"budget of {budget}s used up after {k} samples")
+            break
+        peer = Peer(first + k)
+        added = add_peer_sample(lab, monitor, peer, timeout)
+        time.sleep(settle)
+        removed = delete_peer_sample(lab, monitor, peer, timeout)
+        time.sleep(settle)
+        if added is None or removed is None:
+            timeouts += 1
+            continue
+        adds.append(added)
+        deletes.append(removed)
+    return adds, deletes, timeouts
+

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
 import benchlib as bl
@@ -84,21 +83,9 @@ def main() -> int:
                 profile_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "profiles")
                 os.makedirs(profile_dir, exist_ok=True)
                 spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
-            deadline = time.monotonic() + args.budget
-            for k in range(args.samples):
-                if time.monotonic() > deadline:
-                    print(f"budget of {args.budget}s used up after {k} samples")
-                    break
-                peer = bl.Peer(args.peers + k)
-                added = bl.add_peer_sample(lab, monitor, peer, args.timeout)
-                time.sleep(args.settle)
-                removed = bl.delete_peer_sample(lab, monitor, peer, args.timeout)
-                time.sleep(args.settle)
-                if added is None or removed is None:
-                    timeouts += 1
-                    continue
-                adds.append(added)
-                deletes.append(removed)
+            adds, deletes, timeouts = bl.peer_samples(
+                lab, monitor, args.peers, args.samples, args.timeout, args.settle, args.budget
+            )
             if spy is not None:
                 spy.stop()
                 profile = bl.top_functions(spy.out)

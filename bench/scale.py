@@ -93,24 +93,10 @@ def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[
 
             if profile_dir:
                 spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-samples.txt"))
-            adds: list[bl.Sample] = []
-            deletes: list[bl.Sample] = []
-            timeouts = 0
             cpu_before = bl.cpu_seconds(daemon.pid)
-            deadline = time.monotonic() + args.budget
-            for k in range(args.samples):
-                if time.monotonic() > deadline:
-                    break
-                peer = bl.Peer(n + k)
-                added = bl.add_peer_sample(lab, monitor, peer, args.timeout)
-                time.sleep(args.settle)
-                removed = bl.delete_peer_sample(lab, monitor, peer, args.timeout)
-                time.sleep(args.settle)
-                if added is None or removed is None:
-                    timeouts += 1
-                    continue
-                adds.append(added)
-                deletes.append(removed)
+            adds, deletes, timeouts = bl.peer_samples(
+                lab, monitor, n, args.samples, args.timeout, args.settle, args.budget
+            )
             if spy is not None:
                 spy.stop()
                 result["profile_samples"] = bl.top_functions(spy.out)
