@@ -131,7 +131,8 @@ def _pod_ip(netns: str) -> str | None:
     return str(addrs[0].ip) if addrs else None
 
 
-def _tail(path: str, lines: int = 20) -> str:
+def log_tail(path: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return "".join(fh.readlines()[-lines:])
@@ -249,7 +250,7 @@ class Lab:
         url = spec.client_url
         while not topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.healthy(url)):
             if not procs.is_ours(record):
-                raise FlannelError(f"etcd exited; last log lines:\n{_tail(log_path)}")
+                raise FlannelError(f"etcd exited; last log lines:\n{log_tail(log_path)}")
             if time.monotonic() > deadline:
                 raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
             time.sleep(0.05)
@@ -273,7 +274,7 @@ class Lab:
         try:
             self.kube_api.wait_up(ETCD_TIMEOUT, lambda: procs.is_ours(record))
         except FlannelError as err:
-            raise FlannelError(f"{err}; last log lines:\n{_tail(log_path)}") from err
+            raise FlannelError(f"{err}; last log lines:\n{log_tail(log_path)}") from err
         kubeapi.add_lab_nodes(plan, self.kube_api)
         kubeapi.write_node_files(plan, plan.net_conf())
 
@@ -305,14 +306,14 @@ class Lab:
             if record is None or not procs.is_ours(record):
                 raise FlannelError(
                     f"flanneld on {node.name} is not running; last log lines:\n"
-                    + _tail(node_paths(self._plan, node).log)
+                    + log_tail(node_paths(self._plan, node).log)
                 )
             if self._ready(node):
                 return
             time.sleep(0.1)
         raise FlannelError(
             f"flanneld on {node.name} not ready after {timeout:g}s; last log lines:\n"
-            + _tail(node_paths(self._plan, node).log)
+            + log_tail(node_paths(self._plan, node).log)
         )
 
     # --- inspecting --------------------------------------------------------------

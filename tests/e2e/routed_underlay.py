@@ -33,6 +33,7 @@ from backends import topology
 from flanneld.errors import FlannelError
 from flanneld.lab import etcdgw, pods, procs
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
+from flanneld.lab.lab import log_tail
 from flanneld.lab.matrix import Endpoint
 
 BRIDGE = "br0"
@@ -174,13 +175,6 @@ def _http_status(url: str) -> int | None:
         return None
 
 
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
 
 class RoutedUnderlay:
     """The running topology; everything it makes lives under ``workdir`` or in its namespaces."""
@@ -300,7 +294,7 @@ class RoutedUnderlay:
             if proc.poll() is not None:
                 raise FlannelError(
                     f"flanneld on {node.name} exited {proc.returncode}:\n"
-                    + _tail(self.log_file(node))
+                    + log_tail(self.log_file(node), 15)
                 )
             if os.path.exists(self.subnet_file(node)) and (
                 topology.run_in_netns(node.netns, lambda: _http_status(url)) == 200
@@ -309,7 +303,7 @@ class RoutedUnderlay:
             time.sleep(0.1)
         raise FlannelError(
             f"flanneld on {node.name} not ready after {READY_TIMEOUT:g}s:\n"
-            + _tail(self.log_file(node))
+            + log_tail(self.log_file(node), 15)
         )
 
     def _attach_pod(self, node: Node) -> None:
