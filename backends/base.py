@@ -9,9 +9,10 @@ from typing import Protocol
 
 from backends.model import Skipped
 from backends.plan import Change, Delete, Put
-from flanneld.config import NetConfig
+from backends.udp_packet import ForwardStats
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
+from subnet.netconf import NetConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,11 @@ class Network(Protocol):
     @property
     def mtu(self) -> int:
         """The MTU pods should use (FLANNEL_MTU)."""
+        ...
+
+    @property
+    def forward_stats(self) -> ForwardStats | None:
+        """Counters of a userspace packet forwarder; None where the kernel forwards."""
         ...
 
     def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:

@@ -19,10 +19,11 @@ from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.hostgw_state import check_no_nat, desired_state, hostgw_peers, lease_attrs
 from backends.netlink import Netlink
 from backends.skiplog import SkipLog
-from flanneld.config import NetConfig
-from flanneld.errors import ConfigError, InterfaceError
+from backends.udp_packet import ForwardStats
+from subnet.errors import ConfigError, InterfaceError
 from subnet.lease import IPNetwork, Lease
 from subnet.manager import SubnetManager
+from subnet.netconf import NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class HostGwNetwork:
     @property
     def mtu(self) -> int:
         return self._ext.mtu
+
+    @property
+    def forward_stats(self) -> ForwardStats | None:
+        return None  # the kernel forwards
 
     def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
         usable, skipped = hostgw_peers(self._lease, peers, self._networks)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from backends.base import ExternalInterface
 from backends.model import DataplaneState, Route, Skipped
 from backends.peers import usable_peers
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs
 
 BACKEND_TYPE = "host-gw"

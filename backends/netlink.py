@@ -4,7 +4,7 @@ Everything above this module deals in plain values (``backends.model``,
 ``backends.base``); here they become pyroute2 calls.  Writes are idempotent
 (``replace``; deletes treat a missing object as done), observation is one
 dump per table per call, and a pyroute2 ``NetlinkError`` never leaves this
-module: it becomes a :class:`~flanneld.errors.DataplaneError` carrying the
+module: it becomes a :class:`~subnet.errors.DataplaneError` carrying the
 kernel's errno.
 
 With ``netns`` set, the socket is opened inside that named namespace (tests
@@ -36,7 +36,7 @@ from backends.model import (
     Route,
 )
 from backends.plan import Change, Put, plan
-from flanneld.errors import DataplaneError
+from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)

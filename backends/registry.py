@@ -12,8 +12,8 @@ from backends.netlink import Netlink
 from backends.udp import UdpBackend, parse_port
 from backends.vxlan import VxlanBackend
 from backends.vxlan_state import parse_options, previous_vtep_mac
-from flanneld.config import BackendConfig
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
+from subnet.netconf import BackendConfig
 
 
 @dataclass(frozen=True, slots=True)

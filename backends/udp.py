@@ -45,10 +45,10 @@ from backends.udp_packet import (
     net_unreachable,
     outbound,
 )
-from flanneld.config import BackendConfig, NetConfig
-from flanneld.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
+from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
 from subnet.lease import UNSPECIFIED_V4, IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
+from subnet.netconf import BackendConfig, NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class UdpNetwork:
         return self._backend.device_mtu
 
     @property
-    def stats(self) -> ForwardStats:
+    def forward_stats(self) -> ForwardStats | None:
         return self._backend.stats
 
     def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.netlink import LinkState, Netlink, VxlanSpec
 from backends.skiplog import SkipLog
+from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
     BACKEND_TYPE,
     desired_state,
@@ -31,8 +32,7 @@ from backends.vxlan_state import (
     vtep_mac,
     vxlan_peers,
 )
-from flanneld.config import BackendConfig, NetConfig
-from flanneld.errors import (
+from subnet.errors import (
     ConfigError,
     DataplaneError,
     InterfaceError,
@@ -41,6 +41,7 @@ from flanneld.errors import (
 )
 from subnet.lease import IPAddress, IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
+from subnet.netconf import BackendConfig, NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,10 @@ class VxlanNetwork:
     @property
     def mtu(self) -> int:
         return self._device_mtu
+
+    @property
+    def forward_stats(self) -> ForwardStats | None:
+        return None  # the kernel forwards
 
     def configure_device(self, link: LinkState) -> None:
         """Give ``link`` our MAC, MTU, up state and (only) our address in the cluster networks."""

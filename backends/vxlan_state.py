@@ -21,9 +21,9 @@ from typing import Any
 
 from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route, Skipped
 from backends.peers import usable_peers
-from flanneld.config import BackendConfig
-from flanneld.errors import ConfigError, PeerDataError
+from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, compact_json
+from subnet.netconf import BackendConfig
 
 BACKEND_TYPE = "vxlan"
 # Bytes the kernel adds around a pod packet (outer IPv4 + UDP + VXLAN + Ethernet).

@@ -46,7 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from backends.topology import (
+from flanneld.lab.etcd import EtcdProcess, EtcdSpec
+from flanneld.lab.topology import (
     add_address,
     add_veth,
     create_netns,
@@ -55,7 +56,6 @@ from backends.topology import (
     netns_argv,
     set_up,
 )
-from flanneld.lab.etcd import EtcdProcess, EtcdSpec
 
 T = TypeVar("T")
 

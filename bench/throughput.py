@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from backends.base import ExternalInterface, Network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
-from backends.topology import run_in_netns
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
-from flanneld.config import BackendConfig, NetConfig
+from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import Sink, Snapshot
+from subnet.netconf import BackendConfig, NetConfig
 
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 PING_COUNT = 200

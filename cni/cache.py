@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from cni.errors import INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, CniError
-from cni.netconf import is_valid_name
+from cni.stdin_config import is_valid_name
 
 # NAME_MAX: a longer ID could not be a file name in the cache directory.
 MAX_CONTAINER_ID = 255

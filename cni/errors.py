@@ -1,7 +1,7 @@
 """The CNI plugin's one exception, carrying a CNI error code.
 
 The plugin is shipped as a single file and imports nothing outside ``cni``,
-so it cannot use ``flanneld.errors``; every failure it reports on purpose is
+so it cannot use ``subnet.errors``; every failure it reports on purpose is
 a :class:`CniError` whose code follows the CNI spec's table of well-known
 codes. Only :mod:`cni.plugin` turns one into error JSON and an exit status.
 """

@@ -24,7 +24,6 @@ from cni import gojson
 from cni.cache import ScratchCache
 from cni.errors import INTERNAL, CniError
 from cni.invoke import PluginResult, find_plugin, run_plugin
-from cni.netconf import NetConf, parse_netconf
 from cni.protocol import (
     SUPPORTED_VERSIONS,
     Request,
@@ -35,6 +34,7 @@ from cni.protocol import (
     version_json,
 )
 from cni.render import render_delegate
+from cni.stdin_config import NetConf, parse_netconf
 from cni.subnetenv import load_subnet_env
 
 TYPE_CHECKING = False

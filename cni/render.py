@@ -13,7 +13,7 @@ from cni.errors import INVALID_NETWORK_CONFIG, CniError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cni.netconf import NetConf
+    from cni.stdin_config import NetConf
     from cni.subnetenv import SubnetEnv
 
 _INT64 = 2**63

@@ -13,12 +13,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from flanneld.errors import ConfigError, FlannelError
 from flanneld.lab import lab as labmod
+from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
-from flanneld.lab.plan import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
-from flanneld.netconf import check, describe
+from flanneld.netconf_check import check, describe
+from subnet.errors import ConfigError, FlannelError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -202,7 +202,7 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         choices=SUBNET_MGRS,
         default="etcd",
         help="etcd (default): a private etcd; kube: flanneld --kube-subnet-mgr against the "
-        "Kubernetes API test double (needs a source checkout: it runs tests/kubeapi)",
+        "Kubernetes API double that ships with the lab (flanneld.lab.apiserver)",
     )
     _add_prefix(up)
     up.add_argument("--json", action="store_true", help="print one JSON object")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 
@@ -19,11 +19,8 @@ from backends.base import Backend, ExternalInterface, Network
 from backends.kernelwatch import KernelWatch
 from backends.netlink import Netlink
 from backends.registry import BackendContext, BackendEntry, lookup
-from backends.udp import UdpNetwork
 from flanneld import iface, subnetfile
-from flanneld.cli import Flags
-from flanneld.config import NetConfig
-from flanneld.errors import DataplaneError, StopRequested
+from flanneld.flags import Flags
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
@@ -39,12 +36,15 @@ from flanneld.loop import (
     retry_until_stopped,
 )
 from flanneld.metrics import Metrics, metrics_handler
-from flanneld.netconf import NetConfWatcher
-from flanneld.retry import Backoff
+from flanneld.netconf_check import NetConfWatcher
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
+from subnet.errors import DataplaneError, StopRequested
+from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
+from subnet.netconf import NetConfig
+from subnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def build_manager(
 ) -> SubnetManager:
     """The etcd or Kubernetes subnet manager the flags ask for."""
     if flags.kube_subnet_mgr:
-        from subnet.kube import manager_from_flags
+        from subnet.kube import connect_and_sync
 
-        return manager_from_flags(flags, stop)
+        return connect_and_sync(kube_settings(flags, os.environ), stop)
     from subnet.etcd import EtcdSettings, EtcdSubnetManager
 
     settings = EtcdSettings(
@@ -74,6 +74,21 @@ def build_manager(
         renew_margin_minutes=flags.subnet_lease_renew_margin,
     )
     return EtcdSubnetManager(settings, previous.subnets)
+
+
+def kube_settings(flags: Flags, environ: Mapping[str, str]) -> KubeSettings:
+    """KubeSettings from flanneld's flags and EVENT_QUEUE_DEPTH/CONT_WHEN_CACHE_NOT_READY."""
+    return KubeSettings(
+        api_url=flags.kube_api_url,
+        kubeconfig_file=flags.kubeconfig_file,
+        annotation_prefix=flags.kube_annotation_prefix,
+        net_config_path=flags.net_config_path,
+        set_node_network_unavailable=flags.set_node_network_unavailable,
+        event_queue_depth=parse_event_queue_depth(environ.get("EVENT_QUEUE_DEPTH")),
+        cont_when_cache_not_ready=parse_env_bool(
+            "CONT_WHEN_CACHE_NOT_READY", environ.get("CONT_WHEN_CACHE_NOT_READY")
+        ),
+    )
 
 
 def check_br_netfilter(config: NetConfig) -> None:
@@ -275,7 +290,7 @@ class Node:
         write_subnet_env(self._flags, self._config, self.network)
         self._metrics.set_lease_expiry(lease.expiration)
         network = self.network
-        self._metrics.track_udp(network.stats if isinstance(network, UdpNetwork) else None)
+        self._metrics.track_udp(network.forward_stats)
         ready = "" if self._health.ready else "; peers not synced yet"
         self._health.set_detail("lease", f"lease {lease.key}{ready}")
         self._announced = lease

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

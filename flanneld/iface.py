@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from backends.base import ExternalInterface, InterfaceAddress, InterfaceInfo, RouteLookup
-from flanneld.errors import ConfigError, DataplaneError, InterfaceError
+from subnet.errors import ConfigError, DataplaneError, InterfaceError
 from subnet.lease import IPAddress
 
 log = logging.getLogger(__name__)

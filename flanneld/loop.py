@@ -19,12 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from backends.base import Network, ReconcileReport
-from flanneld.config import NetConfig
-from flanneld.errors import FlannelError, LeaseError, StopRequested, StoreError
 from flanneld.peertable import PeerTable
-from flanneld.retry import Backoff, wait
+from subnet.errors import FlannelError, LeaseError, StopRequested, StoreError
 from subnet.lease import Lease
 from subnet.manager import LeaseMessage, SubnetManager
+from subnet.netconf import NetConfig
+from subnet.retry import Backoff, wait
 
 log = logging.getLogger(__name__)
 

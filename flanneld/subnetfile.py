@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from flanneld.config import NetConfig
 from subnet.lease import IPNetwork, Lease
+from subnet.netconf import NetConfig
 
 log = logging.getLogger(__name__)
 

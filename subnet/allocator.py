@@ -6,9 +6,9 @@ import ipaddress
 import random
 from collections.abc import Iterable, Iterator
 
-from flanneld.config import SubnetRange
-from flanneld.errors import SubnetsExhaustedError
+from subnet.errors import SubnetsExhaustedError
 from subnet.lease import IPNetwork
+from subnet.netconf import SubnetRange
 
 MAX_CANDIDATES = 100
 

@@ -17,7 +17,7 @@ from upstream:
   watch reports that as LeaseRemoved.
 
 This is the only module that imports the etcd client (``pyetcd``); its
-exceptions and gRPC's are translated to :mod:`flanneld.errors` here.
+exceptions and gRPC's are translated to :mod:`subnet.errors` here.
 """
 
 from __future__ import annotations
@@ -41,16 +41,14 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from pyetcd.etcdrpc import AuthenticateRequest
 from pyetcd.events import DeleteEvent
 
-from flanneld.config import NetConfig, SubnetRange, parse_net_config, subnet_ranges
-from flanneld.errors import (
+from subnet.allocator import choose_subnet, in_range
+from subnet.errors import (
     ConfigError,
     LeaseConflictError,
     PeerDataError,
     StoreError,
     WatchExpiredError,
 )
-from flanneld.retry import Backoff
-from subnet.allocator import choose_subnet, in_range
 from subnet.lease import (
     IPNetwork,
     Lease,
@@ -61,6 +59,8 @@ from subnet.lease import (
     subnet_key,
 )
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Sink, Snapshot
+from subnet.netconf import NetConfig, SubnetRange, parse_net_config, subnet_ranges
+from subnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ advertises its attributes as Node annotations (written through the
 ``nodes/status`` subresource, as upstream does, so RBAC needs no ``nodes``
 patch) and learns its peers from the annotations of the other Nodes.  What
 to write and what a Node means are decided by the pure functions of
-:mod:`subnet.kube_model`; this module reads, patches, lists and watches.
+:mod:`subnet.kube_state`; this module reads, patches, lists and watches.
 
 Design, and where it departs from upstream on purpose:
 
@@ -38,15 +38,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client
 from kubernetes.config import incluster_config, kube_config
 from kubernetes.config.config_exception import ConfigException
 
-from flanneld.config import NetConfig, parse_net_config
-from flanneld.errors import (
+from subnet.errors import (
     ConfigError,
     FlannelError,
     LeaseError,
@@ -55,8 +54,7 @@ from flanneld.errors import (
     StoreError,
     WatchExpiredError,
 )
-from flanneld.retry import Backoff
-from subnet.kube_model import (
+from subnet.kube_state import (
     JSON,
     AnnotationKeys,
     KubeSettings,
@@ -70,14 +68,12 @@ from subnet.kube_model import (
     node_to_lease,
     normalize_annotation_prefix,
     own_lease,
-    settings_from_flags,
     vtep_mac_from_backend_data,
 )
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import Sink, Snapshot
-
-if TYPE_CHECKING:
-    from flanneld.cli import Flags
+from subnet.netconf import NetConfig, parse_net_config
+from subnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -587,12 +583,12 @@ class KubeSubnetManager:
                     pass
 
 
-def manager_from_flags(
-    flags: Flags, stop: threading.Event, environ: Mapping[str, str] | None = None
+def connect_and_sync(
+    settings: KubeSettings, stop: threading.Event, environ: Mapping[str, str] | None = None
 ) -> KubeSubnetManager:
     """The daemon's entry: connect, resolve our node, wait until Nodes can be listed."""
     env = os.environ if environ is None else environ
-    manager = KubeSubnetManager.connect(settings_from_flags(flags, env), env)
+    manager = KubeSubnetManager.connect(settings, env)
     try:
         manager.wait_for_sync(stop)
     except FlannelError:

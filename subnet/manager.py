@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
-from flanneld.config import NetConfig
 from subnet.lease import Lease, LeaseAttrs
+from subnet.netconf import NetConfig
 
 
 @dataclass(frozen=True, slots=True)

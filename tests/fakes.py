@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import threading
 
-from flanneld.config import NetConfig
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import Sink, Snapshot
+from subnet.netconf import NetConfig
 
 
 class FakeSubnetManager:

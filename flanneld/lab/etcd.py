@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flanneld.errors import FlannelError
+from subnet.errors import FlannelError
 
 ETCD_BINARY = "etcd"
 

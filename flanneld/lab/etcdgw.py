@@ -2,7 +2,7 @@
 
 The lab's etcd listens on an address that exists only inside the underlay
 namespace, so callers run these through
-:func:`backends.topology.run_in_netns`.
+:func:`flanneld.lab.topology.run_in_netns`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from flanneld.errors import StoreError
+from subnet.errors import StoreError
 
 
 def _b64(text: str) -> str:

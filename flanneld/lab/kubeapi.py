@@ -1,8 +1,8 @@
 """Kube mode of the lab: the Kubernetes API double as a lab process, and its control socket.
 
-The double lives in the source checkout (``tests/kubeapi``), not in the
-installed product: kube mode runs ``python -m tests.kubeapi.serve`` with
-the checkout on ``PYTHONPATH`` and never imports it.  The double listens
+The double ships with the lab (:mod:`flanneld.lab.apiserver`): kube mode
+runs ``python -m flanneld.lab.apiserver.serve`` as a child process, so it
+works from an installed wheel as well as from a checkout.  The double listens
 on the underlay gateway inside the underlay namespace, so every node
 namespace reaches it; the lab steers it (Nodes, compaction, restarts)
 over a Unix socket in the lab's state dir, one JSON line each way.
@@ -11,31 +11,19 @@ over a Unix socket in the lab's state dir, one JSON line each way.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from flanneld.errors import ConfigError, FlannelError
-from flanneld.lab.plan import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, pod_cidr
+from flanneld.lab.layout import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, pod_cidr
+from subnet.errors import FlannelError
 
 KUBEAPI_ROLE = "kubeapi"
-DOUBLE_MODULE = "tests.kubeapi.serve"
+DOUBLE_MODULE = "flanneld.lab.apiserver.serve"
 CONTROL_TIMEOUT = 30.0
 
 JSON = dict[str, Any]
-
-
-def source_root() -> str:
-    """The source checkout this package runs from; ConfigError if the double is not there."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.isfile(os.path.join(here, *DOUBLE_MODULE.split(".")) + ".py"):
-        raise ConfigError(
-            "kube mode needs a source checkout: the Kubernetes API double "
-            f"({DOUBLE_MODULE}) is not next to the installed package in {here}"
-        )
-    return here
 
 
 def double_argv(python: str, plan: LabPlan) -> list[str]:
@@ -46,12 +34,6 @@ def double_argv(python: str, plan: LabPlan) -> list[str]:
         f"--port={KUBE_API_PORT}",
         f"--control={plan.kube_control}",
     ]
-
-
-def double_env(base: dict[str, str], root: str) -> dict[str, str]:
-    """``base`` with the checkout first on PYTHONPATH."""
-    path = [root, *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**base, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def write_node_files(plan: LabPlan, net_conf: str) -> None:

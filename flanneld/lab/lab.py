@@ -1,6 +1,6 @@
 """The multi-node lab: build it, inspect it, break it, tear it down.
 
-:func:`up` builds a lab from a :class:`~flanneld.lab.plan.LabPlan`; every
+:func:`up` builds a lab from a :class:`~flanneld.lab.layout.LabPlan`; every
 namespace and process is written to the state file as soon as it exists,
 so :func:`down` (in this or any later process, also after a crash) removes
 exactly what the lab made.
@@ -19,28 +19,11 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends import topology
-from flanneld.errors import ConfigError, DataplaneError, FlannelError
-from flanneld.lab import etcdgw, kubeapi, pods, procs
+from flanneld.lab import etcdgw, kubeapi, pods, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
 from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
-from flanneld.lab.leases import (
-    NodeLease,
-    node_lease,
-    node_lease_from_annotations,
-    subnet_from_env,
-)
-from flanneld.lab.matrix import (
-    Cell,
-    Endpoint,
-    PingStats,
-    matrix_jobs,
-    ping_argv,
-    run_ping,
-    run_pings,
-)
-from flanneld.lab.plan import (
+from flanneld.lab.layout import (
     DEFAULT_PREFIX,
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
@@ -58,7 +41,23 @@ from flanneld.lab.plan import (
     node_paths,
     state_dir,
 )
+from flanneld.lab.leases import (
+    NodeLease,
+    node_lease,
+    node_lease_from_annotations,
+    subnet_from_env,
+)
+from flanneld.lab.matrix import (
+    Cell,
+    Endpoint,
+    PingStats,
+    matrix_jobs,
+    ping_argv,
+    run_ping,
+    run_pings,
+)
 from flanneld.lab.state import LabState, ProcessRecord
+from subnet.errors import ConfigError, DataplaneError, FlannelError
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +264,9 @@ class Lab:
     def _start_kubeapi(self) -> None:
         """The API double in the underlay namespace, one Node per lab node, their files."""
         plan = self._plan
-        env = kubeapi.double_env(_child_env(), kubeapi.source_root())
         log_path = os.path.join(plan.state_dir, "kubeapi.log")
         pid = procs.spawn(kubeapi.double_argv(self._python, plan), log_path,
-                          plan.underlay_netns, env)
+                          plan.underlay_netns, _child_env())
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(KUBEAPI_ROLE, record))
         try:
@@ -481,11 +479,9 @@ def up(
     On failure the half-built lab is left in place (and in the state file)
     for inspection; :func:`down` removes it.  ``subnet_mgr="kube"`` runs
     every flanneld with ``--kube-subnet-mgr`` against the Kubernetes API
-    double (source checkout only, see :mod:`flanneld.lab.kubeapi`).
+    double (:mod:`flanneld.lab.apiserver`, run by :mod:`flanneld.lab.kubeapi`).
     """
     plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr)
-    if plan.kube:
-        kubeapi.source_root()  # fail before building anything
     if os.path.exists(statefile.state_path(plan.state_dir)) or _lab_namespaces(prefix):
         raise ConfigError(
             f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flanneld.errors import PeerDataError
+from subnet.errors import PeerDataError
 from subnet.lease import decode_attrs, subnet_key
 
 KUBE_ANNOTATION_PREFIX = "flannel.alpha.coreos.com"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends.topology import netns_argv
+from flanneld.lab.topology import netns_argv
 
 PING = "ping"
 MAX_PARALLEL = 16

@@ -13,9 +13,9 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from backends.topology import netns_argv
-from flanneld.errors import FlannelError
-from flanneld.lab.plan import LabPlan, NodePlan, PodPlan, cni_env, cni_netconf, node_paths
+from flanneld.lab.layout import LabPlan, NodePlan, PodPlan, cni_env, cni_netconf, node_paths
+from flanneld.lab.topology import netns_argv
+from subnet.errors import FlannelError
 
 SYSTEM_CNI_DIR = "/usr/lib/cni"
 PLUGIN_NAME = "flannel"

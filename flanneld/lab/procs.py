@@ -14,9 +14,9 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from backends.topology import netns_argv
-from flanneld.errors import FlannelError
 from flanneld.lab.state import ProcessRecord
+from flanneld.lab.topology import netns_argv
+from subnet.errors import FlannelError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flanneld.errors import ConfigError
-from flanneld.lab.plan import LabPlan, make_plan
+from flanneld.lab.layout import LabPlan, make_plan
+from subnet.errors import ConfigError
 
 STATE_FILE = "lab.json"
 FORMAT_VERSION = 1

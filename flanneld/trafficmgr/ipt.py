@@ -14,9 +14,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flanneld.errors import DataplaneError
 from flanneld.trafficmgr import rules as R
 from flanneld.trafficmgr.runner import CommandRunner
+from subnet.errors import DataplaneError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from flanneld.errors import DataplaneError
 from flanneld.trafficmgr import rules as R
 from flanneld.trafficmgr.ipt import remove_iptables_chains
 from flanneld.trafficmgr.runner import CommandRunner
+from subnet.errors import DataplaneError
 
 log = logging.getLogger(__name__)
 

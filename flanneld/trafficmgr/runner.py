@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flanneld.errors import DataplaneError
+from subnet.errors import DataplaneError
 
 
 @dataclass(frozen=True, slots=True)

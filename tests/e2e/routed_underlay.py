@@ -29,12 +29,11 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends import topology
-from flanneld.errors import FlannelError
-from flanneld.lab import etcdgw, pods, procs
+from flanneld.lab import etcdgw, pods, procs, topology
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
 from flanneld.lab.lab import log_tail
 from flanneld.lab.matrix import Endpoint
+from subnet.errors import FlannelError
 
 BRIDGE = "br0"
 UNDERLAY_IF = "ul0"

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from backends.topology import list_netns
 from flanneld.lab import procs
 from flanneld.lab import state as statefile
 from flanneld.lab.lab import down
-from flanneld.lab.plan import is_lab_netns, state_dir
+from flanneld.lab.layout import is_lab_netns, state_dir
+from flanneld.lab.topology import list_netns
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

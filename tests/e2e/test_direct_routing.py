@@ -26,8 +26,8 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from backends.model import ROUTE_PROTOCOL
-from backends.topology import link_address, list_netns, netns_argv
 from flanneld.lab.matrix import matrix_jobs, ping_argv, run_ping, run_pings
+from flanneld.lab.topology import link_address, list_netns, netns_argv
 from tests.conftest import RUN_PREFIX, needs_root
 from tests.e2e.routed_underlay import (
     UNDERLAY_IF,

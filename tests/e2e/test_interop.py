@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from backends.topology import link_address, run_in_netns
 from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.plan import UNDERLAY_BRIDGE
+from flanneld.lab.layout import UNDERLAY_BRIDGE
+from flanneld.lab.topology import link_address, run_in_netns
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]

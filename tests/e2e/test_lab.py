@@ -13,12 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backends.topology import create_netns, delete_netns, ipv4_addresses, link_address, list_netns
 from flanneld.lab import procs
 from flanneld.lab import state as statefile
 from flanneld.lab.lab import DownReport, Lab, down, up
-from flanneld.lab.plan import DEFAULT_NETWORK, is_lab_netns, state_dir
+from flanneld.lab.layout import DEFAULT_NETWORK, is_lab_netns, state_dir
 from flanneld.lab.state import LabState, ProcessRecord
+from flanneld.lab.topology import (
+    create_netns,
+    delete_netns,
+    ipv4_addresses,
+    link_address,
+    list_netns,
+)
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backends.topology import link_address, list_netns, run_in_netns
-from flanneld.errors import FlannelError
 from flanneld.lab import procs
 from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.plan import HEALTHZ_PORT, is_lab_netns, node_paths, pod_cidr
+from flanneld.lab.layout import HEALTHZ_PORT, is_lab_netns, node_paths, pod_cidr
+from flanneld.lab.topology import link_address, list_netns, run_in_netns
+from subnet.errors import FlannelError
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from backends.topology import link_address, netns_argv, run_in_netns
 from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.plan import HEALTHZ_PORT
+from flanneld.lab.layout import HEALTHZ_PORT
+from flanneld.lab.topology import link_address, netns_argv, run_in_netns
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from flanneld.errors import (
+from subnet.errors import (
     ConfigError,
     FlannelError,
     LeaseConflictError,

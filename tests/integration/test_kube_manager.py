@@ -1,4 +1,4 @@
-"""The Kubernetes subnet manager against the API server double (tests/kubeapi)."""
+"""The Kubernetes subnet manager against the API server double (flanneld/lab/apiserver)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubeapi import KubeAPIDouble
 
-from flanneld.cli import Flags
-from flanneld.errors import ConfigError, LeaseError, StopRequested, StoreError
-from subnet.kube import KubeSubnetManager, KubeTimings, manager_from_flags
-from subnet.kube_model import KubeSettings
+from flanneld.daemon import kube_settings
+from flanneld.flags import Flags
+from flanneld.lab.apiserver import KubeAPIDouble
+from subnet.errors import ConfigError, LeaseError, StopRequested, StoreError
+from subnet.kube import KubeSubnetManager, KubeTimings, connect_and_sync
+from subnet.kube_state import KubeSettings
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot, SubnetManager
 
@@ -333,12 +334,12 @@ def test_previous_attrs_and_public_ip_override_for_the_daemon(
     assert manager.previous_attrs(None) == LeaseAttrs(backend_type="vxlan")
 
 
-def test_manager_from_flags(api: KubeAPIDouble, net_conf: Path) -> None:
+def test_daemon_flags_reach_the_kube_manager(api: KubeAPIDouble, net_conf: Path) -> None:
     api.add_node("me", pod_cidr="10.244.7.0/24")
     flags = Flags(kube_subnet_mgr=True, kube_api_url=api.url, net_config_path=str(net_conf),
                   kube_annotation_prefix="example.org/pf", set_node_network_unavailable=False)
     env = {"NODE_NAME": "me", "EVENT_QUEUE_DEPTH": "77", "CONT_WHEN_CACHE_NOT_READY": "true"}
-    manager = manager_from_flags(flags, threading.Event(), env)
+    manager = connect_and_sync(kube_settings(flags, env), threading.Event(), env)
     try:
         assert manager.node_name == "me"
         assert manager.settings == KubeSettings(
@@ -351,9 +352,8 @@ def test_manager_from_flags(api: KubeAPIDouble, net_conf: Path) -> None:
     finally:
         manager.close()
     with pytest.raises(ConfigError, match="prefix must be in a format"):
-        manager_from_flags(
-            Flags(kube_subnet_mgr=True, kube_annotation_prefix="Bad"), threading.Event(), env
-        )
+        bad = Flags(kube_subnet_mgr=True, kube_annotation_prefix="Bad")
+        connect_and_sync(kube_settings(bad, env), threading.Event(), env)
 
 
 def test_previous_vtep_mac_is_read_back(

@@ -17,9 +17,9 @@ import pytest
 from backends.base import ExternalInterface
 from backends.hostgw import HostGwBackend, HostGwNetwork
 from backends.netlink import Netlink
-from flanneld.config import BackendConfig, NetConfig
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 from subnet.lease import Lease, LeaseAttrs
+from subnet.netconf import BackendConfig, NetConfig
 from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
 

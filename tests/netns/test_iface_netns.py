@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from backends.netlink import Netlink
-from flanneld.cli import parse_flags
+from flanneld.flags import parse_flags
 from flanneld.iface import discover
 
 pytestmark = pytest.mark.netns

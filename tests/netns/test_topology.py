@@ -1,4 +1,4 @@
-"""backends/topology.py: the lab plumbing, in throw-away namespaces."""
+"""flanneld/lab/topology.py: the lab plumbing, in throw-away namespaces."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends import topology
-from flanneld.errors import DataplaneError
+from flanneld.lab import topology
+from subnet.errors import DataplaneError
 
 pytestmark = pytest.mark.netns
 

@@ -22,11 +22,11 @@ import pytest
 
 from backends.base import ExternalInterface
 from backends.netlink import Netlink
-from backends.topology import run_in_netns
 from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
 from backends.udp_packet import Drop
-from flanneld.config import BackendConfig, NetConfig
+from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
+from subnet.netconf import BackendConfig, NetConfig
 from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
 
@@ -129,8 +129,8 @@ def test_ping_across_and_route_repair(pair: tuple[Node, Node]) -> None:
     net_a, net_b = up_pair(pair)
     assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
     assert ping(b.ns, "10.244.2.1", "10.244.1.1").returncode == 0
-    assert net_a.stats.tx.packets >= 2 and net_a.stats.rx.packets >= 2
-    assert net_b.stats.rx.packets >= 2
+    assert net_a.forward_stats.tx.packets >= 2 and net_a.forward_stats.rx.packets >= 2
+    assert net_b.forward_stats.rx.packets >= 2
 
     sh("ip", "-n", a.ns, "route", "del", "10.244.0.0/16")
     assert ping(a.ns, "10.244.1.1", "10.244.2.1", count=1).returncode != 0
@@ -168,11 +168,11 @@ def test_unknown_destination_gets_net_unreachable(pair: tuple[Node, Node]) -> No
     )
     assert accept_local.stdout.strip() == "1"
     assert udp_probe(a.ns, "10.244.77.1") == "ENETUNREACH"
-    assert net_a.stats.tx.dropped[Drop.NO_ROUTE] == 1
+    assert net_a.forward_stats.tx.dropped[Drop.NO_ROUTE] == 1
     # ICMP itself is never answered with ICMP: ping just times out
     done = ping(a.ns, "10.244.1.1", "10.244.77.1", count=1)
     assert done.returncode != 0 and "Unreachable" not in done.stdout
-    assert net_a.stats.tx.dropped[Drop.NO_ROUTE] == 2
+    assert net_a.forward_stats.tx.dropped[Drop.NO_ROUTE] == 2
 
 
 def test_removed_peer_is_unreachable(pair: tuple[Node, Node]) -> None:
@@ -206,19 +206,19 @@ def test_datagram_from_unknown_sender_is_dropped_and_counted(pair: tuple[Node, N
     net_a, _ = a.register()  # b runs no forwarder: the test sends from its port 8285
     net_a.reconcile([b.lease()])
     sh("ip", "-n", b.ns, "addr", "add", "198.18.0.99/24", "dev", "ul0")
-    before = net_a.stats.rx.packets
+    before = net_a.forward_stats.rx.packets
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.99")
     deadline = time.monotonic() + 5
-    while net_a.stats.rx.dropped[Drop.UNKNOWN_SENDER] < 3 and time.monotonic() < deadline:
+    while net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert net_a.stats.rx.dropped[Drop.UNKNOWN_SENDER] == 3
-    assert net_a.stats.rx.packets == before
+    assert net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] == 3
+    assert net_a.forward_stats.rx.packets == before
     # the same packet from the known peer's address is forwarded
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.2")
     deadline = time.monotonic() + 5
-    while net_a.stats.rx.packets < before + 3 and time.monotonic() < deadline:
+    while net_a.forward_stats.rx.packets < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert net_a.stats.rx.packets == before + 3
+    assert net_a.forward_stats.rx.packets == before + 3
 
 
 def test_deleted_tun_is_reopened(pair: tuple[Node, Node]) -> None:
@@ -276,5 +276,5 @@ def test_throughput_smoke(pair: tuple[Node, Node]) -> None:
         server.wait(5)
     bps = result["end"]["sum_received"]["bits_per_second"]
     assert bps > 1e6
-    assert net_a.stats.tx.bytes > 1_000_000
+    assert net_a.forward_stats.tx.bytes > 1_000_000
     assert socket.AF_INET  # the forwarder only speaks IPv4

@@ -24,9 +24,9 @@ from backends.netlink import Netlink
 from backends.plan import Put
 from backends.registry import BackendContext, lookup
 from backends.vxlan import VxlanBackend, VxlanNetwork
-from flanneld.config import BackendConfig, NetConfig
-from flanneld.errors import DataplaneError
+from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
+from subnet.netconf import BackendConfig, NetConfig
 from tests.fakes import FakeSubnetManager
 
 pytestmark = pytest.mark.netns

@@ -10,8 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flanneld.config import SubnetRange, parse_net_config, subnet_ranges
-from flanneld.errors import SubnetsExhaustedError
 from subnet.allocator import (
     MAX_CANDIDATES,
     candidates,
@@ -19,7 +17,9 @@ from subnet.allocator import (
     free_subnets,
     in_range,
 )
+from subnet.errors import SubnetsExhaustedError
 from subnet.lease import IPNetwork
+from subnet.netconf import SubnetRange, parse_net_config, subnet_ranges
 
 
 def v4_range(text: str) -> SubnetRange:

@@ -13,8 +13,9 @@ import pytest
 
 import flanneld
 from flanneld import cli
-from flanneld.cli import Flags, FlagsExit, parse_flags
-from flanneld.errors import (
+from flanneld import flags as flags_mod
+from flanneld.flags import Flags, FlagsExit, parse_flags
+from subnet.errors import (
     ConfigError,
     FlannelError,
     InterfaceError,
@@ -144,13 +145,13 @@ def test_bool_does_not_take_the_next_argument() -> None:
      ("+7", 7), ("-1", -1), ("0", 0)],
 )
 def test_go_integers(text: str, value: int) -> None:
-    assert cli.parse_go_int(text) == value
+    assert flags_mod.parse_go_int(text) == value
 
 
 @pytest.mark.parametrize("text", ["08", "1__0", "_1", "1_", " 1", "1.5", "", "0x", "9" * 30])
 def test_bad_go_integers(text: str) -> None:
     with pytest.raises(ValueError):
-        cli.parse_go_int(text)
+        flags_mod.parse_go_int(text)
 
 
 def test_int_flag_value_error_is_usage_error() -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from cni import gojson
 from cni.errors import INVALID_NETWORK_CONFIG, CniError
-from cni.netconf import parse_netconf
 from cni.render import render_delegate
+from cni.stdin_config import parse_netconf
 from cni.subnetenv import SubnetEnv, parse_subnet_env
 
 V4_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"

@@ -7,7 +7,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from flanneld.config import (
+from subnet.errors import ConfigError
+from subnet.netconf import (
     DEFAULT_BACKEND_TYPE,
     BackendConfig,
     NetConfig,
@@ -15,7 +16,6 @@ from flanneld.config import (
     parse_net_config,
     subnet_ranges,
 )
-from flanneld.errors import ConfigError
 
 # --- parsing -------------------------------------------------------------------------
 

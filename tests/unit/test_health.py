@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from flanneld import health
-from flanneld.errors import ConfigError
 from flanneld.health import HealthServer, HealthState, Response
+from subnet.errors import ConfigError
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:

@@ -20,7 +20,7 @@ from backends.hostgw_state import (
 )
 from backends.model import DataplaneState, Route
 from backends.plan import apply_to, plan
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
 
 V4 = ipaddress.IPv4Network("10.244.0.0/16")

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from backends.base import InterfaceAddress, InterfaceInfo, RouteLookup
-from flanneld.cli import parse_flags
-from flanneld.errors import ConfigError, DataplaneError, InterfaceError
+from flanneld.flags import parse_flags
 from flanneld.iface import (
     RouteLookupFn,
     choose_address,
@@ -19,6 +18,7 @@ from flanneld.iface import (
     select_interface,
     usable_addresses,
 )
+from subnet.errors import ConfigError, DataplaneError, InterfaceError
 from subnet.lease import IPAddress
 
 V4 = ipaddress.IPv4Address

@@ -13,7 +13,7 @@ PACKAGES = ("flanneld", "subnet", "backends", "cni")
 
 # library -> the only modules allowed to import it
 ALLOWED = {
-    "pyroute2": {"backends/netlink.py", "backends/topology.py"},
+    "pyroute2": {"backends/netlink.py", "flanneld/lab/topology.py"},
     "pyetcd": {"subnet/etcd.py"},
     "grpc": {"subnet/etcd.py"},
     "kubernetes": {"subnet/kube.py"},
@@ -48,6 +48,57 @@ def test_library_is_confined_to_its_seam(library: str) -> None:
     assert not offenders, f"{library} imported outside its seam: {sorted(offenders)}"
 
 
+# package -> our packages it must never import (layers point one way:
+# subnet <- backends <- flanneld; cni stands alone)
+FORBIDDEN_LAYERS = {
+    "subnet": {"backends", "flanneld", "cni", "tests", "bench"},
+    "backends": {"flanneld", "cni", "tests", "bench"},
+    "flanneld": {"cni", "tests", "bench"},
+    "cni": {"subnet", "backends", "flanneld", "tests", "bench"},
+}
+
+
+def layer_violations(package: str) -> list[str]:
+    """``module imports name`` for each import that breaks ``package``'s layer rule."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in imported_names(path):
+            if name.split(".")[0] in FORBIDDEN_LAYERS[package]:
+                found.append(f"{path.relative_to(ROOT)} imports {name}")
+    return found
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, at module level or inside a function."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN_LAYERS))
+def test_layers_point_one_way(package: str) -> None:
+    offenders = layer_violations(package)
+    assert not offenders, "layering broken:\n" + "\n".join(offenders)
+
+
+def test_layer_check_names_the_offending_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from flanneld.daemon import run\n")
+    assert imported_names(bad) == {"flanneld.daemon"}
+
+
+def test_the_lab_api_server_ships_with_the_standard_library_only() -> None:
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    for path in sorted((ROOT / "flanneld" / "lab" / "apiserver").rglob("*.py")):
+        foreign = imported_roots(path) - stdlib
+        assert not foreign, f"{path.name} imports {sorted(foreign)}"
+
+
 def test_cni_plugin_uses_only_the_standard_library() -> None:
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     for path in sorted((ROOT / "cni").rglob("*.py")):
@@ -59,8 +110,8 @@ def test_pure_modules_do_no_io_imports() -> None:
     pure = [
         "backends/model.py", "backends/plan.py", "backends/peers.py", "backends/vxlan_state.py",
         "backends/hostgw_state.py", "backends/udp_packet.py", "subnet/lease.py",
-        "subnet/allocator.py", "subnet/kube_model.py", "flanneld/config.py",
-        "flanneld/peertable.py", "flanneld/trafficmgr/rules.py", "flanneld/lab/plan.py",
+        "subnet/allocator.py", "subnet/kube_state.py", "subnet/netconf.py",
+        "flanneld/peertable.py", "flanneld/trafficmgr/rules.py", "flanneld/lab/layout.py",
     ]
     io_libraries = {"pyroute2", "pyetcd", "grpc", "kubernetes", "subprocess", "socket", "urllib3"}
     for rel in pure:

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from flanneld.config import parse_net_config
-from flanneld.errors import ConfigError, LeaseError, PeerDataError
-from subnet.kube_model import (
+from subnet.errors import ConfigError, LeaseError, PeerDataError
+from subnet.kube_state import (
     AnnotationKeys,
     NodeLeaseTable,
     annotation_changes,
@@ -27,6 +26,7 @@ from subnet.kube_model import (
 )
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved
+from subnet.netconf import parse_net_config
 
 P = "flannel.alpha.coreos.com/"
 KEYS = AnnotationKeys.for_prefix()
@@ -349,8 +349,8 @@ def test_dual_stack_v4_change_is_not_masked_by_unchanged_v6() -> None:
 
 
 def test_deeply_nested_backend_data_is_a_peer_data_error() -> None:
-    from flanneld.errors import PeerDataError
-    from subnet.kube_model import AnnotationKeys, node_to_lease, vtep_mac_from_backend_data
+    from subnet.errors import PeerDataError
+    from subnet.kube_state import AnnotationKeys, node_to_lease, vtep_mac_from_backend_data
 
     keys = AnnotationKeys.for_prefix("flannel.alpha.coreos.com/")
     deep = "[" * 100000
@@ -372,7 +372,7 @@ def test_deeply_nested_backend_data_is_a_peer_data_error() -> None:
 
 
 def test_node_creation_time_orders_claims() -> None:
-    from subnet.kube_model import AnnotationKeys, node_to_lease
+    from subnet.kube_state import AnnotationKeys, node_to_lease
 
     keys = AnnotationKeys.for_prefix("flannel.alpha.coreos.com/")
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from flanneld.errors import ConfigError, PeerDataError
-from flanneld.lab.kubeapi import double_argv, double_env
+from flanneld.lab.kubeapi import double_argv
+from flanneld.lab.layout import flanneld_argv, flanneld_env, kubeconfig, make_plan, pod_cidr
 from flanneld.lab.leases import node_lease_from_annotations
-from flanneld.lab.plan import flanneld_argv, flanneld_env, kubeconfig, make_plan, pod_cidr
 from flanneld.lab.state import LabState
+from subnet.errors import ConfigError, PeerDataError
 
 P = "flannel.alpha.coreos.com/"
 
@@ -54,12 +54,9 @@ def test_kubeconfig_points_at_the_double_without_credentials() -> None:
 def test_double_command_line_carries_the_state_dir_marker() -> None:
     plan = make_plan("lk", subnet_mgr="kube")
     argv = double_argv("/usr/bin/python3", plan)
-    assert argv[:3] == ["/usr/bin/python3", "-m", "tests.kubeapi.serve"]
+    assert argv[:3] == ["/usr/bin/python3", "-m", "flanneld.lab.apiserver.serve"]
     assert "--control=/run/pyflannel-lab/lk/kubeapi.sock" in argv
     assert "--host=198.18.0.1" in argv
-    env = double_env({"PYTHONPATH": "/a:/b", "X": "1"}, "/src")
-    assert env == {"PYTHONPATH": "/src:/a:/b", "X": "1"}
-    assert double_env({}, "/src")["PYTHONPATH"] == "/src"
 
 
 def test_state_round_trip_keeps_the_mode_and_old_files_mean_etcd() -> None:

@@ -8,11 +8,8 @@ import json
 import pytest
 
 from flanneld.ctl import build_parser, render_matrix, up_json
-from flanneld.errors import ConfigError, PeerDataError
 from flanneld.lab.etcdgw import prefix_range_end
-from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
-from flanneld.lab.matrix import Cell, Endpoint, matrix_jobs, parse_ping, ping_argv
-from flanneld.lab.plan import (
+from flanneld.lab.layout import (
     IFNAMSIZ,
     MAX_NODES,
     STATE_ROOT,
@@ -24,7 +21,10 @@ from flanneld.lab.plan import (
     make_plan,
     node_paths,
 )
+from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
+from flanneld.lab.matrix import Cell, Endpoint, matrix_jobs, parse_ping, ping_argv
 from flanneld.lab.state import LabState, ProcessRecord, load, save
+from subnet.errors import ConfigError, PeerDataError
 
 # --- layout ---------------------------------------------------------------------------
 

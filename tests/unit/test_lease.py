@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flanneld.errors import PeerDataError
+from subnet.errors import PeerDataError
 from subnet.lease import (
     Lease,
     LeaseAttrs,

@@ -130,9 +130,9 @@ def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
 def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None:
     import pytest
 
-    from flanneld.errors import ConfigError, StoreError
     from flanneld.loop import retry_until_stopped
-    from flanneld.retry import Backoff
+    from subnet.errors import ConfigError, StoreError
+    from subnet.retry import Backoff
 
     failures: list[int] = []
     attempts = iter([StoreError("down"), StoreError("still down"), "ok"])

@@ -19,7 +19,7 @@ from backends.hostgw_state import hostgw_peers
 from backends.peers import usable_peers
 from backends.udp import udp_peers
 from backends.vxlan_state import decode_backend_data, vxlan_peers
-from flanneld.errors import PeerDataError
+from subnet.errors import PeerDataError
 from subnet.lease import Lease, LeaseAttrs, decode_attrs, parse_subnet_key, subnet_key
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")

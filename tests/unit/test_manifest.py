@@ -17,7 +17,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML installed
 from kubernetes import client
 
-from flanneld.config import parse_net_config
+from subnet.netconf import parse_net_config
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 IMAGE = "localhost/pyflannel:0.1.0"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from flanneld.config import parse_net_config
-from flanneld.errors import ConfigError
 from flanneld.health import HealthState
-from flanneld.netconf import NetConfWatcher, check, describe
+from flanneld.netconf_check import NetConfWatcher, check, describe
+from subnet.errors import ConfigError
+from subnet.netconf import parse_net_config
 
 GOOD = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
 

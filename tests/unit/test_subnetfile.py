@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from flanneld.config import NetConfig
 from flanneld.subnetfile import (
     read_previous_run,
     render_subnet_env,
     write_subnet_env,
 )
 from subnet.lease import Lease, LeaseAttrs
+from subnet.netconf import NetConfig
 
 N4 = ipaddress.IPv4Network
 N6 = ipaddress.IPv6Network

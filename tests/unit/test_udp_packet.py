@@ -203,8 +203,8 @@ def test_stats_start_at_zero_for_every_reason() -> None:
 
 def test_port_option() -> None:
     from backends.udp import parse_port
-    from flanneld.config import BackendConfig
-    from flanneld.errors import ConfigError
+    from subnet.errors import ConfigError
+    from subnet.netconf import BackendConfig
 
     assert parse_port(BackendConfig("udp", {"Type": "udp"})) == 8285
     assert parse_port(BackendConfig("udp", {"port": 9000})) == 9000

@@ -22,9 +22,9 @@ from backends.vxlan_state import (
     vtep_mac,
     vxlan_peers,
 )
-from flanneld.config import BackendConfig
-from flanneld.errors import ConfigError, PeerDataError
+from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import IPAddress, Lease, LeaseAttrs
+from subnet.netconf import BackendConfig
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 IFINDEX = 7

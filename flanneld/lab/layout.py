@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 
 STATE_ROOT = "/run/pyflannel-lab"
 DEFAULT_PREFIX = "pfl"

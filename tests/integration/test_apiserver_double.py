@@ -15,8 +15,8 @@ import pytest
 import urllib3
 from kubernetes import client, watch
 
-from kubeapi import KubeAPIDouble
-from kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from flanneld.lab.apiserver import KubeAPIDouble
+from flanneld.lab.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Run the API server double as a process, steered through a Unix control socket.
 
-    python -m tests.kubeapi.serve --host 198.18.0.1 --port 16443 --control /run/x/kubeapi.sock
+    python -m flanneld.lab.apiserver.serve --host 198.18.0.1 --port 16443 --control /run/x/kubeapi.sock
 
 The multi-node lab starts it inside its underlay namespace (kube mode).
 Each control connection carries one JSON line ``{"op": NAME, "args": {...}}``
@@ -105,7 +105,7 @@ class _ControlServer(socketserver.ThreadingUnixStreamServer):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.kubeapi.serve")
+    parser = argparse.ArgumentParser(prog="python -m flanneld.lab.apiserver.serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control", required=True, help="Unix socket path for test control")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flanneld.errors import ConfigError
+from subnet.errors import ConfigError
 from subnet.lease import IPAddress, IPNetwork
 
 DEFAULT_BACKEND_TYPE = "udp"  # what upstream's code returns when Backend is absent

@@ -19,15 +19,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from flanneld.config import NetConfig
-from flanneld.errors import ConfigError, LeaseError, PeerDataError
+from subnet.errors import ConfigError, LeaseError, PeerDataError
 from subnet.lease import Lease, LeaseAttrs, compact_json
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved
-
-if TYPE_CHECKING:
-    from flanneld.cli import Flags
+from subnet.netconf import NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -425,18 +422,3 @@ def parse_env_bool(name: str, value: str | None) -> bool:
     if value in ("0", "f", "F", "false", "FALSE", "False"):
         return False
     raise ConfigError(f"env {name}={value} is not a boolean")
-
-
-def settings_from_flags(flags: Flags, environ: Mapping[str, str]) -> KubeSettings:
-    """KubeSettings from flanneld's flags and EVENT_QUEUE_DEPTH/CONT_WHEN_CACHE_NOT_READY."""
-    return KubeSettings(
-        api_url=flags.kube_api_url,
-        kubeconfig_file=flags.kubeconfig_file,
-        annotation_prefix=flags.kube_annotation_prefix,
-        net_config_path=flags.net_config_path,
-        set_node_network_unavailable=flags.set_node_network_unavailable,
-        event_queue_depth=parse_event_queue_depth(environ.get("EVENT_QUEUE_DEPTH")),
-        cont_when_cache_not_ready=parse_env_bool(
-            "CONT_WHEN_CACHE_NOT_READY", environ.get("CONT_WHEN_CACHE_NOT_READY")
-        ),
-    )

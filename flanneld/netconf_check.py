@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 from backends.registry import lookup
-from flanneld.config import NetConfig, SubnetRange, parse_net_config, subnet_ranges
-from flanneld.errors import ConfigError
 from flanneld.health import HealthState
+from subnet.errors import ConfigError
+from subnet.netconf import NetConfig, SubnetRange, parse_net_config, subnet_ranges
 
 log = logging.getLogger(__name__)
 

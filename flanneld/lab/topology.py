@@ -5,7 +5,7 @@ This is test and demo infrastructure, not the data plane: it builds the
 and opens its netlink socket there (``IPRoute(netns=..., flags=0)``, so a
 typo raises instead of silently creating a namespace); nothing here ever
 touches the root namespace.  pyroute2 errors are translated into
-:class:`~flanneld.errors.DataplaneError` at this seam.
+:class:`~subnet.errors.DataplaneError` at this seam.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
-from flanneld.errors import DataplaneError
+from subnet.errors import DataplaneError
 
 NETNS_DIR = "/var/run/netns"
 NSENTER = "nsenter"
