@@ -25,6 +25,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,13 +38,25 @@ from backends.skiplog import SkipLog
 from backends.udp_packet import (
     DEFAULT_PORT,
     ENCAP_OVERHEAD,
+    PLAIN_VNET_HDR,
+    VNET_F_NEEDS_CSUM,
+    VNET_GSO_NONE,
+    VNET_GSO_TCPV4,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    Datapath,
     Drop,
     ForwardStats,
     RouteTable,
+    Segments,
     SockAddr,
+    complete_checksum,
     inbound,
+    merge_tcp,
     net_unreachable,
     outbound,
+    segment_tcp4,
+    tcp_run,
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
 from subnet.lease import UNSPECIFIED_V4, IPNetwork, Lease, LeaseAttrs
@@ -54,57 +67,113 @@ log = logging.getLogger(__name__)
 
 TUN_NAME = "flannel0"
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+UDP_MAX_SEGMENTS = 64  # per GSO send (the kernel's UDP_MAX_SEGMENTS)
+MAX_UDP_PAYLOAD = 65507
 BUFFER_SIZE = 65535
+# Offload path: a virtio-net header and a 64 KB super-frame in; the super-frame cut into
+# packets, each with its own copy of the headers, out.
+OFFLOAD_BUFFER = 1 << 17
 POLL_MS = 1000
 JOIN_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """The TUN file descriptor and the bound UDP socket."""
+    """The TUN file descriptor, the bound UDP socket and the path they were set up for.
+
+    On :attr:`Datapath.OFFLOAD` the TUN carries a virtio-net header on every
+    packet and has checksum and TCPv4 segmentation offload on; the socket has
+    UDP GRO on and takes UDP GSO sends.
+    """
 
     tun_fd: int
     tun_name: str
     sock: socket.socket
+    path: Datapath = Datapath.PLAIN
 
     def close(self) -> None:
         self.sock.close()
         os.close(self.tun_fd)
 
 
-def open_endpoints(tun_name: str, bind: SockAddr) -> Endpoints:
+def open_endpoints(tun_name: str, bind: SockAddr, offload: bool = True) -> Endpoints:
     """Create the TUN and bind the UDP socket, in the calling thread's namespace.
 
-    Also sets ``net.ipv4.conf.<tun>.accept_local`` there (see :func:`_accept_local`).
+    With ``offload`` the TUN and socket are set up for the offload path when
+    the kernel supports every offload it needs, for the plain path otherwise
+    (logged with the reason).  Also sets ``net.ipv4.conf.<tun>.accept_local``
+    there (see :func:`_accept_local`).
     """
+    sock = _bound_socket(bind)
+    try:
+        endpoints = _offload_endpoints(tun_name, sock) if offload else None
+        if endpoints is None:
+            fd, name = _open_tun(tun_name, 0)
+            endpoints = Endpoints(fd, name, sock, Datapath.PLAIN)
+    except DataplaneError:
+        sock.close()
+        raise
+    _accept_local(endpoints.tun_name)
+    log.info(
+        "TUN %s opened, UDP socket bound to %s:%d, %s path",
+        endpoints.tun_name, bind[0], bind[1], endpoints.path,
+    )
+    return endpoints
+
+
+def _bound_socket(bind: SockAddr) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(bind)
+    except OSError as err:
+        sock.close()
+        raise DataplaneError(
+            f"cannot bind UDP {bind[0]}:{bind[1]}: {err.strerror}", err.errno
+        ) from err
+    return sock
+
+
+def _open_tun(tun_name: str, flags: int) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:
         raise DataplaneError(f"cannot open /dev/net/tun: {err.strerror}", err.errno) from err
     try:
         answer = fcntl.ioctl(
-            fd, TUNSETIFF, struct.pack("16sH", tun_name.encode(), IFF_TUN | IFF_NO_PI)
+            fd, TUNSETIFF, struct.pack("16sH", tun_name.encode(), IFF_TUN | IFF_NO_PI | flags)
         )
-        name = answer[:16].rstrip(b"\0").decode()
         os.set_blocking(fd, False)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError as err:
         os.close(fd)
         raise DataplaneError(f"cannot create TUN {tun_name}: {err.strerror}", err.errno) from err
+    return fd, answer[:16].rstrip(b"\0").decode()
+
+
+def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
+    """The offload path's endpoints, or None (TUN closed again) where an offload is missing."""
+    fd, name = _open_tun(tun_name, IFF_VNET_HDR)
     try:
-        sock.setblocking(False)
-        sock.bind(bind)
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # accepted where GSO sends are
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
     except OSError as err:
-        sock.close()
         os.close(fd)
-        raise DataplaneError(
-            f"cannot bind UDP {bind[0]}:{bind[1]}: {err.strerror}", err.errno
-        ) from err
-    _accept_local(name)
-    log.info("TUN %s opened, UDP socket bound to %s:%d", name, bind[0], bind[1])
-    return Endpoints(fd, name, sock)
+        log.warning(
+            "udp offloads unavailable (%s): forwarding one packet per system call",
+            err.strerror,
+        )
+        return None
+    return Endpoints(fd, name, sock, Datapath.OFFLOAD)
 
 
 def _accept_local(name: str) -> None:
@@ -145,13 +214,13 @@ class Forwarder:
         self._stats = stats
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
+        offload = endpoints.path is Datapath.OFFLOAD
+        stats.path = endpoints.path
+        tx = self._tun_to_udp_offload if offload else self._tun_to_udp
+        rx = self._udp_to_tun_offload if offload else self._udp_to_tun
         self._threads = [
-            threading.Thread(
-                target=self._guard, args=(self._tun_to_udp,), name="udp-tx", daemon=True
-            ),
-            threading.Thread(
-                target=self._guard, args=(self._udp_to_tun,), name="udp-rx", daemon=True
-            ),
+            threading.Thread(target=self._guard, args=(tx,), name="udp-tx", daemon=True),
+            threading.Thread(target=self._guard, args=(rx,), name="udp-rx", daemon=True),
         ]
 
     def start(self) -> None:
@@ -247,13 +316,144 @@ class Forwarder:
             stats.packets += 1
             stats.bytes += length
 
-    def _reply_unreachable(self, buf: bytearray, length: int) -> None:
+    # --- the offload path: one system call per super-frame or GRO batch --------------------
+
+    def _tun_to_udp_offload(self) -> None:
+        tun, stats = self.endpoints.tun_fd, self._stats.tx
+        buf = bytearray(OFFLOAD_BUFFER)
+        frame = memoryview(buf)[VNET_HDR_LEN:]
+        out = bytearray(OFFLOAD_BUFFER)
+        poller = self._poller(tun)
+        while True:
+            try:
+                length = os.readv(tun, [buf]) - VNET_HDR_LEN
+            except BlockingIOError:
+                if not self._wait(poller):
+                    return
+                continue
+            flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+            verdict = outbound(frame, length, self.table)
+            if isinstance(verdict, Drop):
+                stats.dropped[verdict] += 1
+                if verdict is Drop.NO_ROUTE:
+                    self._reply_unreachable(frame, length)
+                continue
+            if gso_type == VNET_GSO_TCPV4:
+                segments = segment_tcp4(frame, length, gso_size, out)
+                if segments is None:
+                    stats.dropped[Drop.BAD_OFFLOAD] += 1
+                    continue
+                self._send_segments(out, segments, verdict)
+                continue
+            if gso_type != VNET_GSO_NONE or (
+                flags & VNET_F_NEEDS_CSUM
+                and not complete_checksum(frame, length, csum_start, csum_offset)
+            ):
+                stats.dropped[Drop.BAD_OFFLOAD] += 1
+                continue
+            self._send(frame[:length], 1, verdict, None)
+
+    def _send_segments(self, out: bytearray, segments: Segments, peer: SockAddr) -> None:
+        """Send the packets :func:`segment_tcp4` wrote, many per UDP GSO send."""
+        self._stats.tx.superframes += 1
+        size = segments.size
+        per_send = max(1, min(UDP_MAX_SEGMENTS, MAX_UDP_PAYLOAD // size))
+        gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        view = memoryview(out)
+        pos, left = 0, segments.count
+        while left:
+            count = min(per_send, left)
+            end = min(pos + count * size, segments.length)
+            self._send(view[pos:end], count, peer, gso if count > 1 else None)
+            pos, left = end, left - count
+
+    def _send(
+        self, data: memoryview, count: int, peer: SockAddr, gso: list[tuple[int, int, bytes]] | None
+    ) -> None:
+        stats = self._stats.tx
+        try:
+            if gso is None:
+                self.endpoints.sock.sendto(data, peer)
+            else:
+                self.endpoints.sock.sendmsg([data], gso, 0, peer)
+        except OSError as err:
+            if err.errno == errno.EBADF:
+                raise
+            stats.dropped[Drop.SEND_FAILED] += count
+            return
+        stats.packets += count
+        stats.bytes += len(data)
+
+    def _udp_to_tun_offload(self) -> None:
+        sock, stats = self.endpoints.sock, self._stats.rx
+        buf = bytearray(OFFLOAD_BUFFER)
+        view = memoryview(buf)
+        out = bytearray(OFFLOAD_BUFFER)
+        out_view = memoryview(out)
+        ancillary = socket.CMSG_SPACE(4)
+        poller = self._poller(sock.fileno())
+        while True:
+            try:
+                length, cmsgs, _, sender = sock.recvmsg_into([buf], ancillary)
+            except BlockingIOError:
+                if not self._wait(poller):
+                    return
+                continue
+            except ConnectionError:
+                continue
+            size = gro_size(cmsgs, length)
+            table = self.table
+            if not table.knows_source(sender[0]):
+                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size)
+                continue
+            first = 0
+            while first * size < length:
+                count = tcp_run(view, size, length, first)
+                start = first * size
+                packet = view[start : min(start + size, length)]
+                verdict = inbound(packet, len(packet), sender[0], table)
+                if verdict is not None:
+                    stats.dropped[verdict] += count
+                elif count == 1:
+                    self._write([PLAIN_VNET_HDR, packet], 1)
+                else:
+                    header, merged = merge_tcp(view, size, length, first, count, out)
+                    stats.superframes += 1
+                    self._write([header, out_view[:merged]], count)
+                first += count
+
+    def _write(self, parts: list[bytes | memoryview], count: int) -> None:
+        stats = self._stats.rx
+        try:
+            written = os.writev(self.endpoints.tun_fd, parts)
+        except OSError as err:
+            if err.errno in (errno.EBADF, errno.EBADFD):
+                raise
+            stats.dropped[Drop.SEND_FAILED] += count
+            return
+        stats.packets += count
+        stats.bytes += written - VNET_HDR_LEN
+
+    def _reply_unreachable(self, buf: bytearray | memoryview, length: int) -> None:
         reply = net_unreachable(buf, length, self.tun_address)
         if reply is not None:
+            parts = [reply]
+            if self.endpoints.path is Datapath.OFFLOAD:
+                parts.insert(0, PLAIN_VNET_HDR)
             try:
-                os.write(self.endpoints.tun_fd, reply)
+                os.writev(self.endpoints.tun_fd, parts)
             except (BlockingIOError, InterruptedError):
                 pass
+
+
+def gro_size(cmsgs: list[tuple[int, int, bytes]], length: int) -> int:
+    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram)."""
+    for level, kind, data in cmsgs:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            size = int.from_bytes(data[:4], sys.byteorder)
+            if 0 < size < length:
+                return size
+    return length
 
 
 class UdpBackend:
