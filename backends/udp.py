@@ -40,22 +40,16 @@ from backends.udp_packet import (
     ENCAP_OVERHEAD,
     PLAIN_VNET_HDR,
     VNET_F_NEEDS_CSUM,
-    VNET_GSO_NONE,
-    VNET_GSO_TCPV4,
-    VNET_HDR,
     VNET_HDR_LEN,
     Datapath,
     Drop,
     ForwardStats,
     RouteTable,
-    Segments,
     SockAddr,
-    complete_checksum,
     inbound,
     merge_tcp,
     net_unreachable,
     outbound,
-    segment_tcp4,
     tcp_run,
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
@@ -67,21 +61,19 @@ log = logging.getLogger(__name__)
 
 TUN_NAME = "flannel0"
 TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 UDP_MAX_SEGMENTS = 64  # per GSO send (the kernel's UDP_MAX_SEGMENTS)
 MAX_UDP_PAYLOAD = 65507
 BUFFER_SIZE = 65535
-# Offload path: a virtio-net header and a 64 KB super-frame in; the super-frame cut into
-# packets, each with its own copy of the headers, out.
+# Offload path: room for a batch of 64 KB plus one more packet, and for a GRO read.
 OFFLOAD_BUFFER = 1 << 17
+RECEIVE_BUFFER = 8 << 20
+SO_RCVBUFFORCE = 33
 POLL_MS = 1000
 JOIN_TIMEOUT = 2.0
 
@@ -91,8 +83,8 @@ class Endpoints:
     """The TUN file descriptor, the bound UDP socket and the path they were set up for.
 
     On :attr:`Datapath.OFFLOAD` the TUN carries a virtio-net header on every
-    packet and has checksum and TCPv4 segmentation offload on; the socket has
-    UDP GRO on and takes UDP GSO sends.
+    packet (it offers no offloads itself, but takes GSO super-frames); the
+    socket has UDP GRO on and takes UDP GSO sends.
     """
 
     tun_fd: int
@@ -163,9 +155,9 @@ def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
     """The offload path's endpoints, or None (TUN closed again) where an offload is missing."""
     fd, name = _open_tun(tun_name, IFF_VNET_HDR)
     try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
         sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # accepted where GSO sends are
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        _grow_receive_buffer(sock)
     except OSError as err:
         os.close(fd)
         log.warning(
@@ -174,6 +166,17 @@ def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
         )
         return None
     return Endpoints(fd, name, sock, Datapath.OFFLOAD)
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Room for bursts of GRO batches while the reading thread waits for the GIL.
+
+    Above ``net.core.rmem_max`` only with CAP_NET_ADMIN (SO_RCVBUFFORCE), as flanneld has.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 def _accept_local(name: str) -> None:
@@ -316,66 +319,73 @@ class Forwarder:
             stats.packets += 1
             stats.bytes += length
 
-    # --- the offload path: one system call per super-frame or GRO batch --------------------
+    # --- the offload path: one UDP system call per batch -------------------------------------
 
     def _tun_to_udp_offload(self) -> None:
+        """Read packets straight into a send buffer; one UDP GSO send per batch.
+
+        A batch is a run of packets for one peer, all of one size but the last,
+        which may be shorter (the UDP GSO rule), of at most 64 packets and one
+        maximal UDP payload.  It goes out when the next packet does not fit
+        it, and whenever the TUN has nothing more to read, so a lone packet
+        waits for nothing.
+        """
         tun, stats = self.endpoints.tun_fd, self._stats.tx
-        buf = bytearray(OFFLOAD_BUFFER)
-        frame = memoryview(buf)[VNET_HDR_LEN:]
-        out = bytearray(OFFLOAD_BUFFER)
+        vnet = bytearray(VNET_HDR_LEN)
+        out = memoryview(bytearray(OFFLOAD_BUFFER))
         poller = self._poller(tun)
+        start = pos = count = size = 0
+        peer: SockAddr = ("", 0)
         while True:
+            if pos + BUFFER_SIZE > len(out):
+                if count:
+                    self._send(out[start:pos], count, peer, size)
+                start = pos = count = 0
             try:
-                length = os.readv(tun, [buf]) - VNET_HDR_LEN
+                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
             except BlockingIOError:
+                if count:
+                    self._send(out[start:pos], count, peer, size)
+                    start = pos = count = 0
                 if not self._wait(poller):
                     return
                 continue
-            flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
-            verdict = outbound(frame, length, self.table)
+            if vnet[0] & VNET_F_NEEDS_CSUM or vnet[1]:
+                stats.dropped[Drop.BAD_OFFLOAD] += 1  # the TUN offers no offloads
+                continue
+            packet = out[pos : pos + length]
+            verdict = outbound(packet, length, self.table)
             if isinstance(verdict, Drop):
                 stats.dropped[verdict] += 1
                 if verdict is Drop.NO_ROUTE:
-                    self._reply_unreachable(frame, length)
+                    self._reply_unreachable(packet, length)
                 continue
-            if gso_type == VNET_GSO_TCPV4:
-                segments = segment_tcp4(frame, length, gso_size, out)
-                if segments is None:
-                    stats.dropped[Drop.BAD_OFFLOAD] += 1
-                    continue
-                self._send_segments(out, segments, verdict)
-                continue
-            if gso_type != VNET_GSO_NONE or (
-                flags & VNET_F_NEEDS_CSUM
-                and not complete_checksum(frame, length, csum_start, csum_offset)
+            if count and (
+                verdict != peer
+                or length > size
+                or count == UDP_MAX_SEGMENTS
+                or pos + length - start > MAX_UDP_PAYLOAD
             ):
-                stats.dropped[Drop.BAD_OFFLOAD] += 1
-                continue
-            self._send(frame[:length], 1, verdict, None)
+                self._send(out[start:pos], count, peer, size)
+                start, count = pos, 0
+            if not count:
+                peer, size = verdict, length
+            pos += length
+            count += 1
+            if length < size:
+                self._send(out[start:pos], count, peer, size)
+                start, count = pos, 0
 
-    def _send_segments(self, out: bytearray, segments: Segments, peer: SockAddr) -> None:
-        """Send the packets :func:`segment_tcp4` wrote, many per UDP GSO send."""
-        self._stats.tx.superframes += 1
-        size = segments.size
-        per_send = max(1, min(UDP_MAX_SEGMENTS, MAX_UDP_PAYLOAD // size))
-        gso = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-        view = memoryview(out)
-        pos, left = 0, segments.count
-        while left:
-            count = min(per_send, left)
-            end = min(pos + count * size, segments.length)
-            self._send(view[pos:end], count, peer, gso if count > 1 else None)
-            pos, left = end, left - count
-
-    def _send(
-        self, data: memoryview, count: int, peer: SockAddr, gso: list[tuple[int, int, bytes]] | None
-    ) -> None:
+    def _send(self, data: memoryview, count: int, peer: SockAddr, size: int) -> None:
+        """Send ``count`` packets of ``size`` bytes (the last may be shorter) in one call."""
         stats = self._stats.tx
         try:
-            if gso is None:
+            if count == 1:
                 self.endpoints.sock.sendto(data, peer)
             else:
+                gso = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
                 self.endpoints.sock.sendmsg([data], gso, 0, peer)
+                stats.batches += 1
         except OSError as err:
             if err.errno == errno.EBADF:
                 raise
@@ -385,11 +395,9 @@ class Forwarder:
         stats.bytes += len(data)
 
     def _udp_to_tun_offload(self) -> None:
+        """Read a UDP GRO batch; write runs of one TCP flow as one super-frame each."""
         sock, stats = self.endpoints.sock, self._stats.rx
-        buf = bytearray(OFFLOAD_BUFFER)
-        view = memoryview(buf)
-        out = bytearray(OFFLOAD_BUFFER)
-        out_view = memoryview(out)
+        buf = memoryview(bytearray(OFFLOAD_BUFFER))
         ancillary = socket.CMSG_SPACE(4)
         poller = self._poller(sock.fileno())
         while True:
@@ -408,21 +416,20 @@ class Forwarder:
                 continue
             first = 0
             while first * size < length:
-                count = tcp_run(view, size, length, first)
+                count = tcp_run(buf, size, length, first)
                 start = first * size
-                packet = view[start : min(start + size, length)]
+                packet = buf[start : min(start + size, length)]
                 verdict = inbound(packet, len(packet), sender[0], table)
                 if verdict is not None:
                     stats.dropped[verdict] += count
                 elif count == 1:
                     self._write([PLAIN_VNET_HDR, packet], 1)
                 else:
-                    header, merged = merge_tcp(view, size, length, first, count, out)
-                    stats.superframes += 1
-                    self._write([header, out_view[:merged]], count)
+                    stats.batches += 1
+                    self._write(merge_tcp(buf, size, length, first, count), count)
                 first += count
 
-    def _write(self, parts: list[bytes | memoryview], count: int) -> None:
+    def _write(self, parts: list[bytes | bytearray | memoryview], count: int) -> None:
         stats = self._stats.rx
         try:
             written = os.writev(self.endpoints.tun_fd, parts)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
 IPV4_HEADER = 20
@@ -58,15 +57,6 @@ def ones_complement_sum(data: bytes | bytearray | memoryview) -> int:
     """The 16-bit one's complement sum of ``data`` (odd length padded with a zero)."""
     total = sum16(data)
     return total % 0xFFFF or (0xFFFF if total else 0)
-
-
-def complement(total: int) -> int:
-    """The checksum field for a :func:`sum16` total: in 1..0xFFFF, never 0.
-
-    0xFFFF and 0 are the same number in one's complement and both verify;
-    never writing 0 keeps UDP's "no checksum" value out of the field.
-    """
-    return 0xFFFF - total % 0xFFFF
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
@@ -206,114 +196,34 @@ def inbound(
     return None
 
 
-# --- offloads: TUN super-frames in, UDP GSO out; UDP GRO batches in, super-frames out --------
+# --- offloads: UDP GSO out; UDP GRO batches in, TCP super-frames out ---------------------
 #
 # With IFF_VNET_HDR every packet on the TUN carries a virtio-net header (flags,
 # gso_type, hdr_len, gso_size, csum_start, csum_offset; native byte order).
-# Outbound, the kernel hands over TCP super-frames of up to 64 KB and packets
-# whose checksum it left partial; :func:`segment_tcp4` cuts a super-frame into
-# ordinary IPv4 packets laid end to end, ready for one UDP GSO send, and
-# :func:`complete_checksum` finishes a partial checksum.  Inbound, one UDP GRO
+# Outbound, the TUN offers no offloads, so the kernel hands over ordinary
+# packets with their checksums done (it segments and checksums in C far
+# faster than Python could); the forwarder packs packets of one size for one
+# peer end to end and sends them with one UDP GSO call.  Inbound, one UDP GRO
 # read returns many datagrams of one size; :func:`tcp_run` finds consecutive
 # segments of one TCP flow and :func:`merge_tcp` joins them into one
-# super-frame that the kernel accepts back with a GSO header.  On the wire
-# nothing changes: every datagram is one complete IPv4 packet with valid
-# checksums, as upstream sends and expects.
+# super-frame that the kernel takes back with a GSO header.  On the wire
+# nothing changes: every datagram is one complete IPv4 packet, as upstream
+# sends and expects.
 
 VNET_HDR = struct.Struct("=BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size
 VNET_F_NEEDS_CSUM = 1
-VNET_GSO_NONE = 0
 VNET_GSO_TCPV4 = 1
 # The virtio-net header of a packet with nothing to offload.
 PLAIN_VNET_HDR = bytes(VNET_HDR_LEN)
 PROTO_TCP = 6
 TCP_HEADER = 20
 TCP_CHECKSUM_AT = 16
-TCP_FIN = 0x01
 TCP_PSH = 0x08
 TCP_ACK = 0x10
 MAX_IP_LENGTH = 0xFFFF
-_IP_LEN_ID = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-
-
-def complete_checksum(buf: bytearray | memoryview, length: int, start: int, offset: int) -> bool:
-    """Finish the checksum the kernel left partial (``VIRTIO_NET_HDR_F_NEEDS_CSUM``).
-
-    The field at ``start + offset`` holds the pseudo-header sum; the checksum
-    covers ``buf[start:length]``.  False (packet untouched) when the offsets
-    do not fit the packet.
-    """
-    at = start + offset
-    if start < IPV4_HEADER or at + 2 > length:
-        return False
-    _U16.pack_into(buf, at, complement(sum16(buf[start:length])))
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class Segments:
-    """What :func:`segment_tcp4` wrote: ``count`` packets of ``size`` bytes (the last shorter)."""
-
-    count: int
-    size: int
-    length: int
-
-
-def segment_tcp4(
-    frame: bytearray | memoryview, length: int, mss: int, out: bytearray
-) -> Segments | None:
-    """Cut a TCP/IPv4 super-frame into packets of ``mss`` payload bytes, end to end in ``out``.
-
-    Each packet gets the frame's headers with its own IP total length, IP ID
-    (the frame's, plus its index), sequence number and both checksums
-    computed in full; FIN and PSH stay on the last packet only, as the
-    kernel's own segmentation does.  None when the frame is not TCP/IPv4 or
-    the result would not fit ``out``.
-    """
-    ihl = (frame[0] & 0x0F) * 4
-    if length < IPV4_HEADER + TCP_HEADER or frame[0] >> 4 != 4 or ihl < IPV4_HEADER:
-        return None
-    if frame[9] != PROTO_TCP or ihl + TCP_HEADER > length:
-        return None
-    thl = (frame[ihl + 12] >> 4) * 4
-    hl = ihl + thl
-    payload = length - hl
-    if thl < TCP_HEADER or payload <= 0 or mss <= 0:
-        return None
-    count = -(-payload // mss)
-    if count * hl + payload > len(out):
-        return None
-    template = bytearray(frame[:hl])
-    ident = (template[4] << 8) | template[5]
-    seq = _U32.unpack_from(template, ihl + 4)[0]
-    flags = template[ihl + 13]
-    for at, size in ((2, 4), (10, 2), (ihl + 4, 4), (ihl + 13, 1), (ihl + TCP_CHECKSUM_AT, 2)):
-        template[at : at + size] = bytes(size)
-    ip_base = sum16(template[:ihl])
-    tcp_base = sum16(template[ihl:]) + sum16(template[12:20]) + PROTO_TCP + thl
-    middle_flags = flags & ~(TCP_FIN | TCP_PSH)
-    pos, src = 0, hl
-    for index in range(count):
-        seg = min(mss, length - src)
-        packet = hl + seg
-        seq_i = (seq + index * mss) & 0xFFFFFFFF
-        id_i = (ident + index) & 0xFFFF
-        flags_i = flags if index == count - 1 else middle_flags
-        data = frame[src : src + seg]
-        out[pos : pos + hl] = template
-        out[pos + hl : pos + packet] = data
-        _IP_LEN_ID.pack_into(out, pos + 2, packet, id_i)
-        _U16.pack_into(out, pos + 10, complement(ip_base + packet + id_i))
-        _U32.pack_into(out, pos + ihl + 4, seq_i)
-        out[pos + ihl + 13] = flags_i
-        tcp_total = tcp_base + seg + (seq_i >> 16) + (seq_i & 0xFFFF) + flags_i + sum16(data)
-        _U16.pack_into(out, pos + ihl + TCP_CHECKSUM_AT, complement(tcp_total))
-        pos += packet
-        src += seg
-    return Segments(count, hl + mss, pos)
 
 
 def _run_mask(hl: int) -> int:
@@ -333,21 +243,17 @@ def _run_mask(hl: int) -> int:
 _RUN_MASKS = {hl: _run_mask(hl) for hl in range(40, 81, 4)}
 
 
-def _tcp_valid(buf: memoryview, start: int, end: int, pseudo: int) -> bool:
-    """Whether the TCP checksum of the segment ``buf[start:end]`` verifies."""
-    return (pseudo + end - start - IPV4_HEADER + sum16(buf[start + IPV4_HEADER : end])) % 0xFFFF == 0
-
-
-def tcp_run(buf: memoryview, size: int, length: int, first: int) -> int:
+def tcp_run(buf: bytearray | memoryview, size: int, length: int, first: int) -> int:
     """How many datagrams of ``buf[:length]``, from index ``first`` on, merge into one frame.
 
     ``buf`` holds datagrams of ``size`` bytes each (the last may be shorter),
-    each one IPv4 packet whose TTL was already handled.  They merge when
-    they are consecutive full-sized TCP segments of one flow with identical
-    headers apart from length, ID, sequence and checksums (PSH only on the
-    last), carry ACK alone otherwise, and every TCP checksum verifies: a bad
-    segment is written on its own, for the kernel to drop it as it would.
-    1 means the first datagram goes alone.
+    each one IPv4 packet, as one UDP GRO read returns them.  They merge when
+    they are consecutive full-sized TCP segments of one flow whose headers
+    are identical apart from length, ID, sequence number and checksums, with
+    ACK as the only flag (PSH allowed on the last).  1: the first goes alone.
+
+    TCP checksums are not verified here: the kernel verified the UDP
+    checksum, which covers every byte of every segment.
     """
     start = first * size
     end = min(start + size, length)
@@ -361,13 +267,10 @@ def tcp_run(buf: memoryview, size: int, length: int, first: int) -> int:
         or mss <= 0
         or buf[start + IPV4_HEADER + 13] != TCP_ACK
         or (buf[start + 6] & 0x3F) | buf[start + 7]
-        or _IP_LEN_ID.unpack_from(buf, start + 2)[0] != end - start
+        or _U16.unpack_from(buf, start + 2)[0] != end - start
     ):
         return 1
     key = int.from_bytes(buf[start : start + hl], "big") & mask
-    pseudo = sum16(buf[start + 12 : start + 20]) + PROTO_TCP
-    if not _tcp_valid(buf, start, end, pseudo):
-        return 1
     next_seq = (_U32.unpack_from(buf, start + 24)[0] + mss) & 0xFFFFFFFF
     total = end - start
     count = 1
@@ -377,12 +280,10 @@ def tcp_run(buf: memoryview, size: int, length: int, first: int) -> int:
         seg = end - start - hl
         if (
             seg <= 0
-            or seg > mss
             or total + seg > MAX_IP_LENGTH
             or int.from_bytes(buf[start : start + hl], "big") & mask != key
             or _U32.unpack_from(buf, start + 24)[0] != next_seq
-            or _IP_LEN_ID.unpack_from(buf, start + 2)[0] != end - start
-            or not _tcp_valid(buf, start, end, pseudo)
+            or _U16.unpack_from(buf, start + 2)[0] != end - start
         ):
             return count
         count += 1
@@ -392,36 +293,37 @@ def tcp_run(buf: memoryview, size: int, length: int, first: int) -> int:
         next_seq = (next_seq + mss) & 0xFFFFFFFF
 
 
-def merge_tcp(buf: memoryview, size: int, length: int, first: int, count: int,
-              out: bytearray) -> tuple[bytes, int]:
-    """Join the ``count`` segments :func:`tcp_run` found into one super-frame in ``out``.
+def merge_tcp(
+    buf: memoryview, size: int, length: int, first: int, count: int
+) -> list[bytes | bytearray | memoryview]:
+    """The ``count`` segments :func:`tcp_run` found, as one super-frame for ``os.writev``.
 
-    Returns its virtio-net header (TCPv4 GSO, checksum left partial for the
-    kernel, as a NIC driver hands over) and its length.  The first segment's
-    headers are kept, with the total length, a fresh IP checksum, the last
-    segment's flags and the pseudo-header sum in the TCP checksum field.
+    Parts: a virtio-net header (TCPv4 GSO, checksum left partial for the
+    kernel, as a NIC driver hands over a GRO packet), the first segment's
+    headers with the total length, a fresh IP checksum, the last segment's
+    flags and the pseudo-header sum in the TCP checksum field, then every
+    segment's payload (views into ``buf``, not copies).
     """
     start = first * size
     hl = IPV4_HEADER + (buf[start + IPV4_HEADER + 12] >> 4) * 4
-    mss = size - hl
-    out[:hl] = buf[start : start + hl]
-    pos = hl
-    last = start
-    for index in range(count):
-        last = start + index * size
-        end = min(last + size, length)
-        out[pos : pos + end - last - hl] = buf[last + hl : end]
-        pos += end - last - hl
-    out[IPV4_HEADER + 13] = buf[last + IPV4_HEADER + 13]
-    _U16.pack_into(out, 2, pos)
-    out[10:12] = b"\0\0"
-    _U16.pack_into(out, 10, checksum(out[:IPV4_HEADER]))
-    pseudo = sum16(out[12:20]) + PROTO_TCP + pos - IPV4_HEADER
-    _U16.pack_into(out, IPV4_HEADER + TCP_CHECKSUM_AT, pseudo % 0xFFFF)
-    header = VNET_HDR.pack(
-        VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, hl, mss, IPV4_HEADER, TCP_CHECKSUM_AT
-    )
-    return header, pos
+    header = bytearray(buf[start : start + hl])
+    parts: list[bytes | bytearray | memoryview] = [
+        VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, hl, size - hl, IPV4_HEADER, TCP_CHECKSUM_AT),
+        header,
+    ]
+    total = hl
+    for at in range(start, start + count * size, size):
+        end = min(at + size, length)
+        parts.append(buf[at + hl : end])
+        total += end - at - hl
+    last = start + (count - 1) * size
+    header[IPV4_HEADER + 13] = buf[last + IPV4_HEADER + 13]
+    _U16.pack_into(header, 2, total)
+    header[10:12] = b"\0\0"
+    _U16.pack_into(header, 10, checksum(header[:IPV4_HEADER]))
+    pseudo = sum16(header[12:20]) + PROTO_TCP + total - IPV4_HEADER
+    _U16.pack_into(header, IPV4_HEADER + TCP_CHECKSUM_AT, pseudo % 0xFFFF)
+    return parts
 
 
 class Datapath(StrEnum):
@@ -434,13 +336,13 @@ class Datapath(StrEnum):
 class DirectionStats:
     """Counters of one forwarding direction, written by one thread only."""
 
-    __slots__ = ("bytes", "dropped", "packets", "superframes")
+    __slots__ = ("batches", "bytes", "dropped", "packets")
 
     def __init__(self) -> None:
         self.packets = 0
         self.bytes = 0
-        # TCP super-frames segmented (tx) or merged (rx) on the offload path
-        self.superframes = 0
+        # offload path: UDP GSO sends (tx), TCP super-frames written to the TUN (rx)
+        self.batches = 0
         self.dropped = dict.fromkeys(Drop, 0)
 
 

@@ -225,8 +225,8 @@ def node_process(conn: Connection, kind: str, ns: str, third: int) -> None:
         conn.recv()
         conn.send(
             None if stats is None else
-            {"tx_packets": stats.tx.packets, "tx_superframes": stats.tx.superframes,
-             "rx_packets": stats.rx.packets, "rx_superframes": stats.rx.superframes,
+            {"tx_packets": stats.tx.packets, "tx_batches": stats.tx.batches,
+             "rx_packets": stats.rx.packets, "rx_batches": stats.rx.batches,
              "dropped": sum(sum(d.dropped.values()) for d in (stats.tx, stats.rx))}
         )
     finally:
