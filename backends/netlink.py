@@ -169,6 +169,10 @@ class Netlink:
         except (NetlinkError, OSError) as err:
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
 
+    @property
+    def netns(self) -> str | None:
+        return self._netns
+
     def close(self) -> None:
         self._ipr.close()
 
@@ -750,7 +754,7 @@ def _self_fdb_entry(msg: Any) -> FdbEntry | None:
 class WireGuardKernel:
     """The kernel driver for one WireGuard device, over pyroute2's generic netlink socket.
 
-    Works in the calling thread's network namespace (flanneld's own).
+    Works in the namespace of ``netlink`` (flanneld's own unless a test names one).
     """
 
     name = "kernel"
@@ -781,7 +785,8 @@ class WireGuardKernel:
     def _call(self, what: str, body: Callable[[Any], Any]) -> Any:
         try:
             if self._wg is None:
-                self._wg = WireGuard()
+                netns = self._netlink.netns
+                self._wg = WireGuard() if netns is None else WireGuard(netns=netns, flags=0)
             return body(self._wg)
         except (NetlinkError, OSError) as err:
             self.close()  # a failed request may leave the socket out of step: start afresh

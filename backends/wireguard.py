@@ -30,11 +30,12 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from backends.base import ExternalInterface, ReconcileReport
 from backends.model import DataplaneState, Route, Skipped
-from backends.netlink import Netlink, WireGuardKernel
+from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
 from backends.plan import Delete, Put
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
@@ -160,6 +161,11 @@ def choose_driver(
         log.info("wireguard: using wireguard-go (userspace), as Driver asks")
         return userspace()
     kernel = WireGuardKernel(netlink, DEVICE)
+    existing = netlink.link(DEVICE)
+    if options.driver == "auto" and existing is not None and existing.kind != "wireguard":
+        # wireguard-go's TUN from before a restart: keep it and its peers
+        log.info("wireguard: %s is a userspace device; using wireguard-go (userspace)", DEVICE)
+        return userspace()
     try:
         kernel.ensure_device()
     except DataplaneError as err:
@@ -228,7 +234,7 @@ class WireguardBackend:
             self._netlink, self._driver, self._options, lease, config.network,
             self._private_key, self._public_key, self._ext.mtu,
         )
-        network.reconcile([])
+        network.prepare()
         return network
 
 
@@ -275,7 +281,29 @@ class WireguardNetwork:
     def driver(self) -> WgDriver:
         return self._driver
 
+    def prepare(self) -> None:
+        """Device, MTU, address and route, without touching the peers.
+
+        Start-up runs this before the first lease snapshot arrives, so the
+        peers a previous flanneld programmed keep carrying traffic meanwhile.
+        """
+        recreated, link = self._ensure_link()
+        self._sync_route(link, fresh=True)
+        if recreated:
+            self._reconcile_peers([], remove=False)
+
     def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+        recreated, link = self._ensure_link()
+        usable, skipped = wireguard_peers(
+            self._lease, self._public_key, peers, [self._network], self._options
+        )
+        self._skips.report(skipped)
+        plan, failed = self._reconcile_peers(usable)
+        routes = self._sync_route(link, fresh=full or recreated)
+        return _report(plan, routes.applied, failed + [str(f) for f in routes.failed],
+                       skipped, len(usable), recreated)
+
+    def _ensure_link(self) -> tuple[bool, LinkState]:
         recreated = self._driver.ensure_device()
         link = self._netlink.link(DEVICE)
         if link is None:
@@ -285,31 +313,34 @@ class WireguardNetwork:
             up=None if link.up else True,
         )
         self._netlink.sync_addresses(link.index, [self._address], [self._network])
-        usable, skipped = wireguard_peers(
-            self._lease, self._public_key, peers, [self._network], self._options
-        )
-        self._skips.report(skipped)
-        failed: list[str] = []
+        return recreated, link
+
+    def _sync_route(self, link: LinkState, fresh: bool) -> ApplyResult:
+        desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
+        return self._netlink.sync(desired, [], [socket.AF_INET], fresh=fresh)
+
+    def _reconcile_peers(self, usable: Sequence[WgPeer], remove: bool = True,
+                         ) -> tuple[PeerPlan, list[str]]:
+        """Read the device, apply the difference to ``usable`` (keeping others unless ``remove``)."""
         plan = PeerPlan()
         try:
             plan = plan_peers(self._driver.read(), usable, self._private_key,
                               self._options.listen_port)
+            if not remove:
+                plan = replace(plan, remove=())
             if plan:
                 self._driver.apply(plan, self._private_key, self._options.listen_port)
-                self._log_plan(plan, usable)
+                self._log_plan(plan)
         except DataplaneError as err:
-            log.warning("programming %s peers failed: %s (retried on the next pass)", DEVICE, err)
-            failed.append(str(err))
-        desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
-        routes = self._netlink.sync(desired, [], [socket.AF_INET], fresh=full or recreated)
-        return _report(plan, routes.applied, failed + [str(f) for f in routes.failed],
-                       skipped, len(usable), recreated)
+            log.warning("programming %s failed: %s (retried on the next pass)", DEVICE, err)
+            return plan, [str(err)]
+        return plan, []
 
     def close(self) -> None:
         """The device (and wireguard-go) stay, so a restart keeps pod traffic flowing."""
         self._driver.close()
 
-    def _log_plan(self, plan: PeerPlan, usable: Sequence[WgPeer]) -> None:
+    def _log_plan(self, plan: PeerPlan) -> None:
         if plan.configure_device:
             log.info("%s: private key and listen port %d set", DEVICE, self._options.listen_port)
         for key in plan.remove:

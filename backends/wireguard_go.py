@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -138,8 +137,8 @@ class WireguardGo:
         self._netns = netns
         self._python = python
         self._clock = clock
-        self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
+        self._exit: str = ""
         self._adopt_tried = False
 
     @property
@@ -174,8 +173,7 @@ class WireguardGo:
         self._client().set(encode_set(plan, private_key, listen_port))
 
     def close(self) -> None:
-        """Leave wireguard-go running for the next flanneld; reap nothing else."""
-        self._proc = None
+        """Leave wireguard-go running for the next flanneld."""
 
     # --- internals ----------------------------------------------------------------------
 
@@ -185,17 +183,21 @@ class WireguardGo:
         return UapiClient(self.socket_path)
 
     def _alive(self) -> bool:
+        """Whether wireguard-go still runs (our child is reaped here when it has exited)."""
         if self._pid is None:
             return False
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return _is_wireguard_go(self._pid, self._ifname)
+        try:
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:  # adopted from an earlier flanneld: not our child
+            return _is_wireguard_go(self._pid, self._ifname)
+        if pid == 0:
+            return True
+        self._exit = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                      else f"exit code {os.waitstatus_to_exitcode(status)}")
+        return False
 
     def _exit_text(self) -> str:
-        if self._proc is not None and self._proc.returncode is not None:
-            code = self._proc.returncode
-            return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return "exited"
+        return self._exit or "exited"
 
     def _same_netns(self, pid: int) -> bool:
         ours = _netns_inode(self._netns or "/proc/thread-self/ns/net")
@@ -206,7 +208,7 @@ class WireguardGo:
         pid = _recorded_pid(pid_file(self._state_dir, self._ifname))
         if pid is None or not _is_wireguard_go(pid, self._ifname) or not self._same_netns(pid):
             return False
-        self._pid, self._proc = pid, None
+        self._pid = pid
         try:
             self._client().get()
         except UapiError as err:
@@ -222,24 +224,28 @@ class WireguardGo:
         if self._netns is not None:
             argv += ["--netns", self._netns]
         argv += ["--", self._binary, "-f", self._ifname]
+        self._exit = ""
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-                env={**os.environ, "WG_PROCESS_FOREGROUND": "1"},
+            # its own session: it outlives this flanneld, so a restart keeps traffic flowing
+            pid = os.posix_spawn(
+                self._python, argv, {**os.environ, "WG_PROCESS_FOREGROUND": "1"},
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+                setsid=True,
             )
         except OSError as err:
             raise DataplaneError(f"cannot start {self._binary}: {err}", err.errno) from err
-        self._proc, self._pid = proc, proc.pid
-        self._wait_for_socket(proc)
+        self._pid = pid
+        self._wait_for_socket(pid)
         os.makedirs(self._state_dir, mode=0o755, exist_ok=True)
         with open(pid_file(self._state_dir, self._ifname), "w", encoding="ascii") as fh:
-            fh.write(f"{proc.pid}\n")
-        log.info("started wireguard-go (pid %d) for %s", proc.pid, self._ifname)
+            fh.write(f"{pid}\n")
+        log.info("started wireguard-go (pid %d) for %s", pid, self._ifname)
 
-    def _wait_for_socket(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_for_socket(self, pid: int) -> None:
         deadline = self._clock() + START_TIMEOUT
         while True:
-            if proc.poll() is not None:
+            if not self._alive():
+                self._pid = None
                 raise DataplaneError(
                     f"{self._binary} for {self._ifname} exited at start ({self._exit_text()}); "
                     "see its messages above"
@@ -250,8 +256,9 @@ class WireguardGo:
             except UapiError:
                 pass
             if self._clock() > deadline:
-                proc.kill()
-                proc.wait()
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                self._pid = None
                 raise DataplaneError(
                     f"{self._binary} for {self._ifname} opened no control socket within "
                     f"{START_TIMEOUT:.0f}s"

@@ -235,6 +235,9 @@ class FakeNetlink:
     def __init__(self, err: int | None) -> None:
         self.err = err
 
+    def link(self, name: str) -> None:
+        return None
+
     def ensure_wireguard(self, name: str) -> tuple[object, bool]:
         if self.err is not None:
             raise DataplaneError("link add: Operation not supported", self.err)
