@@ -74,7 +74,7 @@ def _is_wireguard_go(pid: int, ifname: str) -> bool:
     return bool(argv) and os.path.basename(argv[0]) == BINARY and argv[-1] == ifname  # type: ignore[index]
 
 
-def _recorded_pid(path: str) -> int | None:
+def recorded_pid(path: str) -> int | None:
     try:
         with open(path, encoding="ascii") as fh:
             text = fh.read().strip()
@@ -83,14 +83,20 @@ def _recorded_pid(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def running_pid(state_dir: str, ifname: str) -> int | None:
+    """The PID of the wireguard-go recorded in ``state_dir`` if it still runs."""
+    pid = recorded_pid(pid_file(state_dir, ifname))
+    return pid if pid is not None and _is_wireguard_go(pid, ifname) else None
+
+
 def stop_recorded(state_dir: str, ifname: str, timeout: float = STOP_TIMEOUT) -> int | None:
     """End the wireguard-go recorded in ``state_dir`` (by its PID, after checking its argv).
 
     Returns the PID that was ended, or None when none was running.
     """
     path = pid_file(state_dir, ifname)
-    pid = _recorded_pid(path)
-    if pid is None or not _is_wireguard_go(pid, ifname):
+    pid = running_pid(state_dir, ifname)
+    if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -205,7 +211,7 @@ class WireguardGo:
 
     def _adopt(self) -> bool:
         """Take over the wireguard-go a previous flanneld left running, if it serves our device."""
-        pid = _recorded_pid(pid_file(self._state_dir, self._ifname))
+        pid = recorded_pid(pid_file(self._state_dir, self._ifname))
         if pid is None or not _is_wireguard_go(pid, self._ifname) or not self._same_netns(pid):
             return False
         self._pid = pid
