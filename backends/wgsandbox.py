@@ -44,14 +44,20 @@ def _check(result: int, what: str) -> None:
 def isolate(netns: str | None) -> None:
     """A private mount namespace with a tmpfs on the socket directory; then ``netns``."""
     libc = _libc()
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-    os.makedirs(SOCKET_DIR, mode=0o755, exist_ok=True)
-    _check(
-        libc.mount(b"tmpfs", SOCKET_DIR.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                   b"mode=0700"),
-        f"mount tmpfs on {SOCKET_DIR}",
-    )
+    if libc.unshare(CLONE_NEWNS) != 0:
+        # No CAP_SYS_ADMIN (an unprivileged container, which has a mount namespace of
+        # its own anyway): share the socket directory, one wireguard-go per container.
+        err = ctypes.get_errno()
+        print(f"wgsandbox: no private mount namespace ({os.strerror(err)}); using the shared "
+              f"{SOCKET_DIR}", file=sys.stderr)
+    else:
+        _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        os.makedirs(SOCKET_DIR, mode=0o755, exist_ok=True)
+        _check(
+            libc.mount(b"tmpfs", SOCKET_DIR.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       b"mode=0700"),
+            f"mount tmpfs on {SOCKET_DIR}",
+        )
     if netns is not None:
         fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
