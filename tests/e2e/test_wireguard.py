@@ -234,3 +234,22 @@ def test_bad_peer_lease_is_skipped_once_and_others_keep_working(lab: Lab) -> Non
     wait_for("n1p1 still reaches n2p1", pings(lab, "n1p1", "n2p1"), 10)
     wait_for("a later pass", lambda: "reconciled" in lab.logs("n1")[after:], RESYNC * 2)
     assert said not in lab.logs("n1")[after:]  # logged once, not on every pass
+
+
+def test_kube_mode_matrix_and_annotations() -> None:
+    """The same backend with --kube-subnet-mgr: peers come from Node annotations."""
+    needs_root()
+    prefix = RUN_PREFIX + "k"
+    try:
+        kube = up(nodes=2, backend="wireguard", pods_per_node=1, prefix=prefix, subnet_mgr="kube")
+        cells = kube.matrix(count=3, timeout=10.0)
+        assert [c for c in cells if not c.ok] == []
+        ann = kube.kube_api.node("n1")["metadata"]["annotations"]
+        assert ann["flannel.alpha.coreos.com/backend-type"] == "wireguard"
+        data = json.loads(ann["flannel.alpha.coreos.com/backend-data"])
+        assert list(data) == ["PublicKey", "Port"] and data["Port"] == LISTEN_PORT
+        assert len(base64.b64decode(data["PublicKey"])) == 32
+        peers = device_peers(kube, "n2")
+        assert list(peers) == [base64.b64decode(data["PublicKey"])]
+    finally:
+        down(prefix)
