@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backends.wireguard_go import running_pid, stop_recorded
+from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
 from flanneld.lab import etcdgw, kubeapi, pods, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
@@ -440,6 +442,11 @@ class Lab:
             self._wait_ready(plan_node, timeout)
         return record.pid
 
+    def wireguard_go_pid(self, node: str) -> int | None:
+        """The PID of ``node``'s wireguard-go (wireguard backend, userspace driver) if it runs."""
+        root = node_paths(self._plan, self._plan.node(node)).root
+        return running_pid(root, WIREGUARD_DEVICE)
+
     def etcd_pid(self) -> int | None:
         """The PID of the lab's etcd if it is running."""
         record = self._record(ETCD_ROLE)
@@ -504,6 +511,16 @@ def _deletion_order(name: str) -> tuple[int, str]:
     return rank, name
 
 
+def _stop_wireguard_go(directory: str) -> list[str]:
+    """End each node's wireguard-go (flanneld leaves it running across restarts), by PID."""
+    stopped = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        root = os.path.join(directory, name)
+        if os.path.isdir(root) and stop_recorded(root, WIREGUARD_DEVICE) is not None:
+            stopped.append(f"wireguard-go-{name}")
+    return stopped
+
+
 def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
     """Remove every process, namespace and file of lab ``prefix``; safe to repeat.
 
@@ -527,6 +544,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
         ):
             done = procs.stop(list(group.values()), STOP_TIMEOUT)
             stopped += [role for role, rec in group.items() if rec in done]
+    stopped += _stop_wireguard_go(directory)
     names = set(_lab_namespaces(prefix))
     if recorded is not None:
         names |= {n for n in recorded.namespaces if is_lab_netns(prefix, n)}
