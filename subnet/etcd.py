@@ -287,6 +287,10 @@ class EtcdSubnetManager:
         mine = _find_by_public_ip(self._list()[0], LeaseAttrs(public_ip=public_ip))
         return mine.attrs if mine is not None else None
 
+    def leases(self) -> tuple[Lease, ...]:
+        """Every parseable lease, read once (diagnostics; the daemon watches instead)."""
+        return self._snapshot()[0]
+
     def public_ip_override(self) -> IPv4Address | None:
         """etcd has no per-node override; ``--public-ip`` is the only way."""
         return None
