@@ -350,7 +350,9 @@ def check_path_mtu(obs: Observations, ctx: Context) -> CheckResult:
             f"{len(failed)}/{len(tried)} peers answer small packets but not {mtu}-byte ones "
             f"with DF: {names}",
             "a link on the path has a smaller MTU: set net-conf.json Backend \"MTU\" to the "
-            "smallest underlay MTU, restart flanneld on every node and recreate pods",
+            "smallest underlay MTU, restart flanneld on every node and recreate pods (if the "
+            "underlay is already fixed, the kernel remembers the old path MTU for up to 10 "
+            "minutes: ip route flush cache)",
         )
     ok = sum(1 for p in tried if p.overlay_df_ok)
     return CheckResult("mtu", name, Status.OK,

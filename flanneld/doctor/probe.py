@@ -37,9 +37,9 @@ ICMP_FRAG_NEEDED = 4
 ICMP_ECHO = 8
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
+ETH_P_ALL = 0x0003  # a tap of one protocol would miss outgoing packets
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
-ETH_HEADER = 14
 IP_UDP_HEADERS = 28
 SMALL_PAYLOAD = 56
 RESEND_EVERY = 0.3
@@ -148,8 +148,8 @@ class _Run:
         if underlay and any(t.encap_port for t in targets):
             try:
                 self.capture = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM,
-                                             socket.htons(ETH_P_IP))
-                self.capture.bind((underlay, ETH_P_IP))
+                                             socket.htons(ETH_P_ALL))
+                self.capture.bind((underlay, ETH_P_ALL))
             except OSError as err:
                 self.capture_error = f"no underlay capture ({err.strerror or err})"
                 self.capture = None
@@ -294,8 +294,10 @@ def _loop(run: _Run, timeout: float) -> None:
                     run.on_icmp(event)
             elif sock is run.capture:
                 frame, addr = run.capture.recvfrom(65535)
-                packet = parse_encap(frame, addr[2] == PACKET_OUTGOING,
-                                     next(p.target.encap_port for p in run.peers))
+                packet = None
+                if addr[1] == ETH_P_IP:
+                    packet = parse_encap(frame, addr[2] == PACKET_OUTGOING,
+                                         next(p.target.encap_port for p in run.peers))
                 if packet is not None:
                     run.on_encap(packet)
             else:
