@@ -209,6 +209,9 @@ def check_peer_state(obs: Observations, ctx: Context, peer: Peer) -> CheckResult
     elif prof is not None and prof.backend == "host-gw":
         if route is None or route.gateway != peer.public_ip:
             missing.append(f"route {peer.subnet} via {peer.public_ip}")
+    elif prof is not None and prof.backend == "wireguard":
+        return CheckResult("peers", name, Status.SKIP,
+                           f"{peer.public_ip} (wireguard peers live in the device; not read)")
     else:
         return CheckResult("peers", name, Status.OK,
                            f"{peer.public_ip} (udp: the daemon forwards, no per-peer route)")
@@ -337,11 +340,12 @@ def check_mtu(obs: Observations, ctx: Context) -> CheckResult:
 
 def check_path_mtu(obs: Observations, ctx: Context) -> CheckResult:
     name = "path MTU"
-    tried = [p for p in obs.probes.peers if p.overlay_df_ok is not None]
+    tried = [p for p in obs.probes.peers if p.overlay_df_ok is not None and p.overlay_ok]
     if not tried:
-        return CheckResult("mtu", name, Status.SKIP, obs.probes.skipped or "no peer probed")
+        return CheckResult("mtu", name, Status.SKIP,
+                           obs.probes.skipped or "no peer answered through the overlay")
     mtu = (obs.subnet_env or {}).get("FLANNEL_MTU", "?")
-    failed = [p for p in tried if not p.overlay_df_ok and p.overlay_ok]
+    failed = [p for p in tried if not p.overlay_df_ok]
     if failed:
         names = ", ".join(f"{p.key}{' (' + p.df_error + ')' if p.df_error else ''}"
                           for p in failed)

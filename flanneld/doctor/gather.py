@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from backends import wireguard_state
 from backends.model import Route
 from backends.netlink import Netlink
 from flanneld import iface
@@ -214,7 +215,7 @@ def tx_checksum(name: str) -> bool | None:
 
 
 def _is_overlay(name: str) -> bool:
-    return name.startswith("flannel.") or name == UDP_DEVICE
+    return name.startswith("flannel.") or name in (UDP_DEVICE, wireguard_state.DEVICE)
 
 
 def read_kernel() -> KernelView:

@@ -11,12 +11,12 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backends import hostgw_state, vxlan_state
+from backends import hostgw_state, vxlan_state, wireguard_state
 from backends.model import Skipped
 from backends.peers import usable_peers
 from backends.udp_packet import DEFAULT_PORT as UDP_PORT
 from backends.udp_packet import ENCAP_OVERHEAD as UDP_OVERHEAD
-from subnet.errors import ConfigError
+from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import UNSPECIFIED_V4, IPNetwork, Lease
 from subnet.netconf import NetConfig
 
@@ -72,6 +72,10 @@ def profile(config: NetConfig) -> Profile:
     if kind == "udp":
         port = config.backend.option("Port") or UDP_PORT
         return Profile(kind, UDP_DEVICE, UDP_OVERHEAD, int(port))
+    if kind == wireguard_state.BACKEND_TYPE:
+        wg = wireguard_state.parse_options(config.backend)
+        return Profile(kind, wireguard_state.DEVICE, wireguard_state.ENCAP_OVERHEAD,
+                       wg.listen_port, wg.mtu)
     raise ConfigError(f"flannelctl doctor does not know the {kind!r} backend")
 
 
@@ -104,12 +108,33 @@ def split_peers(
             and isinstance(r.gateway, ipaddress.IPv4Address)
         ]
         return peers, skipped
+    if prof.backend == wireguard_state.BACKEND_TYPE:
+        return _wireguard_peers(own, others, config)
     usable, skipped = usable_peers(own, others, nets, None)  # udp accepts any backend type
     peers = [
         Peer(lease.key, lease.subnet, lease.attrs.public_ip)
         for lease in usable
         if lease.subnet is not None and lease.attrs.public_ip != UNSPECIFIED_V4
     ]
+    return peers, skipped
+
+
+def _wireguard_peers(
+    own: Lease, others: Sequence[Lease], config: NetConfig
+) -> tuple[list[Peer], list[Skipped]]:
+    try:
+        own_key = wireguard_state.decode_backend_data(own.attrs.backend_data).public_key
+    except PeerDataError:
+        own_key = b""
+    options = wireguard_state.parse_options(config.backend)
+    found, skipped = wireguard_state.wireguard_peers(own, own_key, others, networks(config),
+                                                     options)
+    peers = []
+    for wg in found:
+        subnet = next(iter(wg.allowed_ips))
+        address = wg.endpoint[0]
+        if isinstance(subnet, ipaddress.IPv4Network) and isinstance(address, ipaddress.IPv4Address):
+            peers.append(Peer(wg.lease_key, subnet, address))
     return peers, skipped
 
 

@@ -335,6 +335,10 @@ def test_path_mtu_failure_names_the_peers() -> None:
     obs = replace(obs, probes=ProbeView(probes, capture=True))
     result = check_path_mtu(obs, context(obs))
     assert result.status is Status.FAIL and "10.244.2.0-24 (MTU 1400)" in result.found
+    assert result.found.startswith("1/2 peers")
+    silent = tuple(replace(p, overlay_ok=False, overlay_df_ok=False) for p in probes)
+    obs = replace(obs, probes=ProbeView(silent, capture=True))
+    assert check_path_mtu(obs, context(obs)).status is Status.SKIP
 
 
 # --- 5. host -------------------------------------------------------------------------------------
