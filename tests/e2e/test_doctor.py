@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import node_paths
-from flanneld.lab.topology import netns_argv, run_in_netns, write_sysctl
+from flanneld.lab.topology import netns_argv, write_sysctl
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -167,16 +166,10 @@ def test_cni0_left_with_an_old_subnet(lab: Lab) -> None:
         in_node(lab, "ip", "addr", "del", "10.244.251.1/24", "dev", "cni0")
 
 
-def _etcdctl(lab: Lab, *args: str) -> None:
-    argv = ["etcdctl", f"--endpoints={lab.plan.etcd_url}", *args]
-    subprocess.run(netns_argv(lab.plan.underlay_netns, argv), check=True, timeout=30,
-                   capture_output=True)
-
-
 def test_peer_lease_pointing_at_an_unreachable_public_ip(lab: Lab) -> None:
     key = f"{lab.plan.etcd_prefix}/subnets/{FAKE_KEY}"
-    url = lab.plan.etcd_url
-    run_in_netns(lab.plan.underlay_netns, lambda: etcdgw.put(url, key, FAKE_LEASE))
+    with lab.etcd_gateway() as etcd:
+        etcd.put(key, FAKE_LEASE)
     name = "peer 10.244.250.0/24 reachable"
     try:
         def programmed() -> bool:
@@ -193,7 +186,8 @@ def test_peer_lease_pointing_at_an_unreachable_public_ip(lab: Lab) -> None:
                   if c["check"].endswith(" reachable") and c["check"] != name]
         assert others and all(c["status"] == "ok" for c in others)
     finally:
-        _etcdctl(lab, "del", key)
+        with lab.etcd_gateway() as etcd:
+            etcd.delete(key)
 
 
 def test_daemon_stopped(lab: Lab) -> None:
