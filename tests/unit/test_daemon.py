@@ -19,6 +19,7 @@ import pytest
 
 from backends.base import InterfaceAddress, InterfaceInfo, ReconcileReport, RouteLookup
 from backends.registry import BackendContext, BackendEntry
+from bench.fakes import FakeSubnetManager
 from flanneld.daemon import Daemon, Parts, backend_entry
 from flanneld.flags import Flags
 from flanneld.subnetfile import PreviousRun
@@ -27,7 +28,6 @@ from subnet.errors import ConfigError
 from subnet.lease import IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig, parse_net_config
-from tests.fakes import FakeSubnetManager
 
 CONFIG = parse_net_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "fake"}}')
 OUR_ADDRESS = ipaddress.IPv4Address("198.18.0.1")
