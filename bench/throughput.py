@@ -13,13 +13,14 @@ iperf3 TCP node-a -> node-b over the underlay (the baseline) and pod-a ->
 pod-b through the overlay (``--runs`` runs of ``-t --seconds``, median),
 ping RTT p50/p99, and CPU seconds per GB moved: both iperf3 ends plus both
 node processes (the udp forwarders), so kernel work done in those processes'
-context counts and softirq work elsewhere does not.
+context counts and softirq work elsewhere does not (nor does wireguard-go, a
+process of its own).
 
 ``udp`` is the udp backend as flanneld runs it (the offload path where the
 kernel has the offloads); ``udp-plain`` forces the plain loop of one system
 call per packet, the "before" figure.
 
-Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp-plain,udp]
+Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp-plain,udp,wireguard]
 [--runs 3] [--seconds 3] [--out results.md]``.  Every external command has
 a timeout, so a run is bounded.
 """
@@ -30,6 +31,8 @@ import argparse
 import ipaddress
 import json
 import multiprocessing
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +54,9 @@ from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
+from backends.wireguard import WireguardBackend
+from backends.wireguard_go import WireguardGo, find_binary, stop_recorded
+from backends.wireguard_state import DEVICE as WG_DEVICE
 from flanneld.lab.topology import (
     add_default_route,
     create_netns,
@@ -67,6 +73,7 @@ CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 PING_COUNT = 200
 PING_INTERVAL = "0.005"
 NODE_TIMEOUT = 60.0
+WG_STATE_ROOT = "/run/pyflannel-bench"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +141,7 @@ def underlay_address(third: int) -> IPv4Interface:
 
 def make_backend(
     kind: str, ns: str, ext: ExternalInterface, netlink: Netlink
-) -> VxlanBackend | HostGwBackend | UdpBackend:
+) -> VxlanBackend | HostGwBackend | UdpBackend | WireguardBackend:
     if kind == "vxlan":
         return VxlanBackend(ext, netlink, BackendConfig("vxlan", {"Type": "vxlan"}))
     if kind == "host-gw":
@@ -146,7 +153,26 @@ def make_backend(
             return run_in_netns(ns, lambda: open_endpoints(name, bind, offload))
 
         return UdpBackend(ext, netlink, BackendConfig("udp", {"Type": "udp"}), opener)
+    if kind == "wireguard":  # the userspace driver (wireguard-go), in the node's namespace
+        state = wireguard_state_dir(ns)
+        return WireguardBackend(
+            ext, netlink, BackendConfig("wireguard", {"Type": "wireguard"}),
+            os.path.join(state, "wgkey"),
+            userspace=lambda: WireguardGo(WG_DEVICE, state, find_binary(),
+                                          netns=f"/var/run/netns/{ns}"),
+        )
     raise ValueError(f"unknown backend {kind}")
+
+
+def wireguard_state_dir(ns: str) -> str:
+    """Where a node's WireGuard key and wireguard-go PID live during the run."""
+    return os.path.join(WG_STATE_ROOT, ns)
+
+
+def stop_wireguard(ns: str) -> None:
+    """End the node's wireguard-go by its PID (flanneld would leave it running) and its files."""
+    stop_recorded(wireguard_state_dir(ns), WG_DEVICE)
+    shutil.rmtree(wireguard_state_dir(ns), ignore_errors=True)
 
 
 def node_process(conn: Connection, kind: str, ns: str, third: int) -> None:
@@ -289,6 +315,9 @@ def run_backend(kind: str, prefix: str, runs: int, seconds: int) -> Result:
                     proc.kill()
                     proc.join(5)
                 conn.close()
+            if kind == "wireguard":
+                for node in (topo.node_a, topo.node_b):
+                    stop_wireguard(node)
     datapath = f"{path}: {counters[0]} / {counters[1]}" if path else ""
     return Result(kind, mtu, underlay, overlay, datapath)
 
