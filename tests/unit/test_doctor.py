@@ -446,6 +446,10 @@ def test_a_foreign_cni_config_sorting_first_fails() -> None:
     assert result.status is Status.FAIL and "remove /etc/cni/net.d/00-old.conf" in result.fix
     empty = check_cni_config(replace(healthy(), cni=CniDir("/etc/cni/net.d")))
     assert empty.status is Status.FAIL
+    gone = CniDir("/etc/cni/net.d", error="No such file or directory", missing=True)
+    assert check_cni_config(replace(healthy(), cni=gone)).status is Status.FAIL
+    in_pod = replace(healthy(), cni=gone, settings=replace(healthy().settings, in_pod=True))
+    assert check_cni_config(in_pod).status is Status.SKIP
 
 
 def test_cni0_with_an_old_subnet_fails() -> None:
