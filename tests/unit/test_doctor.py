@@ -249,6 +249,15 @@ def test_no_lease_for_our_subnet_fails() -> None:
     assert check_lease(obs, context(obs)).status is Status.FAIL
 
 
+def test_unreadable_store_is_named_and_the_peer_checks_say_why_they_are_skipped() -> None:
+    obs = replace(healthy(), store=StoreView(error="etcd 10.0.0.1:2379 unreachable"))
+    result = check_lease(obs, context(obs))
+    assert result.status is Status.FAIL and "10.0.0.1:2379 unreachable" in result.found
+    assert "store flags" in result.fix
+    refused = check_refused(context(obs))
+    assert refused.status is Status.SKIP and "unreachable" in refused.found
+
+
 # --- 2. peers -------------------------------------------------------------------------------
 
 
