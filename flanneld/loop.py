@@ -71,6 +71,15 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def log_failure(what: str, err: Exception, retry_in: float) -> None:
+    """One ERROR line for a failure a thread survives; the traceback only for a bug."""
+    if isinstance(err, FlannelError):
+        log.error("%s failed: %s (retrying in %.1fs)", what, err, retry_in)
+    else:
+        log.error("%s failed unexpectedly: %r (retrying in %.1fs)", what, err, retry_in,
+                  exc_info=err)
+
+
 def _ignore() -> None:
     """The default error hook: count nothing."""
 
@@ -139,10 +148,10 @@ class Renewer(threading.Thread):
                 continue
             try:
                 renewed = self._manager.renew_lease(lease)
-            except FlannelError as err:
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
                 self._on_error()
                 delay = backoff.next_delay()
-                log.warning("renewing lease %s failed: %s (retrying in %.0fs)", lease.key, err, delay)
+                log_failure(f"renewing lease {lease.key}", err, delay)
                 if wait(self._stop_event, delay):
                     return
                 continue
@@ -186,10 +195,10 @@ class Watcher(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self._manager.watch_leases(self._sink, self._stop_event)
-            except FlannelError as err:
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
                 self._on_error()
                 delay = backoff.next_delay()
-                log.error("lease watch failed: %s (restarting in %.1fs)", err, delay)
+                log_failure("lease watch", err, delay)
                 wait(self._stop_event, delay)
 
 
@@ -350,5 +359,5 @@ class Periodic(threading.Thread):
         while not wait(self._stop_event, self._interval):
             try:
                 self._action()
-            except FlannelError as err:
-                log.error("%s failed: %s (retrying in %.0fs)", self.name, err, self._interval)
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
+                log_failure(self.name, err, self._interval)

@@ -173,7 +173,7 @@ class _HostPin:
 def _status_message(err: Any) -> str:
     try:
         doc = json.loads(err.body or "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
@@ -202,7 +202,7 @@ def _json_response(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
         doc = json.loads(resp.data)
     except (urllib3.exceptions.HTTPError, OSError) as err:
         raise StoreError(f"{what}: {err}") from err
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"{what}: the response is not JSON: {err}") from err
     finally:
         resp.release_conn()
@@ -616,7 +616,7 @@ def _events(resp: Any) -> Iterator[JSON]:
 def _event(line: bytes) -> JSON:
     try:
         doc = json.loads(line)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"node watch sent a line that is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise StoreError("node watch sent an event that is not an object")
