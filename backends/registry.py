@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeAlias
 
+from backends import hostgw, udp, vxlan
 from backends.base import Backend, ExternalInterface
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
@@ -13,7 +14,7 @@ from backends.udp import UdpBackend, parse_port
 from backends.vxlan import VxlanBackend
 from backends.vxlan_state import parse_options, previous_vtep_mac
 from subnet.errors import ConfigError
-from subnet.netconf import BackendConfig
+from subnet.netconf import BackendConfig, NetConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,22 +34,29 @@ class BackendContext:
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
 OptionsCheck: TypeAlias = Callable[[BackendConfig], dict[str, object]]
+ConfigCheck: TypeAlias = Callable[[NetConfig], object]  # raises ConfigError
 
 
 @dataclass(frozen=True, slots=True)
 class BackendEntry:
-    """How to build a backend, and how to read its net-conf.json options without building it."""
+    """How to build a backend, and how to check a net-conf.json for it without building it.
+
+    ``options`` reads the Backend options; ``accepts`` refuses address
+    families the backend does not run.  Both are what the backend itself
+    applies, so ``flannelctl netconf validate`` and the daemon agree.
+    """
 
     build: BackendFactory
     options: OptionsCheck
+    accepts: ConfigCheck
 
 
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c))),
-        "host-gw": BackendEntry(_hostgw, lambda c: {}),
-        "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}),
+        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c)), vxlan.check_config),
+        "host-gw": BackendEntry(_hostgw, lambda c: {}, hostgw.check_config),
+        "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}, udp.check_config),
     }
 
 

@@ -256,6 +256,16 @@ class Forwarder:
                 pass
 
 
+def check_config(config: NetConfig) -> ipaddress.IPv4Network:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``);
+    returns the IPv4 Network."""
+    if config.enable_ipv6:
+        raise ConfigError("the udp backend supports IPv4 only, not IPv6")
+    if config.network is None or not config.enable_ipv4:
+        raise ConfigError("the udp backend needs an IPv4 Network")
+    return config.network
+
+
 class UdpBackend:
     """Builds the udp :class:`UdpNetwork`; owns the forwarder across re-registrations.
 
@@ -278,16 +288,13 @@ class UdpBackend:
         self._forwarder: Forwarder | None = None
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> UdpNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the udp backend supports IPv4 only")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the udp backend needs an IPv4 Network")
+        cluster_network = check_config(config)
         if self._ext.ext_addr is None or self._ext.iface_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address")
         lease = manager.acquire_lease(LeaseAttrs(public_ip=self._ext.ext_addr))
         if lease.subnet is None:
             raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
-        network = UdpNetwork(self, lease, config.network)
+        network = UdpNetwork(self, lease, cluster_network)
         network.reconcile([])
         return network
 

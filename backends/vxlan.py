@@ -46,6 +46,14 @@ from subnet.netconf import BackendConfig, NetConfig
 log = logging.getLogger(__name__)
 
 
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if config.enable_ipv6:
+        raise ConfigError("the vxlan backend does not support IPv6 yet")
+    if config.network is None or not config.enable_ipv4:
+        raise ConfigError("the vxlan backend needs an IPv4 Network")
+
+
 class VxlanBackend:
     """Builds the vxlan :class:`VxlanNetwork`.
 
@@ -67,10 +75,7 @@ class VxlanBackend:
         self._previous_mac = _valid_mac(previous_mac)
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> VxlanNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the vxlan backend does not support IPv6 yet")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the vxlan backend needs an IPv4 Network")
+        check_config(config)
         if self._ext.ext_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address to advertise")
         opts = self._options

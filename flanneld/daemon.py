@@ -36,7 +36,7 @@ from flanneld.loop import (
     retry_until_stopped,
 )
 from flanneld.metrics import Metrics, metrics_handler
-from flanneld.netconf_check import NetConfWatcher
+from flanneld.netconf_check import Mode, NetConfWatcher, verify
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
 from subnet.errors import DataplaneError, StopRequested
@@ -114,11 +114,11 @@ def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -
     return ext
 
 
-def backend_entry(config: NetConfig) -> BackendEntry:
-    """The backend net-conf.json names, its options checked before anything is touched."""
-    entry = lookup(config.backend.type)
-    entry.options(config.backend)
-    return entry
+def backend_entry(config: NetConfig, mode: Mode) -> BackendEntry:
+    """The backend net-conf.json names, the config checked (as the validator does)
+    before anything is touched."""
+    verify(config, mode)
+    return lookup(config.backend.type)
 
 
 def make_backend(
@@ -228,7 +228,7 @@ class Daemon:
         previous = subnetfile.read_previous_run(flags.subnet_file)
         manager = self._manager = build_manager(flags, previous, stop)
         config = get_network_config(manager, stop, metrics.record_store_error)
-        entry = backend_entry(config)
+        entry = backend_entry(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
         backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
         network = register(backend, manager, config, stop, metrics.record_store_error)
