@@ -188,6 +188,7 @@ class EtcdSubnetManager:
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
         self._need_login = bool(settings.username)
+        self._told_auth_off = False
         self._endpoint_count = len(settings.endpoints)
         self._client = _make_client(settings, rpc_timeout)  # validates the endpoints
         # host:port only: an endpoint URL could carry credentials
@@ -534,7 +535,21 @@ class EtcdSubnetManager:
     def _login(self) -> None:
         request = AuthenticateRequest(name=self.settings.username, password=self.settings.password)
         with self._login_lock:
-            response = _call(lambda: self._client.authstub.Authenticate(request, self._timeout))
+            try:
+                response = self._client.authstub.Authenticate(request, self._timeout)
+            except grpc.RpcError as err:
+                # etcd answers FAILED_PRECONDITION to Authenticate only when auth is
+                # off (ErrGRPCAuthNotEnabled); etcd's Go client then goes on without.
+                if _code(err) != grpc.StatusCode.FAILED_PRECONDITION:
+                    _translate(err)
+                self._need_login = False
+                if not self._told_auth_off:
+                    self._told_auth_off = True
+                    log.warning(
+                        "etcd at %s has authentication disabled: --etcd-username and "
+                        "--etcd-password are not needed; going on without them", self._where,
+                    )
+                return
             # The token travels as plain metadata, as etcd's own client sends it;
             # gRPC call credentials would demand TLS.
             self._client.metadata = (("token", response.token),)
