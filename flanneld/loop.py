@@ -22,7 +22,7 @@ from backends.base import Network, ReconcileReport
 from flanneld.peertable import PeerTable
 from subnet.errors import FlannelError, LeaseError, StopRequested, StoreError
 from subnet.lease import Lease
-from subnet.manager import LeaseMessage, SubnetManager
+from subnet.manager import LeaseMessage, StoreReport, SubnetManager, ignore_store_report
 from subnet.netconf import NetConfig
 from subnet.retry import Backoff, wait
 
@@ -183,18 +183,20 @@ class Watcher(threading.Thread):
         sink: Callable[[LeaseMessage], None],
         stop: threading.Event,
         on_error: Callable[[], None] = _ignore,
+        report: StoreReport = ignore_store_report,
     ) -> None:
         super().__init__(name="lease-watcher", daemon=True)
         self._manager = manager
         self._sink = sink
         self._stop_event = stop
         self._on_error = on_error
+        self._report = report
 
     def run(self) -> None:
         backoff = Backoff(1.0, 30.0)
         while not self._stop_event.is_set():
             try:
-                self._manager.watch_leases(self._sink, self._stop_event)
+                self._manager.watch_leases(self._sink, self._stop_event, self._report)
             except Exception as err:  # noqa: BLE001 - no input may end this thread
                 self._on_error()
                 delay = backoff.next_delay()

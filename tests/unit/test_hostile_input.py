@@ -221,3 +221,49 @@ def test_a_fifo_in_the_cache_does_not_hang_del(tmp_path: Path) -> None:
         ScratchCache(str(tmp_path)).load("ctr1")
     assert caught.value.code == IO_FAILURE
     assert "not a regular file" in caught.value.details
+
+
+# --- item 1: a store that keeps failing shows on /readyz and in /metrics ----------------
+
+
+def test_a_failing_lease_watch_shows_on_readyz_and_in_metrics() -> None:
+    from flanneld.daemon import StoreStatus
+    from flanneld.health import default_routes
+    from flanneld.loop import Watcher
+    from flanneld.metrics import Metrics
+    from subnet.errors import StoreError
+    from subnet.manager import Sink, StoreReport
+
+    now = [100.0]
+    health, metrics = HealthState(), Metrics()
+    health.mark_ready()
+    readyz = default_routes(health)["/readyz"]
+    status = StoreStatus(health, metrics, clock=lambda: now[0])
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    class FailingStore:
+        def watch_leases(self, sink: Sink, stop: threading.Event, report: StoreReport) -> None:
+            for _ in range(4):  # 4 s apart: 0, 4, 8, 12 s into the outage (grace 10 s)
+                now[0] += 4.0
+                report(StoreError("RESOURCE_EXHAUSTED: received message larger than max"))
+                answer = readyz()
+                seen.append((answer.status, answer.body))
+            report(None)
+            answer = readyz()
+            seen.append((answer.status, answer.body))
+            done.set()
+            stop.wait()
+
+    stop = threading.Event()
+    watcher = Watcher(FailingStore(), lambda m: None, stop, report=status)  # type: ignore[arg-type]
+    watcher.start()
+    try:
+        assert done.wait(30)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert [code for code, _ in seen] == [200, 200, 200, 503, 200]
+    assert "subnet store failing for 12s: RESOURCE_EXHAUSTED" in seen[3][1]
+    assert seen[4][1] == "flanneld is ready"
+    assert b"flannel_store_errors_total 4.0" in metrics.exposition()
