@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TypeAlias
 
-from backends import hostgw, udp, vxlan
-from backends.base import Backend, ExternalInterface
+from backends import hostgw
+from backends.base import Backend, ExternalInterface, ipv4_network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import UdpBackend, parse_port
 from backends.vxlan import VxlanBackend
 from backends.vxlan_state import parse_options, previous_vtep_mac
+from backends.wireguard import WireguardBackend, key_file_path
+from backends.wireguard_state import parse_options as parse_wireguard_options
 from subnet.errors import ConfigError
 from subnet.netconf import BackendConfig, NetConfig
 
@@ -24,12 +27,15 @@ class BackendContext:
     ``previous_data`` is this node's BackendData from before (its previous
     lease in etcd mode, its ``backend-data`` annotation in kube mode): opaque
     JSON that only the backend decodes, e.g. to keep its VTEP MAC.
+    ``environ`` is flanneld's environment, for the variables a backend reads
+    (``WIREGUARD_KEY_FILE``).
     """
 
     ext: ExternalInterface
     netlink: Netlink
     config: BackendConfig
     previous_data: str | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
@@ -54,9 +60,17 @@ class BackendEntry:
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c)), vxlan.check_config),
+        "vxlan": BackendEntry(
+            _vxlan, lambda c: asdict(parse_options(c)), partial(ipv4_network, backend="vxlan")
+        ),
         "host-gw": BackendEntry(_hostgw, lambda c: {}, hostgw.check_config),
-        "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}, udp.check_config),
+        "udp": BackendEntry(
+            _udp, lambda c: {"port": parse_port(c)}, partial(ipv4_network, backend="udp")
+        ),
+        "wireguard": BackendEntry(
+            _wireguard, lambda c: parse_wireguard_options(c).summary(),
+            partial(ipv4_network, backend="wireguard"),
+        ),
     }
 
 
@@ -83,3 +97,7 @@ def _hostgw(ctx: BackendContext) -> Backend:
 
 def _udp(ctx: BackendContext) -> Backend:
     return UdpBackend(ctx.ext, ctx.netlink, ctx.config)
+
+
+def _wireguard(ctx: BackendContext) -> Backend:
+    return WireguardBackend(ctx.ext, ctx.netlink, ctx.config, key_file_path(ctx.environ))

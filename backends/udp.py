@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
 from backends.peers import usable_peers
@@ -256,16 +256,6 @@ class Forwarder:
                 pass
 
 
-def check_config(config: NetConfig) -> ipaddress.IPv4Network:
-    """The address families this backend runs (shared with ``flannelctl netconf validate``);
-    returns the IPv4 Network."""
-    if config.enable_ipv6:
-        raise ConfigError("the udp backend supports IPv4 only, not IPv6")
-    if config.network is None or not config.enable_ipv4:
-        raise ConfigError("the udp backend needs an IPv4 Network")
-    return config.network
-
-
 class UdpBackend:
     """Builds the udp :class:`UdpNetwork`; owns the forwarder across re-registrations.
 
@@ -288,7 +278,7 @@ class UdpBackend:
         self._forwarder: Forwarder | None = None
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> UdpNetwork:
-        cluster_network = check_config(config)
+        cluster_network = ipv4_network(config, "udp")
         if self._ext.ext_addr is None or self._ext.iface_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address")
         lease = manager.acquire_lease(LeaseAttrs(public_ip=self._ext.ext_addr))

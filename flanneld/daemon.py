@@ -25,7 +25,6 @@ from flanneld.flags import Flags
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
-    Kick,
     LeaseHolder,
     LoopSettings,
     MainLoop,
@@ -36,6 +35,7 @@ from flanneld.loop import (
     install_signal_handlers,
     retry_until_stopped,
 )
+from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
@@ -136,7 +136,8 @@ def make_backend(
         Backoff(1.0, 30.0), on_error,
     )
     return entry.build(
-        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
+        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None,
+                       os.environ)
     )
 
 
