@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 from pyroute2 import netns as pyroute2_netns
@@ -172,7 +172,7 @@ class Netlink:
         except (NetlinkError, OSError) as err:
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
         try:
-            self._rtnl = _Rtnl(netns)
+            self._rtnl = Rtnl(_in_netns(netns, open_rtnl_socket))
         except (NetlinkError, OSError) as err:
             self._ipr.close()
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
@@ -697,7 +697,17 @@ def _in_netns(netns: str | None, action: Callable[[], T]) -> T:
     return outcome[0]
 
 
-class _Rtnl:
+class DatagramSocket(Protocol):
+    """What :class:`Rtnl` needs of its socket (a netlink socket, or a test's fake)."""
+
+    def send(self, data: bytes, /) -> int: ...
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Rtnl:
     """A raw rtnetlink socket for batched requests and kernel-filtered dumps.
 
     Requests go many per ``send()`` with ``NLM_F_ACK``; rtnetlink handles them
@@ -705,8 +715,8 @@ class _Rtnl:
     error) carrying its sequence number, which maps it back to its object.
     """
 
-    def __init__(self, netns: str | None) -> None:
-        self._sock = _in_netns(netns, _open_rtnl_socket)
+    def __init__(self, sock: DatagramSocket) -> None:
+        self._sock = sock
         self._seq = itertools.count(1)
 
     def close(self) -> None:
@@ -783,7 +793,8 @@ class _Rtnl:
         return []
 
 
-def _open_rtnl_socket() -> socket.socket:
+def open_rtnl_socket() -> socket.socket:
+    """A raw rtnetlink socket with strict dump checking, capped acks and a large buffer."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         sock.bind((0, 0))
