@@ -184,6 +184,7 @@ class EtcdSubnetManager:
         self._lock = threading.Lock()
         self._watches: set[int] = set()
         self._warned: set[tuple[bytes, int]] = set()
+        self._listed: dict[bytes, _Entry] = {}
         self._closed = False
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
@@ -412,21 +413,31 @@ class EtcdSubnetManager:
         """Every parseable key under subnets/ and the store revision of the read."""
         resp = self._rpc(lambda: self._client.get_prefix_response(self._subnets))
         entries = []
+        # An unchanged key (same mod revision) is not parsed again: the start lists
+        # thousands of leases up to three times (previous lease, acquire, snapshot).
+        known, listed = self._listed, {}
         for kv in resp.kvs:
-            try:
-                v4, v6 = self._parse_key(kv.key)
-            except PeerDataError as err:
-                self._warn_once(kv.key, kv.mod_revision, err)
-                continue
-            try:
-                attrs: LeaseAttrs | None = decode_attrs(kv.value)
-            except PeerDataError as err:
-                self._warn_once(kv.key, kv.mod_revision, err)
-                attrs = None
-            entries.append(
-                _Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
-            )
+            entry = known.get(kv.key)
+            if entry is None or entry.mod_revision != kv.mod_revision:
+                entry = self._parse_entry(kv)
+            if entry is not None:
+                listed[kv.key] = entry
+                entries.append(entry)
+        self._listed = listed  # the watcher and the main thread both list: swap, never mutate
         return entries, int(resp.header.revision)
+
+    def _parse_entry(self, kv: Any) -> _Entry | None:
+        try:
+            v4, v6 = self._parse_key(kv.key)
+        except PeerDataError as err:
+            self._warn_once(kv.key, kv.mod_revision, err)
+            return None
+        try:
+            attrs: LeaseAttrs | None = decode_attrs(kv.value)
+        except PeerDataError as err:
+            self._warn_once(kv.key, kv.mod_revision, err)
+            attrs = None
+        return _Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()
