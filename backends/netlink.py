@@ -30,6 +30,7 @@ from pyroute2 import netns as pyroute2_netns
 
 from backends import rtnl
 from backends.base import InterfaceAddress, InterfaceInfo, RouteLookup
+from backends.kernelwatch import OwnDeletions
 from backends.model import (
     ROUTE_PROTOCOL,
     DataplaneState,
@@ -159,8 +160,9 @@ class ApplyResult:
 class Netlink:
     """One rtnetlink socket, in our namespace or in the named one."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, deletions: OwnDeletions | None = None) -> None:
         self._netns = netns
+        self._deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
         self._views: dict[tuple[tuple[int, ...], tuple[int, ...]], DataplaneState] = {}
         where = f" in netns {netns}" if netns else ""
@@ -439,6 +441,7 @@ class Netlink:
         if any(c.obj.ifindex not in self._names for c in changes if c.obj.ifindex):
             self._refresh_names()
         started = time.monotonic()
+        self._deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
         try:
             codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
         except OSError as err:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from backends.base import Backend, ExternalInterface, Network
-from backends.kernelwatch import KernelWatch
+from backends.kernelwatch import KernelWatch, OwnDeletions
 from backends.netlink import Netlink
 from backends.registry import BackendContext, BackendEntry, lookup
 from flanneld import iface, subnetfile
@@ -123,10 +123,10 @@ def backend_entry(config: NetConfig) -> BackendEntry:
 
 def make_backend(
     flags: Flags, manager: SubnetManager, config: NetConfig, entry: BackendEntry,
-    stop: threading.Event, on_error: Callable[[], None],
+    stop: threading.Event, on_error: Callable[[], None], deletions: OwnDeletions,
 ) -> Backend:
     """The backend, seeded with what this node advertised before."""
-    netlink = Netlink()
+    netlink = Netlink(deletions=deletions)
     ext = external_interface(flags, manager, netlink)
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
@@ -217,6 +217,7 @@ class Daemon:
         self._manager: SubnetManager | None = None
         self._node: Node | None = None
         self._threads: list[threading.Thread] = []
+        self._deletions = OwnDeletions()  # our own deletions, so the kernel watch knows its echo
 
     def serve(self) -> None:
         flags, metrics, stop = self._flags, self._metrics, self._stop
@@ -230,7 +231,8 @@ class Daemon:
         config = get_network_config(manager, stop, metrics.record_store_error)
         entry = backend_entry(config)
         check_br_netfilter(config)
-        backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
+        backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error,
+                               self._deletions)
         network = register(backend, manager, config, stop, metrics.record_store_error)
         rules = traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
@@ -240,7 +242,7 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
-        self._threads = node.helpers(loop, holder, stop)
+        self._threads = node.helpers(loop, holder, stop, self._deletions)
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
@@ -310,7 +312,7 @@ class Node:
         return self.network
 
     def helpers(
-        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event
+        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, deletions: OwnDeletions
     ) -> list[threading.Thread]:
         """The threads beside the main loop (not started)."""
         flags, metrics = self._flags, self._metrics
@@ -321,7 +323,7 @@ class Node:
                     metrics.record_store_error),
             Periodic("traffic-rules-resync", flags.iptables_resync,
                      lambda: metrics.record_rules_restored(self._rules.resync()), stop),
-            KernelWatch(lambda: loop.messages.put(Kick()), stop),
+            KernelWatch(lambda: loop.messages.put(Kick()), stop, deletions),
         ]
         if flags.ip_blackhole_route:
             blackholes = Blackholes(holder)

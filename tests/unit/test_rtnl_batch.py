@@ -28,9 +28,11 @@ def encoded(change: Change, seq: int) -> bytes:
     return rtnl.message(kind, flags, seq, body)
 
 
-def pyroute2_bytes(msg: rtmsg | ndmsg, kind: int, flags: int, seq: int) -> bytes:
+def pyroute2_bytes(msg: rtmsg | ndmsg, kind: int, nl_flags: int, seq: int, **fields: int) -> bytes:
+    for key, value in fields.items():
+        msg[key] = value
     msg["header"]["type"] = kind
-    msg["header"]["flags"] = flags
+    msg["header"]["flags"] = nl_flags
     msg["header"]["sequence_number"] = seq
     msg.encode()
     return bytes(msg.data)
@@ -38,25 +40,25 @@ def pyroute2_bytes(msg: rtmsg | ndmsg, kind: int, flags: int, seq: int) -> bytes
 
 def test_route_put_is_what_pyroute2s_rtmsg_encodes() -> None:
     msg = rtmsg()
-    for key, value in dict(family=2, dst_len=24, table=254, proto=44, scope=0, type=1,
-                           flags=rtnl.RTNH_F_ONLINK).items():
-        msg[key] = value
     msg["attrs"] = [("RTA_DST", "10.244.1.0"), ("RTA_GATEWAY", "10.244.1.0"), ("RTA_OIF", 5)]
-    assert encoded(Put(ROUTE), 7) == pyroute2_bytes(msg, rtnl.RTM_NEWROUTE, PUT_FLAGS, 7)
+    assert encoded(Put(ROUTE), 7) == pyroute2_bytes(
+        msg, rtnl.RTM_NEWROUTE, PUT_FLAGS, 7,
+        family=2, dst_len=24, table=254, proto=44, scope=0, type=1, flags=rtnl.RTNH_F_ONLINK,
+    )
 
 
 def test_neighbour_and_fdb_puts_are_what_pyroute2s_ndmsg_encodes() -> None:
     neigh = ndmsg()
-    for key, value in dict(family=2, ifindex=5, state=rtnl.NUD_PERMANENT).items():
-        neigh[key] = value
     neigh["attrs"] = [("NDA_DST", "10.244.1.0"), ("NDA_LLADDR", "0e:00:00:00:00:01")]
-    assert encoded(Put(NEIGH), 8) == pyroute2_bytes(neigh, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 8)
+    assert encoded(Put(NEIGH), 8) == pyroute2_bytes(
+        neigh, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 8, family=2, ifindex=5, state=rtnl.NUD_PERMANENT
+    )
     fdb = ndmsg()
-    for key, value in dict(family=7, ifindex=5, state=rtnl.NUD_PERMANENT,
-                           flags=rtnl.NTF_SELF).items():
-        fdb[key] = value
     fdb["attrs"] = [("NDA_LLADDR", "0e:00:00:00:00:01"), ("NDA_DST", "198.18.0.5")]
-    assert encoded(Put(FDB), 9) == pyroute2_bytes(fdb, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 9)
+    assert encoded(Put(FDB), 9) == pyroute2_bytes(
+        fdb, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 9,
+        family=7, ifindex=5, state=rtnl.NUD_PERMANENT, flags=rtnl.NTF_SELF,
+    )
 
 
 def test_route_delete_matches_by_protocol_id_and_any_scope() -> None:
