@@ -24,7 +24,6 @@ from flanneld.flags import Flags
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
-    Kick,
     LeaseHolder,
     LoopSettings,
     MainLoop,
@@ -35,6 +34,7 @@ from flanneld.loop import (
     install_signal_handlers,
     retry_until_stopped,
 )
+from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import NetConfWatcher
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager

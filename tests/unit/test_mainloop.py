@@ -8,7 +8,8 @@ import time
 from collections.abc import Sequence
 
 from backends.base import ReconcileReport
-from flanneld.loop import Kick, LeaseHolder, LoopSettings, MainLoop
+from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
+from flanneld.loop_state import Kick
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
 
@@ -154,8 +155,55 @@ def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None
         retry_until_stopped("t", bad_config, stop, Backoff(0.001, 0.002))
 
 
-def test_resync_interval_stretches_only_for_slow_full_passes() -> None:
-    from flanneld.loop import resync_interval
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-    assert resync_interval(10.0, 0.05) == 10.0
-    assert resync_interval(10.0, 5.0) == 50.0
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, bool]] = []
+
+    def record_messages(self, batch: object) -> None:
+        pass
+
+    def record_reconcile(self, report: ReconcileReport, seconds: float, resync_only: bool) -> None:
+        self.passes.append((seconds, resync_only))
+
+    def set_peers(self, count: int) -> None:
+        pass
+
+    def record_store_error(self) -> None:
+        pass
+
+
+def test_driver_carries_out_the_step_in_the_calling_thread_with_an_injected_clock() -> None:
+    """No threads: the messages are queued first, the second network stops the loop."""
+    stop = threading.Event()
+    clock = FakeClock()
+    first, second = FakeNetwork(lease(1)), FakeNetwork(lease(5))
+    record = second.reconcile
+
+    def reconcile_then_stop(peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+        clock.now += 2.0
+        stop.set()
+        return record(peers, full)
+
+    second.reconcile = reconcile_then_stop  # type: ignore[method-assign]
+    announced: list[str] = []
+    synced: list[bool] = []
+    observer = RecordingObserver()
+    loop = MainLoop(lambda: second, lambda new: announced.append(new.key),
+                    lambda: synced.append(True), LoopSettings(60), stop, observer, clock)
+    holder = LeaseHolder(first.lease)
+    for message in (Snapshot((lease(1), lease(2))), LeaseAdded(lease(3)), LeaseRemoved(lease(1).key)):
+        loop.messages.put(message)
+    loop.run(first, holder)
+    assert first.calls == []
+    assert second.calls == [["10.244.2.0-24", "10.244.3.0-24"]]
+    assert announced == ["10.244.5.0-24"] and holder.get().key == "10.244.5.0-24"
+    assert synced == [True]
+    assert observer.passes == [(2.0, False)]
