@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar
 
@@ -70,6 +70,7 @@ _ABSENT = frozenset({errnos.ENOENT, errnos.ESRCH, errnos.ENODEV})
 _UNREACHABLE = frozenset({errnos.ENETUNREACH, errnos.EHOSTUNREACH})
 
 HostAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Scope = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,8 @@ class Netlink:
         self._netns = netns
         self._deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
-        self._views: dict[tuple[tuple[int, ...], tuple[int, ...]], DataplaneState] = {}
+        # per scope (devices, families): our objects as the last pass left them, by key
+        self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             # checked here because pyroute2 leaks its socket when the open fails
@@ -418,14 +420,36 @@ class Netlink:
         so hand-made damage is still found).  What failed stays out of that
         state, so the next pass retries exactly those objects.
         """
-        scope = (tuple(sorted(ifindexes)), tuple(sorted(families)))
-        observed = None if fresh else self._views.get(scope)
-        if observed is None:
-            observed = self.observe(*scope)
+        scope = _scope(ifindexes, families)
+        view = None if fresh else self._views.get(scope)
+        observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
         result = self.apply(plan(observed, desired))
-        self._views[scope] = (
-            apply_to(observed, list(result.applied)) if result.failed else desired
-        )
+        final = apply_to(observed, list(result.applied)) if result.failed else desired
+        self._views[scope] = {obj.key: obj for obj in final.objects()}
+        return result
+
+    def sync_delta(
+        self,
+        old: Iterable[KernelObject],
+        new: Iterable[KernelObject],
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+    ) -> ApplyResult | None:
+        """Replace the objects ``old`` by ``new`` (the objects of the peers that changed),
+        planned against what the last sync of the scope left; None when there was none
+        (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
+        view = self._views.get(_scope(ifindexes, families))
+        if view is None:
+            return None
+        wanted = list(new)
+        keys = {obj.key for obj in old} | {obj.key for obj in wanted}
+        observed = DataplaneState.of([view[k] for k in keys if k in view])
+        result = self.apply(plan(observed, DataplaneState.of(wanted)))
+        for change in result.applied:
+            if isinstance(change, Put):
+                view[change.obj.key] = change.obj
+            else:
+                view.pop(change.obj.key, None)
         return result
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
@@ -671,6 +695,10 @@ def _vxlan_args(spec: VxlanSpec) -> dict[str, Any]:
     if spec.mtu is not None:
         args["mtu"] = spec.mtu
     return args
+
+
+def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:
+    return tuple(sorted(ifindexes)), tuple(sorted(families))
 
 
 def _our_blackhole(payload: bytes) -> Route | None:

@@ -16,20 +16,25 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.model import DataplaneState, KernelObject
 from backends.netlink import LinkState, Netlink, VxlanSpec
+from backends.peers import PeerIndex
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
     BACKEND_TYPE,
-    desired_state,
+    VxlanPeer,
     encode_backend_data,
+    own_vtep_mac,
     parse_mac,
     parse_options,
+    peer_objects,
     vtep_mac,
+    vxlan_peer,
     vxlan_peers,
 )
 from subnet.errors import (
@@ -124,6 +129,11 @@ class VxlanNetwork:
         self._device_mtu = spec.mtu
         self._address = ipaddress.ip_interface(f"{lease.subnet.network_address}/32")
         self._skips = SkipLog(log)
+        self._ifindex: int | None = None
+        # The last pass's usable peers, for events that touch only their own peers
+        # (None after a pass that skipped a peer: then every event is a full pass).
+        self._index: PeerIndex | None = None
+        self._objects: dict[str, list[KernelObject]] = {}
 
     @property
     def lease(self) -> Lease:
@@ -147,19 +157,83 @@ class VxlanNetwork:
         )
         self._netlink.sync_addresses(link.index, [self._address], self._networks)
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
+        if not full and changes is not None and self._index is not None:
+            report = self._reconcile_changes(changes)
+            if report is not None:
+                return report
+        return self._reconcile_all(peers, full, changes)
+
+    def _reconcile_all(
+        self, peers: Sequence[Lease], full: bool, changes: Mapping[str, Lease | None] | None
+    ) -> ReconcileReport:
+        """Every peer: the desired state from scratch, against the kernel (``full``) or
+        against what the last pass left."""
         ifindex, recreated = self._ensure_device()
         usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
         self._skips.report(skipped)
         direct = self._direct_peers([p.public_ip for p in usable])
-        desired = desired_state(usable, ifindex, direct)
+        self._objects = {
+            p.key: peer_objects(p, ifindex, direct.get(p.public_ip)) for p in usable
+        }
+        self._ifindex = ifindex
+        desired = DataplaneState.of([o for objs in self._objects.values() for o in objs])
         result = self._netlink.sync(
             desired, [ifindex], [socket.AF_INET], fresh=full or recreated
         )
+        if skipped:
+            self._index = None
+        elif self._index is None or changes is None or changes:
+            self._index = self._peer_index(peers, usable)
         return summarize(
             result.applied, result.failed, skipped=skipped, peers=len(usable),
             device_recreated=recreated,
         )
+
+    def _reconcile_changes(self, changes: Mapping[str, Lease | None]) -> ReconcileReport | None:
+        """Only the changed peers' objects, when none of them conflicts with anything
+        (see :class:`PeerIndex`); None when a full pass is needed."""
+        index = self._index
+        if index is None or self._ifindex is None:
+            return None
+        added: list[VxlanPeer] = []
+        old: list[KernelObject] = []
+        for key, lease in changes.items():
+            if index.release(key):
+                old += self._objects.pop(key, ())
+            if lease is None:
+                continue
+            try:
+                peer = vxlan_peer(lease, self._spec.vni)
+            except PeerDataError:
+                peer = None
+            if peer is None or not index.admit(lease, (peer.vtep_mac,)):
+                self._index = None  # a full pass sorts out who keeps what, and says why
+                return None
+            added.append(peer)
+        direct = self._direct_peers([p.public_ip for p in added])
+        new: list[KernelObject] = []
+        for peer in added:
+            self._objects[peer.key] = peer_objects(peer, self._ifindex, direct.get(peer.public_ip))
+            new += self._objects[peer.key]
+        result = self._netlink.sync_delta(old, new, [self._ifindex], [socket.AF_INET])
+        if result is None:
+            self._index = None
+            return None
+        return summarize(result.applied, result.failed, skipped=(), peers=len(self._objects))
+
+    def _peer_index(self, peers: Sequence[Lease], usable: Sequence[VxlanPeer]) -> PeerIndex:
+        mac = {p.key: p.vtep_mac for p in usable}
+        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE,
+                          [m for m in (own_vtep_mac(self._lease),) if m])
+        for lease in peers:
+            index.hold(lease, (mac[lease.key],))
+        return index
 
     def close(self) -> None:
         """Nothing runs in the background; the device and routes stay for a restart."""
