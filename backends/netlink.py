@@ -34,17 +34,20 @@ from backends.kernelwatch import OwnDeletions
 from backends.model import (
     ROUTE_PROTOCOL,
     DataplaneState,
-    FdbEntry,
     KernelObject,
     Neighbour,
     Route,
 )
 from backends.plan import Change, Put, apply_to, plan
+from backends.rtnl import Signature
 from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
+N = TypeVar("N")
+F = TypeVar("F")
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -167,6 +170,8 @@ class Netlink:
         self._names: dict[int, str] = {}
         # per scope (devices, families): our objects as the last pass left them, by key
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
+        self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
+        self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             # checked here because pyroute2 leaks its socket when the open fails
@@ -382,27 +387,49 @@ class Netlink:
         checking: our protocol id and table, our devices), so only our own
         objects are read back and decoded.
         """
+        routes, neighbours, fdb = self._read(
+            ifindexes, families, rtnl.our_route, rtnl.permanent_neighbour, rtnl.self_fdb_entry
+        )
+        devices = set(ifindexes)
+        return DataplaneState(
+            frozenset(routes),
+            frozenset(n for n in neighbours if n.ifindex in devices),
+            frozenset(e for e in fdb if e.ifindex in devices),
+        )
+
+    def signatures(self, ifindexes: Iterable[int], families: Iterable[int]) -> frozenset[Signature]:
+        """What :meth:`observe` reads, as :func:`backends.rtnl.signature` tuples (cheap)."""
+        routes, neighbours, fdb = self._read(
+            ifindexes, families, rtnl.route_signature, rtnl.neighbour_signature,
+            rtnl.fdb_signature,
+        )
+        devices = set(ifindexes)
+        return frozenset(
+            (*routes, *(n for n in neighbours if n[1] in devices), *(e for e in fdb if e[1] in devices))
+        )
+
+    def _read(
+        self,
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+        route: Callable[[bytes], R | None],
+        neighbour: Callable[[bytes], N | None],
+        fdb: Callable[[bytes], F | None],
+    ) -> tuple[list[R], list[N], list[F]]:
         devices = sorted(set(ifindexes))
-        routes: list[Route] = []
-        neighbours: list[Neighbour] = []
-        fdb: list[FdbEntry] = []
+        routes: list[R] = []
+        neighbours: list[N] = []
+        entries: list[F] = []
         for family in families:
-            routes += self._dump("dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family),
-                                 rtnl.our_route)
+            routes += self._dump("dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family), route)
             for index in devices:
                 neighbours += self._dump(
                     "dump neighbours", rtnl.RTM_GETNEIGH, rtnl.neighbour_dump(family, index),
-                    rtnl.permanent_neighbour,
+                    neighbour,
                 )
         for index in devices:
-            fdb += self._dump("dump fdb", rtnl.RTM_GETNEIGH, rtnl.fdb_dump(index),
-                              rtnl.self_fdb_entry)
-        wanted = set(devices)
-        return DataplaneState(
-            frozenset(routes),
-            frozenset(n for n in neighbours if n.ifindex in wanted),
-            frozenset(e for e in fdb if e.ifindex in wanted),
-        )
+            entries += self._dump("dump fdb", rtnl.RTM_GETNEIGH, rtnl.fdb_dump(index), fdb)
+        return routes, neighbours, entries
 
     def sync(
         self,
@@ -421,12 +448,29 @@ class Netlink:
         state, so the next pass retries exactly those objects.
         """
         scope = _scope(ifindexes, families)
+        if fresh and self._matches(scope, desired):
+            return ApplyResult()
         view = None if fresh else self._views.get(scope)
         observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
         result = self.apply(plan(observed, desired))
         final = apply_to(observed, list(result.applied)) if result.failed else desired
         self._views[scope] = {obj.key: obj for obj in final.objects()}
+        self._view_of[scope] = final
         return result
+
+    def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
+        """Whether the kernel holds exactly ``desired`` in ``scope``: the periodic pass's
+        check when nothing changed, comparing signatures instead of objects."""
+        want = self._wanted.get(scope)
+        if want is None or want[0] is not desired:
+            want = desired, frozenset(map(rtnl.signature, desired.objects()))
+            self._wanted[scope] = want
+        if self.signatures(*scope) != want[1]:
+            return False
+        if self._view_of.get(scope) is not desired:
+            self._views[scope] = {obj.key: obj for obj in desired.objects()}
+            self._view_of[scope] = desired
+        return True
 
     def sync_delta(
         self,
@@ -438,7 +482,8 @@ class Netlink:
         """Replace the objects ``old`` by ``new`` (the objects of the peers that changed),
         planned against what the last sync of the scope left; None when there was none
         (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
-        view = self._views.get(_scope(ifindexes, families))
+        scope = _scope(ifindexes, families)
+        view = self._views.get(scope)
         if view is None:
             return None
         wanted = list(new)
@@ -450,6 +495,7 @@ class Netlink:
                 view[change.obj.key] = change.obj
             else:
                 view.pop(change.obj.key, None)
+        self._view_of.pop(scope, None)
         return result
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backends.model import ROUTE_PROTOCOL, FdbEntry, Neighbour, Route
+from backends.model import ROUTE_PROTOCOL, FdbEntry, KernelObject, Neighbour, Route
 from backends.plan import Change, Put
 
 AF_INET = 2
@@ -240,3 +240,54 @@ def mac_text(raw: bytes) -> str:
 def _family(version: int) -> int:
     return AF_INET if version == 4 else AF_INET6
 
+
+
+# --- signatures: a cheap, hashable form of our objects for comparing whole tables ----------
+
+Signature = tuple[object, ...]
+
+
+def signature(obj: KernelObject) -> Signature:
+    """What a dump of ``obj`` decodes to with the ``*_signature`` functions below."""
+    if isinstance(obj, Route):
+        gateway = None if obj.gateway is None else obj.gateway.packed
+        return ("route", obj.dst.network_address.packed, obj.dst.prefixlen, gateway, obj.ifindex,
+                obj.onlink)
+    if isinstance(obj, Neighbour):
+        return ("neigh", obj.ifindex, obj.dst.packed, mac_bytes(obj.lladdr))
+    return ("fdb", obj.ifindex, mac_bytes(obj.lladdr), obj.dst.packed)
+
+
+def route_signature(payload: bytes) -> Signature | None:
+    """:func:`our_route` without building objects."""
+    family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
+    if proto != ROUTE_PROTOCOL or kind != RTN_UNICAST:
+        return None
+    attrs = attributes(payload, RTMSG.size)
+    table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+    if table_id != MAIN_TABLE:
+        return None
+    dst = attrs.get(RTA_DST) or bytes(4 if family == AF_INET else 16)
+    oif = attrs.get(RTA_OIF)
+    return ("route", dst, dst_len, attrs.get(RTA_GATEWAY) or None,
+            U32.unpack(oif)[0] if oif else None, bool(flags & RTNH_F_ONLINK))
+
+
+def neighbour_signature(payload: bytes) -> Signature | None:
+    """:func:`permanent_neighbour` without building objects."""
+    _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    return ("neigh", ifindex, dst, lladdr) if dst and lladdr else None
+
+
+def fdb_signature(payload: bytes) -> Signature | None:
+    """:func:`self_fdb_entry` without building objects."""
+    _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT or not flags & NTF_SELF:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    return ("fdb", ifindex, lladdr, dst) if dst and lladdr else None

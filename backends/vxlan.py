@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from backends.base import ExternalInterface, ReconcileReport, summarize
-from backends.model import DataplaneState, KernelObject
+from backends.model import DataplaneState, KernelObject, Skipped
 from backends.netlink import LinkState, Netlink, VxlanSpec
 from backends.peers import PeerIndex
 from backends.skiplog import SkipLog
@@ -134,6 +134,7 @@ class VxlanNetwork:
         # (None after a pass that skipped a peer: then every event is a full pass).
         self._index: PeerIndex | None = None
         self._objects: dict[str, list[KernelObject]] = {}
+        self._desired: DataplaneState | None = None
 
     @property
     def lease(self) -> Lease:
@@ -163,18 +164,31 @@ class VxlanNetwork:
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
     ) -> ReconcileReport:
-        if not full and changes is not None and self._index is not None:
-            report = self._reconcile_changes(changes)
-            if report is not None:
-                return report
-        return self._reconcile_all(peers, full, changes)
+        if full or self._ifindex is None:
+            ifindex, recreated = self._ensure_device()
+        else:
+            ifindex, recreated = self._ifindex, False
+        delta = None
+        if (changes is not None and self._index is not None and ifindex == self._ifindex
+                and not (full and self._direct_routing)):
+            delta = self._apply_changes(changes, ifindex)
+        skipped: Sequence[Skipped] = ()
+        if delta is None:
+            skipped = self._compute_all(peers, ifindex)
+        result = None
+        if delta is not None and not full:
+            result = self._netlink.sync_delta(*delta, [ifindex], [socket.AF_INET])
+        if result is None:
+            result = self._netlink.sync(
+                self._desired_state(), [ifindex], [socket.AF_INET], fresh=full or recreated
+            )
+        return summarize(
+            result.applied, result.failed, skipped=skipped, peers=len(self._objects),
+            device_recreated=recreated,
+        )
 
-    def _reconcile_all(
-        self, peers: Sequence[Lease], full: bool, changes: Mapping[str, Lease | None] | None
-    ) -> ReconcileReport:
-        """Every peer: the desired state from scratch, against the kernel (``full``) or
-        against what the last pass left."""
-        ifindex, recreated = self._ensure_device()
+    def _compute_all(self, peers: Sequence[Lease], ifindex: int) -> list[Skipped]:
+        """Every peer's objects from scratch; keeps the index when no peer was skipped."""
         usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
         self._skips.report(skipped)
         direct = self._direct_peers([p.public_ip for p in usable])
@@ -182,24 +196,17 @@ class VxlanNetwork:
             p.key: peer_objects(p, ifindex, direct.get(p.public_ip)) for p in usable
         }
         self._ifindex = ifindex
-        desired = DataplaneState.of([o for objs in self._objects.values() for o in objs])
-        result = self._netlink.sync(
-            desired, [ifindex], [socket.AF_INET], fresh=full or recreated
-        )
-        if skipped:
-            self._index = None
-        elif self._index is None or changes is None or changes:
-            self._index = self._peer_index(peers, usable)
-        return summarize(
-            result.applied, result.failed, skipped=skipped, peers=len(usable),
-            device_recreated=recreated,
-        )
+        self._desired = None
+        self._index = None if skipped else self._peer_index(peers, usable)
+        return skipped
 
-    def _reconcile_changes(self, changes: Mapping[str, Lease | None]) -> ReconcileReport | None:
-        """Only the changed peers' objects, when none of them conflicts with anything
-        (see :class:`PeerIndex`); None when a full pass is needed."""
+    def _apply_changes(
+        self, changes: Mapping[str, Lease | None], ifindex: int
+    ) -> tuple[list[KernelObject], list[KernelObject]] | None:
+        """The changed peers' old and new objects, when none of them conflicts with
+        anything (see :class:`PeerIndex`); None when every peer must be looked at."""
         index = self._index
-        if index is None or self._ifindex is None:
+        if index is None:
             return None
         added: list[VxlanPeer] = []
         old: list[KernelObject] = []
@@ -213,19 +220,25 @@ class VxlanNetwork:
             except PeerDataError:
                 peer = None
             if peer is None or not index.admit(lease, (peer.vtep_mac,)):
-                self._index = None  # a full pass sorts out who keeps what, and says why
+                self._index = None  # a full computation sorts out who keeps what, and says why
                 return None
             added.append(peer)
         direct = self._direct_peers([p.public_ip for p in added])
         new: list[KernelObject] = []
         for peer in added:
-            self._objects[peer.key] = peer_objects(peer, self._ifindex, direct.get(peer.public_ip))
+            self._objects[peer.key] = peer_objects(peer, ifindex, direct.get(peer.public_ip))
             new += self._objects[peer.key]
-        result = self._netlink.sync_delta(old, new, [self._ifindex], [socket.AF_INET])
-        if result is None:
-            self._index = None
-            return None
-        return summarize(result.applied, result.failed, skipped=(), peers=len(self._objects))
+        if old or new:
+            self._desired = None
+        return old, new
+
+    def _desired_state(self) -> DataplaneState:
+        """All peers' objects (the same object while nothing changes: cheap to compare)."""
+        if self._desired is None:
+            self._desired = DataplaneState.of(
+                [obj for objs in self._objects.values() for obj in objs]
+            )
+        return self._desired
 
     def _peer_index(self, peers: Sequence[Lease], usable: Sequence[VxlanPeer]) -> PeerIndex:
         mac = {p.key: p.vtep_mac for p in usable}
