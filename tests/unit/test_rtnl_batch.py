@@ -198,3 +198,16 @@ def test_a_dump_error_is_raised_with_its_errno() -> None:
     with pytest.raises(OSError) as caught:
         Rtnl(Refusing(lambda body: 0)).dump(rtnl.RTM_GETROUTE, rtnl.route_dump(2), rtnl.our_route)
     assert caught.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize(
+    ("obj", "decode"),
+    [(ROUTE, rtnl.route_signature), (Route(NET("10.244.2.0/24"), None, 3), rtnl.route_signature),
+     (NEIGH, rtnl.neighbour_signature), (FDB, rtnl.fdb_signature)],
+)
+def test_a_dumped_object_has_the_signature_of_the_model_object(
+    obj: Route | Neighbour | FdbEntry, decode: Callable[[bytes], object]
+) -> None:
+    assert decode(rtnl.change_body(Put(obj))[2]) == rtnl.signature(obj)
+    other = Route(NET("10.244.9.0/24"), IP("10.244.9.0"), 5, onlink=True)
+    assert rtnl.signature(other) != rtnl.signature(obj)
