@@ -25,21 +25,31 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from ipaddress import IPv4Interface
+
+import checkout  # noqa: F401 - this checkout's pyflannel first
+from fakes import FakeSubnetManager
 
 from backends.base import ExternalInterface, Network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
-from flanneld.lab.topology import run_in_netns
-from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from flanneld.lab.topology import (
+    add_default_route,
+    create_netns,
+    delete_netns,
+    link_index,
+    run_in_netns,
+    set_mtu,
+    veth_link,
+    write_sysctl,
+)
 from subnet.netconf import BackendConfig, NetConfig
 
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
@@ -60,39 +70,6 @@ class Result:
     mtu: int
     underlay: Measurement
     overlay: Measurement
-
-
-class FixedSubnets:
-    """A subnet manager that hands out one given subnet."""
-
-    def __init__(self, config: NetConfig, subnet: str) -> None:
-        self._config = config
-        self._subnet = ipaddress.IPv4Network(subnet)
-
-    def get_network_config(self) -> NetConfig:
-        return self._config
-
-    def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        return Lease(self._subnet, None, attrs)
-
-    def renew_lease(self, lease: Lease) -> Lease:
-        return lease
-
-    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
-        return None
-
-    def public_ip_override(self) -> ipaddress.IPv4Address | None:
-        return None
-
-    def mark_network_available(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
-        sink(Snapshot(()))
-        stop.wait()
 
 
 def sh(*args: str, timeout: float = 30, check: bool = True) -> str:
@@ -120,53 +97,25 @@ class Topology:
 @contextmanager
 def topology(prefix: str) -> Iterator[Topology]:
     topo = Topology(f"{prefix}-na", f"{prefix}-nb", f"{prefix}-pa", f"{prefix}-pb")
+    made: list[str] = []
     try:
         for ns in topo.all():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh(
-            "ip",
-            "-n",
-            topo.node_a,
-            "link",
-            "add",
-            "ul0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ul0",
-            "netns",
-            topo.node_b,
-        )
+            made.append(ns)
+            create_netns(ns)
+        veth_link(topo.node_a, "ul0", underlay_address(1), topo.node_b, "ul0", underlay_address(2))
         for third, node, pod in ((1, topo.node_a, topo.pod_a), (2, topo.node_b, topo.pod_b)):
-            sh("ip", "-n", node, "addr", "add", f"198.18.0.{third}/24", "dev", "ul0")
-            sh("ip", "-n", node, "link", "set", "ul0", "up")
-            sh(
-                "ip",
-                "-n",
-                node,
-                "link",
-                "add",
-                "cni0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pod,
-            )
-            sh("ip", "-n", node, "addr", "add", f"10.244.{third}.1/24", "dev", "cni0")
-            sh("ip", "-n", node, "link", "set", "cni0", "up")
-            sh("ip", "-n", pod, "addr", "add", f"10.244.{third}.2/24", "dev", "eth0")
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", pod, "route", "add", "default", "via", f"10.244.{third}.1")
-            in_ns(node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            gateway = ipaddress.IPv4Interface(f"10.244.{third}.1/24")
+            veth_link(node, "cni0", gateway, pod, "eth0", IPv4Interface(f"10.244.{third}.2/24"))
+            add_default_route(pod, gateway.ip)
+            write_sysctl(node, "net.ipv4.ip_forward", "1")
         yield topo
     finally:
-        for ns in topo.all():
-            sh("ip", "netns", "del", ns, check=False)
+        for ns in made:
+            delete_netns(ns)
+
+
+def underlay_address(third: int) -> IPv4Interface:
+    return IPv4Interface(f"198.18.0.{third}/24")
 
 
 def make_backend(kind: str, ns: str, ext: ExternalInterface, netlink: Netlink) -> object:
@@ -247,20 +196,19 @@ def run_backend(kind: str, prefix: str, runs: int, seconds: int) -> Result:
             for third, node in ((1, topo.node_a), (2, topo.node_b)):
                 netlink = Netlink(node)
                 netlinks.append(netlink)
-                index = json.loads(sh("ip", "-n", node, "-j", "link", "show", "ul0"))[0]["ifindex"]
-                addr = ipaddress.IPv4Address(f"198.18.0.{third}")
-                ext = ExternalInterface("ul0", int(index), 1500, addr, addr)
+                addr = underlay_address(third).ip
+                ext = ExternalInterface("ul0", link_index(node, "ul0"), 1500, addr, addr)
                 backend = make_backend(kind, node, ext, netlink)
                 config = NetConfig(
                     network=CLUSTER, subnet_len=24, backend=BackendConfig(kind, {"Type": kind})
                 )
                 register: Callable[..., Network] = backend.register_network  # type: ignore[attr-defined]
-                networks.append(register(FixedSubnets(config, f"10.244.{third}.0/24"), config))
+                networks.append(register(FakeSubnetManager(config, f"10.244.{third}.0/24"), config))
             networks[0].reconcile([networks[1].lease])
             networks[1].reconcile([networks[0].lease])
             mtu = networks[0].mtu
             for pod in (topo.pod_a, topo.pod_b):
-                sh("ip", "-n", pod, "link", "set", "eth0", "mtu", str(mtu))
+                set_mtu(pod, "eth0", mtu)
             overlay = measure(topo.pod_a, topo.pod_b, "10.244.2.2", runs, seconds)
         finally:
             for network in networks:

@@ -133,7 +133,8 @@ def make_backend(
         Backoff(1.0, 30.0), on_error,
     )
     return entry.build(
-        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
+        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None,
+                       os.environ)
     )
 
 

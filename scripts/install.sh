@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   etcd-server etcd-client containernetworking-plugins nftables iptables
   iproute2 iputils-ping tcpdump iperf3 python3 python3-venv python3-pip
+  wireguard-go wireguard-tools
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -49,6 +49,7 @@ from subnet.errors import (
     StoreError,
     WatchExpiredError,
 )
+from subnet.keyrange import prefix_range_end
 from subnet.lease import (
     IPNetwork,
     Lease,
@@ -357,7 +358,7 @@ class EtcdSubnetManager:
     def _create(self, lease: Lease) -> Lease | None:
         # No key with this IPv4 subnet may exist, whatever its IPv6 part.
         v4_prefix = self._subnets + subnet_key(lease.subnet, None)
-        compare = self._client.transactions.create(v4_prefix, _range_end(v4_prefix)) == 0
+        compare = self._client.transactions.create(v4_prefix, prefix_range_end(v4_prefix.encode())) == 0
         ok, expiration = self._put(self._subnets + lease.key, lease.attrs, compare, ttl_less=False)
         if not ok:
             log.info("subnet %s was taken by another node meanwhile; choosing again", lease.key)
@@ -576,13 +577,6 @@ class EtcdSubnetManager:
 
 
 # --- module helpers ----------------------------------------------------------------
-
-
-def _range_end(prefix: str) -> bytes:
-    """The end of the key range that holds exactly the keys starting with ``prefix``."""
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1  # the last character of a subnet key is a digit: no overflow
-    return bytes(raw)
 
 
 def _find_by_public_ip(entries: list[_Entry], attrs: LeaseAttrs) -> _Entry | None:

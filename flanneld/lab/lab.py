@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backends.wireguard_go import running_pid, stop_recorded
+from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
 from flanneld.lab import etcdgw, kubeapi, pods, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
@@ -111,7 +113,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _http_status(url: str) -> int | None:
+def http_status(url: str) -> int | None:
+    """The HTTP status of a GET of ``url`` (one second at most); None if it cannot connect."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
             return int(resp.status)
@@ -222,10 +225,8 @@ class Lab:
     def _build_node(self, node: NodePlan) -> None:
         ul = self._plan.underlay_netns
         self._make_netns(node.netns)
-        topology.add_veth(ul, node.bridge_port, node.netns, NODE_UNDERLAY_IF, UNDERLAY_MTU)
-        topology.set_master(ul, node.bridge_port, UNDERLAY_BRIDGE)
-        topology.add_address(node.netns, NODE_UNDERLAY_IF, node.address)
-        topology.set_up(node.netns, NODE_UNDERLAY_IF)
+        topology.bridge_port(ul, UNDERLAY_BRIDGE, node.bridge_port,
+                             node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
         os.makedirs(node_paths(self._plan, node).root, mode=0o755, exist_ok=True)
 
@@ -246,13 +247,19 @@ class Lab:
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(ETCD_ROLE, record))
         deadline = time.monotonic() + ETCD_TIMEOUT
-        url = spec.client_url
-        while not topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.healthy(url)):
-            if not procs.is_ours(record):
-                raise FlannelError(f"etcd exited; last log lines:\n{log_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
-            time.sleep(0.05)
+        with self.etcd_gateway(timeout=1.0) as gateway:
+            while not gateway.healthy():
+                if not procs.is_ours(record):
+                    raise FlannelError(f"etcd exited; last log lines:\n{log_tail(log_path)}")
+                if time.monotonic() > deadline:
+                    raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
+                time.sleep(0.05)
+
+    def etcd_gateway(self, timeout: float = 5.0) -> etcdgw.EtcdGateway:
+        """A client of the lab's etcd (etcd mode), connecting from the underlay namespace."""
+        return etcdgw.EtcdGateway(
+            self._plan.etcd_url, netns=self._plan.underlay_netns, timeout=timeout
+        )
 
     @property
     def kube_api(self) -> KubeApiControl:
@@ -277,9 +284,8 @@ class Lab:
         kubeapi.write_node_files(plan, plan.net_conf())
 
     def _put_net_conf(self) -> None:
-        url, key = self._plan.etcd_url, f"{self._plan.etcd_prefix}/config"
-        value = self._plan.net_conf()
-        topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
+        with self.etcd_gateway() as gateway:
+            gateway.put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
 
     def _spawn_flanneld(self, node: NodePlan, extra_args: Sequence[str] = ()) -> ProcessRecord:
         launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
@@ -295,7 +301,7 @@ class Lab:
         if not os.path.exists(node_paths(self._plan, node).subnet_file):
             return False
         url = f"http://127.0.0.1:{HEALTHZ_PORT}/readyz"
-        return topology.run_in_netns(node.netns, lambda: _http_status(url)) == 200
+        return topology.run_in_netns(node.netns, lambda: http_status(url)) == 200
 
     def _wait_ready(self, node: NodePlan, timeout: float) -> None:
         record = self._record(_flanneld_role(node))
@@ -317,10 +323,8 @@ class Lab:
     # --- inspecting --------------------------------------------------------------
 
     def _etcd_leases(self) -> dict[str, str]:
-        url, prefix = self._plan.etcd_url, self._plan.etcd_prefix + "/subnets/"
-        return topology.run_in_netns(
-            self._plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix)
-        )
+        with self.etcd_gateway() as gateway:
+            return gateway.get_prefix(self._plan.etcd_prefix + "/subnets/")
 
     def subnet_env(self, node: str) -> str:
         """The text of ``node``'s subnet.env ('' if it does not exist)."""
@@ -438,6 +442,11 @@ class Lab:
             self._wait_ready(plan_node, timeout)
         return record.pid
 
+    def wireguard_go_pid(self, node: str) -> int | None:
+        """The PID of ``node``'s wireguard-go (wireguard backend, userspace driver) if it runs."""
+        root = node_paths(self._plan, self._plan.node(node)).root
+        return running_pid(root, WIREGUARD_DEVICE)
+
     def etcd_pid(self) -> int | None:
         """The PID of the lab's etcd if it is running."""
         record = self._record(ETCD_ROLE)
@@ -502,6 +511,16 @@ def _deletion_order(name: str) -> tuple[int, str]:
     return rank, name
 
 
+def _stop_wireguard_go(directory: str) -> list[str]:
+    """End each node's wireguard-go (flanneld leaves it running across restarts), by PID."""
+    stopped = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        root = os.path.join(directory, name)
+        if os.path.isdir(root) and stop_recorded(root, WIREGUARD_DEVICE) is not None:
+            stopped.append(f"wireguard-go-{name}")
+    return stopped
+
+
 def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
     """Remove every process, namespace and file of lab ``prefix``; safe to repeat.
 
@@ -525,6 +544,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
         ):
             done = procs.stop(list(group.values()), STOP_TIMEOUT)
             stopped += [role for role, rec in group.items() if rec in done]
+    stopped += _stop_wireguard_go(directory)
     names = set(_lab_namespaces(prefix))
     if recorded is not None:
         names |= {n for n in recorded.namespaces if is_lab_netns(prefix, n)}

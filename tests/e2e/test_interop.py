@@ -25,10 +25,9 @@ from typing import Any
 
 import pytest
 
-from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import UNDERLAY_BRIDGE
-from flanneld.lab.topology import link_address, run_in_netns
+from flanneld.lab.topology import link_address
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -95,8 +94,8 @@ class Upstream:
 
 
 def etcd_leases(lab: Lab) -> dict[str, str]:
-    url, prefix = lab.plan.etcd_url, lab.plan.etcd_prefix + "/subnets/"
-    return run_in_netns(lab.plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix))
+    with lab.etcd_gateway() as gateway:
+        return gateway.get_prefix(lab.plan.etcd_prefix + "/subnets/")
 
 
 def etcdctl(lab: Lab, *args: str) -> str:

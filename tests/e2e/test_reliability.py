@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import HEALTHZ_PORT
 from flanneld.lab.topology import link_address, netns_argv, run_in_netns
@@ -80,8 +79,8 @@ def subnets_prefix(lab: Lab) -> str:
 
 
 def etcd_put(lab: Lab, name: str, value: str) -> None:
-    url, key = lab.plan.etcd_url, subnets_prefix(lab) + name
-    run_in_netns(lab.plan.underlay_netns, lambda: etcdgw.put(url, key, value))
+    with lab.etcd_gateway() as gateway:
+        gateway.put(subnets_prefix(lab) + name, value)
 
 
 def etcd_del(lab: Lab, name: str) -> None:
@@ -89,8 +88,9 @@ def etcd_del(lab: Lab, name: str) -> None:
 
 
 def etcd_leases(lab: Lab) -> dict[str, str]:
-    url, prefix = lab.plan.etcd_url, subnets_prefix(lab)
-    found = run_in_netns(lab.plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix))
+    prefix = subnets_prefix(lab)
+    with lab.etcd_gateway() as gateway:
+        found = gateway.get_prefix(prefix)
     return {key.removeprefix(prefix): value for key, value in found.items()}
 
 

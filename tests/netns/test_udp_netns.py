@@ -24,10 +24,10 @@ from backends.base import ExternalInterface
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
 from backends.udp_packet import Drop
+from bench.fakes import FakeSubnetManager
 from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
-from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
 
 pytestmark = pytest.mark.netns

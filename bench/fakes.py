@@ -1,4 +1,10 @@
-"""Test doubles shared by the namespace tests."""
+"""The one fake SubnetManager, for the backend namespace tests and the throughput benchmark.
+
+It lives here, not in ``tests/``, because a benchmark never imports the test
+suite, while the tests may import from ``bench/`` (``bench.fakes``).  Nothing
+shipped imports either (``tests/unit/test_import_contracts.py``), so this
+stays out of the product.
+"""
 
 from __future__ import annotations
 
