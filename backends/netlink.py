@@ -176,7 +176,8 @@ class Netlink:
 
     def __init__(self, netns: str | None = None, deletions: OwnDeletions | None = None) -> None:
         self._netns = netns
-        self._deletions = deletions or OwnDeletions()
+        # what our passes delete, for the kernel watch to tell its echo from damage
+        self.deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
         # per scope (devices, families): our objects as the last pass left them, by key
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
@@ -547,7 +548,7 @@ class Netlink:
         if any(c.obj.ifindex not in self._names for c in changes if c.obj.ifindex):
             self._refresh_names()
         started = time.monotonic()
-        self._deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
+        self.deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
         try:
             codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
         except OSError as err:

@@ -25,10 +25,10 @@ from backends.netlink import Netlink
 from backends.wireguard import WireguardBackend, WireguardNetwork
 from backends.wireguard_go import WireguardGo, find_binary, stop_recorded
 from backends.wireguard_state import DEVICE, encode_backend_data, key_b64
+from bench.fakes import FakeSubnetManager
 from subnet.errors import ConfigError, DataplaneError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
-from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
 
 pytestmark = pytest.mark.netns

@@ -110,8 +110,8 @@ def test_pure_modules_do_no_io_imports() -> None:
     pure = [
         "backends/model.py", "backends/plan.py", "backends/peers.py", "backends/vxlan_state.py",
         "backends/hostgw_state.py", "backends/udp_packet.py", "backends/wireguard_state.py",
-        "subnet/lease.py",
-        "subnet/allocator.py", "subnet/kube_state.py", "subnet/netconf.py",
+        "subnet/lease.py", "subnet/allocator.py", "subnet/kube_state.py", "subnet/etcd_state.py",
+        "subnet/netconf.py",
         "flanneld/peertable.py", "flanneld/loop_state.py", "flanneld/trafficmgr/rules.py",
         "flanneld/lab/layout.py",
     ]
