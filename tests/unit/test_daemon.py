@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +85,12 @@ class FakeNetwork:
     def forward_stats(self) -> None:
         return None
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         self.calls.append((sorted(p.key for p in peers), full))
         self._on_reconcile(self)
         return ReconcileReport(peers=len(peers))
