@@ -12,7 +12,7 @@ FLANNEL_MTU.  Measured in the same topology: iperf3 TCP node-a -> node-b
 over the underlay (the baseline) and pod-a -> pod-b through the overlay
 (``--runs`` runs of ``-t --seconds``, median), and ping RTT p50/p99.
 
-Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp]
+Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp,wireguard]
 [--runs 3] [--seconds 3] [--out results.md]``.  Every external command has
 a timeout, so a run is bounded.
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,9 @@ from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
+from backends.wireguard import WireguardBackend
+from backends.wireguard_go import WireguardGo, find_binary, stop_recorded
+from backends.wireguard_state import DEVICE as WG_DEVICE
 from flanneld.lab.topology import (
     add_default_route,
     create_netns,
@@ -55,6 +60,7 @@ from subnet.netconf import BackendConfig, NetConfig
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 PING_COUNT = 200
 PING_INTERVAL = "0.005"
+WG_STATE_ROOT = "/run/pyflannel-bench"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,26 @@ def make_backend(kind: str, ns: str, ext: ExternalInterface, netlink: Netlink) -
             return run_in_netns(ns, lambda: open_endpoints(name, bind))
 
         return UdpBackend(ext, netlink, BackendConfig("udp", {"Type": "udp"}), opener)
+    if kind == "wireguard":  # the userspace driver (wireguard-go), in the node's namespace
+        state = wireguard_state_dir(ns)
+        return WireguardBackend(
+            ext, netlink, BackendConfig("wireguard", {"Type": "wireguard"}),
+            os.path.join(state, "wgkey"),
+            userspace=lambda: WireguardGo(WG_DEVICE, state, find_binary(),
+                                          netns=f"/var/run/netns/{ns}"),
+        )
     raise ValueError(f"unknown backend {kind}")
+
+
+def wireguard_state_dir(ns: str) -> str:
+    """Where a node's WireGuard key and wireguard-go PID live during the run."""
+    return os.path.join(WG_STATE_ROOT, ns)
+
+
+def stop_wireguard(ns: str) -> None:
+    """End the node's wireguard-go by its PID (flanneld would leave it running) and its files."""
+    stop_recorded(wireguard_state_dir(ns), WG_DEVICE)
+    shutil.rmtree(wireguard_state_dir(ns), ignore_errors=True)
 
 
 def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
@@ -215,6 +240,9 @@ def run_backend(kind: str, prefix: str, runs: int, seconds: int) -> Result:
                 network.close()
             for netlink in netlinks:
                 netlink.close()
+            if kind == "wireguard":
+                for node in (topo.node_a, topo.node_b):
+                    stop_wireguard(node)
     return Result(kind, mtu, underlay, overlay)
 
 

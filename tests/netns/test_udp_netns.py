@@ -29,6 +29,7 @@ from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
 from tests.underlay import ip_json, sh, veth_hosts
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -208,16 +209,14 @@ def test_datagram_from_unknown_sender_is_dropped_and_counted(pair: tuple[Node, N
     sh("ip", "-n", b.ns, "addr", "add", "198.18.0.99/24", "dev", "ul0")
     before = net_a.forward_stats.rx.packets
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.99")
-    deadline = time.monotonic() + 5
-    while net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] >= 3, 30.0,
+               "3 datagrams from an unknown sender dropped")
     assert net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] == 3
     assert net_a.forward_stats.rx.packets == before
     # the same packet from the known peer's address is forwarded
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.2")
-    deadline = time.monotonic() + 5
-    while net_a.forward_stats.rx.packets < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: net_a.forward_stats.rx.packets >= before + 3, 30.0,
+               "3 datagrams from the known peer forwarded")
     assert net_a.forward_stats.rx.packets == before + 3
 
 
@@ -240,7 +239,7 @@ def test_close_stops_threads_and_removes_the_tun(pair: tuple[Node, Node]) -> Non
     before = forwarders()
     started = time.monotonic()
     net_a.close()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # generous: a stuck thread shows in the count below
     assert before - forwarders() == 2
     assert sh("ip", "-n", a.ns, "link", "show", "flannel0", check=False).returncode != 0
 
@@ -254,7 +253,10 @@ def test_throughput_smoke(pair: tuple[Node, Node]) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.3)
+        wait_until(
+            lambda: "10.244.2.1:5201" in sh("ip", "netns", "exec", b.ns, "ss", "-Hltn").stdout,
+            20.0, "iperf3 listening in b",
+        )
         done = sh(
             "ip",
             "netns",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-import time
 from collections.abc import Mapping, Sequence
 
 from backends.base import ReconcileReport
@@ -12,6 +11,7 @@ from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
 from flanneld.loop_state import Kick
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
+from tests.waiting import wait_until
 
 
 def lease(third: int) -> Lease:
@@ -56,13 +56,7 @@ def run_loop(loop: MainLoop, network: FakeNetwork, stop: threading.Event) -> thr
     return thread
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+WAIT = 30.0  # generous: these wait for the loop thread on a loaded machine
 
 
 def test_messages_reconcile_and_first_batch_marks_synced() -> None:
@@ -74,11 +68,13 @@ def test_messages_reconcile_and_first_batch_marks_synced() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Snapshot((lease(1), lease(2))))
-        wait_for(synced.is_set)
+        wait_until(synced.is_set, WAIT, "the first batch to mark synced")
         loop.messages.put(LeaseAdded(lease(3)))
-        wait_for(lambda: ["10.244.2.0-24", "10.244.3.0-24"] in network.calls)
+        wait_until(lambda: ["10.244.2.0-24", "10.244.3.0-24"] in network.calls, WAIT,
+                   "a reconcile with peers 2 and 3")
         loop.messages.put(LeaseRemoved(lease(2).key))
-        wait_for(lambda: network.calls[-1] == ["10.244.3.0-24"])
+        wait_until(lambda: network.calls[-1] == ["10.244.3.0-24"], WAIT,
+                   "a reconcile with peer 3 only")
     finally:
         stop.set()
         thread.join(5)
@@ -93,7 +89,7 @@ def test_resync_reconciles_without_messages() -> None:
                     LoopSettings(resync_interval=0.05), stop)
     thread = run_loop(loop, network, stop)
     try:
-        wait_for(lambda: len(network.calls) >= 3)
+        wait_until(lambda: len(network.calls) >= 3, WAIT, "3 resync reconciles")
     finally:
         stop.set()
         thread.join(5)
@@ -110,10 +106,10 @@ def test_lost_own_lease_is_reacquired_and_reported() -> None:
     thread = run_loop(loop, first, stop)
     try:
         loop.messages.put(Snapshot((lease(1), lease(2))))
-        wait_for(lambda: len(first.calls) == 1)
+        wait_until(lambda: len(first.calls) == 1, WAIT, "the first network's reconcile")
         loop.messages.put(LeaseRemoved(lease(1).key))
-        wait_for(lambda: announced == ["10.244.5.0-24"])
-        wait_for(lambda: len(second.calls) >= 1)
+        wait_until(lambda: announced == ["10.244.5.0-24"], WAIT, "the new lease announced")
+        wait_until(lambda: len(second.calls) >= 1, WAIT, "the new network's reconcile")
     finally:
         stop.set()
         thread.join(5)
@@ -128,7 +124,7 @@ def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Kick())
-        wait_for(lambda: len(network.calls) == 1, timeout=2.0)
+        wait_until(lambda: len(network.calls) == 1, WAIT, "the kicked reconcile")
         assert not synced.is_set()
     finally:
         stop.set()
@@ -228,11 +224,11 @@ def test_each_pass_is_told_which_leases_changed_since_the_last() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Snapshot((lease(1), lease(2))))
-        wait_for(lambda: len(network.changes) == 1)
+        wait_until(lambda: len(network.changes) == 1, WAIT, "the snapshot's pass")
         loop.messages.put(LeaseAdded(lease(3)))
-        wait_for(lambda: len(network.changes) == 2)
+        wait_until(lambda: len(network.changes) == 2, WAIT, "the addition's pass")
         loop.messages.put(LeaseRemoved(lease(2).key))
-        wait_for(lambda: len(network.changes) == 3)
+        wait_until(lambda: len(network.changes) == 3, WAIT, "the removal's pass")
     finally:
         stop.set()
         thread.join(5)
