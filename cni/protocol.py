@@ -167,7 +167,7 @@ def is_error_json(output: bytes) -> bool:
 
     try:
         body = json.loads(output)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return False
     return (
         isinstance(body, dict)
