@@ -91,6 +91,7 @@ class LinkState:
     mac: str
     up: bool
     vxlan: VxlanAttrs | None = None
+    master: int | None = None  # the bridge (or bond) this link is enslaved to
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,12 @@ class Netlink:
         return result
 
     # --- links ---------------------------------------------------------------------------
+
+    def links(self) -> list[LinkState]:
+        """Every link (one dump); read-only, for diagnostics."""
+        found = [_link_state(msg) for msg in self._request("dump links", self._ipr.link, "dump")]
+        self._names.update((state.index, state.name) for state in found)
+        return found
 
     def link(self, name: str) -> LinkState | None:
         """The link called ``name``, or None if there is none."""
@@ -688,6 +695,7 @@ def _link_state(msg: Any) -> LinkState:
         mac=str(msg.get("IFLA_ADDRESS") or "").lower(),
         up=bool(msg["flags"] & IFF_UP),
         vxlan=vxlan,
+        master=int(msg.get("IFLA_MASTER") or 0) or None,
     )
 
 

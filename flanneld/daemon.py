@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExternalInterface, Network
 from backends.kernelwatch import KernelWatch
@@ -46,6 +47,9 @@ from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig
 from subnet.retry import Backoff
 
+if TYPE_CHECKING:
+    from subnet.etcd import EtcdSettings
+
 log = logging.getLogger(__name__)
 
 BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
@@ -61,9 +65,16 @@ def build_manager(
         from subnet.kube import connect_and_sync
 
         return connect_and_sync(kube_settings(flags, os.environ), stop)
-    from subnet.etcd import EtcdSettings, EtcdSubnetManager
+    from subnet.etcd import EtcdSubnetManager
 
-    settings = EtcdSettings(
+    return EtcdSubnetManager(etcd_settings(flags), previous.subnets)
+
+
+def etcd_settings(flags: Flags) -> EtcdSettings:
+    """EtcdSettings from flanneld's ``--etcd-*`` flags."""
+    from subnet.etcd import EtcdSettings
+
+    return EtcdSettings(
         endpoints=tuple(e for e in flags.etcd_endpoints.split(",") if e),
         prefix=flags.etcd_prefix,
         keyfile=flags.etcd_keyfile,
@@ -73,7 +84,6 @@ def build_manager(
         password=flags.etcd_password,
         renew_margin_minutes=flags.subnet_lease_renew_margin,
     )
-    return EtcdSubnetManager(settings, previous.subnets)
 
 
 def kube_settings(flags: Flags, environ: Mapping[str, str]) -> KubeSettings:

@@ -275,6 +275,10 @@ class EtcdSubnetManager:
         mine = held_by(self._list()[0], public_ip)
         return mine.attrs if mine is not None else None
 
+    def leases(self) -> tuple[Lease, ...]:
+        """Every parseable lease, read once (diagnostics; the daemon watches instead)."""
+        return self._snapshot()[0]
+
     def public_ip_override(self) -> IPv4Address | None:
         """etcd has no per-node override; ``--public-ip`` is the only way."""
         return None

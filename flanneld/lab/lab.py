@@ -8,10 +8,12 @@ exactly what the lab made.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -26,6 +28,7 @@ from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
 from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
 from flanneld.lab.layout import (
+    CNI_CONFLIST,
     DEFAULT_PREFIX,
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
@@ -36,6 +39,7 @@ from flanneld.lab.layout import (
     UNDERLAY_MTU,
     LabPlan,
     NodePlan,
+    cni_conflist,
     flanneld_argv,
     flanneld_env,
     is_lab_netns,
@@ -228,7 +232,10 @@ class Lab:
         topology.bridge_port(ul, UNDERLAY_BRIDGE, node.bridge_port,
                              node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
-        os.makedirs(node_paths(self._plan, node).root, mode=0o755, exist_ok=True)
+        paths = node_paths(self._plan, node)
+        os.makedirs(paths.cni_conf_dir, mode=0o755, exist_ok=True)
+        with open(os.path.join(paths.cni_conf_dir, CNI_CONFLIST), "w", encoding="utf-8") as fh:
+            json.dump(cni_conflist(self._plan, node), fh, indent=2)
 
     def _etcd_spec(self) -> EtcdSpec:
         return EtcdSpec(
@@ -362,6 +369,28 @@ class Lab:
         """The PID of ``node``'s flanneld if it is running."""
         record = self._record(_flanneld_role(self._plan.node(node)))
         return record.pid if record is not None and procs.is_ours(record) else None
+
+    def doctor(
+        self, node: str, args: Sequence[str] = (), capture: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``flannelctl doctor`` in ``node``'s namespace with its flanneld's flags.
+
+        ``args`` are doctor's own options (``--json``, ``--timeout``).  With
+        ``capture`` the output is returned, else it goes to our stdout.
+        """
+        plan_node = self._plan.node(node)
+        paths = node_paths(self._plan, plan_node)
+        flannelctl = procs.launcher(self._python, "flannelctl", "flanneld.ctl")
+        flags = flanneld_argv([], self._plan, plan_node)
+        argv = [*flannelctl, "doctor", *args, "--cni-conf-dir", paths.cni_conf_dir, "--", *flags]
+        env = {**_child_env(), **flanneld_env(self._plan, plan_node)}
+        try:
+            return subprocess.run(
+                topology.netns_argv(plan_node.netns, argv), capture_output=capture, text=True,
+                env=env, timeout=timeout, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise FlannelError(f"flannelctl doctor on {node} failed: {err}") from err
 
     def endpoints(self) -> list[Endpoint]:
         """Every pod with its address, read from the pod's namespace."""

