@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
 from backends.peers import usable_peers
@@ -485,16 +485,13 @@ class UdpBackend:
         self._forwarder: Forwarder | None = None
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> UdpNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the udp backend supports IPv4 only")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the udp backend needs an IPv4 Network")
+        cluster_network = ipv4_network(config, "udp")
         if self._ext.ext_addr is None or self._ext.iface_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address")
         lease = manager.acquire_lease(LeaseAttrs(public_ip=self._ext.ext_addr))
         if lease.subnet is None:
             raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
-        network = UdpNetwork(self, lease, config.network)
+        network = UdpNetwork(self, lease, cluster_network)
         network.reconcile([])
         return network
 

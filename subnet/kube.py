@@ -95,7 +95,7 @@ from subnet.kube_state import (
     vtep_mac_from_backend_data,
 )
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from subnet.manager import Sink, Snapshot, StoreReport, ignore_store_report
 from subnet.netconf import NetConfig, parse_net_config
 from subnet.retry import Backoff
 
@@ -197,7 +197,7 @@ class _HostPin:
 def _status_message(err: Any) -> str:
     try:
         doc = json.loads(err.body or "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
@@ -226,7 +226,7 @@ def _json_response(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
         doc = json.loads(resp.data)
     except (urllib3.exceptions.HTTPError, OSError) as err:
         raise StoreError(f"{what}: {err}") from err
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"{what}: the response is not JSON: {err}") from err
     finally:
         resp.release_conn()
@@ -359,7 +359,9 @@ class KubeSubnetManager:
         """Kube leases (pod CIDRs) do not expire: nothing to do."""
         return lease
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         """Snapshot of every flannel-managed Node's lease, then their changes."""
         cfg = self.get_network_config()
         state = _WatchState()
@@ -373,7 +375,7 @@ class KubeSubnetManager:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    self._list_and_watch(cfg, sink, stop, state)
+                    self._list_and_watch(cfg, sink, stop, state, report)
                 except WatchExpiredError as err:
                     if stop.is_set():
                         break
@@ -385,6 +387,7 @@ class KubeSubnetManager:
                     if time.monotonic() - started > 10 * self.timings.backoff_max:
                         backoff.reset()  # it worked for a while: start over
                     delay = backoff.next_delay()
+                    report(err)
                     log.warning("Kubernetes API failure (%s); listing nodes again in %.1f s",
                                 err, delay)
                     stop.wait(delay)
@@ -529,7 +532,8 @@ class KubeSubnetManager:
         return True, lease
 
     def _list_and_watch(
-        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState
+        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
+        report: StoreReport,
     ) -> None:
         rv, nodes = self._list_nodes()
         table = NodeLeaseTable()
@@ -538,6 +542,7 @@ class KubeSubnetManager:
             if usable:
                 table.set(node_name_of(node), lease)
         sink(Snapshot(table.leases()))
+        report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
                  len(nodes), len(table.leases()), rv)
         while not stop.is_set():
@@ -644,7 +649,7 @@ def _event(line: bytes) -> JSON:
     """One event; StoreError (the watch is re-listed) for a line that is not a JSON object."""
     try:
         doc = json.loads(line)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"node watch sent a line that is not JSON: {err}") from err
     except RecursionError as err:
         raise StoreError("node watch sent an event nested too deeply to parse") from err
