@@ -651,8 +651,6 @@ def _event(line: bytes) -> JSON:
         doc = json.loads(line)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"node watch sent a line that is not JSON: {err}") from err
-    except RecursionError as err:
-        raise StoreError("node watch sent an event nested too deeply to parse") from err
     if not isinstance(doc, dict):
         raise StoreError("node watch sent an event that is not an object")
     return doc

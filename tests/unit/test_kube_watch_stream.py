@@ -42,7 +42,7 @@ def test_lines_split_anywhere_across_chunks_and_a_last_line_without_newline() ->
         (b"{not json", "not JSON"),
         (b"[1, 2]", "not an object"),
         (b'{"type": "MODIFIED", "object": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-         "nested too deeply"),
+         "recursion"),
     ],
     ids=["not-json", "not-an-object", "nested-too-deeply"],
 )
