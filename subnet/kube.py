@@ -568,10 +568,11 @@ class KubeSubnetManager:
             raise KubeAPIError(message, code)
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if kind in ("ADDED", "MODIFIED"):
-            usable, lease = self._lease_of(cfg, obj, state)
-            if usable:
-                for msg in table.set(node_name_of(obj), lease):
-                    sink(msg)
+            # Garbage annotations leave no usable lease: the Node's lease is gone, as
+            # a re-list sees it, and our own Node is annotated again by the daemon.
+            _usable, lease = self._lease_of(cfg, obj, state)
+            for msg in table.set(node_name_of(obj), lease):
+                sink(msg)
         elif kind == "DELETED":
             state.bad.pop(node_name_of(obj), None)
             for msg in table.set(node_name_of(obj), None):

@@ -41,8 +41,8 @@ def in_netns(ns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProce
         ("[" * 100_000, "net-conf.json is not valid JSON: nested too deeply"),
         ('{"Network": "10.244.0.0/16", "SubnetMin": "10.244.9.0", "SubnetMax": "10.244.2.0"}',
          "SubnetMin 10.244.9.0 is above SubnetMax 10.244.2.0"),
-        ('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",'
-         ' "Backend": {"Type": "vxlan"}}',
+        (('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",'
+          ' "Backend": {"Type": "vxlan"}}'),
          "the vxlan backend supports IPv4 only, not IPv6"),
     ],
     ids=["too-small", "subnetlen", "backend", "truncated", "wg-mode", "wg-psk", "deep",
