@@ -27,7 +27,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
@@ -553,7 +553,12 @@ class UdpNetwork:
     def forward_stats(self) -> ForwardStats | None:
         return self._backend.stats
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         netlink = self._backend.netlink
         forwarder, link, recreated = self._ensure_device()
         usable, skipped = udp_peers(self._lease, peers, [self._network])

@@ -21,6 +21,30 @@ Design, and where it departs from upstream on purpose:
   keys are sent, as a strategic merge patch of ``nodes/status``.
 * The previous VTEP MAC is read by decoding the backend-data JSON.
 
+Why not ``kubernetes.watch.Watch`` (checked with kubernetes 37.0.3, the
+range pyproject.toml allows; ``tests/integration/test_kube_manager.py``
+shows both points against the API server double, ``bench/kube_watch_parse.py``
+measures the cost).  The node watch parses the chunked JSON lines itself
+(``_events``, about twenty-five lines) because the client's two paths each break a
+promise this module keeps:
+
+* ``deserialize=False`` (plain ``json.loads``, the only path as cheap as
+  ours) fails on every ERROR event with ``KeyError('raw_object')``: a 410
+  Gone cannot be told from any other failure, so the re-list that bridges
+  an expired watch is lost.
+* The default path turns every event into ``V1Node`` models that this
+  module would throw away (:mod:`subnet.kube_state` reads the JSON): about
+  ten times the CPU per event (380-410 us against 40-47 us for a 7 kB Node,
+  measured on a loaded 2-core machine), and its pydantic validation ends the
+  whole stream when one Node lacks a field the model requires (a
+  ``status.nodeInfo`` without ``machineID``), where one bad Node must only be
+  skipped.
+
+``_events`` turns a line that is not a JSON object, or one nested too deeply
+to parse, into a StoreError: the watch is re-listed, no thread dies and no
+event is lost unnoticed.  A deeply nested *annotation* is a string inside the
+event and is skipped with its node by :mod:`subnet.kube_state`.
+
 This is the only module that imports ``kubernetes``.  API and transport
 errors are translated here into :class:`StoreError` (HTTP failures as
 :class:`KubeAPIError`, with the status), :class:`WatchExpiredError` (410)
@@ -493,8 +517,12 @@ class KubeSubnetManager:
         items = doc.get("items") or []
         return rv, [item for item in items if isinstance(item, dict)]
 
-    def _lease_of(self, cfg: NetConfig, node: JSON, state: _WatchState) -> tuple[bool, Lease | None]:
-        """(usable, lease): usable is False for garbage, logged once per content."""
+    def _lease_of(self, cfg: NetConfig, node: JSON, state: _WatchState) -> Lease | None:
+        """The Node's lease; None for an unmanaged Node or garbage (logged once per content).
+
+        A Node whose annotations turn to garbage has no lease, as a re-list sees
+        it; for our own Node the daemon then acquires again, writing them anew.
+        """
         name = node_name_of(node)
         try:
             lease = node_to_lease(node, self.keys, enable_ipv4=cfg.enable_ipv4,
@@ -503,9 +531,9 @@ class KubeSubnetManager:
             if state.bad.get(name) != str(err):
                 log.warning("Skipping node %r: cannot turn it into a lease: %s", name, err)
                 state.bad[name] = str(err)
-            return False, None
+            return None
         state.bad.pop(name, None)
-        return True, lease
+        return lease
 
     def _list_and_watch(
         self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
@@ -514,9 +542,7 @@ class KubeSubnetManager:
         rv, nodes = self._list_nodes()
         table = NodeLeaseTable()
         for node in nodes:
-            usable, lease = self._lease_of(cfg, node, state)
-            if usable:
-                table.set(node_name_of(node), lease)
+            table.set(node_name_of(node), self._lease_of(cfg, node, state))
         sink(Snapshot(table.leases()))
         report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
@@ -568,10 +594,7 @@ class KubeSubnetManager:
             raise KubeAPIError(message, code)
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if kind in ("ADDED", "MODIFIED"):
-            # Garbage annotations leave no usable lease: the Node's lease is gone, as
-            # a re-list sees it, and our own Node is annotated again by the daemon.
-            _usable, lease = self._lease_of(cfg, obj, state)
-            for msg in table.set(node_name_of(obj), lease):
+            for msg in table.set(node_name_of(obj), self._lease_of(cfg, obj, state)):
                 sink(msg)
         elif kind == "DELETED":
             state.bad.pop(node_name_of(obj), None)
@@ -608,13 +631,12 @@ def connect_and_sync(
 
 
 def _events(resp: Any) -> Iterator[JSON]:
-    """The JSON-lines events of a watch response."""
+    """The JSON-lines events of a watch response (see "Why not kubernetes.watch" above)."""
     buffer = b""
     try:
         for chunk in resp.stream(65536, decode_content=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
                 if line.strip():
                     yield _event(line)
     except (urllib3.exceptions.HTTPError, OSError) as err:
@@ -624,6 +646,7 @@ def _events(resp: Any) -> Iterator[JSON]:
 
 
 def _event(line: bytes) -> JSON:
+    """One event; StoreError (the watch is re-listed) for a line that is not a JSON object."""
     try:
         doc = json.loads(line)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
