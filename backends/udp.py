@@ -336,13 +336,15 @@ class Forwarder:
         poller = self._poller(tun)
         start = pos = count = size = 0
         peer: SockAddr = ("", 0)
+        last_read_at = len(out) - BUFFER_SIZE
+        readv = os.readv  # per packet: spare the attribute lookups
         while True:
-            if pos + BUFFER_SIZE > len(out):
+            if pos > last_read_at:
                 if count:
                     self._send(out[start:pos], count, peer, size)
                 start = pos = count = 0
             try:
-                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
+                length = readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
             except BlockingIOError:
                 if count:
                     self._send(out[start:pos], count, peer, size)
