@@ -8,8 +8,10 @@
 # cannot be pulled, a Debian bookworm base is made with mmdebstrap (python3, iproute2,
 # nftables, iptables, wireguard-go) and imported as localhost/pyflannel-base:<hash of its
 # package list>; it stays in podman's storage, so the next build reuses it.  The Python
-# dependencies are built into wheels on this machine and given to the build, so the
-# build itself needs no package index.  Prints the image's size at the end.
+# dependencies are built into wheels on this machine (kept in /var/cache/pyflannel per
+# pyproject.toml) and given to the build, so the build itself needs no package index;
+# podman's layer cache keeps the dependency layer until pyproject.toml changes.
+# Prints the image's size at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,7 @@ BASE_PACKAGES=python3,python3-venv,iproute2,nftables,iptables,wireguard-go,ca-ce
 # podman's default runtime (crun 1.8) refuses hybrid cgroup hierarchies; runc runs on both.
 PODMAN=(podman --runtime runc)
 PULL_TIMEOUT=${PULL_TIMEOUT:-60}
+WHEEL_CACHE=/var/cache/pyflannel
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "build-image.sh: run as root (podman's root storage)" >&2
@@ -53,6 +56,8 @@ debian_base() {
   echo "$tag"
 }
 
+mkdir -p "$WHEEL_CACHE"
+
 if "${PODMAN[@]}" image exists "$BASE" \
    || timeout "$PULL_TIMEOUT" "${PODMAN[@]}" pull --quiet "$BASE" >/dev/null 2>&1; then
   base=$BASE
@@ -62,14 +67,24 @@ else
 fi
 
 # Wheels for everything pip installs in the image (and setuptools for the build backend),
-# made with this machine's pip and its configured indexes.
+# made with this machine's pip and its configured indexes; kept per pyproject.toml.
 python=.venv/bin/python
 [ -x "$python" ] || python=python3
-wheels=$(mktemp -d /var/tmp/pyflannel-wheels.XXXXXX)
-trap 'rm -rf "$wheels"' EXIT
-"$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$wheels" . >&2
-"$python" -m pip download --quiet --disable-pip-version-check --dest "$wheels" \
-  'setuptools>=68' wheel >&2
+wheels=$WHEEL_CACHE/wheels-$(sha256sum pyproject.toml | cut -c1-12)
+if [ ! -d "$wheels" ]; then
+  echo "build-image.sh: building wheels into $wheels" >&2
+  fresh=$(mktemp -d "$WHEEL_CACHE/.wheels.XXXXXX")
+  if ! { "$python" -m pip wheel --disable-pip-version-check --wheel-dir "$fresh" . \
+         && "$python" -m pip download --disable-pip-version-check --dest "$fresh" \
+              'setuptools>=68' wheel; } >"$fresh.log" 2>&1; then
+    tail -n 30 "$fresh.log" >&2
+    rm -rf "$fresh" "$fresh.log"
+    echo "build-image.sh: building the wheels failed" >&2
+    exit 1
+  fi
+  rm -f "$fresh"/pyflannel-*.whl "$fresh.log"  # the image builds pyflannel from the sources
+  mv "$fresh" "$wheels"
+fi
 
 echo "build-image.sh: building $TAG on $base" >&2
 "${PODMAN[@]}" build --quiet --file manifests/Containerfile --tag "$TAG" \

@@ -212,7 +212,7 @@ class Lab:
         if plan.image is not None:
             ignored = self.unhonoured
             if ignored:
-                log.warning("pod spec fields the lab does not honour: %s", ", ".join(ignored))
+                log.info("pod spec fields the lab does not honour: %s", ", ".join(ignored))
             for node in plan.nodes:
                 self._start_pod(node)
         else:

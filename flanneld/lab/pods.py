@@ -27,13 +27,18 @@ SYSTEM_CNI_DIR = "/usr/lib/cni"
 PLUGIN_NAME = "flannel"
 CNI_TIMEOUT = 30.0
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")  # what libcni reads from a config dir
-# Run by sh in a fresh private mount namespace: make the node's run/ (with the host's
-# netns mounts inside) and var/lib/cni the process's /run and /var/lib/cni, then exec.
+# Run by sh in a fresh private mount namespace: the node's var/lib/cni, opt/cni/bin and
+# run/ (with the host's netns mounts inside) become /var/lib/cni, /opt/cni/bin and /run
+# (the last, as the node's directories may live under /run), then exec.
 _HOST_VIEW = (
     'set -e; root=$1; shift; '
-    'mount --rbind /run/netns "$root/run/netns"; mount --rbind "$root/run" /run; '
-    'mkdir -p /var/lib/cni; mount --bind "$root/var/lib/cni" /var/lib/cni; exec "$@"'
+    'mkdir -p /var/lib/cni; mount --bind "$root/var/lib/cni" /var/lib/cni; '
+    'mount -t tmpfs -o mode=0755 node-opt /opt; mkdir -p /opt/cni/bin; '
+    'mount --bind "$root/opt/cni/bin" /opt/cni/bin; '
+    'mount --rbind /run/netns "$root/run/netns"; mount --rbind "$root/run" /run; exec "$@"'
 )
+NODE_CNI_BIN = "/opt/cni/bin"  # where the runtime finds plugins, in that view
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def write_plugin_wrapper(bin_dir: str, launcher: Sequence[str]) -> str:
@@ -92,7 +97,6 @@ def add_from_node_config(plan: LabPlan, node: NodePlan, pod: PodPlan) -> dict[st
     """ADD ``pod`` with the node's own CNI config and plugins (image mode); the result."""
     paths = node_paths(plan, node)
     conf_dir = os.path.join(paths.host_root, "etc", "cni", "net.d")
-    bin_dir = os.path.join(paths.host_root, "opt", "cni", "bin")
     try:
         name = pick_config(os.listdir(conf_dir))
     except OSError as err:
@@ -105,12 +109,12 @@ def add_from_node_config(plan: LabPlan, node: NodePlan, pod: PodPlan) -> dict[st
             doc = json.load(fh)
     except (OSError, ValueError) as err:
         raise FlannelError(f"node {node.name}: CNI config {name}: {err}") from err
-    env = _plugin_env(cni_env(plan, pod, "ADD", bin_dir))
+    env = {"PATH": NODE_PATH, **cni_env(plan, pod, "ADD", NODE_CNI_BIN)}
     result: dict[str, Any] | None = None
     for netconf in chain_plugins(name, doc):
         if result is not None:
             netconf["prevResult"] = result
-        plugin = os.path.join(bin_dir, str(netconf.get("type")))
+        plugin = os.path.join(NODE_CNI_BIN, str(netconf.get("type")))
         argv = host_view_argv(paths.host_root, netns_argv(node.netns, [plugin]))
         result = _invoke(argv, netconf, env, paths.cni_log,
                          f"CNI ADD ({netconf.get('type')}) for {pod.name}")
