@@ -69,6 +69,7 @@ STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE)  # stopped after every flanneld
 READY_TIMEOUT = 60.0
 ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+CONTAINER_STOP_TIMEOUT = 60.0
 # Image mode reads the DaemonSet from here unless told otherwise (a checkout's manifest).
 DEFAULT_MANIFEST = str(pathlib.Path(__file__).resolve().parents[2] / "manifests"
                        / "kube-flannel.yml")
@@ -522,7 +523,9 @@ class Lab:
         elif not procs.signal_process(record, sig):
             raise FlannelError(f"flanneld on {node} is not running")
         if sig in (signal.SIGKILL, signal.SIGTERM):
-            if not procs.wait_gone(record, STOP_TIMEOUT * 2):
+            # podman exits once the container is gone: its --rm takes a while under load
+            patience = CONTAINER_STOP_TIMEOUT if self._plan.image is not None else STOP_TIMEOUT * 2
+            if not procs.wait_gone(record, patience):
                 raise FlannelError(f"flanneld on {node} (pid {record.pid}) did not exit")
             self._save(self._state.without_process(role))
 

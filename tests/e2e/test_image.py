@@ -57,8 +57,8 @@ def podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[st
 
 
 def in_image(entrypoint: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
-             ) -> str:
-    """Run ``entrypoint args`` in a throw-away container of the image; its stdout."""
+             ) -> subprocess.CompletedProcess[str]:
+    """Run ``entrypoint args`` in a throw-away container of the image (it must exit 0)."""
     limits = [f"--ulimit={kind}={value}:{value}" for kind, value in podrun.ulimits()]
     envs = [f"--env={k}={v}" for k, v in (env or {}).items()]
     done = subprocess.run(
@@ -66,7 +66,7 @@ def in_image(entrypoint: str, *args: str, stdin: str = "", env: dict[str, str] |
                             *envs, f"--entrypoint={json.dumps([entrypoint])}", TAG, *args]),
         input=stdin, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +146,10 @@ def test_nodes_hold_what_the_init_containers_installed(lab: Lab) -> None:
 
 def test_flanneld_and_the_plugin_in_the_image_report_this_version() -> None:
     needs_root()
-    assert in_image("/opt/bin/flanneld", "--version").strip() == version("pyflannel")
+    # as upstream's, --version prints to stderr
+    assert in_image("/opt/bin/flanneld", "--version").stderr.strip() == version("pyflannel")
     reply = json.loads(in_image("/opt/bin/flannel-cni", stdin='{"cniVersion":"1.0.0"}',
-                                env={"CNI_COMMAND": "VERSION"}))
+                                env={"CNI_COMMAND": "VERSION"}).stdout)
     host = subprocess.run(
         [sys.executable, "-m", "cni.plugin"], input='{"cniVersion":"1.0.0"}', cwd=ROOT,
         env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
@@ -244,9 +245,7 @@ def test_a_renamed_configmap_key_fails_the_init_container(image: str, tmp_path: 
     assert "/etc/kube-flannel/cni-conf.json" in error  # install-conf's message, in the log
 
 
-def test_a_missing_cni_mount_leaves_the_node_without_a_cni_config(
-    image: str, tmp_path: Path
-) -> None:
+def test_a_missing_cni_mount_fails_the_conflist_install(image: str, tmp_path: Path) -> None:
     def unmount(docs: list[dict[str, Any]]) -> None:
         ds = next(d for d in docs if d["kind"] == "DaemonSet")
         init = ds["spec"]["template"]["spec"]["initContainers"]
@@ -254,4 +253,18 @@ def test_a_missing_cni_mount_leaves_the_node_without_a_cni_config(
         install["volumeMounts"] = [m for m in install["volumeMounts"] if m["name"] != "cni"]
 
     error = broken_lab(image, write_manifest(tmp_path, unmount))
-    assert "no CNI config in" in error
+    # the image has no /etc/cni/net.d of its own: only the hostPath mount provides it
+    assert "init container install-cni exited 1" in error
+    assert "No such file or directory: '/etc/cni/net.d/" in error
+
+
+def test_a_missing_config_mount_stops_flanneld(image: str, tmp_path: Path) -> None:
+    def unmount(docs: list[dict[str, Any]]) -> None:
+        ds = next(d for d in docs if d["kind"] == "DaemonSet")
+        flanneld = ds["spec"]["template"]["spec"]["containers"][0]
+        flanneld["volumeMounts"] = [m for m in flanneld["volumeMounts"]
+                                    if m["name"] != "flannel-cfg"]
+
+    error = broken_lab(image, write_manifest(tmp_path, unmount))
+    assert "flanneld on n1 is not running" in error
+    assert "/etc/kube-flannel/net-conf.json" in error
