@@ -13,6 +13,7 @@ and the lab); the daemon itself runs in its namespace and passes ``None``.
 
 from __future__ import annotations
 
+import base64
 import errno as errnos
 import ipaddress
 import logging
@@ -21,9 +22,10 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Self
 
-from pyroute2 import IPRoute, NetlinkError
+from pyroute2 import IPRoute, NetlinkError, WireGuard
 from pyroute2 import netns as pyroute2_netns
 
 from backends.base import InterfaceAddress, InterfaceInfo, RouteLookup
@@ -36,6 +38,14 @@ from backends.model import (
     Route,
 )
 from backends.plan import Change, Put, plan
+from backends.wireguard_state import (
+    KEY_LEN,
+    DeviceState,
+    PeerPlan,
+    PeerState,
+    WgPeer,
+    key_b64,
+)
 from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
 
@@ -81,6 +91,7 @@ class LinkState:
     mac: str
     up: bool
     vxlan: VxlanAttrs | None = None
+    master: int | None = None  # the bridge (or bond) this link is enslaved to
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +170,10 @@ class Netlink:
         except (NetlinkError, OSError) as err:
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
 
+    @property
+    def netns(self) -> str | None:
+        return self._netns
+
     def close(self) -> None:
         self._ipr.close()
 
@@ -230,6 +245,12 @@ class Netlink:
 
     # --- links ---------------------------------------------------------------------------
 
+    def links(self) -> list[LinkState]:
+        """Every link (one dump); read-only, for diagnostics."""
+        found = [_link_state(msg) for msg in self._request("dump links", self._ipr.link, "dump")]
+        self._names.update((state.index, state.name) for state in found)
+        return found
+
     def link(self, name: str) -> LinkState | None:
         """The link called ``name``, or None if there is none."""
         try:
@@ -267,6 +288,28 @@ class Netlink:
             created.mtu,
         )
         return created
+
+    def ensure_wireguard(self, name: str) -> tuple[LinkState, bool]:
+        """The kernel WireGuard link ``name``, and whether it had to be created.
+
+        A link of another kind with that name (e.g. wireguard-go's TUN) is
+        replaced.  Where the kernel has no WireGuard module the add fails with
+        a DataplaneError carrying errno EOPNOTSUPP (95) or ENOENT (2).
+        """
+        existing = self.link(name)
+        if existing is not None and existing.kind == "wireguard":
+            return existing, False
+        if existing is not None:
+            log.warning("link %s is a %r link, not wireguard; replacing it", name,
+                        existing.kind or "tun")
+            self.delete_link(existing.index)
+        self._request(f"link add {name} type wireguard", self._ipr.link, "add", ifname=name,
+                      kind="wireguard")
+        created = self.link(name)
+        if created is None:
+            raise DataplaneError(f"link {name} vanished right after it was created")
+        log.info("link %s (wireguard): added", name)
+        return created, True
 
     def delete_link(self, index: int) -> None:
         """Delete a link; a link that is already gone is fine."""
@@ -652,6 +695,7 @@ def _link_state(msg: Any) -> LinkState:
         mac=str(msg.get("IFLA_ADDRESS") or "").lower(),
         up=bool(msg["flags"] & IFF_UP),
         vxlan=vxlan,
+        master=int(msg.get("IFLA_MASTER") or 0) or None,
     )
 
 
@@ -710,3 +754,116 @@ def _self_fdb_entry(msg: Any) -> FdbEntry | None:
     return FdbEntry(
         ifindex=int(msg["ifindex"]), lladdr=lladdr.lower(), dst=ipaddress.ip_address(dst)
     )
+
+
+# --- the kernel WireGuard driver (generic netlink) ------------------------------------------
+
+
+class WireGuardKernel:
+    """The kernel driver for one WireGuard device, over pyroute2's generic netlink socket.
+
+    Works in the namespace of ``netlink`` (flanneld's own unless a test names one).
+    """
+
+    name = "kernel"
+
+    def __init__(self, netlink: Netlink, ifname: str) -> None:
+        self._netlink = netlink
+        self._ifname = ifname
+        self._wg: Any = None
+
+    def ensure_device(self) -> bool:
+        _, created = self._netlink.ensure_wireguard(self._ifname)
+        return created
+
+    def read(self) -> DeviceState:
+        msgs = self._call("get device", lambda wg: tuple(wg.info(self._ifname)))
+        return kernel_device_state(msgs)
+
+    def apply(self, plan: PeerPlan, private_key: bytes, listen_port: int) -> None:
+        """One set request per device change and per peer (the key is never logged)."""
+        for request in kernel_requests(plan, private_key, listen_port):
+            self._call("set device", partial(_wg_set, self._ifname, request))
+
+    def close(self) -> None:
+        if self._wg is not None:
+            self._wg.close()
+            self._wg = None
+
+    def _call(self, what: str, body: Callable[[Any], Any]) -> Any:
+        try:
+            if self._wg is None:
+                netns = self._netlink.netns
+                self._wg = WireGuard() if netns is None else WireGuard(netns=netns, flags=0)
+            return body(self._wg)
+        except (NetlinkError, OSError) as err:
+            self.close()  # a failed request may leave the socket out of step: start afresh
+            raise _dataplane_error(f"wireguard {what} {self._ifname}", err) from err
+
+
+def _wg_set(ifname: str, request: dict[str, Any], wg: Any) -> Any:
+    return wg.set(ifname, **request)
+
+
+def kernel_requests(plan: PeerPlan, private_key: bytes, listen_port: int) -> list[dict[str, Any]]:
+    """The keyword arguments of each ``WireGuard.set`` call that applies ``plan``, in order."""
+    requests: list[dict[str, Any]] = []
+    if plan.configure_device:
+        requests.append({"private_key": key_b64(private_key), "listen_port": listen_port})
+    for key in plan.remove:
+        requests.append({"peer": {"public_key": key_b64(key), "remove": True}})
+    for peer in plan.put:
+        requests.append({"peer": _kernel_peer(peer)})
+    return requests
+
+
+def _kernel_peer(peer: WgPeer) -> dict[str, Any]:
+    addr, port = peer.endpoint
+    return {
+        "public_key": key_b64(peer.public_key),
+        # an all-zero key clears a PSK the peer had before
+        "preshared_key": key_b64(peer.psk or bytes(KEY_LEN)),
+        "endpoint_addr": str(addr),
+        "endpoint_port": port,
+        "persistent_keepalive": peer.keepalive,
+        "replace_allowed_ips": True,
+        "allowed_ips": sorted(str(net) for net in peer.allowed_ips),
+    }
+
+
+def kernel_device_state(msgs: Sequence[Any]) -> DeviceState:
+    """The device as the kernel's GET_DEVICE dump describes it (peers may span messages)."""
+    private_key: bytes | None = None
+    listen_port = 0
+    peers: dict[bytes, PeerState] = {}
+    for msg in msgs:
+        private_key = _raw_key(msg.get_attr("WGDEVICE_A_PRIVATE_KEY")) or private_key
+        listen_port = int(msg.get_attr("WGDEVICE_A_LISTEN_PORT") or listen_port)
+        for peer in msg.get_attr("WGDEVICE_A_PEERS") or ():
+            key = _raw_key(peer.get_attr("WGPEER_A_PUBLIC_KEY"))
+            if key is None:
+                continue
+            endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
+            psk = _raw_key(peer.get_attr("WGPEER_A_PRESHARED_KEY"))
+            allowed = frozenset(
+                ipaddress.ip_network(a["addr"], strict=False)
+                for a in peer.get_attr("WGPEER_A_ALLOWEDIPS") or ()
+                if a.get("addr")
+            )
+            known = peers.get(key)
+            peers[key] = PeerState(
+                endpoint=(ipaddress.ip_address(endpoint["addr"]), int(endpoint["port"]))
+                if endpoint else None,
+                allowed_ips=allowed | (known.allowed_ips if known else frozenset()),
+                psk=psk,
+                keepalive=int(peer.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0),
+            )
+    return DeviceState(private_key, listen_port, peers)
+
+
+def _raw_key(value: Any) -> bytes | None:
+    """A key from pyroute2's base64 text; None for a missing or all-zero key."""
+    if not value:
+        return None
+    raw = base64.b64decode(value)
+    return None if raw == bytes(KEY_LEN) else raw

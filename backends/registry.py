@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import TypeAlias
 
 from backends.base import Backend, ExternalInterface
@@ -12,6 +12,8 @@ from backends.netlink import Netlink
 from backends.udp import UdpBackend, parse_port
 from backends.vxlan import VxlanBackend
 from backends.vxlan_state import parse_options, previous_vtep_mac
+from backends.wireguard import WireguardBackend, key_file_path
+from backends.wireguard_state import parse_options as parse_wireguard_options
 from subnet.errors import ConfigError
 from subnet.netconf import BackendConfig
 
@@ -23,12 +25,15 @@ class BackendContext:
     ``previous_data`` is this node's BackendData from before (its previous
     lease in etcd mode, its ``backend-data`` annotation in kube mode): opaque
     JSON that only the backend decodes, e.g. to keep its VTEP MAC.
+    ``environ`` is flanneld's environment, for the variables a backend reads
+    (``WIREGUARD_KEY_FILE``).
     """
 
     ext: ExternalInterface
     netlink: Netlink
     config: BackendConfig
     previous_data: str | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
@@ -49,6 +54,7 @@ def backends() -> dict[str, BackendEntry]:
         "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c))),
         "host-gw": BackendEntry(_hostgw, lambda c: {}),
         "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}),
+        "wireguard": BackendEntry(_wireguard, lambda c: parse_wireguard_options(c).summary()),
     }
 
 
@@ -75,3 +81,7 @@ def _hostgw(ctx: BackendContext) -> Backend:
 
 def _udp(ctx: BackendContext) -> Backend:
     return UdpBackend(ctx.ext, ctx.netlink, ctx.config)
+
+
+def _wireguard(ctx: BackendContext) -> Backend:
+    return WireguardBackend(ctx.ext, ctx.netlink, ctx.config, key_file_path(ctx.environ))

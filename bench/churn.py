@@ -22,7 +22,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import benchlib as bl
+from daemon_proc import cpu_seconds, proc_status, reconcile_stats
+from etcd_lab import Lab, put_peers, running_lab
+from kernel_view import KernelView, compare_views, dump_kernel, expected_view
+from peer_leases import Peer
+from report import (
+    default_out,
+    finish_facts,
+    fmt_ms,
+    machine_facts,
+    print_table,
+    summary,
+    write_json,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tail", type=float, default=3.0,
                         help="seconds to wait after convergence before the last RSS reading")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=bl.default_out("churn"))
+    parser.add_argument("--out", default=default_out("churn"))
     return parser.parse_args()
 
 
@@ -60,14 +72,14 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.wait(self._interval):
-            status = bl.proc_status(self._pid)
+            status = proc_status(self._pid)
             if not status:
                 return
             self.samples.append(MemSample(round(time.monotonic() - self.origin, 3),
                                           status["VmRSS"], status["VmHWM"]))
 
 
-def churn(lab: bl.Lab, args: argparse.Namespace, present: dict[int, bl.Peer],
+def churn(lab: Lab, args: argparse.Namespace, present: dict[int, Peer],
           sent: list[tuple[float, bool, str]]) -> dict[str, Any]:
     """Write the events; ``present`` ends as the final lease set.
 
@@ -92,7 +104,7 @@ def churn(lab: bl.Lab, args: argparse.Namespace, present: dict[int, bl.Peer],
             continue
         counts["update" if slot in present else "put"] += 1
         generation[slot] += 1
-        peer = bl.Peer(slot, generation[slot])
+        peer = Peer(slot, generation[slot])
         if slot not in present:
             sent.append((time.monotonic(), True, str(peer.subnet)))
         # a new VTEP MAC each time: neighbour and FDB entry both change
@@ -105,11 +117,11 @@ def churn(lab: bl.Lab, args: argparse.Namespace, present: dict[int, bl.Peer],
 
 def main() -> int:
     args = parse_args()
-    facts = bl.machine_facts()
-    initial = {slot: bl.Peer(slot) for slot in range(0, args.slots, 2)}
+    facts = machine_facts()
+    initial = {slot: Peer(slot) for slot in range(0, args.slots, 2)}
     result: dict[str, Any] = {}
-    with bl.lab() as lab:
-        bl.put_peers(lab.gateway, list(initial.values()))
+    with running_lab() as lab:
+        put_peers(lab.gateway, list(initial.values()))
         monitor = lab.monitor()
         daemon = lab.flanneld()
         sampler: Sampler | None = None
@@ -121,9 +133,9 @@ def main() -> int:
             n = len(initial)
             monitor.wait_counts(n, n, n, args.ready_timeout)
             time.sleep(1.0)
-            start_status = bl.proc_status(daemon.pid)
+            start_status = proc_status(daemon.pid)
             metrics_before = daemon.metrics(lab.node_thread)
-            cpu_before = bl.cpu_seconds(daemon.pid)
+            cpu_before = cpu_seconds(daemon.pid)
             origin = time.monotonic()
             sampler = Sampler(daemon.pid, args.interval, origin)
             sampler.start()
@@ -131,7 +143,7 @@ def main() -> int:
             sent: list[tuple[float, bool, str]] = []
             result["churn"] = churn(lab, args, present, sent)
             last_event = time.monotonic()
-            expected = bl.expected_view(list(present.values()))
+            expected = expected_view(list(present.values()))
             converged = monitor.wait(
                 lambda mon: time.monotonic() if _equal(mon.view, expected) else None,
                 args.converge_timeout,
@@ -139,8 +151,8 @@ def main() -> int:
             result["last_event_to_converged_s"] = (
                 None if converged is None else round(converged - last_event, 3)
             )
-            dump = bl.dump_kernel(lab.node_ns)
-            result["final_kernel_vs_leases"] = bl.compare_views(dump, expected)
+            dump = dump_kernel(lab.node_ns)
+            result["final_kernel_vs_leases"] = compare_views(dump, expected)
             result["final_equal"] = not any(result["final_kernel_vs_leases"].values())
             result["final_leases"] = len(present)
             result["final_kernel_counts"] = dict(
@@ -149,9 +161,9 @@ def main() -> int:
             time.sleep(args.tail)
             sampler.halt.set()
             sampler.join(5)
-            end_status = bl.proc_status(daemon.pid)
+            end_status = proc_status(daemon.pid)
             metrics_after = daemon.metrics(lab.node_thread)
-            result["daemon_cpu_during_churn_s"] = round(bl.cpu_seconds(daemon.pid) - cpu_before, 2)
+            result["daemon_cpu_during_churn_s"] = round(cpu_seconds(daemon.pid) - cpu_before, 2)
             result["daemon_alive"] = daemon.alive()
             result["monitor_overflows"] = monitor.overflows
             result["route_lag"] = route_lags(sent, monitor.route_log)
@@ -177,8 +189,8 @@ def main() -> int:
         "quartiles_kib": quartiles,
     }
     events_seen = _event_counts(metrics_after, metrics_before)
-    reconcile_before = bl.reconcile_stats(metrics_before)
-    reconcile_after = bl.reconcile_stats(metrics_after)
+    reconcile_before = reconcile_stats(metrics_before)
+    reconcile_after = reconcile_stats(metrics_after)
     reconciles = reconcile_after["count"] - reconcile_before["count"]
     reconcile_s = reconcile_after["sum_s"] - reconcile_before["sum_s"]
 
@@ -189,7 +201,7 @@ def main() -> int:
     print(f"daemon: {events_seen} watch messages handled, {reconciles:.0f} reconciles "
           f"(mean {1000 * reconcile_s / reconciles if reconciles else 0:.1f} ms), "
           f"CPU {result['daemon_cpu_during_churn_s']}s")
-    bl.print_table(
+    print_table(
         "flanneld memory under churn [MiB]",
         ["start", "25%", "50%", "75%", "end of churn", "peak", "after converge+tail", "VmHWM"],
         [[_mib(memory["start_rss_kib"]), *(_mib(q) for q in quartiles[1:4]),
@@ -197,10 +209,10 @@ def main() -> int:
           _mib(memory["end_rss_kib"]), _mib(memory["end_hwm_kib"])]],
     )
     lag = result["route_lag"]
-    bl.print_table(
+    print_table(
         "lease event -> route notification during churn [ms]",
         ["direction", "n", "p50", "p99", "max", "mean"],
-        [(name, lag[k]["n"], *(bl.fmt_ms(lag[k][q]) for q in ("p50", "p99", "max", "mean")))
+        [(name, lag[k]["n"], *(fmt_ms(lag[k][q]) for q in ("p50", "p99", "max", "mean")))
          for name, k in (("add", "add_ms"), ("remove", "remove_ms"))],
     )
     print(f"  ({lag['coalesced']} add/remove pairs coalesced by the daemon, "
@@ -209,9 +221,9 @@ def main() -> int:
           f"equal to leases: {'yes' if result['final_equal'] else 'NO'} "
           f"{result['final_kernel_vs_leases']}; converged "
           f"{result['last_event_to_converged_s']}s after the last event")
-    bl.write_json(args.out, {
+    write_json(args.out, {
         "bench": "churn",
-        "machine": bl.finish_facts(facts),
+        "machine": finish_facts(facts),
         "params": vars(args),
         **result,
         "memory": memory,
@@ -256,11 +268,11 @@ def route_lags(sent: list[tuple[float, bool, str]],
                 continue
             lags[added].append(1000 * (seen[found][0] - at))
             pointer = found + 1
-    return {"add_ms": bl.summary(lags[True]), "remove_ms": bl.summary(lags[False]),
+    return {"add_ms": summary(lags[True]), "remove_ms": summary(lags[False]),
             "coalesced": coalesced, "unmatched": unmatched}
 
 
-def _equal(actual: bl.KernelView, expected: bl.KernelView) -> bool:
+def _equal(actual: KernelView, expected: KernelView) -> bool:
     return (actual.routes.keys() == expected.routes.keys()
             and actual.neighbours == expected.neighbours and actual.fdb == expected.fdb)
 

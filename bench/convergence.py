@@ -22,7 +22,20 @@ import argparse
 import os
 from typing import Any
 
-import benchlib as bl
+from daemon_proc import Flanneld, cpu_seconds, proc_status, reconcile_stats
+from etcd_lab import Lab, Sample, peer_samples, put_peers, running_lab
+from kernel_view import KernelMonitor, compare_views, dump_kernel, expected_view
+from peer_leases import Peer
+from profiling import PySpy, print_profile, top_functions
+from report import (
+    default_out,
+    finish_facts,
+    fmt_ms,
+    machine_facts,
+    print_table,
+    summary,
+    write_json,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,12 +52,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", help="run flanneld under cProfile, write stats here")
     parser.add_argument("--py-spy", action="store_true",
                         help="sample the daemon with py-spy during the add/delete samples")
-    parser.add_argument("--out", default=bl.default_out("convergence"))
+    parser.add_argument("--out", default=default_out("convergence"))
     return parser.parse_args()
 
 
-def start_and_time(lab: bl.Lab, monitor: bl.KernelMonitor, peers: int, timeout: float,
-                   *, cold: bool, profile: str | None = None) -> tuple[bl.Flanneld, dict[str, Any]]:
+def start_and_time(lab: Lab, monitor: KernelMonitor, peers: int, timeout: float,
+                   *, cold: bool, profile: str | None = None) -> tuple[Flanneld, dict[str, Any]]:
     daemon = lab.flanneld(profile=profile)
     daemon.start()
     ready = daemon.wait_ready(lab.node_thread, timeout)
@@ -62,37 +75,37 @@ def start_and_time(lab: bl.Lab, monitor: bl.KernelMonitor, peers: int, timeout: 
 
 def main() -> int:
     args = parse_args()
-    facts = bl.machine_facts()
-    base = [bl.Peer(i) for i in range(args.peers)]
-    adds: list[bl.Sample] = []
-    deletes: list[bl.Sample] = []
+    facts = machine_facts()
+    base = [Peer(i) for i in range(args.peers)]
+    adds: list[Sample] = []
+    deletes: list[Sample] = []
     timeouts = 0
     restarts: list[dict[str, Any]] = []
     profile: dict[str, Any] = {}
-    with bl.lab() as lab:
-        bl.put_peers(lab.gateway, base)
+    with running_lab() as lab:
+        put_peers(lab.gateway, base)
         monitor = lab.monitor()
-        daemon: bl.Flanneld | None = None
+        daemon: Flanneld | None = None
         try:
             daemon, cold = start_and_time(lab, monitor, args.peers, args.ready_timeout,
                                           cold=True, profile=args.profile)
-            cpu_at_ready = bl.cpu_seconds(daemon.pid)
-            status_ready = bl.proc_status(daemon.pid)
+            cpu_at_ready = cpu_seconds(daemon.pid)
+            status_ready = proc_status(daemon.pid)
             spy = None
             if args.py_spy:
                 profile_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "profiles")
                 os.makedirs(profile_dir, exist_ok=True)
-                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
-            adds, deletes, timeouts = bl.peer_samples(
+                spy = PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
+            adds, deletes, timeouts = peer_samples(
                 lab, monitor, args.peers, args.samples, args.timeout, args.settle, args.budget
             )
             if spy is not None:
                 spy.stop()
-                profile = bl.top_functions(spy.out)
-            final = bl.compare_views(bl.dump_kernel(lab.node_ns), bl.expected_view(base))
+                profile = top_functions(spy.out)
+            final = compare_views(dump_kernel(lab.node_ns), expected_view(base))
             metrics = daemon.metrics(lab.node_thread)
-            cpu_total = bl.cpu_seconds(daemon.pid)
-            status_end = bl.proc_status(daemon.pid)
+            cpu_total = cpu_seconds(daemon.pid)
+            status_end = proc_status(daemon.pid)
             daemon.stop()
             daemon = None
             for _ in range(args.restarts):
@@ -106,11 +119,11 @@ def main() -> int:
                 daemon.stop()
             monitor.close()
 
-    add_e2e = bl.summary([s.latency_ms for s in adds])
-    del_route = bl.summary([s.latency_ms for s in deletes])
-    del_all = bl.summary([s.extra_ms for s in deletes if s.extra_ms is not None])
-    put_rtt = bl.summary([s.put_ms for s in adds])
-    del_rtt = bl.summary([s.put_ms for s in deletes])
+    add_e2e = summary([s.latency_ms for s in adds])
+    del_route = summary([s.latency_ms for s in deletes])
+    del_all = summary([s.extra_ms for s in deletes if s.extra_ms is not None])
+    put_rtt = summary([s.put_ms for s in adds])
+    del_rtt = summary([s.put_ms for s in deletes])
     rows = [
         ("add: put -> route+neigh+fdb", add_e2e),
         ("delete: del -> route gone", del_route),
@@ -118,31 +131,31 @@ def main() -> int:
         ("etcd put round trip", put_rtt),
         ("etcd delete round trip", del_rtt),
     ]
-    bl.print_table(
+    print_table(
         f"flanneld convergence, vxlan, etcd, {args.peers} existing peers, "
         f"{len(adds)} samples ({timeouts} timed out) [ms]",
         ["measure", "n", "p50", "p99", "max", "mean"],
-        [(name, s["n"], bl.fmt_ms(s["p50"]), bl.fmt_ms(s["p99"]), bl.fmt_ms(s["max"]),
-          bl.fmt_ms(s["mean"])) for name, s in rows],
+        [(name, s["n"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), fmt_ms(s["max"]),
+          fmt_ms(s["mean"])) for name, s in rows],
     )
     start_rows = [("cold", cold["start_to_ready_ms"], cold["start_to_programmed_ms"])]
     start_rows += [(f"warm restart {i + 1}", r["start_to_ready_ms"], r["start_to_programmed_ms"])
                    for i, r in enumerate(restarts)]
-    bl.print_table(
+    print_table(
         f"flanneld start with {args.peers} peers [ms]",
         ["start", "start -> /readyz 200", "start -> all programmed"],
         start_rows,
     )
     if profile:
-        bl.print_profile("py-spy during the samples", profile)
-    reconcile = bl.reconcile_stats(metrics)
+        print_profile("py-spy during the samples", profile)
+    reconcile = reconcile_stats(metrics)
     print(f"\nreconciles: {reconcile['count']:.0f}, mean {reconcile['mean_ms']} ms; "
           f"daemon CPU {cpu_total:.2f}s ({cpu_total - cpu_at_ready:.2f}s during samples); "
           f"RSS at ready {status_ready.get('VmRSS')} KiB, end {status_end.get('VmRSS')} KiB; "
           f"final kernel state vs leases: {final}")
-    bl.write_json(args.out, {
+    write_json(args.out, {
         "bench": "convergence",
-        "machine": bl.finish_facts(facts),
+        "machine": finish_facts(facts),
         "params": vars(args),
         "samples_ok": len(adds),
         "samples_timed_out": timeouts,

@@ -25,7 +25,20 @@ import shutil
 import time
 from typing import Any
 
-import benchlib as bl
+from daemon_proc import cpu_seconds, proc_status, reconcile_stats
+from etcd_lab import NODE_IP, peer_samples, put_peers, running_lab
+from kernel_view import compare_views, dump_kernel, expected_view
+from peer_leases import NETWORK, SUBNETS, Peer
+from profiling import PySpy, print_profile, top_functions
+from report import (
+    default_out,
+    finish_facts,
+    fmt_ms,
+    machine_facts,
+    print_table,
+    summary,
+    write_json,
+)
 
 from backends.model import DataplaneState
 from backends.peers import usable_peers
@@ -47,29 +60,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-py-spy", action="store_true", help="do not profile the daemon")
     parser.add_argument("--no-pure", action="store_true",
                         help="skip timing the backend's pure functions in this process")
-    parser.add_argument("--out", default=bl.default_out("scale"))
+    parser.add_argument("--out", default=default_out("scale"))
     return parser.parse_args()
 
 
 def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[str, Any]:
-    peers = [bl.Peer(i) for i in range(n)]
+    peers = [Peer(i) for i in range(n)]
     result: dict[str, Any] = {"peers": n}
-    with bl.lab() as lab:
-        result["etcd_write_s"] = round(bl.put_peers(lab.gateway, peers), 3)
-        result["etcd_keys"] = lab.gateway.count_prefix(bl.SUBNETS)
+    with running_lab() as lab:
+        result["etcd_write_s"] = round(put_peers(lab.gateway, peers), 3)
+        result["etcd_keys"] = lab.gateway.count_prefix(SUBNETS)
         monitor = lab.monitor()
         daemon = lab.flanneld()
-        spy: bl.PySpy | None = None
+        spy: PySpy | None = None
         try:
             daemon.start()
             if profile_dir:
-                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-start.txt"))
+                spy = PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-start.txt"))
             ready = daemon.wait_ready(lab.node_thread, args.ready_timeout)
             left = max(1.0, args.ready_timeout - (time.monotonic() - daemon.started_at))
             programmed = monitor.wait_counts(n, n, n, left)
             if spy is not None:
                 spy.stop()
-                result["profile_start"] = bl.top_functions(spy.out)
+                result["profile_start"] = top_functions(spy.out)
                 spy = None
             first_route = min(monitor.view.routes.values(), default=None)
             result["start_to_first_route_s"] = _since(daemon.started_at, first_route)
@@ -78,37 +91,37 @@ def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[
             result["kernel_counts_monitor"] = dict(
                 zip(("routes", "neighbours", "fdb"), monitor.counts(), strict=True)
             )
-            dump = bl.dump_kernel(lab.node_ns)
+            dump = dump_kernel(lab.node_ns)
             result["kernel_counts_dump"] = dict(
                 zip(("routes", "neighbours", "fdb"), dump.counts(), strict=True)
             )
-            result["kernel_vs_leases"] = bl.compare_views(dump, bl.expected_view(peers))
-            result["status_after_convergence_kib"] = bl.proc_status(daemon.pid)
-            result["cpu_to_convergence_s"] = round(bl.cpu_seconds(daemon.pid), 2)
-            result["reconcile_at_convergence"] = bl.reconcile_stats(daemon.metrics(lab.node_thread))
+            result["kernel_vs_leases"] = compare_views(dump, expected_view(peers))
+            result["status_after_convergence_kib"] = proc_status(daemon.pid)
+            result["cpu_to_convergence_s"] = round(cpu_seconds(daemon.pid), 2)
+            result["reconcile_at_convergence"] = reconcile_stats(daemon.metrics(lab.node_thread))
             if ready is None or programmed is None:
                 result["error"] = "not converged in time"
                 result["log_tail"] = daemon.log_tail()
                 return result
 
             if profile_dir:
-                spy = bl.PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-samples.txt"))
-            cpu_before = bl.cpu_seconds(daemon.pid)
-            adds, deletes, timeouts = bl.peer_samples(
+                spy = PySpy(daemon.pid, os.path.join(profile_dir, f"scale-{n}-samples.txt"))
+            cpu_before = cpu_seconds(daemon.pid)
+            adds, deletes, timeouts = peer_samples(
                 lab, monitor, n, args.samples, args.timeout, args.settle, args.budget
             )
             if spy is not None:
                 spy.stop()
-                result["profile_samples"] = bl.top_functions(spy.out)
+                result["profile_samples"] = top_functions(spy.out)
                 spy = None
             result["samples_ok"] = len(adds)
             result["samples_timed_out"] = timeouts
-            result["add_ms"] = bl.summary([s.latency_ms for s in adds])
-            result["delete_route_ms"] = bl.summary([s.latency_ms for s in deletes])
-            result["etcd_put_rtt_ms"] = bl.summary([s.put_ms for s in adds])
-            result["cpu_during_samples_s"] = round(bl.cpu_seconds(daemon.pid) - cpu_before, 2)
-            result["status_end_kib"] = bl.proc_status(daemon.pid)
-            result["reconcile_end"] = bl.reconcile_stats(daemon.metrics(lab.node_thread))
+            result["add_ms"] = summary([s.latency_ms for s in adds])
+            result["delete_route_ms"] = summary([s.latency_ms for s in deletes])
+            result["etcd_put_rtt_ms"] = summary([s.put_ms for s in adds])
+            result["cpu_during_samples_s"] = round(cpu_seconds(daemon.pid) - cpu_before, 2)
+            result["status_end_kib"] = proc_status(daemon.pid)
+            result["reconcile_end"] = reconcile_stats(daemon.metrics(lab.node_thread))
             result["monitor_overflows"] = monitor.overflows
         finally:
             if spy is not None:
@@ -126,11 +139,11 @@ def time_pure(n: int) -> dict[str, float]:
     """
     own = Lease(
         ipaddress.IPv4Network("10.127.1.0/24"), None,
-        LeaseAttrs(ipaddress.IPv4Address(bl.NODE_IP), None, BACKEND_TYPE,
+        LeaseAttrs(ipaddress.IPv4Address(NODE_IP), None, BACKEND_TYPE,
                    encode_backend_data(1, "0e:ff:00:00:00:01")),
     )
-    leases = [Lease(p.subnet, None, decode_attrs(p.value())) for p in map(bl.Peer, range(n))]
-    networks = [bl.NETWORK]
+    leases = [Lease(p.subnet, None, decode_attrs(p.value())) for p in map(Peer, range(n))]
+    networks = [NETWORK]
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -164,7 +177,7 @@ def _since(start: float, at: float | None) -> float | None:
 
 def main() -> int:
     args = parse_args()
-    facts = bl.machine_facts()
+    facts = machine_facts()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     profile_dir = None
     if not args.no_py_spy and shutil.which("py-spy"):
@@ -181,7 +194,7 @@ def main() -> int:
               f"{r.get('start_to_all_programmed_s')}s, dump {r.get('kernel_counts_dump')}",
               flush=True)
 
-    bl.print_table(
+    print_table(
         "flanneld cold start with N peer leases in etcd (vxlan; 3 kernel objects per peer)",
         ["peers", "etcd write s", "start->1st route s", "start->ready s", "start->all s",
          "routes/neigh/fdb", "kernel=leases", "VmRSS MiB", "VmHWM MiB", "CPU s"],
@@ -193,19 +206,19 @@ def main() -> int:
           _mib(r["status_after_convergence_kib"].get("VmHWM")),
           r["cpu_to_convergence_s"]) for r in results],
     )
-    bl.print_table(
+    print_table(
         "one peer added/deleted at scale [ms]",
         ["peers", "n", "add p50", "add p99", "add max", "del p50", "del p99", "del max",
          "timeouts", "reconcile mean ms"],
         [(r["peers"], r.get("samples_ok", 0),
-          *(bl.fmt_ms(r.get("add_ms", {}).get(k)) for k in ("p50", "p99", "max")),
-          *(bl.fmt_ms(r.get("delete_route_ms", {}).get(k)) for k in ("p50", "p99", "max")),
+          *(fmt_ms(r.get("add_ms", {}).get(k)) for k in ("p50", "p99", "max")),
+          *(fmt_ms(r.get("delete_route_ms", {}).get(k)) for k in ("p50", "p99", "max")),
           r.get("samples_timed_out", "-"), r.get("reconcile_end", {}).get("mean_ms", "-"))
          for r in results],
     )
     if not args.no_pure:
         names = list(results[0]["pure_functions"])
-        bl.print_table(
+        print_table(
             "vxlan backend pure steps of ONE reconcile pass, timed in-process [s]"
             " (vxlan_peers includes usable_peers)",
             ["peers", *(k.removesuffix("_s") for k in names)],
@@ -216,9 +229,9 @@ def main() -> int:
             prof = r.get(phase)
             if not prof or not prof["samples"]:
                 continue
-            bl.print_profile(f"py-spy, {r['peers']} peers, {phase.removeprefix('profile_')}",
+            print_profile(f"py-spy, {r['peers']} peers, {phase.removeprefix('profile_')}",
                              prof)
-    bl.write_json(args.out, {"bench": "scale", "machine": bl.finish_facts(facts),
+    write_json(args.out, {"bench": "scale", "machine": finish_facts(facts),
                              "params": vars(args), "results": results})
     return 0 if all("error" not in r for r in results) else 1
 

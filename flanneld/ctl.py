@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from flanneld.doctor.cli import add_doctor_arguments, add_doctor_commands
 from flanneld.lab import lab as labmod
 from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
 from flanneld.lab.leases import NodeLease
@@ -183,6 +184,13 @@ def _lab_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lab_doctor(args: argparse.Namespace) -> int:
+    lab = labmod.Lab.attach(args.prefix)
+    extra = ["--json"] if args.json else []
+    done = lab.doctor(args.node, [*extra, "--timeout", f"{args.timeout:g}"], capture=False)
+    return done.returncode
+
+
 def _add_prefix(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"lab name prefix (default {DEFAULT_PREFIX})"
@@ -244,6 +252,16 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     _add_prefix(logs)
     logs.set_defaults(func=_lab_logs)
 
+    doctor = cmds.add_parser(
+        "doctor", help="run flannelctl doctor inside one node's namespace",
+        description="Run flannelctl doctor in the node's namespace with that node's flanneld "
+        "flags and CNI config directory; exits as doctor does.",
+    )
+    doctor.add_argument("node", help="node name, e.g. n1")
+    _add_prefix(doctor)
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(func=_lab_doctor)
+
 
 # --- netconf --------------------------------------------------------------------------
 
@@ -295,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flannelctl", description="pyflannel operator tool")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_doctor_commands(subparsers)
     add_lab_commands(subparsers)
     add_netconf_commands(subparsers)
     return parser
@@ -302,7 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Only doctor takes more: flanneld's own flags, handed to flanneld.flags as they are.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "flanneld_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExternalInterface, Network
 from backends.kernelwatch import KernelWatch
@@ -24,7 +25,6 @@ from flanneld.flags import Flags
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
-    Kick,
     LeaseHolder,
     LoopSettings,
     MainLoop,
@@ -35,6 +35,7 @@ from flanneld.loop import (
     install_signal_handlers,
     retry_until_stopped,
 )
+from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import NetConfWatcher
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
@@ -45,6 +46,9 @@ from subnet.lease import Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig
 from subnet.retry import Backoff
+
+if TYPE_CHECKING:
+    from subnet.etcd import EtcdSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,16 @@ def build_manager(
         from subnet.kube import connect_and_sync
 
         return connect_and_sync(kube_settings(flags, os.environ), stop)
-    from subnet.etcd import EtcdSettings, EtcdSubnetManager
+    from subnet.etcd import EtcdSubnetManager
 
-    settings = EtcdSettings(
+    return EtcdSubnetManager(etcd_settings(flags), previous.subnets)
+
+
+def etcd_settings(flags: Flags) -> EtcdSettings:
+    """EtcdSettings from flanneld's ``--etcd-*`` flags."""
+    from subnet.etcd import EtcdSettings
+
+    return EtcdSettings(
         endpoints=tuple(e for e in flags.etcd_endpoints.split(",") if e),
         prefix=flags.etcd_prefix,
         keyfile=flags.etcd_keyfile,
@@ -73,7 +84,6 @@ def build_manager(
         password=flags.etcd_password,
         renew_margin_minutes=flags.subnet_lease_renew_margin,
     )
-    return EtcdSubnetManager(settings, previous.subnets)
 
 
 def kube_settings(flags: Flags, environ: Mapping[str, str]) -> KubeSettings:
@@ -123,17 +133,17 @@ def backend_entry(config: NetConfig) -> BackendEntry:
 
 def make_backend(
     flags: Flags, manager: SubnetManager, config: NetConfig, entry: BackendEntry,
-    stop: threading.Event, on_error: Callable[[], None],
+    netlink: Netlink, stop: threading.Event, on_error: Callable[[], None],
 ) -> Backend:
     """The backend, seeded with what this node advertised before."""
-    netlink = Netlink()
     ext = external_interface(flags, manager, netlink)
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
         Backoff(1.0, 30.0), on_error,
     )
     return entry.build(
-        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None)
+        BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None,
+                       os.environ)
     )
 
 
@@ -158,6 +168,27 @@ def write_subnet_env(flags: Flags, config: NetConfig, network: Network) -> None:
     log.info("wrote %s: subnet %s, MTU %d", flags.subnet_file, network.lease.key, network.mtu)
 
 
+def traffic_rules(config: NetConfig, flags: Flags) -> TrafficManager:
+    """The iptables or nftables manager that net-conf.json's EnableNFTables picks."""
+    return traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
+
+
+KernelWatchFactory = Callable[[Callable[[], None], threading.Event], threading.Thread]
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """How start-up builds what talks to the outside world; unit tests pass fakes."""
+
+    manager: Callable[
+        [Flags, subnetfile.PreviousRun, threading.Event], SubnetManager
+    ] = build_manager
+    backend: Callable[[NetConfig], BackendEntry] = backend_entry
+    netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
+    rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
+    kernel_watch: KernelWatchFactory = KernelWatch
+
+
 def rule_nets(config: NetConfig, lease: Lease) -> list[FamilyNets]:
     return family_nets([(config.network, lease.subnet), (config.ipv6_network, lease.ipv6_subnet)])
 
@@ -180,13 +211,14 @@ class Blackholes:
     following the default route out of the node.
     """
 
-    def __init__(self, holder: LeaseHolder) -> None:
+    def __init__(self, holder: LeaseHolder, netlink: Callable[[], Netlink]) -> None:
         self._holder = holder
+        self._make_netlink = netlink
         self._netlink: Netlink | None = None
 
     def __call__(self) -> None:
         if self._netlink is None:
-            self._netlink = Netlink()
+            self._netlink = self._make_netlink()
         self._netlink.sync_blackholes(self._holder.get().subnets())
 
 
@@ -208,9 +240,10 @@ def run(flags: Flags) -> int:
 class Daemon:
     """One flanneld: start-up in upstream's order, the main loop, and shutdown."""
 
-    def __init__(self, flags: Flags, stop: threading.Event) -> None:
+    def __init__(self, flags: Flags, stop: threading.Event, parts: Parts | None = None) -> None:
         self._flags = flags
         self._stop = stop
+        self._parts = parts or Parts()
         self._health = HealthState()
         self._metrics = Metrics()
         self._server: HealthServer | None = None
@@ -219,20 +252,21 @@ class Daemon:
         self._threads: list[threading.Thread] = []
 
     def serve(self) -> None:
-        flags, metrics, stop = self._flags, self._metrics, self._stop
+        flags, metrics, stop, parts = self._flags, self._metrics, self._stop, self._parts
         if flags.healthz_port > 0:
             self._server = start_health(
                 self._health, flags.healthz_ip, flags.healthz_port,
                 {"/metrics": metrics_handler(metrics)},
             )
         previous = subnetfile.read_previous_run(flags.subnet_file)
-        manager = self._manager = build_manager(flags, previous, stop)
+        manager = self._manager = parts.manager(flags, previous, stop)
         config = get_network_config(manager, stop, metrics.record_store_error)
-        entry = backend_entry(config)
+        entry = parts.backend(config)
         check_br_netfilter(config)
-        backend = make_backend(flags, manager, config, entry, stop, metrics.record_store_error)
+        backend = make_backend(flags, manager, config, entry, parts.netlink(), stop,
+                               metrics.record_store_error)
         network = register(backend, manager, config, stop, metrics.record_store_error)
-        rules = traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
+        rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
         node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
@@ -240,7 +274,7 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
-        self._threads = node.helpers(loop, holder, stop)
+        self._threads = node.helpers(loop, holder, stop, parts)
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
@@ -310,7 +344,7 @@ class Node:
         return self.network
 
     def helpers(
-        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event
+        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts
     ) -> list[threading.Thread]:
         """The threads beside the main loop (not started)."""
         flags, metrics = self._flags, self._metrics
@@ -321,10 +355,10 @@ class Node:
                     metrics.record_store_error),
             Periodic("traffic-rules-resync", flags.iptables_resync,
                      lambda: metrics.record_rules_restored(self._rules.resync()), stop),
-            KernelWatch(lambda: loop.messages.put(Kick()), stop),
+            parts.kernel_watch(lambda: loop.messages.put(Kick()), stop),
         ]
         if flags.ip_blackhole_route:
-            blackholes = Blackholes(holder)
+            blackholes = Blackholes(holder, parts.netlink)
             blackholes()
             threads.append(Periodic("blackhole-route", flags.iptables_resync, blackholes, stop))
         if flags.kube_subnet_mgr:

@@ -3,7 +3,9 @@
 Threads: a watcher (store -> queue), a renewer (etcd leases expire), and
 the main thread, which owns the dataplane: it folds watch messages into the
 peer table and runs the backend's reconcile on every batch of messages and
-on every resync tick.  One ``threading.Event`` stops everything.
+on every resync tick.  One ``threading.Event`` stops everything.  What the
+main loop does when is decided by the pure step in ``loop_state.py``; the
+loop here only waits, reads the clock and carries out the step's actions.
 """
 
 from __future__ import annotations
@@ -13,12 +15,24 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from backends.base import Network, ReconcileReport
+from flanneld import loop_state
+from flanneld.loop_state import (
+    Fold,
+    LoopAction,
+    LoopMessage,
+    Outcome,
+    Reacquire,
+    Reacquired,
+    Reconcile,
+    Reconciled,
+)
 from flanneld.peertable import PeerTable
 from subnet.errors import FlannelError, LeaseError, StopRequested, StoreError
 from subnet.lease import Lease
@@ -29,11 +43,6 @@ from subnet.retry import Backoff, wait
 log = logging.getLogger(__name__)
 
 RENEW_RETRY_MAX = 60.0
-# How long after a pass that deleted kernel objects the kernel watch's reports
-# are taken for the echo of those deletions (a real loss is still repaired by
-# the next kick or resync).
-ECHO_WINDOW = 1.0
-RESYNC_BUDGET = 10.0  # a full pass may take at most 1/RESYNC_BUDGET of the time
 T = TypeVar("T")
 
 
@@ -193,14 +202,6 @@ class Watcher(threading.Thread):
                 wait(self._stop_event, delay)
 
 
-@dataclass(frozen=True, slots=True)
-class Kick:
-    """Reconcile now: the kernel lost something of ours."""
-
-
-LoopMessage = LeaseMessage | Kick
-
-
 def drain(q: queue.Queue[LoopMessage], timeout: float) -> list[LoopMessage]:
     """Block up to ``timeout`` for one message, then take whatever else is queued."""
     try:
@@ -213,13 +214,6 @@ def drain(q: queue.Queue[LoopMessage], timeout: float) -> list[LoopMessage]:
             batch.append(q.get_nowait())
         except queue.Empty:
             return batch
-
-
-def resync_interval(configured: float, last_full_pass: float) -> float:
-    """Seconds to the next full resync: the configured interval, stretched so that
-    full passes (kernel dumps) take at most a tenth of the time on large clusters;
-    the kernel watch still repairs damage at once in between."""
-    return max(configured, RESYNC_BUDGET * last_full_pass)
 
 
 class LoopObserver(Protocol):
@@ -245,7 +239,9 @@ class MainLoop:
         settings: LoopSettings,
         stop: threading.Event,
         observer: LoopObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._register = register
         self._on_lease = on_lease
         self._on_synced = on_synced
@@ -255,48 +251,50 @@ class MainLoop:
         self.messages: queue.Queue[LoopMessage] = queue.Queue()
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
+        """Wait, let ``loop_state.step`` decide, do what it says; until stopped."""
         table = PeerTable(network.lease.key)
-        heard = synced = False
-        echo_until = 0.0  # kicks before this are the kernel echoing our own deletions
-        next_resync = time.monotonic() + self._settings.resync_interval
+        state = loop_state.start(network.lease.key, self._settings.resync_interval, self._clock())
         while not self._stop.is_set():
-            received = drain(self.messages, min(1.0, next_resync - time.monotonic()))
-            kicks = any(isinstance(m, Kick) for m in received)
-            kicked = kicks and time.monotonic() >= echo_until
-            if kicks and not kicked:  # maybe an echo, maybe new damage: look again soon
-                next_resync = min(next_resync, echo_until)
-            batch = [m for m in received if not isinstance(m, Kick)]
-            heard = heard or bool(batch)
-            lost = False
-            for message in batch:
-                lost = table.apply(message) or lost
-            if self._observer is not None and batch:
-                self._observer.record_messages(batch)
-                self._observer.set_peers(len(table))
-            if lost:
-                network = self._reacquire(network, table, holder)
-            due = time.monotonic() >= next_resync or kicked
-            if not batch and not due:
-                continue
-            if due:
-                next_resync = time.monotonic() + self._settings.resync_interval
-            started = time.monotonic()
-            try:
-                report = network.reconcile(table.peers(), full=due or not synced)
-            except FlannelError as err:
-                log.error("reconcile failed: %s (retrying at the next resync)", err)
-                continue
-            seconds = time.monotonic() - started
-            if due:
-                next_resync = started + resync_interval(self._settings.resync_interval, seconds)
-            if report.removed or report.device_recreated:
-                echo_until = time.monotonic() + ECHO_WINDOW
-            self._log_report(report, seconds, resync=due and not batch)
+            received = drain(self.messages, loop_state.wait_seconds(state, self._clock()))
+            state, actions = loop_state.step(state, received, self._clock())
+            pending = deque(actions)
+            while pending:
+                network, outcome = self._execute(pending.popleft(), network, table, holder)
+                if outcome is not None:
+                    state, more = loop_state.settle(state, outcome, self._clock())
+                    pending.extend(more)
+
+    def _execute(
+        self, action: LoopAction, network: Network, table: PeerTable, holder: LeaseHolder
+    ) -> tuple[Network, Outcome | None]:
+        """Do one action; returns the network (new after a re-acquisition) and what happened."""
+        if isinstance(action, Fold):
+            for message in action.messages:
+                table.apply(message)
             if self._observer is not None:
-                self._observer.record_reconcile(report, seconds, resync_only=due and not batch)
-            if heard and not synced:
-                synced = True
-                self._on_synced()
+                self._observer.record_messages(action.messages)
+                self._observer.set_peers(len(table))
+            return network, None
+        if isinstance(action, Reacquire):
+            network = self._reacquire(network, table, holder)
+            return network, Reacquired(network.lease.key)
+        if isinstance(action, Reconcile):
+            return network, self._reconcile(network, table, action)
+        self._on_synced()
+        return network, None
+
+    def _reconcile(self, network: Network, table: PeerTable, action: Reconcile) -> Outcome | None:
+        started = self._clock()
+        try:
+            report = network.reconcile(table.peers(), full=action.full)
+        except FlannelError as err:
+            log.error("reconcile failed: %s (retrying at the next resync)", err)
+            return None
+        seconds = self._clock() - started
+        self._log_report(report, seconds, resync=action.resync_only)
+        if self._observer is not None:
+            self._observer.record_reconcile(report, seconds, resync_only=action.resync_only)
+        return Reconciled(action, report, started)
 
     def _reacquire(self, network: Network, table: PeerTable, holder: LeaseHolder) -> Network:
         old = network.lease

@@ -6,13 +6,15 @@ from subnet.lease import Lease
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot
 
 
-class PeerTable:
-    """Known leases by key, and whether ours is still among them.
+def loses_own_lease(own_key: str, message: LeaseMessage) -> bool:
+    """Whether ``message`` shows our lease gone (deleted, expired, or missing from a snapshot)."""
+    if isinstance(message, Snapshot):
+        return all(lease.key != own_key for lease in message.leases)
+    return isinstance(message, LeaseRemoved) and message.key == own_key
 
-    Our own lease is tracked but never returned as a peer.  ``apply``
-    returns True when a message shows our lease gone (deleted, expired, or
-    missing from a snapshot), so the daemon can re-acquire it.
-    """
+
+class PeerTable:
+    """Known leases by key, ours left out (``loses_own_lease`` tells when it is gone)."""
 
     def __init__(self, own_key: str) -> None:
         self._own_key = own_key
@@ -26,18 +28,17 @@ class PeerTable:
         self._own_key = key
         self._leases.pop(key, None)
 
-    def apply(self, message: LeaseMessage) -> bool:
+    def apply(self, message: LeaseMessage) -> None:
         if isinstance(message, Snapshot):
             self._leases = {lease.key: lease for lease in message.leases}
-            return self._leases.pop(self._own_key, None) is None
-        if isinstance(message, LeaseAdded):
+            self._leases.pop(self._own_key, None)
+        elif isinstance(message, LeaseAdded):
             if message.lease.key != self._own_key:
                 self._leases[message.lease.key] = message.lease
-            return False
-        if isinstance(message, LeaseRemoved):
+        elif isinstance(message, LeaseRemoved):
             self._leases.pop(message.key, None)
-            return message.key == self._own_key
-        raise TypeError(f"unknown lease message {message!r}")
+        else:
+            raise TypeError(f"unknown lease message {message!r}")
 
     def peers(self) -> list[Lease]:
         return list(self._leases.values())

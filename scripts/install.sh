@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   etcd-server etcd-client containernetworking-plugins nftables iptables
   iproute2 iputils-ping tcpdump iperf3 python3 python3-venv python3-pip
+  wireguard-go wireguard-tools
 )
 if [ "${1:-}" = "--image" ]; then
   APT_PACKAGES+=(podman runc mmdebstrap openssl)

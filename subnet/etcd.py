@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -41,16 +41,17 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from pyetcd.etcdrpc import AuthenticateRequest
 from pyetcd.events import DeleteEvent
 
-from subnet.allocator import choose_subnet, in_range
 from subnet.errors import (
     ConfigError,
     LeaseConflictError,
     PeerDataError,
     StoreError,
+    SubnetsExhaustedError,
     WatchExpiredError,
 )
+from subnet.etcd_state import ClaimPrevious, Exhausted, ListedLease, Reuse, decide, held_by
+from subnet.keyrange import prefix_range_end
 from subnet.lease import (
-    IPNetwork,
     Lease,
     LeaseAttrs,
     decode_attrs,
@@ -142,19 +143,6 @@ def plan_endpoints(settings: EtcdSettings) -> list[EndpointPlan]:
             ", ".join(plain),
         )
     return plans
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """One key under ``<prefix>/subnets/`` as listed."""
-
-    key: bytes
-    v4: IPv4Network
-    v6: IPv6Network | None
-    attrs: LeaseAttrs | None  # None: the value does not parse
-    etcd_lease: int  # 0: a reservation (no etcd lease)
-    mod_revision: int
-    create_revision: int
 
 
 class EtcdSubnetManager:
@@ -284,8 +272,12 @@ class EtcdSubnetManager:
         """The attributes of the lease held by ``public_ip``: our lease from before a restart."""
         if public_ip is None:
             return None
-        mine = _find_by_public_ip(self._list()[0], LeaseAttrs(public_ip=public_ip))
+        mine = held_by(self._list()[0], public_ip)
         return mine.attrs if mine is not None else None
+
+    def leases(self) -> tuple[Lease, ...]:
+        """Every parseable lease, read once (diagnostics; the daemon watches instead)."""
+        return self._snapshot()[0]
 
     def public_ip_override(self) -> IPv4Address | None:
         """etcd has no per-node override; ``--public-ip`` is the only way."""
@@ -311,39 +303,30 @@ class EtcdSubnetManager:
     def _try_acquire(
         self, attrs: LeaseAttrs, v4_range: SubnetRange, v6_range: SubnetRange | None
     ) -> Lease | None:
-        """One attempt (upstream's order); None when another writer got in first."""
-        entries = self._list()[0]
-        mine = _find_by_public_ip(entries, attrs)
-        if mine is not None:
-            if _compatible(mine.v4, mine.v6, v4_range, v6_range):
-                return self._reuse(mine, attrs)
+        """One attempt (``etcd_state.decide``); None when another writer got in first."""
+        decision = decide(
+            self._list()[0], attrs.public_ip, self._previous, (v4_range, v6_range), self._chooser
+        )
+        if isinstance(decision, Reuse):
+            return self._reuse(decision.lease, attrs)
+        if decision.stale is not None:
             log.warning(
                 "lease %s of this host (%s) does not fit the network config; deleting it",
-                subnet_key(mine.v4, mine.v6), attrs.public_ip,
+                subnet_key(decision.stale.v4, decision.stale.v6), attrs.public_ip,
             )
-            if not self._delete_if_unchanged(mine):
+            if not self._delete_if_unchanged(decision.stale):
                 return None
-            entries = [e for e in entries if e is not mine]
-        taken4: list[IPNetwork] = [e.v4 for e in entries]
-        taken6: list[IPNetwork] = [e.v6 for e in entries if e.v6 is not None]
-        v4, v6 = self._previous
-        if (
-            v4 is not None
-            and _compatible(v4, v6, v4_range, v6_range)
-            and _free(v4, taken4)
-            and (v6 is None or _free(v6, taken6))
-        ):
-            log.info("trying our previous subnet %s (subnet file or last lease)", subnet_key(v4, v6))
-        else:
-            if v4 is not None:
-                log.info("previous subnet %s is taken or outside the config; not reusing", v4)
-            v4 = cast(IPv4Network, choose_subnet(v4_range, taken4, self._chooser))
-            v6 = None
-            if v6_range is not None:
-                v6 = cast(IPv6Network, choose_subnet(v6_range, taken6, self._chooser))
-        return self._create(Lease(v4, v6, attrs))
+        if isinstance(decision, Exhausted):
+            raise SubnetsExhaustedError(decision.reason)
+        if isinstance(decision, ClaimPrevious):
+            log.info("trying our previous subnet %s (subnet file or last lease)",
+                     subnet_key(decision.subnet, decision.ipv6_subnet))
+        elif decision.passed_over is not None:
+            log.info("previous subnet %s is taken or outside the config; not reusing",
+                     decision.passed_over)
+        return self._create(Lease(decision.subnet, decision.ipv6_subnet, attrs))
 
-    def _reuse(self, entry: _Entry, attrs: LeaseAttrs) -> Lease | None:
+    def _reuse(self, entry: ListedLease, attrs: LeaseAttrs) -> Lease | None:
         compare = self._client.transactions.mod(entry.key) == entry.mod_revision
         ok, expiration = self._put(entry.key, attrs, compare, ttl_less=entry.etcd_lease == 0)
         if not ok:
@@ -356,7 +339,7 @@ class EtcdSubnetManager:
     def _create(self, lease: Lease) -> Lease | None:
         # No key with this IPv4 subnet may exist, whatever its IPv6 part.
         v4_prefix = self._subnets + subnet_key(lease.subnet, None)
-        compare = self._client.transactions.create(v4_prefix, _range_end(v4_prefix)) == 0
+        compare = self._client.transactions.create(v4_prefix, prefix_range_end(v4_prefix.encode())) == 0
         ok, expiration = self._put(self._subnets + lease.key, lease.attrs, compare, ttl_less=False)
         if not ok:
             log.info("subnet %s was taken by another node meanwhile; choosing again", lease.key)
@@ -389,7 +372,7 @@ class EtcdSubnetManager:
             return True, None
         return True, datetime.now(UTC) + timedelta(seconds=granted.ttl)
 
-    def _delete_if_unchanged(self, entry: _Entry) -> bool:
+    def _delete_if_unchanged(self, entry: ListedLease) -> bool:
         compare = self._client.transactions.mod(entry.key) == entry.mod_revision
         delete = self._client.transactions.delete(entry.key)
         ok, _ = self._rpc(
@@ -408,7 +391,7 @@ class EtcdSubnetManager:
 
     # --- listing and watching ------------------------------------------------------
 
-    def _list(self) -> tuple[list[_Entry], int]:
+    def _list(self) -> tuple[list[ListedLease], int]:
         """Every parseable key under subnets/ and the store revision of the read."""
         resp = self._rpc(lambda: self._client.get_prefix_response(self._subnets))
         entries = []
@@ -424,7 +407,7 @@ class EtcdSubnetManager:
                 self._warn_once(kv.key, kv.mod_revision, err)
                 attrs = None
             entries.append(
-                _Entry(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
+                ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
             )
         return entries, int(resp.header.revision)
 
@@ -565,37 +548,6 @@ class EtcdSubnetManager:
 
 
 # --- module helpers ----------------------------------------------------------------
-
-
-def _range_end(prefix: str) -> bytes:
-    """The end of the key range that holds exactly the keys starting with ``prefix``."""
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1  # the last character of a subnet key is a digit: no overflow
-    return bytes(raw)
-
-
-def _find_by_public_ip(entries: list[_Entry], attrs: LeaseAttrs) -> _Entry | None:
-    if attrs.public_ip.is_unspecified:
-        return None
-    for entry in entries:
-        if entry.attrs is not None and entry.attrs.public_ip == attrs.public_ip:
-            return entry
-    return None
-
-
-def _compatible(
-    v4: IPNetwork, v6: IPNetwork | None, v4_range: SubnetRange, v6_range: SubnetRange | None
-) -> bool:
-    """Could the current config have handed out this pair (upstream's rule)?"""
-    if not in_range(v4, v4_range):
-        return False
-    if v6_range is None:
-        return v6 is None
-    return v6 is not None and in_range(v6, v6_range)
-
-
-def _free(subnet: IPNetwork, taken: list[IPNetwork]) -> bool:
-    return not any(subnet.overlaps(t) for t in taken)
 
 
 def _make_client(settings: EtcdSettings, timeout: float) -> MultiEndpointEtcd3Client:

@@ -398,6 +398,10 @@ class KubeSubnetManager:
                 if stop.wait(delay):
                     raise StopRequested("stopped while waiting for the Kubernetes API") from err
 
+    def nodes(self) -> list[JSON]:
+        """Every Node object, listed once (diagnostics; the daemon watches instead)."""
+        return self._list_nodes()[1]
+
     def public_ip_override(self) -> ipaddress.IPv4Address | None:
         """Our Node's ``node-public-ip`` annotation (acts as --public-ip)."""
         return self.node_public_ip_override()[0]

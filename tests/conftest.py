@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from flanneld.lab import topology
 
 # Every kernel object a test creates carries this prefix, so parallel or
 # crashed runs never collide and leftovers are easy to find by name.
@@ -35,14 +36,13 @@ def netns_factory() -> Iterator[Callable[[str], str]]:
 
     def make(suffix: str) -> str:
         name = f"{RUN_PREFIX}-{suffix}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        made.append(name)  # before creating: a half-made one is removed too
+        topology.create_netns(name)
         return name
 
     yield make
     for name in reversed(made):
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        topology.delete_netns(name)
 
 
 def free_port() -> int:

@@ -1,4 +1,8 @@
-"""Two "hosts" (namespaces) joined by a veth underlay, for the backend namespace tests."""
+"""Two "hosts" (namespaces) joined by a veth underlay, for the backend namespace tests.
+
+Built with the lab's plumbing (:mod:`flanneld.lab.topology`); ``sh`` and
+``ip_json`` only inspect what the code under test did.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backends.base import ExternalInterface
+from flanneld.lab import topology
 
 
 def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -29,13 +34,15 @@ def veth_hosts(
     (namespace, n, external interface) per host, n = 1 and 2.
     """
     a, b = netns_factory(f"{tag}a"), netns_factory(f"{tag}b")
-    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
+    topology.veth_link(a, "ul0", _underlay(1), b, "ul0", _underlay(2))
     hosts = []
     for ns, third in ((a, 1), (b, 2)):
-        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{third}/24", "dev", "ul0")
-        sh("ip", "-n", ns, "addr", "add", f"10.244.{third}.1/32", "dev", "lo")
-        sh("ip", "-n", ns, "link", "set", "ul0", "up")
-        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
-        addr = ipaddress.IPv4Address(f"198.18.0.{third}")
-        hosts.append((ns, third, ExternalInterface("ul0", index, 1500, addr, addr)))
+        topology.add_address(ns, "lo", ipaddress.IPv4Interface(f"10.244.{third}.1/32"))
+        addr = _underlay(third).ip
+        ext = ExternalInterface("ul0", topology.link_index(ns, "ul0"), 1500, addr, addr)
+        hosts.append((ns, third, ext))
     return hosts
+
+
+def _underlay(third: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"198.18.0.{third}/24")

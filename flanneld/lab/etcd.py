@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from flanneld.lab.etcdgw import EtcdGateway
+from flanneld.lab.procs import stop_children
 from subnet.errors import FlannelError
 
 ETCD_BINARY = "etcd"
@@ -96,22 +96,10 @@ class EtcdProcess:
         raise FlannelError(f"etcd at {self.spec.client_url} not healthy after {timeout}s")
 
     def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.spec.client_url + "/health", timeout=1) as resp:
-                return bool(json.load(resp).get("health") == "true")
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
+        with EtcdGateway(self.spec.client_url, timeout=1.0) as gateway:
+            return gateway.healthy()
 
     def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        if proc is not None:
+            stop_children([proc], signal.SIGKILL if kill else signal.SIGTERM, timeout)

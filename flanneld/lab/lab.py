@@ -8,11 +8,13 @@ exactly what the lab made.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -20,11 +22,14 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backends.wireguard_go import running_pid, stop_recorded
+from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
 from flanneld.lab import etcdgw, kubeapi, podrun, pods, podspec, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
 from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
 from flanneld.lab.layout import (
+    CNI_CONFLIST,
     DEFAULT_PREFIX,
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
@@ -36,6 +41,7 @@ from flanneld.lab.layout import (
     UNDERLAY_MTU,
     LabPlan,
     NodePlan,
+    cni_conflist,
     flanneld_argv,
     flanneld_env,
     is_lab_netns,
@@ -118,7 +124,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _http_status(url: str) -> int | None:
+def http_status(url: str) -> int | None:
+    """The HTTP status of a GET of ``url`` (one second at most); None if it cannot connect."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
             return int(resp.status)
@@ -243,17 +250,18 @@ class Lab:
     def _build_node(self, node: NodePlan) -> None:
         ul = self._plan.underlay_netns
         self._make_netns(node.netns)
-        topology.add_veth(ul, node.bridge_port, node.netns, NODE_UNDERLAY_IF, UNDERLAY_MTU)
-        topology.set_master(ul, node.bridge_port, UNDERLAY_BRIDGE)
-        topology.add_address(node.netns, NODE_UNDERLAY_IF, node.address)
-        topology.set_up(node.netns, NODE_UNDERLAY_IF)
+        topology.bridge_port(ul, UNDERLAY_BRIDGE, node.bridge_port,
+                             node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
         paths = node_paths(self._plan, node)
-        os.makedirs(paths.root, mode=0o755, exist_ok=True)
         if self._plan.image is not None:
             # flanneld without --iface takes the default route's interface, as on a real node
             topology.add_default_route(node.netns, self._plan.gateway.ip)
-            podrun.provision_node(paths.host_root)
+            podrun.provision_node(paths.host_root)  # the init containers fill net.d
+        else:
+            os.makedirs(paths.cni_conf_dir, mode=0o755, exist_ok=True)
+            with open(os.path.join(paths.cni_conf_dir, CNI_CONFLIST), "w", encoding="utf-8") as fh:
+                json.dump(cni_conflist(self._plan, node), fh, indent=2)
 
     def _etcd_spec(self) -> EtcdSpec:
         return EtcdSpec(
@@ -272,13 +280,19 @@ class Lab:
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(ETCD_ROLE, record))
         deadline = time.monotonic() + ETCD_TIMEOUT
-        url = spec.client_url
-        while not topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.healthy(url)):
-            if not procs.is_ours(record):
-                raise FlannelError(f"etcd exited; last log lines:\n{log_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
-            time.sleep(0.05)
+        with self.etcd_gateway(timeout=1.0) as gateway:
+            while not gateway.healthy():
+                if not procs.is_ours(record):
+                    raise FlannelError(f"etcd exited; last log lines:\n{log_tail(log_path)}")
+                if time.monotonic() > deadline:
+                    raise FlannelError(f"etcd not healthy after {ETCD_TIMEOUT:g}s")
+                time.sleep(0.05)
+
+    def etcd_gateway(self, timeout: float = 5.0) -> etcdgw.EtcdGateway:
+        """A client of the lab's etcd (etcd mode), connecting from the underlay namespace."""
+        return etcdgw.EtcdGateway(
+            self._plan.etcd_url, netns=self._plan.underlay_netns, timeout=timeout
+        )
 
     @property
     def kube_api(self) -> KubeApiControl:
@@ -375,9 +389,8 @@ class Lab:
         return record
 
     def _put_net_conf(self) -> None:
-        url, key = self._plan.etcd_url, f"{self._plan.etcd_prefix}/config"
-        value = self._plan.net_conf()
-        topology.run_in_netns(self._plan.underlay_netns, lambda: etcdgw.put(url, key, value))
+        with self.etcd_gateway() as gateway:
+            gateway.put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
 
     def _spawn_flanneld(self, node: NodePlan, extra_args: Sequence[str] = ()) -> ProcessRecord:
         launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
@@ -398,7 +411,7 @@ class Lab:
             if probe is None:
                 return True
             url = f"http://{node.public_ip}:{probe.port}{probe.path}"
-        return topology.run_in_netns(node.netns, lambda: _http_status(url)) == 200
+        return topology.run_in_netns(node.netns, lambda: http_status(url)) == 200
 
     def _wait_ready(self, node: NodePlan, timeout: float) -> None:
         record = self._record(_flanneld_role(node))
@@ -420,10 +433,8 @@ class Lab:
     # --- inspecting --------------------------------------------------------------
 
     def _etcd_leases(self) -> dict[str, str]:
-        url, prefix = self._plan.etcd_url, self._plan.etcd_prefix + "/subnets/"
-        return topology.run_in_netns(
-            self._plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix)
-        )
+        with self.etcd_gateway() as gateway:
+            return gateway.get_prefix(self._plan.etcd_prefix + "/subnets/")
 
     def subnet_env(self, node: str) -> str:
         """The text of ``node``'s subnet.env ('' if it does not exist)."""
@@ -461,6 +472,28 @@ class Lab:
         """The PID of ``node``'s flanneld if it is running."""
         record = self._record(_flanneld_role(self._plan.node(node)))
         return record.pid if record is not None and procs.is_ours(record) else None
+
+    def doctor(
+        self, node: str, args: Sequence[str] = (), capture: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``flannelctl doctor`` in ``node``'s namespace with its flanneld's flags.
+
+        ``args`` are doctor's own options (``--json``, ``--timeout``).  With
+        ``capture`` the output is returned, else it goes to our stdout.
+        """
+        plan_node = self._plan.node(node)
+        paths = node_paths(self._plan, plan_node)
+        flannelctl = procs.launcher(self._python, "flannelctl", "flanneld.ctl")
+        flags = flanneld_argv([], self._plan, plan_node)
+        argv = [*flannelctl, "doctor", *args, "--cni-conf-dir", paths.cni_conf_dir, "--", *flags]
+        env = {**_child_env(), **flanneld_env(self._plan, plan_node)}
+        try:
+            return subprocess.run(
+                topology.netns_argv(plan_node.netns, argv), capture_output=capture, text=True,
+                env=env, timeout=timeout, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise FlannelError(f"flannelctl doctor on {node} failed: {err}") from err
 
     def endpoints(self) -> list[Endpoint]:
         """Every pod with its address, read from the pod's namespace."""
@@ -553,6 +586,11 @@ class Lab:
             self._wait_ready(plan_node, timeout)
         return record.pid
 
+    def wireguard_go_pid(self, node: str) -> int | None:
+        """The PID of ``node``'s wireguard-go (wireguard backend, userspace driver) if it runs."""
+        root = node_paths(self._plan, self._plan.node(node)).root
+        return running_pid(root, WIREGUARD_DEVICE)
+
     def etcd_pid(self) -> int | None:
         """The PID of the lab's etcd if it is running."""
         record = self._record(ETCD_ROLE)
@@ -639,6 +677,16 @@ def _deletion_order(name: str) -> tuple[int, str]:
     return rank, name
 
 
+def _stop_wireguard_go(directory: str) -> list[str]:
+    """End each node's wireguard-go (flanneld leaves it running across restarts), by PID."""
+    stopped = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        root = os.path.join(directory, name)
+        if os.path.isdir(root) and stop_recorded(root, WIREGUARD_DEVICE) is not None:
+            stopped.append(f"wireguard-go-{name}")
+    return stopped
+
+
 def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
     """Remove every process, namespace and file of lab ``prefix``; safe to repeat.
 
@@ -664,6 +712,7 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
             stopped += [role for role, rec in group.items() if rec in done]
     if recorded is None or recorded.image is not None:
         stopped += [f"container {name}" for name in podrun.remove_containers(prefix)]
+    stopped += _stop_wireguard_go(directory)
     names = set(_lab_namespaces(prefix))
     if recorded is not None:
         names |= {n for n in recorded.namespaces if is_lab_netns(prefix, n)}

@@ -41,7 +41,7 @@ FIRST_NODE_HOST = 10  # node i gets .(10+i)
 MAX_NODES = 240
 MAX_PODS_PER_NODE = 32
 IFNAMSIZ = 15  # longest Linux interface name
-BACKENDS = ("vxlan", "host-gw", "udp")
+BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
 SUBNET_MGRS = ("etcd", "kube")
 KUBE_API_PORT = 16443
 
@@ -272,6 +272,18 @@ class NodePaths:
     def kubeconfig(self) -> str:
         return os.path.join(self.root, "kubeconfig")
 
+    @property
+    def cni_conf_dir(self) -> str:
+        """The node's /etc/cni/net.d (what kube-flannel.yml's install-cni fills)."""
+        if self.pod_layout:  # filled by the install-cni init container itself
+            return os.path.join(self.host_root, "etc", "cni", "net.d")
+        return os.path.join(self.root, "net.d")
+
+    @property
+    def wireguard_key(self) -> str:
+        """The node's WireGuard private key (its wireguard-go PID file sits beside it)."""
+        return os.path.join(self.root, "wgkey")
+
 
 def node_paths(plan: LabPlan, node: NodePlan) -> NodePaths:
     return NodePaths(os.path.join(plan.state_dir, node.name), plan.image is not None)
@@ -308,8 +320,12 @@ def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> lis
 
 
 def flanneld_env(plan: LabPlan, node: NodePlan) -> dict[str, str]:
-    """Extra environment for ``node``'s flanneld: its Node's name in kube mode."""
-    return {"NODE_NAME": node.name} if plan.kube else {}
+    """Extra environment for ``node``'s flanneld: its Node's name in kube mode, and a
+    WireGuard key file of its own (every node shares the machine's /run/flannel)."""
+    env = {"NODE_NAME": node.name} if plan.kube else {}
+    if plan.backend == "wireguard":
+        env["WIREGUARD_KEY_FILE"] = node_paths(plan, node).wireguard_key
+    return env
 
 
 def pod_cidr(plan: LabPlan, node: NodePlan) -> ipaddress.IPv4Network:
@@ -348,6 +364,15 @@ def cni_netconf(plan: LabPlan, node: NodePlan) -> dict[str, object]:
         "delegate": {"hairpinMode": True, "isDefaultGateway": True},
         "ipam": {"dataDir": paths.ipam_dir},
     }
+
+
+CNI_CONFLIST = "10-flannel.conflist"
+
+
+def cni_conflist(plan: LabPlan, node: NodePlan) -> dict[str, object]:
+    """The conflist the node's CNI config directory holds: our netconf as its one plugin."""
+    plugin = {k: v for k, v in cni_netconf(plan, node).items() if k not in ("cniVersion", "name")}
+    return {"name": CNI_NETWORK_NAME, "cniVersion": CNI_VERSION, "plugins": [plugin]}
 
 
 def cni_env(plan: LabPlan, pod: PodPlan, command: str, cni_path: str) -> dict[str, str]:

@@ -96,7 +96,7 @@ def host_view_argv(host_root: str, argv: Sequence[str]) -> list[str]:
 def add_from_node_config(plan: LabPlan, node: NodePlan, pod: PodPlan) -> dict[str, Any]:
     """ADD ``pod`` with the node's own CNI config and plugins (image mode); the result."""
     paths = node_paths(plan, node)
-    conf_dir = os.path.join(paths.host_root, "etc", "cni", "net.d")
+    conf_dir = paths.cni_conf_dir
     try:
         name = pick_config(os.listdir(conf_dir))
     except OSError as err:

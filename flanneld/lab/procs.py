@@ -131,6 +131,23 @@ def wait_gone(record: ProcessRecord, timeout: float) -> bool:
         time.sleep(0.02)
 
 
+def stop_children(
+    children: Sequence[subprocess.Popen[bytes]], sig: int = signal.SIGTERM, timeout: float = 5.0
+) -> None:
+    """Send ``sig`` to each of our child processes still running, SIGKILL the ones
+    still there after ``timeout``, and reap them all (their return codes are set)."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout)
+
+
 def stop(records: Sequence[ProcessRecord], timeout: float = 5.0) -> list[ProcessRecord]:
     """SIGTERM all, then SIGKILL whatever is left after ``timeout``.
 

@@ -235,6 +235,64 @@ def set_up(name: str, ifname: str) -> None:
             raise DataplaneError(f"cannot bring {ifname} up in {name}: {err}") from err
 
 
+def set_mtu(name: str, ifname: str, mtu: int) -> None:
+    """Set the MTU of ``ifname`` in namespace ``name``."""
+    with _ipr(name) as ipr:
+        try:
+            ipr.link("set", index=_index(ipr, name, ifname), mtu=mtu)
+        except NetlinkError as err:
+            raise DataplaneError(f"cannot set mtu {mtu} on {ifname} in {name}: {err}") from err
+
+
+def add_default_route(name: str, gateway: ipaddress.IPv4Address) -> None:
+    """A default IPv4 route via ``gateway`` in namespace ``name`` (on-link on some interface)."""
+    with _ipr(name) as ipr:
+        try:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+        except NetlinkError as err:
+            raise DataplaneError(f"cannot add default via {gateway} in {name}: {err}") from err
+
+
+def veth_link(
+    name: str,
+    ifname: str,
+    address: ipaddress.IPv4Interface | None,
+    peer_netns: str,
+    peer_ifname: str,
+    peer_address: ipaddress.IPv4Interface | None,
+    mtu: int = 1500,
+) -> None:
+    """A veth between two namespaces, each end addressed (where given) and up."""
+    add_veth(name, ifname, peer_netns, peer_ifname, mtu)
+    for ns, dev, addr in ((name, ifname, address), (peer_netns, peer_ifname, peer_address)):
+        if addr is not None:
+            add_address(ns, dev, addr)
+        set_up(ns, dev)
+
+
+def bridge_port(
+    bridge_netns: str,
+    bridge: str,
+    port: str,
+    name: str,
+    ifname: str,
+    address: ipaddress.IPv4Interface,
+    mtu: int = 1500,
+) -> None:
+    """Plug namespace ``name`` into ``bridge``: a veth whose ``port`` end is enslaved
+    to the bridge and whose ``ifname`` end carries ``address``; both up."""
+    add_veth(bridge_netns, port, name, ifname, mtu)
+    set_master(bridge_netns, port, bridge)
+    add_address(name, ifname, address)
+    set_up(name, ifname)
+
+
+def link_index(name: str, ifname: str) -> int:
+    """The interface index of ``ifname`` in namespace ``name``."""
+    with _ipr(name) as ipr:
+        return _index(ipr, name, ifname)
+
+
 def link_address(name: str, ifname: str) -> str | None:
     """The MAC address of ``ifname`` in ``name``, or None if there is no such link."""
     with _ipr(name) as ipr:

@@ -20,18 +20,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flanneld.lab import etcdgw, pods, procs, topology
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
-from flanneld.lab.lab import log_tail
+from flanneld.lab.lab import http_status, log_tail
 from flanneld.lab.matrix import Endpoint
 from subnet.errors import FlannelError
 
@@ -164,17 +160,6 @@ def bridge_fdb(netns: str, dev: str) -> list[dict[str, object]]:
     return doc if isinstance(doc, list) else []
 
 
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except (OSError, urllib.error.URLError):
-        return None
-
-
-
 class RoutedUnderlay:
     """The running topology; everything it makes lives under ``workdir`` or in its namespaces."""
 
@@ -227,19 +212,13 @@ class RoutedUnderlay:
         for seg in self.layout.segments:
             topology.create_netns(seg.netns)
             topology.add_bridge(seg.netns, BRIDGE)
-            topology.add_veth(router, seg.router_if, seg.netns, "p-rt")
-            topology.set_master(seg.netns, "p-rt", BRIDGE)
-            topology.add_address(router, seg.router_if, seg.router)
-            topology.set_up(router, seg.router_if)
+            topology.bridge_port(seg.netns, BRIDGE, "p-rt", router, seg.router_if, seg.router)
 
     def _build_node(self, node: Node) -> None:
         seg = node.segment
         topology.create_netns(node.netns)
-        topology.add_veth(seg.netns, node.port, node.netns, UNDERLAY_IF)
-        topology.set_master(seg.netns, node.port, BRIDGE)
-        topology.add_address(node.netns, UNDERLAY_IF, node.address)
-        topology.set_up(node.netns, UNDERLAY_IF)
-        ip(node.netns, "route", "add", "default", "via", str(seg.router.ip), "dev", UNDERLAY_IF)
+        topology.bridge_port(seg.netns, BRIDGE, node.port, node.netns, UNDERLAY_IF, node.address)
+        topology.add_default_route(node.netns, seg.router.ip)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
         os.makedirs(self._node_dir(node), mode=0o755, exist_ok=True)
 
@@ -256,8 +235,8 @@ class RoutedUnderlay:
         # A child inherits the forking thread's namespace, and the health
         # check needs the router's addresses: start it from inside.
         topology.run_in_netns(self.layout.router_netns, etcd.start)
-        key, value, url = f"{ETCD_PREFIX}/config", self._net_conf, self.layout.etcd_url
-        topology.run_in_netns(self.layout.router_netns, lambda: etcdgw.put(url, key, value))
+        with etcdgw.EtcdGateway(self.layout.etcd_url, netns=self.layout.router_netns) as gw:
+            gw.put(f"{ETCD_PREFIX}/config", self._net_conf)
 
     def _start_flanneld(self, node: Node) -> None:
         argv = [
@@ -296,7 +275,7 @@ class RoutedUnderlay:
                     + log_tail(self.log_file(node), 15)
                 )
             if os.path.exists(self.subnet_file(node)) and (
-                topology.run_in_netns(node.netns, lambda: _http_status(url)) == 200
+                topology.run_in_netns(node.netns, lambda: http_status(url)) == 200
             ):
                 return
             time.sleep(0.1)
@@ -365,7 +344,7 @@ class RoutedUnderlay:
 
     def teardown(self) -> list[str]:
         """Stop our processes (by PID), delete our namespaces; the namespaces still left."""
-        _stop_all(list(self._flanneld.values()))
+        procs.stop_children(list(self._flanneld.values()), timeout=STOP_TIMEOUT)
         self._flanneld.clear()
         if self._etcd is not None:
             self._etcd.stop()
@@ -378,16 +357,3 @@ class RoutedUnderlay:
         present = set(topology.list_netns())
         return [name for name in self.layout.namespaces() if name in present]
 
-
-def _stop_all(children: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM our children, SIGKILL the ones still there after :data:`STOP_TIMEOUT`."""
-    for proc in children:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for proc in children:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)

@@ -17,19 +17,18 @@ import json
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pytest
 
-from flanneld.lab import etcdgw
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import UNDERLAY_BRIDGE
-from flanneld.lab.topology import link_address, run_in_netns
+from flanneld.lab.topology import link_address
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -74,14 +73,6 @@ def ping(netns: str, dst: str, count: int = 3) -> subprocess.CompletedProcess[st
     return run(argv, check=False, timeout=count + 5.0)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(0.1)
-
-
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """The upstream-style node: its subnet and its pod's address."""
@@ -95,8 +86,8 @@ class Upstream:
 
 
 def etcd_leases(lab: Lab) -> dict[str, str]:
-    url, prefix = lab.plan.etcd_url, lab.plan.etcd_prefix + "/subnets/"
-    return run_in_netns(lab.plan.underlay_netns, lambda: etcdgw.get_prefix(url, prefix))
+    with lab.etcd_gateway() as gateway:
+        return gateway.get_prefix(lab.plan.etcd_prefix + "/subnets/")
 
 
 def etcdctl(lab: Lab, *args: str) -> str:
@@ -273,8 +264,11 @@ def test_pyflannel_leases_parse_as_upstream_expects(world: World) -> None:
 
 def test_pyflannel_nodes_program_the_upstream_node_like_upstream(world: World) -> None:
     for node in world.lab.plan.nodes:
-        wait_for(f"{node.name} programs {world.upstream.subnet}",
-                 partial(programmed_for_upstream, node.netns, world.upstream))
+        wait_until(
+            partial(programmed_for_upstream, node.netns, world.upstream),
+            WAIT,
+            f"{node.name} programs {world.upstream.subnet}",
+        )
         link = ip_json(node.netns, "-d", "link", "show", VXLAN_DEV)[0]
         vxlan = link["linkinfo"]["info_data"]
         assert vxlan["id"] == 1 and vxlan["port"] == 8472, vxlan
@@ -282,8 +276,11 @@ def test_pyflannel_nodes_program_the_upstream_node_like_upstream(world: World) -
 
 def test_pods_reach_the_upstream_pod_and_back(world: World) -> None:
     for node in world.lab.plan.nodes:
-        wait_for(f"{node.name} programs {world.upstream.subnet}",
-                 partial(programmed_for_upstream, node.netns, world.upstream))
+        wait_until(
+            partial(programmed_for_upstream, node.netns, world.upstream),
+            WAIT,
+            f"{node.name} programs {world.upstream.subnet}",
+        )
     for ep in world.lab.endpoints():
         there = ping(ep.netns, world.upstream.pod_ip)
         assert there.returncode == 0 and " 0% packet loss" in there.stdout, (ep, there.stdout)
@@ -405,8 +402,11 @@ def test_udp_pods_reach_an_upstream_style_udp_node_and_back() -> None:
         etcdctl(lab, "put", f"--lease={granted.split()[1]}", key,
                 f'{{"PublicIP":"{UP_ADDRESS}","PublicIPv6":null}}')
         endpoints = lab.endpoints()
-        wait_for("a pyflannel pod reaches the udp upstream pod",
-                 lambda: ping(endpoints[0].netns, pod_ip, count=1).returncode == 0)
+        wait_until(
+            lambda: ping(endpoints[0].netns, pod_ip, count=1).returncode == 0,
+            WAIT,
+            "a pyflannel pod reaches the udp upstream pod",
+        )
         for ep in endpoints:
             there = ping(ep.netns, pod_ip)
             assert there.returncode == 0 and " 0% packet loss" in there.stdout, (ep, there.stdout)

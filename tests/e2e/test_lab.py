@@ -26,6 +26,7 @@ from flanneld.lab.topology import (
     list_netns,
 )
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.waiting import wait_pinging
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -77,10 +78,10 @@ def test_flanneld_kill_and_restart_keeps_subnet_and_other_traffic(lab: Lab) -> N
     with ThreadPoolExecutor(max_workers=1) as pool:
         # 100 packets a second between n2 and n3 for ~4 s, across the restart.
         pinging = pool.submit(lab.ping, "n2p1", "n3p1", count, 0.01, 30.0)
-        time.sleep(0.5)
+        wait_pinging(lab, "n2p1")
         lab.kill_flanneld("n1", signal.SIGKILL)
         assert lab.flanneld_pid("n1") is None
-        time.sleep(0.5)
+        time.sleep(0.5)  # the scenario: n1's flanneld stays down for a while under traffic
         new_pid = lab.start_flanneld("n1")
         stats = pinging.result(timeout=40)
     assert new_pid != old_pid

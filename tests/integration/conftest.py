@@ -46,6 +46,14 @@ class Etcd:
     def start(self) -> None:
         self.process.start()
 
+    def watchers(self) -> int:
+        """How many watches etcd is serving now (its ``/metrics`` gauge); plain HTTP only."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                    return int(float(line.split()[1]))
+        raise AssertionError("etcd's /metrics has no etcd_debugging_mvcc_watcher_total")
+
     def ctl(self, *args: str) -> str:
         """Run etcdctl (v3 API) against this etcd; its stdout."""
         auth = ["--user", self.user] if self.user else []

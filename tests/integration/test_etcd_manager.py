@@ -32,11 +32,15 @@ from subnet.etcd import (
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot
 from tests.integration.conftest import Etcd, make_tls_files, running_etcd
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "/coreos.com/network"
 SUBNETS = PREFIX + "/subnets/"
+# A stop that interrupts a blocked watch or a backoff ends it well within this
+# (measured: milliseconds); one that does not waits out a 60 s backoff or forever.
+PROMPT_STOP = 4.0
 CONFIG = '{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}'
 VXLAN_DATA = '{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}'
 IP4 = ipaddress.IPv4Address
@@ -499,6 +503,16 @@ def test_watch_misses_nothing_written_between_list_and_watch(
         thread.join(5)
 
 
+def wait_watching(etcd: Etcd, count: int = 1) -> None:
+    """Until etcd serves ``count`` watches: a watcher is blocked inside its watch."""
+    wait_until(lambda: etcd.watchers() >= count, 10.0, f"{count} watch(es) open in etcd")
+
+
+def wait_reconnecting(caplog: pytest.LogCaptureFixture) -> None:
+    """Until the watcher has noticed etcd is gone and waits to reconnect."""
+    wait_until(lambda: "reconnecting in" in caplog.text, 20.0, "the watcher to notice the outage")
+
+
 def test_watch_returns_promptly_when_stopped(
     etcd: Etcd,
     managers: Callable[..., EtcdSubnetManager],
@@ -506,20 +520,22 @@ def test_watch_returns_promptly_when_stopped(
 ) -> None:
     watch = watches(managers())
     assert watch.expect(Snapshot).leases == ()
-    time.sleep(0.3)  # let it block inside the watch
-    assert watch.close() <= 1.0
+    wait_watching(etcd)
+    # Without a stop that cancels the watch it would block for good.
+    assert watch.close() <= PROMPT_STOP
 
 
 def test_watch_returns_promptly_when_stopped_during_an_outage(
     etcd: Etcd,
     managers: Callable[..., EtcdSubnetManager],
     watches: Callable[[EtcdSubnetManager], Watch],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    watch = watches(managers(backoff_initial=5.0, backoff_max=5.0))
+    watch = watches(managers(backoff_initial=60.0, backoff_max=60.0))
     watch.expect(Snapshot)
     etcd.stop()
-    time.sleep(0.5)  # now waiting out the backoff
-    assert watch.close() <= 1.0
+    wait_reconnecting(caplog)
+    assert watch.close() <= PROMPT_STOP  # not the 60 s backoff
 
 
 def test_close_during_a_watch_is_clean(
@@ -531,11 +547,13 @@ def test_close_during_a_watch_is_clean(
     manager = managers()
     watch = watches(manager)
     watch.expect(Snapshot)
-    time.sleep(0.3)
+    wait_watching(etcd)
     manager.close()  # the watch is cancelled first, then the channel closed
-    time.sleep(0.5)
+    # A window to see that nothing happens: the thread must still be there after it.
+    # (A slow machine only makes the window longer, never the test flaky.)
+    watch.thread.join(0.5)
     assert watch.thread.is_alive()  # returns only when stopped ...
-    assert watch.close() <= 1.0  # ... and then promptly
+    assert watch.close() <= PROMPT_STOP  # ... and then promptly
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -543,6 +561,7 @@ def test_watch_survives_an_etcd_restart_without_losing_events(
     etcd: Etcd,
     managers: Callable[..., EtcdSubnetManager],
     watches: Callable[[EtcdSubnetManager], Watch],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     watch = watches(managers())
     watch.expect(Snapshot)
@@ -550,7 +569,7 @@ def test_watch_survives_an_etcd_restart_without_losing_events(
     assert watch.expect(LeaseAdded).lease.key == "10.5.1.0-24"
 
     etcd.stop()
-    time.sleep(0.3)  # the watcher notices and starts reconnecting
+    wait_reconnecting(caplog)
     etcd.start()
     # Written while the watcher is still reconnecting.
     for i in range(2, 7):
@@ -570,15 +589,16 @@ def test_watch_relists_after_compaction_while_disconnected(
     etcd: Etcd,
     managers: Callable[..., EtcdSubnetManager],
     watches: Callable[[EtcdSubnetManager], Watch],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     foreign(etcd, "10.5.1.0-24", "192.168.5.1")
     foreign(etcd, "10.5.2.0-24", "192.168.5.2")
     # A long first backoff keeps the watcher away while we change and compact.
-    watch = watches(managers(backoff_initial=3.0, backoff_max=3.0))
+    watch = watches(managers(backoff_initial=8.0, backoff_max=8.0))
     assert set(by_key(watch.expect(Snapshot).leases)) == {"10.5.1.0-24", "10.5.2.0-24"}
 
     etcd.stop()
-    time.sleep(0.3)
+    wait_reconnecting(caplog)
     etcd.start()
     etcd.delete(SUBNETS + "10.5.1.0-24")
     foreign(etcd, "10.5.3.0-24", "192.168.5.3")
@@ -751,7 +771,7 @@ def test_auth_logs_in_again_after_token_expiry_and_restart(
             lease = manager.acquire_lease(attrs("192.168.1.1"))
             assert watch.expect(LeaseAdded).lease.key == lease.key
 
-            time.sleep(2.5)  # the token expires while idle
+            time.sleep(2.5)  # the scenario: idle past the 1 s token TTL (etcd's own clock)
             renewed = manager.renew_lease(lease)
             assert renewed.expiration is not None
             assert watch.expect(LeaseAdded).lease.key == lease.key

@@ -299,7 +299,7 @@ def test_missing_node_times_out_like_upstream(
     started = time.monotonic()
     with pytest.raises(LeaseError, match='^failed to get node "me": GET node: 404 nodes "me" not found$'):
         manager.acquire_lease(OWN_ATTRS)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # gives up after its 0.5 s retry deadline
 
 
 # --- helpers for the daemon ---------------------------------------------------------
@@ -482,7 +482,7 @@ def test_wait_for_sync_stops_at_once_when_asked(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="subnet.kube"), pytest.raises(StopRequested):
         manager.wait_for_sync(stop)
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 30.0  # not the 600 s sync timeout
     assert "cannot list Nodes yet" in caplog.text
     manager.close()
 
@@ -594,10 +594,9 @@ def test_api_server_restart(api: KubeAPIDouble, watch: Callable[[], Watcher]) ->
     api.delete_node("b")  # changed while the server is down
     w.settle(1.0)
     api.start()
-    w.wait_for_keys({"10.244.1.0-24"}, timeout=5)
+    w.wait_for_keys({"10.244.1.0-24"}, timeout=20)
     api.add_node("c", pod_cidr="10.244.3.0/24", annotations=peer_annotations("192.168.50.13"))
-    took = w.wait_for_keys({"10.244.1.0-24", "10.244.3.0-24"}, timeout=5)
-    assert took < 5
+    w.wait_for_keys({"10.244.1.0-24", "10.244.3.0-24"}, timeout=20)
     assert w.snapshots() >= 2
 
 
@@ -620,8 +619,8 @@ def test_stop_is_prompt(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> Non
     w = watch()
     w.wait_for_keys({"10.244.1.0-24"})
     api.wait_for_watches(1)
-    assert w.close() < 1.0
+    assert w.close() < 4.0  # not the 5 s watch timeout
     api.stop()
     w2 = watch()  # a watcher that is backing off also stops promptly
     w2.settle(0.5)
-    assert w2.close() < 1.0
+    assert w2.close() < 4.0

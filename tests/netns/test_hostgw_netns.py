@@ -17,10 +17,10 @@ import pytest
 from backends.base import ExternalInterface
 from backends.hostgw import HostGwBackend, HostGwNetwork
 from backends.netlink import Netlink
+from bench.fakes import FakeSubnetManager
 from subnet.errors import ConfigError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
-from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
 
 pytestmark = pytest.mark.netns

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,18 +11,20 @@ import pytest
 
 from flanneld.lab import procs
 from flanneld.lab.state import ProcessRecord
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
 
-def _read_when(path: str, lines: int, timeout: float = 5.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
+def _read_when(path: str, words: int) -> list[str]:
+    """The words of ``path`` once it holds at least ``words`` of them."""
+
+    def read() -> list[str]:
         with open(path, encoding="utf-8") as fh:
-            words = fh.read().split()
-        if len(words) >= lines or time.monotonic() > deadline:
-            return words
-        time.sleep(0.02)
+            return fh.read().split()
+
+    wait_until(lambda: len(read()) >= words, 30.0, f"{words} word(s) in {path}", step=0.02)
+    return read()
 
 
 def test_spawned_daemon_runs_in_the_namespace_and_stops_by_pid(

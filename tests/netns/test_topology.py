@@ -44,11 +44,8 @@ def test_two_namespaces_on_a_bridge_can_ping(names: list[str]) -> None:
     topology.add_bridge(hub, "br0")
     for name, addr in ((left, "192.0.2.1/24"), (right, "192.0.2.2/24")):
         port = "p-" + name[-2:]
-        topology.add_veth(hub, port, name, "eth0", mtu=1400)
-        topology.set_master(hub, port, "br0")
-        topology.add_address(name, "eth0", ipaddress.IPv4Interface(addr))
+        topology.bridge_port(hub, "br0", port, name, "eth0", ipaddress.IPv4Interface(addr), 1400)
         topology.add_address(name, "eth0", ipaddress.IPv4Interface(addr))  # idempotent
-        topology.set_up(name, "eth0")
     assert topology.ipv4_addresses(left, "eth0") == [ipaddress.IPv4Interface("192.0.2.1/24")]
     assert topology.ipv4_addresses(left, "nope") == []
     mac = topology.link_address(left, "eth0")
@@ -60,6 +57,24 @@ def test_two_namespaces_on_a_bridge_can_ping(names: list[str]) -> None:
     assert "192.0.2.1" not in subprocess.run(
         ["ip", "-4", "addr"], capture_output=True, text=True, check=True
     ).stdout
+
+
+def test_a_veth_link_with_a_default_route_and_an_mtu(names: list[str]) -> None:
+    host, pod = names[0], names[1]
+    for name in (host, pod):
+        topology.create_netns(name)
+    gateway = ipaddress.IPv4Interface("192.0.2.1/24")
+    topology.veth_link(host, "cni0", gateway, pod, "eth0", ipaddress.IPv4Interface("192.0.2.2/24"))
+    topology.add_default_route(pod, gateway.ip)
+    topology.set_mtu(pod, "eth0", 1280)
+    routes = _run(pod, "ip", "-4", "route", "show", "default").stdout
+    assert f"default via {gateway.ip} dev eth0" in routes
+    assert "mtu 1280" in _run(pod, "ip", "link", "show", "eth0").stdout
+    assert topology.link_index(pod, "eth0") > 1  # lo is 1
+    with pytest.raises(DataplaneError, match="no interface nope"):
+        topology.link_index(pod, "nope")
+    done = _run(pod, "ping", "-c", "1", "-W", "2", "192.0.2.1")
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _root_ip_forward() -> str:

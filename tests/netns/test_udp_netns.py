@@ -23,12 +23,13 @@ import pytest
 from backends.base import ExternalInterface
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
-from backends.udp_packet import Drop
+from backends.udp_packet import Datapath, Drop
+from bench.fakes import FakeSubnetManager
 from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
-from tests.fakes import FakeSubnetManager
 from tests.underlay import ip_json, sh, veth_hosts
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -42,13 +43,14 @@ class Node:
     third: int
     netlink: Netlink
     ext: ExternalInterface
+    offload: bool
     backend: UdpBackend | None = None
 
     def register(self) -> tuple[UdpNetwork, FakeSubnetManager]:
-        ns = self.ns
+        ns, offload = self.ns, self.offload
 
         def opener(name: str, bind: tuple[str, int]) -> Endpoints:
-            return run_in_netns(ns, lambda: open_endpoints(name, bind))
+            return run_in_netns(ns, lambda: open_endpoints(name, bind, offload))
 
         self.backend = UdpBackend(self.ext, self.netlink, CONFIG.backend, opener)
         manager = FakeSubnetManager(CONFIG, f"10.244.{self.third}.0/24")
@@ -83,10 +85,14 @@ def ping(ns: str, src: str, dst: str, count: int = 2) -> subprocess.CompletedPro
     )
 
 
-@pytest.fixture
-def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
+@pytest.fixture(params=[True, False], ids=["offload", "plain"])
+def pair(
+    request: pytest.FixtureRequest, netns_factory: Callable[[str], str]
+) -> Iterator[tuple[Node, Node]]:
+    """Two nodes, on the offload path (the default where the kernel has it) or the plain one."""
     nodes = [
-        Node(ns, third, Netlink(ns), ext) for ns, third, ext in veth_hosts(netns_factory, "ud")
+        Node(ns, third, Netlink(ns), ext, request.param)
+        for ns, third, ext in veth_hosts(netns_factory, "ud")
     ]
     try:
         yield nodes[0], nodes[1]
@@ -130,6 +136,7 @@ def test_ping_across_and_route_repair(pair: tuple[Node, Node]) -> None:
     assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
     assert ping(b.ns, "10.244.2.1", "10.244.1.1").returncode == 0
     assert net_a.forward_stats.tx.packets >= 2 and net_a.forward_stats.rx.packets >= 2
+    assert net_a.forward_stats.path is (Datapath.OFFLOAD if a.offload else Datapath.PLAIN)
     assert net_b.forward_stats.rx.packets >= 2
 
     sh("ip", "-n", a.ns, "route", "del", "10.244.0.0/16")
@@ -208,16 +215,14 @@ def test_datagram_from_unknown_sender_is_dropped_and_counted(pair: tuple[Node, N
     sh("ip", "-n", b.ns, "addr", "add", "198.18.0.99/24", "dev", "ul0")
     before = net_a.forward_stats.rx.packets
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.99")
-    deadline = time.monotonic() + 5
-    while net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] >= 3, 30.0,
+               "3 datagrams from an unknown sender dropped")
     assert net_a.forward_stats.rx.dropped[Drop.UNKNOWN_SENDER] == 3
     assert net_a.forward_stats.rx.packets == before
     # the same packet from the known peer's address is forwarded
     sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.2")
-    deadline = time.monotonic() + 5
-    while net_a.forward_stats.rx.packets < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: net_a.forward_stats.rx.packets >= before + 3, 30.0,
+               "3 datagrams from the known peer forwarded")
     assert net_a.forward_stats.rx.packets == before + 3
 
 
@@ -240,7 +245,7 @@ def test_close_stops_threads_and_removes_the_tun(pair: tuple[Node, Node]) -> Non
     before = forwarders()
     started = time.monotonic()
     net_a.close()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # generous: a stuck thread shows in the count below
     assert before - forwarders() == 2
     assert sh("ip", "-n", a.ns, "link", "show", "flannel0", check=False).returncode != 0
 
@@ -254,7 +259,10 @@ def test_throughput_smoke(pair: tuple[Node, Node]) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.3)
+        wait_until(
+            lambda: "10.244.2.1:5201" in sh("ip", "netns", "exec", b.ns, "ss", "-Hltn").stdout,
+            20.0, "iperf3 listening in b",
+        )
         done = sh(
             "ip",
             "netns",

@@ -24,10 +24,10 @@ from backends.netlink import Netlink
 from backends.plan import Put
 from backends.registry import BackendContext, lookup
 from backends.vxlan import VxlanBackend, VxlanNetwork
+from bench.fakes import FakeSubnetManager
 from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
 from subnet.netconf import BackendConfig, NetConfig
-from tests.fakes import FakeSubnetManager
 
 pytestmark = pytest.mark.netns
 

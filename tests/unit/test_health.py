@@ -101,7 +101,7 @@ def test_stop_closes_the_port_quickly(state: HealthState) -> None:
     assert get(port, "/healthz")[0] == 200
     began = time.monotonic()
     handle.stop()
-    assert time.monotonic() - began < 3.0
+    assert time.monotonic() - began < 10.0  # generous: a server that never stops hangs here
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
     assert not any(t.name == "flanneld-health" and t.is_alive() for t in threading.enumerate())
@@ -126,12 +126,13 @@ def test_bind_failure_is_config_error(server: HealthServer, state: HealthState) 
 
 
 def test_ipv6_loopback(state: HealthState) -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
+    # No skip: a machine without ::1 cannot show that -healthz-ip=::1 works,
+    # and that must be seen as a failure, not as a pass.
+    assert socket.has_ipv6, "this Python was built without IPv6: the ::1 case cannot run"
     try:
         handle = health.start(state, "::1", 0)
-    except ConfigError:
-        pytest.skip("::1 not available")
+    except ConfigError as err:
+        pytest.fail(f"cannot bind ::1 ({err}): IPv6 is off on lo (net.ipv6.conf.lo.disable_ipv6)")
     try:
         conn = http.client.HTTPConnection("::1", handle.port, timeout=5)
         conn.request("GET", "/healthz")

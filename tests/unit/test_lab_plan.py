@@ -8,7 +8,6 @@ import json
 import pytest
 
 from flanneld.ctl import build_parser, render_matrix, up_json
-from flanneld.lab.etcdgw import prefix_range_end
 from flanneld.lab.layout import (
     IFNAMSIZ,
     MAX_NODES,
@@ -222,12 +221,6 @@ def test_node_lease_joins_subnet_env_and_the_etcd_lease() -> None:
     )
     with pytest.raises(PeerDataError):
         node_lease("n9", ipaddress.IPv4Network("10.244.9.0/24"), "/coreos.com/network", kvs)
-
-
-def test_prefix_range_end_selects_exactly_the_prefix() -> None:
-    assert prefix_range_end(b"/coreos.com/network/subnets/") == b"/coreos.com/network/subnets0"
-    assert prefix_range_end(b"a\xff") == b"b"
-    assert prefix_range_end(b"\xff") == b"\0"
 
 
 # --- state file -----------------------------------------------------------------------

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-import time
 from collections.abc import Sequence
 
 from backends.base import ReconcileReport
-from flanneld.loop import Kick, LeaseHolder, LoopSettings, MainLoop
+from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
+from flanneld.loop_state import Kick
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
+from tests.waiting import wait_until
 
 
 def lease(third: int) -> Lease:
@@ -48,13 +49,7 @@ def run_loop(loop: MainLoop, network: FakeNetwork, stop: threading.Event) -> thr
     return thread
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+WAIT = 30.0  # generous: these wait for the loop thread on a loaded machine
 
 
 def test_messages_reconcile_and_first_batch_marks_synced() -> None:
@@ -66,11 +61,13 @@ def test_messages_reconcile_and_first_batch_marks_synced() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Snapshot((lease(1), lease(2))))
-        wait_for(synced.is_set)
+        wait_until(synced.is_set, WAIT, "the first batch to mark synced")
         loop.messages.put(LeaseAdded(lease(3)))
-        wait_for(lambda: ["10.244.2.0-24", "10.244.3.0-24"] in network.calls)
+        wait_until(lambda: ["10.244.2.0-24", "10.244.3.0-24"] in network.calls, WAIT,
+                   "a reconcile with peers 2 and 3")
         loop.messages.put(LeaseRemoved(lease(2).key))
-        wait_for(lambda: network.calls[-1] == ["10.244.3.0-24"])
+        wait_until(lambda: network.calls[-1] == ["10.244.3.0-24"], WAIT,
+                   "a reconcile with peer 3 only")
     finally:
         stop.set()
         thread.join(5)
@@ -85,7 +82,7 @@ def test_resync_reconciles_without_messages() -> None:
                     LoopSettings(resync_interval=0.05), stop)
     thread = run_loop(loop, network, stop)
     try:
-        wait_for(lambda: len(network.calls) >= 3)
+        wait_until(lambda: len(network.calls) >= 3, WAIT, "3 resync reconciles")
     finally:
         stop.set()
         thread.join(5)
@@ -102,10 +99,10 @@ def test_lost_own_lease_is_reacquired_and_reported() -> None:
     thread = run_loop(loop, first, stop)
     try:
         loop.messages.put(Snapshot((lease(1), lease(2))))
-        wait_for(lambda: len(first.calls) == 1)
+        wait_until(lambda: len(first.calls) == 1, WAIT, "the first network's reconcile")
         loop.messages.put(LeaseRemoved(lease(1).key))
-        wait_for(lambda: announced == ["10.244.5.0-24"])
-        wait_for(lambda: len(second.calls) >= 1)
+        wait_until(lambda: announced == ["10.244.5.0-24"], WAIT, "the new lease announced")
+        wait_until(lambda: len(second.calls) >= 1, WAIT, "the new network's reconcile")
     finally:
         stop.set()
         thread.join(5)
@@ -120,7 +117,7 @@ def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Kick())
-        wait_for(lambda: len(network.calls) == 1, timeout=2.0)
+        wait_until(lambda: len(network.calls) == 1, WAIT, "the kicked reconcile")
         assert not synced.is_set()
     finally:
         stop.set()
@@ -154,8 +151,55 @@ def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None
         retry_until_stopped("t", bad_config, stop, Backoff(0.001, 0.002))
 
 
-def test_resync_interval_stretches_only_for_slow_full_passes() -> None:
-    from flanneld.loop import resync_interval
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-    assert resync_interval(10.0, 0.05) == 10.0
-    assert resync_interval(10.0, 5.0) == 50.0
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, bool]] = []
+
+    def record_messages(self, batch: object) -> None:
+        pass
+
+    def record_reconcile(self, report: ReconcileReport, seconds: float, resync_only: bool) -> None:
+        self.passes.append((seconds, resync_only))
+
+    def set_peers(self, count: int) -> None:
+        pass
+
+    def record_store_error(self) -> None:
+        pass
+
+
+def test_driver_carries_out_the_step_in_the_calling_thread_with_an_injected_clock() -> None:
+    """No threads: the messages are queued first, the second network stops the loop."""
+    stop = threading.Event()
+    clock = FakeClock()
+    first, second = FakeNetwork(lease(1)), FakeNetwork(lease(5))
+    record = second.reconcile
+
+    def reconcile_then_stop(peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+        clock.now += 2.0
+        stop.set()
+        return record(peers, full)
+
+    second.reconcile = reconcile_then_stop  # type: ignore[method-assign]
+    announced: list[str] = []
+    synced: list[bool] = []
+    observer = RecordingObserver()
+    loop = MainLoop(lambda: second, lambda new: announced.append(new.key),
+                    lambda: synced.append(True), LoopSettings(60), stop, observer, clock)
+    holder = LeaseHolder(first.lease)
+    for message in (Snapshot((lease(1), lease(2))), LeaseAdded(lease(3)), LeaseRemoved(lease(1).key)):
+        loop.messages.put(message)
+    loop.run(first, holder)
+    assert first.calls == []
+    assert second.calls == [["10.244.2.0-24", "10.244.3.0-24"]]
+    assert announced == ["10.244.5.0-24"] and holder.get().key == "10.244.5.0-24"
+    assert synced == [True]
+    assert observer.passes == [(2.0, False)]

@@ -78,7 +78,9 @@ def test_five_thousand_peers_are_fast() -> None:
     started = time.perf_counter()
     usable, _ = usable_peers(OWN, peers, [ipaddress.IPv4Network("10.0.0.0/8")], "vxlan")
     assert len(usable) == 5000
-    assert time.perf_counter() - started < 2.0
+    # About 0.05 s; a quadratic check of 5000 peers would take minutes.  The
+    # bound is generous so that a loaded machine never fails it.
+    assert time.perf_counter() - started < 10.0
 
 
 def test_the_older_claim_wins_whatever_the_key_order() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from flanneld.peertable import PeerTable
+from flanneld.peertable import PeerTable, loses_own_lease
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
 
@@ -22,15 +22,17 @@ OWN = lease(1)
 
 def test_snapshot_replaces_everything_and_hides_our_lease() -> None:
     table = PeerTable(OWN.key)
-    assert table.apply(Snapshot((OWN, lease(2), lease(3)))) is False
+    table.apply(Snapshot((OWN, lease(2), lease(3))))
     assert sorted(p.key for p in table.peers()) == ["10.244.2.0-24", "10.244.3.0-24"]
-    assert table.apply(Snapshot((OWN, lease(4)))) is False
+    assert not loses_own_lease(OWN.key, Snapshot((OWN, lease(4))))
+    table.apply(Snapshot((OWN, lease(4))))
     assert [p.key for p in table.peers()] == ["10.244.4.0-24"]
 
 
 def test_snapshot_without_our_lease_reports_it_lost() -> None:
     table = PeerTable(OWN.key)
-    assert table.apply(Snapshot((lease(2),))) is True
+    assert loses_own_lease(OWN.key, Snapshot((lease(2),)))
+    table.apply(Snapshot((lease(2),)))
     assert [p.key for p in table.peers()] == ["10.244.2.0-24"]
 
 
@@ -46,9 +48,11 @@ def test_added_updates_in_place_and_ignores_ours() -> None:
 def test_removed_peer_and_removed_own_lease() -> None:
     table = PeerTable(OWN.key)
     table.apply(Snapshot((OWN, lease(2))))
-    assert table.apply(LeaseRemoved("10.244.2.0-24")) is False
+    assert not loses_own_lease(OWN.key, LeaseRemoved("10.244.2.0-24"))
+    table.apply(LeaseRemoved("10.244.2.0-24"))
     assert table.peers() == []
-    assert table.apply(LeaseRemoved(OWN.key)) is True
+    assert loses_own_lease(OWN.key, LeaseRemoved(OWN.key))
+    assert not loses_own_lease(OWN.key, LeaseAdded(OWN))
 
 
 def test_new_own_key_drops_it_from_peers() -> None:

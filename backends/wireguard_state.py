@@ -1,0 +1,385 @@
+"""The wireguard backend's pure parts: options, keys, lease data, desired peers and the peer plan.
+
+Per usable peer the device ``flannel-wg`` needs one WireGuard peer, as
+upstream programs it: the peer's public key (from its lease), endpoint
+``PublicIP:Port``, AllowedIPs = the peer's subnet, our PSK and keepalive.
+Beside the peers, the device carries our subnet's network address as a /32
+and one route for the whole Network.  Nothing here touches the kernel or
+a socket; :func:`plan_peers` turns (observed, desired) into the few
+changes a driver applies.
+
+Keys are 32 raw bytes here; leases carry them in base64, the userspace
+UAPI in hex.  A key is never part of a ``repr`` or a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.model import Skipped
+from backends.peers import usable_peers
+from subnet.errors import ConfigError, PeerDataError
+from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, compact_json
+from subnet.netconf import BackendConfig
+
+BACKEND_TYPE = "wireguard"
+DEVICE = "flannel-wg"
+DEVICE_V6 = "flannel-wg-v6"
+DEFAULT_PORT = 51820
+DEFAULT_PORT_V6 = 51821
+# Outer IPv6 header (40) + UDP (8) + WireGuard header (16) + auth tag (16): upstream's figure.
+ENCAP_OVERHEAD = 80
+MIN_DEVICE_MTU = 68
+KEY_LEN = 32
+DEFAULT_KEY_FILE = "/run/flannel/wgkey"
+KEY_FILE_ENV = "WIREGUARD_KEY_FILE"
+MODES = ("separate", "auto", "ipv4", "ipv6")
+DRIVERS = ("auto", "kernel", "userspace")
+MAX_KEEPALIVE = 65535
+KEY_FORM = "base64 of 32 bytes, as `wg genpsk` prints"
+
+
+@dataclass(frozen=True, slots=True)
+class WireguardOptions:
+    """The backend's net-conf.json keys; ``mtu`` is the underlay MTU (None: the interface's).
+
+    ``driver`` is ours (upstream ignores unknown keys): ``auto`` uses the
+    kernel module where it exists and ``wireguard-go`` elsewhere.
+    """
+
+    listen_port: int = DEFAULT_PORT
+    listen_port_v6: int = DEFAULT_PORT_V6
+    mtu: int | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    keepalive: int = 0
+    mode: str = "separate"
+    driver: str = "auto"
+
+    def device_mtu(self, ext_mtu: int) -> int:
+        return (self.mtu if self.mtu is not None else ext_mtu) - ENCAP_OVERHEAD
+
+    def summary(self) -> dict[str, object]:
+        """The options for a person to read: the PSK only as set or not."""
+        return {
+            "listen_port": self.listen_port,
+            "listen_port_v6": self.listen_port_v6,
+            "mtu": self.mtu,
+            "psk": "set" if self.psk else "none",
+            "keepalive": self.keepalive,
+            "mode": self.mode,
+            "driver": self.driver,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WireguardData:
+    """A lease's decoded wireguard BackendData; ``port`` None when the peer sent none (or 0)."""
+
+    public_key: bytes
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WgPeer:
+    """One WireGuard peer as we want it on the device."""
+
+    lease_key: str
+    public_key: bytes
+    endpoint: tuple[IPAddress, int]
+    allowed_ips: frozenset[IPNetwork]
+    psk: bytes | None = field(default=None, repr=False)
+    keepalive: int = 0
+
+    def state(self) -> PeerState:
+        return PeerState(self.endpoint, self.allowed_ips, self.psk, self.keepalive)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """What a device reports of one peer (the fields we program)."""
+
+    endpoint: tuple[IPAddress, int] | None
+    allowed_ips: frozenset[IPNetwork]
+    psk: bytes | None = field(default=None, repr=False)
+    keepalive: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """A WireGuard device's configuration as read back from the kernel or wireguard-go."""
+
+    private_key: bytes | None = field(default=None, repr=False)
+    listen_port: int = 0
+    peers: Mapping[bytes, PeerState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPlan:
+    """What to change on the device: device keys, peers to remove, peers to (re)write."""
+
+    configure_device: bool = False
+    remove: tuple[bytes, ...] = ()
+    put: tuple[WgPeer, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.configure_device or bool(self.remove) or bool(self.put)
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def parse_options(backend: BackendConfig) -> WireguardOptions:
+    """The wireguard keys of the Backend object (any case); ConfigError with upstream's words."""
+    mtu = _int_option(backend, "MTU", 0, 0, 65535)
+    if mtu and mtu - ENCAP_OVERHEAD < MIN_DEVICE_MTU:
+        raise ConfigError(
+            f"wireguard backend: MTU {mtu} leaves no room for pods "
+            f"(the device gets MTU - {ENCAP_OVERHEAD}, at least {MIN_DEVICE_MTU})"
+        )
+    mode = backend.option("Mode", "separate")
+    if not isinstance(mode, str):
+        raise _decode_error("Mode", mode, "a string")
+    if mode not in MODES:
+        raise ConfigError(f"no valid Mode configured ({mode!r}; one of {', '.join(MODES)})")
+    driver = backend.option("Driver", "auto")
+    if driver not in DRIVERS:
+        raise ConfigError(
+            f"wireguard backend: Driver must be one of {', '.join(DRIVERS)}, not {driver!r}"
+        )
+    return WireguardOptions(
+        listen_port=_port_option(backend, "ListenPort", DEFAULT_PORT),
+        listen_port_v6=_port_option(backend, "ListenPortV6", DEFAULT_PORT_V6),
+        mtu=mtu or None,
+        psk=_psk_option(backend),
+        keepalive=_int_option(backend, "PersistentKeepaliveInterval", 0, 0, MAX_KEEPALIVE),
+        mode=mode,
+        driver=driver,
+    )
+
+
+def _decode_error(name: str, value: Any, kind: str) -> ConfigError:
+    # upstream: "error decoding backend config: json: cannot unmarshal ..."
+    return ConfigError(
+        f"error decoding backend config: {name} must be {kind}, not {json.dumps(value)}"
+    )
+
+
+def _int_option(backend: BackendConfig, name: str, default: int, low: int, high: int) -> int:
+    value = backend.option(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _decode_error(name, value, "an integer")
+    if not low <= value <= high:
+        raise ConfigError(f"wireguard backend: {name} must be in [{low}, {high}], not {value}")
+    return value
+
+
+def _port_option(backend: BackendConfig, name: str, default: int) -> int:
+    port = _int_option(backend, name, default, 0, 65535)
+    if port == 0:
+        raise ConfigError(f"wireguard backend: {name} must be in [1, 65535], not 0")
+    return port
+
+
+def _psk_option(backend: BackendConfig) -> bytes | None:
+    value = backend.option("PSK")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _decode_error("PSK", "<not shown>", "a string")
+    try:
+        return parse_key(value)
+    except ValueError as err:
+        # upstream: "could not parse psk: ..."; the value itself is a secret and not shown
+        raise ConfigError(f"could not parse psk: {err}; PSK must be {KEY_FORM}") from err
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def parse_key(text: str) -> bytes:
+    """A 32-byte key from its standard base64 form; ValueError saying what is wrong."""
+    stripped = text.strip()
+    try:
+        raw = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError("not valid base64") from err
+    if len(raw) != KEY_LEN:
+        raise ValueError(f"key is {len(raw)} bytes, not {KEY_LEN}")
+    return raw
+
+
+def key_b64(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def clamp(raw: bytes) -> bytes:
+    """A Curve25519 private key from 32 random bytes (RFC 7748 §5 clamping, as ``wg genkey``)."""
+    if len(raw) != KEY_LEN:
+        raise ValueError(f"a private key needs {KEY_LEN} bytes")
+    key = bytearray(raw)
+    key[0] &= 248
+    key[31] = (key[31] & 127) | 64
+    return bytes(key)
+
+
+_P = 2**255 - 19
+_A24 = 121665
+
+
+def x25519(scalar: bytes, u_bytes: bytes) -> bytes:
+    """RFC 7748 X25519 (the Montgomery ladder): scalar multiplication on Curve25519."""
+    k = int.from_bytes(clamp(scalar), "little")
+    u = int.from_bytes(u_bytes, "little") & ((1 << 255) - 1)
+    x2, z2, x3, z3, swap = 1, 0, u, 1, 0
+    for t in reversed(range(255)):
+        bit = (k >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b = (x2 + z2) % _P, (x2 - z2) % _P
+        aa, bb = a * a % _P, b * b % _P
+        e = (aa - bb) % _P
+        c, d = (x3 + z3) % _P, (x3 - z3) % _P
+        da, cb = d * a % _P, c * b % _P
+        x3 = (da + cb) ** 2 % _P
+        z3 = u * (da - cb) ** 2 % _P
+        x2 = aa * bb % _P
+        z2 = e * (aa + _A24 * e) % _P
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(KEY_LEN, "little")
+
+
+def public_key(private_key: bytes) -> bytes:
+    """The public key of a Curve25519 private key (what ``wg pubkey`` prints, raw)."""
+    return x25519(private_key, (9).to_bytes(KEY_LEN, "little"))
+
+
+# --- lease data ------------------------------------------------------------------------------
+
+
+def encode_backend_data(public: bytes, port: int) -> str:
+    """BackendData as upstream writes it: ``{"PublicKey":"<base64>","Port":51820}``."""
+    return compact_json({"PublicKey": key_b64(public), "Port": port})
+
+
+def decode_backend_data(text: str | None) -> WireguardData:
+    """Decode BackendData (keys in any case, as Go does); PeerDataError if unusable."""
+    if text is None:
+        raise PeerDataError("no backend data")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise PeerDataError(f"backend data is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise PeerDataError("backend data is not a JSON object")
+    fields = BackendConfig("", doc)
+    key_text = fields.option("PublicKey")
+    if not isinstance(key_text, str):
+        raise PeerDataError("PublicKey is missing or not a string")
+    try:
+        key = parse_key(key_text)
+    except ValueError as err:
+        raise PeerDataError(f"PublicKey is not a WireGuard key: {err}") from err
+    port = fields.option("Port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise PeerDataError(f"Port {port!r} is not a UDP port")
+    return WireguardData(key, port or None)
+
+
+# --- peers and desired state ------------------------------------------------------------------
+
+
+def wireguard_peers(
+    own: Lease,
+    own_public_key: bytes,
+    peers: Sequence[Lease],
+    networks: Sequence[IPNetwork],
+    options: WireguardOptions,
+) -> tuple[list[WgPeer], list[Skipped]]:
+    """The IPv4 peers to program on ``flannel-wg``, and the skipped ones with reasons.
+
+    On top of :func:`backends.peers.usable_peers`: the peer needs an IPv4
+    subnet, a public address and wireguard data with a valid public key that
+    nobody else (ourselves included) uses.  A peer without a port (old
+    upstream leases) is reached at our own listen port, as upstream does.
+    """
+    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    keys: dict[bytes, str] = {own_public_key: "ours"}
+    result: list[WgPeer] = []
+    for peer in usable:
+        try:
+            found = _wg_peer(peer, options)
+            owner = keys.get(found.public_key)
+            if owner is not None:
+                raise PeerDataError(f"PublicKey {key_b64(found.public_key)} is already used ({owner})")
+        except PeerDataError as err:
+            skipped.append(Skipped(peer.key, str(err)))
+            continue
+        keys[found.public_key] = f"by {peer.key}"
+        result.append(found)
+    return result, skipped
+
+
+def _wg_peer(peer: Lease, options: WireguardOptions) -> WgPeer:
+    if peer.subnet is None:
+        raise PeerDataError("no IPv4 subnet")
+    if peer.attrs.public_ip == UNSPECIFIED_V4:
+        raise PeerDataError("no IPv4 public address")
+    data = decode_backend_data(peer.attrs.backend_data)
+    return WgPeer(
+        lease_key=peer.key,
+        public_key=data.public_key,
+        endpoint=(peer.attrs.public_ip, data.port or options.listen_port),
+        allowed_ips=frozenset({peer.subnet}),
+        psk=options.psk,
+        keepalive=options.keepalive,
+    )
+
+
+def device_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    """The device's own address: our subnet's network address as a /32."""
+    return ipaddress.IPv4Interface(f"{subnet.network_address}/32")
+
+
+def plan_peers(
+    observed: DeviceState,
+    desired: Sequence[WgPeer],
+    private_key: bytes,
+    listen_port: int,
+) -> PeerPlan:
+    """The changes that make ``observed`` match ``desired``; falsy when they match.
+
+    A peer whose key left the desired set is removed (so a rotated key
+    replaces the old peer instead of adding a second one); a peer is
+    rewritten only when a programmed field differs.
+    """
+    want = {p.public_key: p for p in desired}
+    remove = tuple(sorted(k for k in observed.peers if k not in want))
+    put = tuple(
+        sorted(
+            (p for k, p in want.items() if observed.peers.get(k) != p.state()),
+            key=lambda p: p.public_key,
+        )
+    )
+    configure = observed.private_key != private_key or observed.listen_port != listen_port
+    return PeerPlan(configure_device=configure, remove=remove, put=put)
+
+
+def apply_plan(observed: DeviceState, plan: PeerPlan, private_key: bytes, listen_port: int,
+               ) -> DeviceState:
+    """What a device becomes after ``plan`` (the model of a perfect driver)."""
+    peers = {k: v for k, v in observed.peers.items() if k not in plan.remove}
+    peers.update({p.public_key: p.state() for p in plan.put})
+    if plan.configure_device:
+        return DeviceState(private_key, listen_port, peers)
+    return DeviceState(observed.private_key, observed.listen_port, peers)

@@ -1,0 +1,170 @@
+"""The daemon benchmarks' lab: etcd and one flanneld node, and the add/delete samples.
+
+A bench builds its own lab (names carry a unique ``pfb<6 hex>`` prefix and
+are removed in a ``finally``, also on Ctrl-C)::
+
+    <prefix>-ul  etcd on 198.18.0.1:2379, veth ``ul0``
+    <prefix>-n1  flanneld with ``-iface=ul0`` (198.18.0.2), health on 127.0.0.1
+
+The driver reaches the health port through a thread inside the node
+namespace (:class:`~nsthread.NsThread`), sees the kernel through
+:class:`~kernel_view.KernelMonitor`, and writes peer leases with the lab's
+etcd client (:class:`flanneld.lab.etcdgw.EtcdGateway`, kept alive).
+Only the processes started here are ever signalled, by PID.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from daemon_proc import Flanneld
+from kernel_view import KernelMonitor
+from nsthread import NsThread
+from peer_leases import CONFIG_KEY, NET_CONF, Peer
+
+from flanneld.lab.etcd import EtcdProcess, EtcdSpec
+from flanneld.lab.etcdgw import EtcdGateway
+from flanneld.lab.topology import create_netns, delete_netns, veth_link
+
+ETCD_IP = "198.18.0.1"
+NODE_IP = "198.18.0.2"
+ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_URL = f"http://{ETCD_IP}:{ETCD_PORT}"
+
+
+def unique_prefix() -> str:
+    return "pfb" + uuid.uuid4().hex[:6]
+
+
+@dataclass(slots=True)
+class Lab:
+    prefix: str
+    etcd_ns: str
+    node_ns: str
+    workdir: str
+    etcd_thread: NsThread
+    node_thread: NsThread
+    etcd: EtcdProcess
+    gateway: EtcdGateway
+
+    def flanneld(self, extra: Sequence[str] = (), profile: str | None = None) -> Flanneld:
+        return Flanneld(self.node_ns, self.workdir, ETCD_URL, extra=extra, profile=profile)
+
+    def monitor(self) -> KernelMonitor:
+        return KernelMonitor(self.node_thread)
+
+
+@contextmanager
+def running_lab(keep_workdir: bool = False) -> Iterator[Lab]:
+    """Namespaces, underlay and etcd with the vxlan net-conf; everything removed afterwards."""
+    prefix = unique_prefix()
+    etcd_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
+    created: list[str] = []
+    threads: list[NsThread] = []
+    etcd: EtcdProcess | None = None
+    gateway: EtcdGateway | None = None
+    try:
+        for ns in (etcd_ns, node_ns):
+            create_netns(ns)
+            created.append(ns)
+        veth_link(etcd_ns, "ul0", ipaddress.IPv4Interface(f"{ETCD_IP}/24"),
+                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
+        etcd_thread, node_thread = NsThread(etcd_ns), NsThread(node_ns)
+        threads += [etcd_thread, node_thread]
+        spec = EtcdSpec(prefix, os.path.join(workdir, "etcd"), ETCD_IP, ETCD_PORT, ETCD_PEER_PORT)
+        etcd = EtcdProcess(spec, os.path.join(workdir, "etcd.log"))
+        etcd_thread.run(etcd.start)  # forked from a thread inside the namespace
+        gateway = EtcdGateway(ETCD_URL, netns=etcd_ns, timeout=30)
+        gateway.put(CONFIG_KEY, json.dumps(NET_CONF))
+        yield Lab(prefix, etcd_ns, node_ns, workdir, etcd_thread, node_thread, etcd, gateway)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        if etcd is not None:
+            etcd.stop()
+        for thread in threads:
+            thread.close()
+        for ns in created:
+            delete_netns(ns)
+        if not keep_workdir:
+            subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+        else:
+            print(f"kept {workdir}")
+
+
+def put_peers(gateway: EtcdGateway, peers: Sequence[Peer]) -> float:
+    """Write ``peers`` in transactions; seconds taken."""
+    started = time.monotonic()
+    gateway.put_many([(p.key, p.value()) for p in peers])
+    return time.monotonic() - started
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    put_ms: float  # etcd round trip of the put/delete
+    latency_ms: float  # from just before the request to the kernel notification
+    extra_ms: float | None = None
+
+
+def add_peer_sample(lab_: Lab, monitor: KernelMonitor, peer: Peer,
+                    timeout: float) -> Sample | None:
+    sent = time.monotonic()
+    lab_.gateway.put(peer.key, peer.value())
+    acked = time.monotonic()
+    at = monitor.wait_peer_added(peer, timeout)
+    if at is None:
+        return None
+    return Sample(1000 * (acked - sent), 1000 * (at - sent))
+
+
+def delete_peer_sample(lab_: Lab, monitor: KernelMonitor, peer: Peer,
+                       timeout: float) -> Sample | None:
+    sent = time.monotonic()
+    lab_.gateway.delete(peer.key)
+    acked = time.monotonic()
+    times = monitor.wait_peer_removed(peer, timeout)
+    if times is None:
+        return None
+    route_at, all_at = times
+    return Sample(1000 * (acked - sent), 1000 * (route_at - sent), 1000 * (all_at - sent))
+
+
+def peer_samples(
+    lab: Any, monitor: Any, first: int, count: int, timeout: float, settle: float,
+    budget: float,
+) -> tuple[list[Sample], list[Sample], int]:
+    """Add then delete one new peer ``count`` times (within ``budget`` seconds).
+
+    Returns the add samples, the delete samples and how many timed out.
+    """
+    adds: list[Sample] = []
+    deletes: list[Sample] = []
+    timeouts = 0
+    deadline = time.monotonic() + budget
+    for k in range(count):
+        if time.monotonic() > deadline:
+            print(f"budget of {budget}s used up after {k} samples")
+            break
+        peer = Peer(first + k)
+        added = add_peer_sample(lab, monitor, peer, timeout)
+        time.sleep(settle)
+        removed = delete_peer_sample(lab, monitor, peer, timeout)
+        time.sleep(settle)
+        if added is None or removed is None:
+            timeouts += 1
+            continue
+        adds.append(added)
+        deletes.append(removed)
+    return adds, deletes, timeouts

@@ -1,0 +1,67 @@
+"""Fake peer nodes for the daemon benchmarks: leases derived from an index.
+
+Peers live in 10.64.0.0 upwards; the node under test is confined to
+10.127.0.0/16 by SubnetMin/SubnetMax, so it never takes a peer's subnet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+PREFIX = "/coreos.com/network"
+CONFIG_KEY = PREFIX + "/config"
+SUBNETS = PREFIX + "/subnets/"
+NETWORK = ipaddress.IPv4Network("10.64.0.0/10")
+NET_CONF = {
+    "Network": str(NETWORK),
+    "SubnetMin": "10.127.0.0",
+    "SubnetMax": "10.127.255.0",
+    "Backend": {"Type": "vxlan", "VNI": 1},
+}
+MAX_PEERS = (1 << 16) - 256  # peer subnets 10.64.0.0 .. below 10.127.0.0
+PEER_PUBLIC_BASE = int(ipaddress.IPv4Address("198.19.0.0"))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A fake peer node: subnet, underlay address and VTEP MAC derived from an index."""
+
+    index: int
+    generation: int = 0
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        if not 0 <= self.index < MAX_PEERS:
+            raise ValueError(f"peer index {self.index} out of range")
+        return ipaddress.IPv4Network((int(NETWORK.network_address) + self.index * 256, 24))
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet.network_address)
+
+    @property
+    def key(self) -> str:
+        return f"{SUBNETS}{self.subnet.network_address}-24"
+
+    @property
+    def public_ip(self) -> str:
+        return str(ipaddress.IPv4Address(PEER_PUBLIC_BASE + 1 + self.index))
+
+    @property
+    def mac(self) -> str:
+        # locally administered unicast (0x0e), distinct per index and generation
+        raw = bytes([0x0E, self.generation & 0xFF]) + self.index.to_bytes(4, "big")
+        return ":".join(f"{b:02x}" for b in raw)
+
+    def value(self) -> str:
+        return json.dumps(
+            {
+                "PublicIP": self.public_ip,
+                "PublicIPv6": None,
+                "BackendType": "vxlan",
+                "BackendData": {"VNI": 1, "VtepMAC": self.mac},
+            },
+            separators=(",", ":"),
+        )

@@ -1,0 +1,156 @@
+"""The main loop's decisions, apart from waiting and doing: a pure step.
+
+``step(state, received, now)`` takes what the queue delivered (lease messages
+and kernel-watch kicks) and the clock's reading, and returns the new state and
+what to do, in order: fold the lease messages into the peer table, re-acquire
+our lease if a message shows it gone, reconcile (a full pass when the resync is
+due or a kick arrived outside the echo window).  ``settle(state, outcome, now)``
+takes what the driver did (a re-acquired lease, a finished reconcile) and moves
+the deadlines: the resync stretch, the echo window, the first sync.
+
+``MainLoop.run`` (loop.py) only waits on the queue, reads the clock, calls these
+two functions and executes the actions; the clock is a number passed in, so the
+decisions are unit-tested with a fake clock and no threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from backends.base import ReconcileReport
+from flanneld.peertable import loses_own_lease
+from subnet.manager import LeaseMessage
+
+# How long after a pass that deleted kernel objects the kernel watch's reports
+# are taken for the echo of those deletions (a real loss is still repaired by
+# the next kick or resync).
+ECHO_WINDOW = 1.0
+RESYNC_BUDGET = 10.0  # a full pass may take at most 1/RESYNC_BUDGET of the time
+MAX_WAIT = 1.0  # the driver wakes at least this often to look at the stop event
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Reconcile now: the kernel lost something of ours."""
+
+
+LoopMessage = LeaseMessage | Kick
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    """What the main loop remembers between wake-ups (times on the injected clock)."""
+
+    own_key: str
+    interval: float  # the configured resync interval
+    next_resync: float
+    echo_until: float = 0.0  # kicks before this are the kernel echoing our own deletions
+    heard: bool = False  # a lease message has arrived
+    synced: bool = False  # a reconcile succeeded after the first lease message
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Apply these lease messages to the peer table."""
+
+    messages: tuple[LeaseMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reacquire:
+    """Our lease is gone from the store: register the network again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Run the backend's reconcile over the peer table."""
+
+    full: bool  # re-read the kernel's tables
+    resync: bool  # a due full pass: the next resync is counted from its start
+    resync_only: bool  # no lease message asked for it (quiet log, metrics label)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSynced:
+    """The first lease messages are programmed: the node is ready."""
+
+
+LoopAction = Fold | Reacquire | Reconcile | MarkSynced
+
+
+@dataclass(frozen=True, slots=True)
+class Reacquired:
+    """The driver holds a lease again, under this key."""
+
+    own_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """A reconcile pass that ran from ``started`` to the ``now`` given to settle."""
+
+    action: Reconcile
+    report: ReconcileReport
+    started: float
+
+
+Outcome = Reacquired | Reconciled
+
+
+def start(own_key: str, interval: float, now: float) -> LoopState:
+    return LoopState(own_key=own_key, interval=interval, next_resync=now + interval)
+
+
+def wait_seconds(state: LoopState, now: float) -> float:
+    """How long the driver may block on the queue before the next decision."""
+    return max(0.0, min(MAX_WAIT, state.next_resync - now))
+
+
+def resync_interval(configured: float, last_full_pass: float) -> float:
+    """Seconds to the next full resync: the configured interval, stretched so that
+    full passes (kernel dumps) take at most a tenth of the time on large clusters;
+    the kernel watch still repairs damage at once in between."""
+    return max(configured, RESYNC_BUDGET * last_full_pass)
+
+
+def step(
+    state: LoopState, received: Sequence[LoopMessage], now: float
+) -> tuple[LoopState, tuple[LoopAction, ...]]:
+    """Decide what to do with one wake-up's messages (maybe none) at time ``now``."""
+    kicks = any(isinstance(m, Kick) for m in received)
+    kicked = kicks and now >= state.echo_until
+    next_resync = state.next_resync
+    if kicks and not kicked:  # maybe an echo, maybe new damage: look again soon
+        next_resync = min(next_resync, state.echo_until)
+    batch = tuple(m for m in received if not isinstance(m, Kick))
+    actions: list[LoopAction] = []
+    if batch:
+        actions.append(Fold(batch))
+    if any(loses_own_lease(state.own_key, m) for m in batch):
+        actions.append(Reacquire())
+    due = now >= next_resync or kicked
+    if due:
+        next_resync = now + state.interval
+    if batch or due:
+        actions.append(Reconcile(full=due or not state.synced, resync=due,
+                                 resync_only=due and not batch))
+    new = replace(state, next_resync=next_resync, heard=state.heard or bool(batch))
+    return new, tuple(actions)
+
+
+def settle(
+    state: LoopState, outcome: Outcome, now: float
+) -> tuple[LoopState, tuple[LoopAction, ...]]:
+    """Fold what the driver did into the state; a failed reconcile is not settled."""
+    if isinstance(outcome, Reacquired):
+        return replace(state, own_key=outcome.own_key), ()
+    next_resync = state.next_resync
+    if outcome.action.resync:
+        next_resync = outcome.started + resync_interval(state.interval, now - outcome.started)
+    echo_until = state.echo_until
+    if outcome.report.removed or outcome.report.device_recreated:
+        echo_until = now + ECHO_WINDOW
+    synced = state.synced or state.heard
+    new = replace(state, next_resync=next_resync, echo_until=echo_until, synced=synced)
+    return new, (MarkSynced(),) if synced and not state.synced else ()

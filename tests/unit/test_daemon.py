@@ -1,0 +1,274 @@
+"""Daemon start-up wiring with fakes: no etcd, no kernel, no iptables.
+
+``Daemon.serve`` runs in the test thread; the fake network stops it from
+inside a reconcile, so nothing here waits on the clock.  A guard timer sets
+the stop event if the wiring never gets that far, and the test then fails on
+its assertions instead of hanging.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from backends.base import InterfaceAddress, InterfaceInfo, ReconcileReport, RouteLookup
+from backends.registry import BackendContext, BackendEntry
+from bench.fakes import FakeSubnetManager
+from flanneld.daemon import Daemon, Parts, backend_entry
+from flanneld.flags import Flags
+from flanneld.subnetfile import PreviousRun
+from flanneld.trafficmgr.rules import FamilyNets, family_nets
+from subnet.errors import ConfigError
+from subnet.lease import IPNetwork, Lease, LeaseAttrs
+from subnet.manager import SubnetManager
+from subnet.netconf import NetConfig, parse_net_config
+
+CONFIG = parse_net_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "fake"}}')
+OUR_ADDRESS = ipaddress.IPv4Address("198.18.0.1")
+GUARD_SECONDS = 30.0
+
+
+def peer(third: int) -> Lease:
+    return Lease(
+        ipaddress.IPv4Network(f"10.244.{third}.0/24"), None,
+        LeaseAttrs(public_ip=ipaddress.IPv4Address(f"198.18.0.{third}"), backend_type="fake"),
+    )
+
+
+class FakeNetlink:
+    """One uplink with the default route; remembers blackhole syncs."""
+
+    def __init__(self) -> None:
+        self.blackholes: list[list[IPNetwork]] = []
+
+    def interfaces(self) -> list[InterfaceInfo]:
+        return [
+            InterfaceInfo("lo", 1, 65536, True, (InterfaceAddress(ipaddress.IPv4Address("127.0.0.1"), 8),)),
+            InterfaceInfo("uplink0", 2, 1500, True, (InterfaceAddress(OUR_ADDRESS, 24),)),
+        ]
+
+    def default_route_ifindex(self, family: int) -> int | None:
+        return 2 if family == socket.AF_INET else None
+
+    def route_get(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[RouteLookup]:
+        return []
+
+    def sync_blackholes(self, subnets: Sequence[IPNetwork]) -> int:
+        self.blackholes.append(list(subnets))
+        return len(subnets)
+
+
+class FakeNetwork:
+    def __init__(self, lease: Lease, on_reconcile: Callable[[FakeNetwork], None]) -> None:
+        self._lease = lease
+        self._on_reconcile = on_reconcile
+        self.calls: list[tuple[list[str], bool]] = []
+        self.closed = False
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        return 1450
+
+    @property
+    def forward_stats(self) -> None:
+        return None
+
+    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+        self.calls.append((sorted(p.key for p in peers), full))
+        self._on_reconcile(self)
+        return ReconcileReport(peers=len(peers))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    def __init__(self, ctx: BackendContext, on_reconcile: Callable[[FakeNetwork], None]) -> None:
+        self.ctx = ctx
+        self._on_reconcile = on_reconcile
+        self.networks: list[FakeNetwork] = []
+
+    def register_network(self, manager: SubnetManager, config: NetConfig) -> FakeNetwork:
+        assert self.ctx.ext.ext_addr is not None
+        lease = manager.acquire_lease(LeaseAttrs(public_ip=self.ctx.ext.ext_addr, backend_type="fake"))
+        self.networks.append(FakeNetwork(lease, self._on_reconcile))
+        return self.networks[-1]
+
+
+@dataclass
+class FakeRules:
+    setups: list[tuple[bool, bool, list[FamilyNets], list[FamilyNets]]] = field(default_factory=list)
+
+    def setup(
+        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+        previous: Sequence[FamilyNets] = (),
+    ) -> None:
+        self.setups.append((masq, forward, list(nets), list(previous)))
+
+    def resync(self) -> int:
+        return 0
+
+
+class FakeKernelWatch(threading.Thread):
+    def __init__(self, notify: Callable[[], None], stop: threading.Event) -> None:
+        super().__init__(name="fake-kernel-watch", daemon=True)
+        self.notify = notify
+        self._stop_event = stop
+
+    def run(self) -> None:
+        self._stop_event.wait()
+
+
+class Rig:
+    """A Daemon over fakes, and what the fakes saw."""
+
+    def __init__(self, flags: Flags, manager: FakeSubnetManager,
+                 done: Callable[[FakeNetwork], bool]) -> None:
+        self.flags = flags
+        self.manager = manager
+        self.stop = threading.Event()
+        self.previous: list[PreviousRun] = []
+        self.netlinks: list[FakeNetlink] = []
+        self.backends: list[FakeBackend] = []
+        self.rules = FakeRules()
+        self.kernel_watches: list[FakeKernelWatch] = []
+        self._done = done
+
+    def parts(self) -> Parts:
+        def manager(flags: Flags, previous: PreviousRun, stop: threading.Event) -> SubnetManager:
+            self.previous.append(previous)
+            return self.manager
+
+        def netlink() -> FakeNetlink:
+            self.netlinks.append(FakeNetlink())
+            return self.netlinks[-1]
+
+        def backend(ctx: BackendContext) -> FakeBackend:
+            self.backends.append(FakeBackend(ctx, self._stop_when_done))
+            return self.backends[-1]
+
+        def kernel_watch(notify: Callable[[], None], stop: threading.Event) -> FakeKernelWatch:
+            self.kernel_watches.append(FakeKernelWatch(notify, stop))
+            return self.kernel_watches[-1]
+
+        return Parts(
+            manager=manager,
+            backend=lambda config: BackendEntry(backend, lambda _c: {}),
+            netlink=netlink,  # type: ignore[arg-type]
+            rules=lambda config, flags: self.rules,
+            kernel_watch=kernel_watch,
+        )
+
+    def _stop_when_done(self, network: FakeNetwork) -> None:
+        if self._done(network):
+            self.stop.set()
+
+    def serve(self) -> Daemon:
+        daemon = Daemon(self.flags, self.stop, self.parts())
+        guard = threading.Timer(GUARD_SECONDS, self.stop.set)
+        guard.start()
+        try:
+            daemon.serve()
+        finally:
+            guard.cancel()
+            self.stop.set()
+            daemon.shutdown()
+        return daemon
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Flags]:
+    yield Flags(subnet_file=str(tmp_path / "run" / "subnet.env"), ip_masq=True)
+
+
+def make_rig(flags: Flags, peers: tuple[Lease, ...] = (),
+             done: Callable[[FakeNetwork], bool] = lambda n: bool(n.calls)) -> Rig:
+    """A rig whose daemon stops once ``done`` holds after a reconcile (default: the first)."""
+    return Rig(flags, FakeSubnetManager(CONFIG, "10.244.7.0/24", peers=peers), done)
+
+
+def test_start_up_acquires_writes_subnet_env_installs_rules_and_becomes_ready(
+    flags: Flags,
+) -> None:
+    rig = make_rig(flags, peers=(peer(2), peer(3)))
+    rig.serve()
+
+    assert rig.previous == [PreviousRun()]
+    assert [a.public_ip for a in rig.manager.acquired] == [OUR_ADDRESS]
+    backend = rig.backends[0]
+    assert backend.ctx.ext.name == "uplink0" and backend.ctx.netlink is rig.netlinks[0]
+    network = backend.networks[0]
+    assert network.calls == [(["10.244.2.0-24", "10.244.3.0-24"], True)]
+    assert Path(flags.subnet_file).read_text() == (
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    ours = family_nets([(CONFIG.network, ipaddress.IPv4Network("10.244.7.0/24"))])
+    assert rig.rules.setups == [(True, True, ours, [])]
+    assert rig.manager.marked_available.is_set()
+    assert network.closed  # shutdown closes the network (routes stay)
+    assert len(rig.netlinks) == 1  # no blackhole thread without --ip-blackhole-route
+
+
+def test_previous_subnet_env_reaches_the_manager_and_its_rules_are_replaced(
+    flags: Flags,
+) -> None:
+    Path(flags.subnet_file).parent.mkdir()
+    Path(flags.subnet_file).write_text(
+        "FLANNEL_NETWORK=10.99.0.0/16\nFLANNEL_SUBNET=10.99.4.1/24\nFLANNEL_MTU=1450\n"
+    )
+    rig = make_rig(flags)
+    rig.serve()
+    previous = PreviousRun(network=ipaddress.IPv4Network("10.99.0.0/16"),
+                           subnet=ipaddress.IPv4Network("10.99.4.0/24"))
+    assert rig.previous == [previous]
+    old = family_nets([(previous.network, previous.subnet)])
+    assert [setup[3] for setup in rig.rules.setups] == [old]
+
+
+def test_kernel_watch_kick_reaches_the_main_loop_as_a_full_pass(flags: Flags) -> None:
+    def kick_once_then_stop(network: FakeNetwork) -> bool:
+        if len(network.calls) == 1:
+            rig.kernel_watches[0].notify()
+        return len(network.calls) == 2
+
+    rig = make_rig(flags, peers=(peer(2),), done=kick_once_then_stop)
+    rig.serve()
+    assert [full for _peers, full in rig.backends[0].networks[0].calls] == [True, True]
+
+
+def test_blackhole_route_flag_syncs_our_subnet_through_its_own_netlink(tmp_path: Path) -> None:
+    flags = Flags(subnet_file=str(tmp_path / "subnet.env"), ip_blackhole_route=True)
+    rig = make_rig(flags)
+    rig.serve()
+    assert len(rig.netlinks) == 2  # the backend's, and the blackhole thread's own
+    assert rig.netlinks[1].blackholes[0] == [ipaddress.IPv4Network("10.244.7.0/24")]
+
+
+def test_unknown_backend_type_fails_before_the_kernel_is_touched(flags: Flags) -> None:
+    rig = make_rig(flags)
+    rig.manager = FakeSubnetManager(
+        parse_net_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "nope"}}'),
+        "10.244.7.0/24",
+    )
+    parts = rig.parts()
+    daemon = Daemon(flags, rig.stop, Parts(parts.manager, backend_entry, parts.netlink,
+                                           parts.rules, parts.kernel_watch))
+    try:
+        with pytest.raises(ConfigError, match="unknown backend type: nope"):
+            daemon.serve()
+    finally:
+        rig.stop.set()
+        daemon.shutdown()
+    assert rig.netlinks == [] and rig.manager.acquired == []
+    assert not Path(flags.subnet_file).exists()
