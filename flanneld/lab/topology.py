@@ -217,15 +217,6 @@ def add_address(name: str, ifname: str, interface: ipaddress.IPv4Interface) -> N
                 ) from err
 
 
-def add_default_route(name: str, gateway: ipaddress.IPv4Address) -> None:
-    """A default route via ``gateway`` in namespace ``name`` (a node's uplink)."""
-    with _ipr(name) as ipr:
-        try:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway))
-        except NetlinkError as err:
-            raise DataplaneError(f"cannot add a default route via {gateway} in {name}: {err}") from err
-
-
 def set_up(name: str, ifname: str) -> None:
     """Bring ``ifname`` in namespace ``name`` up."""
     with _ipr(name) as ipr:
