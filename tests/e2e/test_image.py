@@ -33,6 +33,7 @@ import yaml  # type: ignore[import-untyped]  # no types-PyYAML installed
 from flanneld.lab import podrun, procs
 from flanneld.lab.lab import DEFAULT_MANIFEST, Lab, down, up
 from flanneld.lab.layout import KUBE_API_PORT, is_lab_netns, node_paths
+from flanneld.lab.state import ProcessRecord
 from flanneld.lab.topology import list_netns, run_in_netns
 from subnet.errors import FlannelError
 from tests.conftest import RUN_PREFIX, needs_root
@@ -56,15 +57,15 @@ def podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[st
                           timeout=timeout, check=False)
 
 
-def in_image(entrypoint: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def in_image(entrypoint: str, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[bytes]:
     """Run ``entrypoint args`` in a throw-away container of the image (it must exit 0)."""
     limits = [f"--ulimit={kind}={value}:{value}" for kind, value in podrun.ulimits()]
     envs = [f"--env={k}={v}" for k, v in (env or {}).items()]
     done = subprocess.run(
         podrun.podman_argv(["run", "--rm", "-i", "--pull=never", "--network=none", *limits,
                             *envs, f"--entrypoint={json.dumps([entrypoint])}", TAG, *args]),
-        input=stdin, capture_output=True, text=True, timeout=120, check=False)
+        input=stdin, capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -87,7 +88,7 @@ def image() -> Iterator[str]:
         podman("rmi", TAG)  # the tag only: the cached base and layers stay for the next run
 
 
-def no_leftovers(prefix: str, records: list[procs.ProcessRecord]) -> None:
+def no_leftovers(prefix: str, records: list[ProcessRecord]) -> None:
     assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
     assert not any(procs.is_ours(r) for r in records)
     names = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
@@ -128,11 +129,7 @@ def test_matrix_is_full(lab: Lab) -> None:
 def test_nodes_hold_what_the_init_containers_installed(lab: Lab) -> None:
     cm = next(d for d in yaml.safe_load_all(Path(DEFAULT_MANIFEST).read_text()) if d
               and d["kind"] == "ConfigMap")
-    plugin = subprocess.run(
-        podrun.podman_argv(["run", "--rm", "--pull=never", "--network=none",
-                            *(f"--ulimit={k}={v}:{v}" for k, v in podrun.ulimits()),
-                            '--entrypoint=["cat"]', TAG, "/opt/bin/flannel-cni"]),
-        capture_output=True, timeout=120, check=True).stdout
+    plugin = in_image("cat", "/opt/bin/flannel-cni").stdout
     for node in lab.plan.nodes:
         host = Path(node_paths(lab.plan, node).host_root)
         conflist = host / "etc/cni/net.d/10-flannel.conflist"
@@ -147,8 +144,9 @@ def test_nodes_hold_what_the_init_containers_installed(lab: Lab) -> None:
 def test_flanneld_and_the_plugin_in_the_image_report_this_version() -> None:
     needs_root()
     # as upstream's, --version prints to stderr
-    assert in_image("/opt/bin/flanneld", "--version").stderr.strip() == version("pyflannel")
-    reply = json.loads(in_image("/opt/bin/flannel-cni", stdin='{"cniVersion":"1.0.0"}',
+    assert in_image("/opt/bin/flanneld", "--version").stderr.decode().strip() == (
+        version("pyflannel"))
+    reply = json.loads(in_image("/opt/bin/flannel-cni", stdin=b'{"cniVersion":"1.0.0"}',
                                 env={"CNI_COMMAND": "VERSION"}).stdout)
     host = subprocess.run(
         [sys.executable, "-m", "cni.plugin"], input='{"cniVersion":"1.0.0"}', cwd=ROOT,
