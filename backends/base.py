@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from backends.model import Skipped
 from backends.plan import Change, Delete, Put
 from backends.udp_packet import ForwardStats
+from subnet.errors import ConfigError
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig
@@ -110,13 +111,21 @@ class Network(Protocol):
         """Counters of a userspace packet forwarder; None where the kernel forwards."""
         ...
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         """Make the kernel match ``peers`` (every known lease except ours).
 
         Idempotent; recreates our devices if they vanished; never raises for
         a single bad peer or a single failed kernel write.  ``full`` re-reads
         the kernel's tables; without it the state our last pass left is
         trusted (watch events), which keeps a pass cheap at thousands of peers.
+        ``changes`` (key -> new lease, None when removed; None when unknown)
+        are the leases changed since the last pass: a backend may then program
+        only those peers, when that gives what a pass over all would.
         """
         ...
 
@@ -131,3 +140,16 @@ class Backend(Protocol):
     def register_network(self, manager: SubnetManager, config: NetConfig) -> Network:
         """Prepare devices, acquire our lease from ``manager``, address the devices."""
         ...
+
+
+def ipv4_network(config: NetConfig, backend: str) -> ipaddress.IPv4Network:
+    """The IPv4 Network of a backend that runs IPv4 only; ConfigError otherwise.
+
+    The backend applies it when it registers, and ``flannelctl netconf
+    validate`` applies the same check through the backend registry.
+    """
+    if config.enable_ipv6:
+        raise ConfigError(f"the {backend} backend supports IPv4 only, not IPv6 (EnableIPv6)")
+    if config.network is None or not config.enable_ipv4:
+        raise ConfigError(f"the {backend} backend needs an IPv4 Network")
+    return config.network

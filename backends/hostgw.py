@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.hostgw_state import check_no_nat, desired_state, hostgw_peers, lease_attrs
@@ -28,6 +28,12 @@ from subnet.netconf import NetConfig
 log = logging.getLogger(__name__)
 
 
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the host-gw backend needs an IPv4 or IPv6 Network")
+
+
 class HostGwBackend:
     """Builds the host-gw :class:`HostGwNetwork` on the external interface."""
 
@@ -36,9 +42,8 @@ class HostGwBackend:
         self._netlink = netlink
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> HostGwNetwork:
+        check_config(config)
         networks = config.networks()
-        if not networks:
-            raise ConfigError("the host-gw backend needs an IPv4 or IPv6 Network")
         versions = [net.version for net in networks]
         for version in versions:
             if (self._ext.ext_addr if version == 4 else self._ext.ext_addr6) is None:
@@ -79,7 +84,12 @@ class HostGwNetwork:
     def forward_stats(self) -> ForwardStats | None:
         return None  # the kernel forwards
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         usable, skipped = hostgw_peers(self._lease, peers, self._networks)
         self._skips.report(skipped)
         desired = desired_state(usable, self._ext.index)

@@ -27,10 +27,10 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
 from backends.peers import usable_peers
@@ -336,13 +336,15 @@ class Forwarder:
         poller = self._poller(tun)
         start = pos = count = size = 0
         peer: SockAddr = ("", 0)
+        last_read_at = len(out) - BUFFER_SIZE
+        readv = os.readv  # per packet: spare the attribute lookups
         while True:
-            if pos + BUFFER_SIZE > len(out):
+            if pos > last_read_at:
                 if count:
                     self._send(out[start:pos], count, peer, size)
                 start = pos = count = 0
             try:
-                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
+                length = readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
             except BlockingIOError:
                 if count:
                     self._send(out[start:pos], count, peer, size)
@@ -485,16 +487,13 @@ class UdpBackend:
         self._forwarder: Forwarder | None = None
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> UdpNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the udp backend supports IPv4 only")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the udp backend needs an IPv4 Network")
+        cluster_network = ipv4_network(config, "udp")
         if self._ext.ext_addr is None or self._ext.iface_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address")
         lease = manager.acquire_lease(LeaseAttrs(public_ip=self._ext.ext_addr))
         if lease.subnet is None:
             raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
-        network = UdpNetwork(self, lease, config.network)
+        network = UdpNetwork(self, lease, cluster_network)
         network.reconcile([])
         return network
 
@@ -556,7 +555,12 @@ class UdpNetwork:
     def forward_stats(self) -> ForwardStats | None:
         return self._backend.stats
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         netlink = self._backend.netlink
         forwarder, link, recreated = self._ensure_device()
         usable, skipped = udp_peers(self._lease, peers, [self._network])

@@ -12,9 +12,9 @@ pod MTUs are the backend's FLANNEL_MTU.  Measured in the same topology:
 iperf3 TCP node-a -> node-b over the underlay (the baseline) and pod-a ->
 pod-b through the overlay (``--runs`` runs of ``-t --seconds``, median),
 ping RTT p50/p99, and CPU seconds per GB moved: both iperf3 ends plus both
-node processes (the udp forwarders), so kernel work done in those processes'
-context counts and softirq work elsewhere does not (nor does wireguard-go, a
-process of its own).
+node processes (the udp forwarders) and, for wireguard, both wireguard-go
+processes, so kernel work done in those processes' context counts and
+softirq work elsewhere does not.
 
 ``udp`` is the udp backend as flanneld runs it (the offload path where the
 kernel has the offloads); ``udp-plain`` forces the plain loop of one system
@@ -55,7 +55,7 @@ from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
 from backends.wireguard import WireguardBackend
-from backends.wireguard_go import WireguardGo, find_binary, stop_recorded
+from backends.wireguard_go import WireguardGo, find_binary, running_pid, stop_recorded
 from backends.wireguard_state import DEVICE as WG_DEVICE
 from flanneld.lab.topology import (
     add_default_route,
@@ -167,6 +167,12 @@ def make_backend(
 def wireguard_state_dir(ns: str) -> str:
     """Where a node's WireGuard key and wireguard-go PID live during the run."""
     return os.path.join(WG_STATE_ROOT, ns)
+
+
+def wireguard_go_pids(nodes: tuple[str, ...]) -> tuple[int, ...]:
+    """The running wireguard-go of each node (its CPU is the userspace driver's cost)."""
+    found = (running_pid(wireguard_state_dir(ns), WG_DEVICE) for ns in nodes)
+    return tuple(pid for pid in found if pid is not None)
 
 
 def stop_wireguard(ns: str) -> None:
@@ -303,6 +309,8 @@ def run_backend(kind: str, prefix: str, runs: int, seconds: int) -> Result:
             for pod in (topo.pod_a, topo.pod_b):
                 set_mtu(pod, "eth0", mtu)
             pids = tuple(proc.pid for proc, _ in nodes if proc.pid is not None)
+            if kind == "wireguard":
+                pids += wireguard_go_pids((topo.node_a, topo.node_b))
             overlay = measure(topo.pod_a, topo.pod_b, "10.244.2.2", runs, seconds, pids)
             counters = []
             for _, conn in nodes:

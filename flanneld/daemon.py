@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExternalInterface, Network
-from backends.kernelwatch import KernelWatch
+from backends.kernelwatch import KernelWatch, OwnDeletions
 from backends.netlink import Netlink
 from backends.registry import BackendContext, BackendEntry, lookup
 from flanneld import iface, subnetfile
@@ -37,10 +38,10 @@ from flanneld.loop import (
 )
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
-from flanneld.netconf_check import NetConfWatcher
+from flanneld.netconf_check import Mode, NetConfWatcher, verify
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import DataplaneError, StopRequested
+from subnet.errors import DataplaneError, StopRequested, StoreError
 from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 JOIN_TIMEOUT = 5.0
 NETCONF_POLL = 5.0
+STORE_GRACE = 10.0  # seconds of failing lease watch before /readyz says not ready
+STORE_TOPIC = "store"
 
 
 def build_manager(
@@ -124,11 +127,11 @@ def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -
     return ext
 
 
-def backend_entry(config: NetConfig) -> BackendEntry:
-    """The backend net-conf.json names, its options checked before anything is touched."""
-    entry = lookup(config.backend.type)
-    entry.options(config.backend)
-    return entry
+def backend_entry(config: NetConfig, mode: Mode) -> BackendEntry:
+    """The backend net-conf.json names, the config checked (as the validator does)
+    before anything is touched."""
+    verify(config, mode)
+    return lookup(config.backend.type)
 
 
 def make_backend(
@@ -173,7 +176,9 @@ def traffic_rules(config: NetConfig, flags: Flags) -> TrafficManager:
     return traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
 
 
-KernelWatchFactory = Callable[[Callable[[], None], threading.Event], threading.Thread]
+KernelWatchFactory = Callable[
+    [Callable[[], None], threading.Event, OwnDeletions], threading.Thread
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +188,7 @@ class Parts:
     manager: Callable[
         [Flags, subnetfile.PreviousRun, threading.Event], SubnetManager
     ] = build_manager
-    backend: Callable[[NetConfig], BackendEntry] = backend_entry
+    backend: Callable[[NetConfig, Mode], BackendEntry] = backend_entry
     netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
     rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
     kernel_watch: KernelWatchFactory = KernelWatch
@@ -261,9 +266,10 @@ class Daemon:
         previous = subnetfile.read_previous_run(flags.subnet_file)
         manager = self._manager = parts.manager(flags, previous, stop)
         config = get_network_config(manager, stop, metrics.record_store_error)
-        entry = parts.backend(config)
+        entry = parts.backend(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
-        backend = make_backend(flags, manager, config, entry, parts.netlink(), stop,
+        netlink = parts.netlink()
+        backend = make_backend(flags, manager, config, entry, netlink, stop,
                                metrics.record_store_error)
         network = register(backend, manager, config, stop, metrics.record_store_error)
         rules = parts.rules(config, flags)
@@ -274,7 +280,7 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
-        self._threads = node.helpers(loop, holder, stop, parts)
+        self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions)
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
@@ -291,6 +297,41 @@ class Daemon:
             self._manager.close()
         if self._server is not None:
             self._server.stop()
+
+
+class StoreStatus:
+    """What the lease watch reports about the store, shown where operators look.
+
+    Each failure counts in ``flannel_store_errors_total`` and is a detail on
+    /readyz at once; once the store has kept failing for STORE_GRACE seconds
+    (longer than an etcd restart or leader election), /readyz answers 503
+    until the watch works again.
+    """
+
+    def __init__(
+        self, health: HealthState, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._health = health
+        self._metrics = metrics
+        self._clock = clock
+        self._since: float | None = None
+
+    def __call__(self, error: StoreError | None) -> None:
+        if error is None:
+            if self._since is not None:
+                log.info("the subnet store works again")
+            self._since = None
+            self._health.set_detail(STORE_TOPIC, None)
+            return
+        self._metrics.record_store_error()
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        failing = now - self._since
+        self._health.set_detail(
+            STORE_TOPIC, f"subnet store failing for {failing:.0f}s: {error}",
+            blocking=failing >= STORE_GRACE,
+        )
 
 
 class Node:
@@ -344,18 +385,20 @@ class Node:
         return self.network
 
     def helpers(
-        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts
+        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts,
+        deletions: OwnDeletions,
     ) -> list[threading.Thread]:
         """The threads beside the main loop (not started)."""
         flags, metrics = self._flags, self._metrics
         margin = timedelta(minutes=flags.subnet_lease_renew_margin)
         threads: list[threading.Thread] = [
-            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error),
+            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error,
+                    StoreStatus(self._health, metrics)),
             Renewer(self._manager, holder, margin, stop, metrics.set_lease_expiry,
                     metrics.record_store_error),
             Periodic("traffic-rules-resync", flags.iptables_resync,
                      lambda: metrics.record_rules_restored(self._rules.resync()), stop),
-            parts.kernel_watch(lambda: loop.messages.put(Kick()), stop),
+            parts.kernel_watch(lambda: loop.messages.put(Kick()), stop, deletions),
         ]
         if flags.ip_blackhole_route:
             blackholes = Blackholes(holder, parts.netlink)

@@ -21,6 +21,30 @@ Design, and where it departs from upstream on purpose:
   keys are sent, as a strategic merge patch of ``nodes/status``.
 * The previous VTEP MAC is read by decoding the backend-data JSON.
 
+Why not ``kubernetes.watch.Watch`` (checked with kubernetes 37.0.3, the
+range pyproject.toml allows; ``tests/integration/test_kube_manager.py``
+shows both points against the API server double, ``bench/kube_watch_parse.py``
+measures the cost).  The node watch parses the chunked JSON lines itself
+(``_events``, about twenty-five lines) because the client's two paths each break a
+promise this module keeps:
+
+* ``deserialize=False`` (plain ``json.loads``, the only path as cheap as
+  ours) fails on every ERROR event with ``KeyError('raw_object')``: a 410
+  Gone cannot be told from any other failure, so the re-list that bridges
+  an expired watch is lost.
+* The default path turns every event into ``V1Node`` models that this
+  module would throw away (:mod:`subnet.kube_state` reads the JSON): about
+  ten times the CPU per event (380-410 us against 40-47 us for a 7 kB Node,
+  measured on a loaded 2-core machine), and its pydantic validation ends the
+  whole stream when one Node lacks a field the model requires (a
+  ``status.nodeInfo`` without ``machineID``), where one bad Node must only be
+  skipped.
+
+``_events`` turns a line that is not a JSON object, or one nested too deeply
+to parse, into a StoreError: the watch is re-listed, no thread dies and no
+event is lost unnoticed.  A deeply nested *annotation* is a string inside the
+event and is skipped with its node by :mod:`subnet.kube_state`.
+
 This is the only module that imports ``kubernetes``.  API and transport
 errors are translated here into :class:`StoreError` (HTTP failures as
 :class:`KubeAPIError`, with the status), :class:`WatchExpiredError` (410)
@@ -71,7 +95,7 @@ from subnet.kube_state import (
     vtep_mac_from_backend_data,
 )
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from subnet.manager import Sink, Snapshot, StoreReport, ignore_store_report
 from subnet.netconf import NetConfig, parse_net_config
 from subnet.retry import Backoff
 
@@ -173,7 +197,7 @@ class _HostPin:
 def _status_message(err: Any) -> str:
     try:
         doc = json.loads(err.body or "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
@@ -202,7 +226,7 @@ def _json_response(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
         doc = json.loads(resp.data)
     except (urllib3.exceptions.HTTPError, OSError) as err:
         raise StoreError(f"{what}: {err}") from err
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"{what}: the response is not JSON: {err}") from err
     finally:
         resp.release_conn()
@@ -335,7 +359,9 @@ class KubeSubnetManager:
         """Kube leases (pod CIDRs) do not expire: nothing to do."""
         return lease
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         """Snapshot of every flannel-managed Node's lease, then their changes."""
         cfg = self.get_network_config()
         state = _WatchState()
@@ -349,7 +375,7 @@ class KubeSubnetManager:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    self._list_and_watch(cfg, sink, stop, state)
+                    self._list_and_watch(cfg, sink, stop, state, report)
                 except WatchExpiredError as err:
                     if stop.is_set():
                         break
@@ -361,6 +387,7 @@ class KubeSubnetManager:
                     if time.monotonic() - started > 10 * self.timings.backoff_max:
                         backoff.reset()  # it worked for a while: start over
                     delay = backoff.next_delay()
+                    report(err)
                     log.warning("Kubernetes API failure (%s); listing nodes again in %.1f s",
                                 err, delay)
                     stop.wait(delay)
@@ -505,7 +532,8 @@ class KubeSubnetManager:
         return True, lease
 
     def _list_and_watch(
-        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState
+        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
+        report: StoreReport,
     ) -> None:
         rv, nodes = self._list_nodes()
         table = NodeLeaseTable()
@@ -514,6 +542,7 @@ class KubeSubnetManager:
             if usable:
                 table.set(node_name_of(node), lease)
         sink(Snapshot(table.leases()))
+        report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
                  len(nodes), len(table.leases()), rv)
         while not stop.is_set():
@@ -602,13 +631,12 @@ def connect_and_sync(
 
 
 def _events(resp: Any) -> Iterator[JSON]:
-    """The JSON-lines events of a watch response."""
+    """The JSON-lines events of a watch response (see "Why not kubernetes.watch" above)."""
     buffer = b""
     try:
         for chunk in resp.stream(65536, decode_content=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
                 if line.strip():
                     yield _event(line)
     except (urllib3.exceptions.HTTPError, OSError) as err:
@@ -618,9 +646,10 @@ def _events(resp: Any) -> Iterator[JSON]:
 
 
 def _event(line: bytes) -> JSON:
+    """One event; StoreError (the watch is re-listed) for a line that is not a JSON object."""
     try:
         doc = json.loads(line)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"node watch sent a line that is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise StoreError("node watch sent an event that is not an object")

@@ -53,10 +53,11 @@ class Lease:
     # Node creation time): of two leases claiming one subnet or VTEP MAC, the
     # older keeps it.  None (unknown) sorts last.
     claim_order: float | None = field(default=None, compare=False)
+    # the etcd key name, computed once: passes over thousands of leases sort and index by it
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return subnet_key(self.subnet, self.ipv6_subnet)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", subnet_key(self.subnet, self.ipv6_subnet))
 
     def with_expiration(self, expiration: datetime | None) -> Lease:
         return replace(self, expiration=expiration)
@@ -130,13 +131,23 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+# A real lease value is about 200 bytes; anything this large is not one, and
+# is refused before it is parsed.
+MAX_LEASE_VALUE = 64 * 1024
+
+
 def compact_json(value: Any) -> str:
     """JSON text without spaces, as Go's encoder compacts a RawMessage."""
     return json.dumps(value, separators=(",", ":"))
 
 
 def decode_attrs(text: str | bytes) -> LeaseAttrs:
-    """Parse a lease value; PeerDataError on anything malformed."""
+    """Parse a lease value; PeerDataError on anything malformed or over MAX_LEASE_VALUE."""
+    if len(text) > MAX_LEASE_VALUE:
+        raise PeerDataError(
+            f"lease value is {len(text)} bytes, more than any lease needs (at most "
+            f"{MAX_LEASE_VALUE})"
+        )
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # too deep: RecursionError
