@@ -10,6 +10,7 @@ from typing import Protocol
 from backends.model import Skipped
 from backends.plan import Change, Delete, Put
 from backends.udp_packet import ForwardStats
+from subnet.errors import ConfigError
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig
@@ -131,3 +132,16 @@ class Backend(Protocol):
     def register_network(self, manager: SubnetManager, config: NetConfig) -> Network:
         """Prepare devices, acquire our lease from ``manager``, address the devices."""
         ...
+
+
+def ipv4_network(config: NetConfig, backend: str) -> ipaddress.IPv4Network:
+    """The IPv4 Network of a backend that runs IPv4 only; ConfigError otherwise.
+
+    The backend applies it when it registers, and ``flannelctl netconf
+    validate`` applies the same check through the backend registry.
+    """
+    if config.enable_ipv6:
+        raise ConfigError(f"the {backend} backend supports IPv4 only, not IPv6 (EnableIPv6)")
+    if config.network is None or not config.enable_ipv4:
+        raise ConfigError(f"the {backend} backend needs an IPv4 Network")
+    return config.network

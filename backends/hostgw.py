@@ -28,6 +28,12 @@ from subnet.netconf import NetConfig
 log = logging.getLogger(__name__)
 
 
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the host-gw backend needs an IPv4 or IPv6 Network")
+
+
 class HostGwBackend:
     """Builds the host-gw :class:`HostGwNetwork` on the external interface."""
 
@@ -36,9 +42,8 @@ class HostGwBackend:
         self._netlink = netlink
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> HostGwNetwork:
+        check_config(config)
         networks = config.networks()
-        if not networks:
-            raise ConfigError("the host-gw backend needs an IPv4 or IPv6 Network")
         versions = [net.version for net in networks]
         for version in versions:
             if (self._ext.ext_addr if version == 4 else self._ext.ext_addr6) is None:

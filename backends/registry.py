@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TypeAlias
 
-from backends.base import Backend, ExternalInterface
+from backends import hostgw
+from backends.base import Backend, ExternalInterface, ipv4_network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import UdpBackend, parse_port
@@ -15,7 +17,7 @@ from backends.vxlan_state import parse_options, previous_vtep_mac
 from backends.wireguard import WireguardBackend, key_file_path
 from backends.wireguard_state import parse_options as parse_wireguard_options
 from subnet.errors import ConfigError
-from subnet.netconf import BackendConfig
+from subnet.netconf import BackendConfig, NetConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,23 +40,37 @@ class BackendContext:
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
 OptionsCheck: TypeAlias = Callable[[BackendConfig], dict[str, object]]
+ConfigCheck: TypeAlias = Callable[[NetConfig], object]  # raises ConfigError
 
 
 @dataclass(frozen=True, slots=True)
 class BackendEntry:
-    """How to build a backend, and how to read its net-conf.json options without building it."""
+    """How to build a backend, and how to check a net-conf.json for it without building it.
+
+    ``options`` reads the Backend options; ``accepts`` refuses address
+    families the backend does not run.  Both are what the backend itself
+    applies, so ``flannelctl netconf validate`` and the daemon agree.
+    """
 
     build: BackendFactory
     options: OptionsCheck
+    accepts: ConfigCheck
 
 
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c))),
-        "host-gw": BackendEntry(_hostgw, lambda c: {}),
-        "udp": BackendEntry(_udp, lambda c: {"port": parse_port(c)}),
-        "wireguard": BackendEntry(_wireguard, lambda c: parse_wireguard_options(c).summary()),
+        "vxlan": BackendEntry(
+            _vxlan, lambda c: asdict(parse_options(c)), partial(ipv4_network, backend="vxlan")
+        ),
+        "host-gw": BackendEntry(_hostgw, lambda c: {}, hostgw.check_config),
+        "udp": BackendEntry(
+            _udp, lambda c: {"port": parse_port(c)}, partial(ipv4_network, backend="udp")
+        ),
+        "wireguard": BackendEntry(
+            _wireguard, lambda c: parse_wireguard_options(c).summary(),
+            partial(ipv4_network, backend="wireguard"),
+        ),
     }
 
 

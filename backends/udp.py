@@ -25,11 +25,12 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
 from backends.peers import usable_peers
@@ -37,13 +38,19 @@ from backends.skiplog import SkipLog
 from backends.udp_packet import (
     DEFAULT_PORT,
     ENCAP_OVERHEAD,
+    PLAIN_VNET_HDR,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+    Datapath,
     Drop,
     ForwardStats,
     RouteTable,
     SockAddr,
     inbound,
+    merge_tcp,
     net_unreachable,
     outbound,
+    tcp_run,
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
 from subnet.lease import UNSPECIFIED_V4, IPNetwork, Lease, LeaseAttrs
@@ -56,55 +63,120 @@ TUN_NAME = "flannel0"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+UDP_MAX_SEGMENTS = 64  # per GSO send (the kernel's UDP_MAX_SEGMENTS)
+MAX_UDP_PAYLOAD = 65507
 BUFFER_SIZE = 65535
+# Offload path: room for a batch of 64 KB plus one more packet, and for a GRO read.
+OFFLOAD_BUFFER = 1 << 17
+RECEIVE_BUFFER = 8 << 20
+SO_RCVBUFFORCE = 33
 POLL_MS = 1000
 JOIN_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """The TUN file descriptor and the bound UDP socket."""
+    """The TUN file descriptor, the bound UDP socket and the path they were set up for.
+
+    On :attr:`Datapath.OFFLOAD` the TUN carries a virtio-net header on every
+    packet (it offers no offloads itself, but takes GSO super-frames); the
+    socket has UDP GRO on and takes UDP GSO sends.
+    """
 
     tun_fd: int
     tun_name: str
     sock: socket.socket
+    path: Datapath = Datapath.PLAIN
 
     def close(self) -> None:
         self.sock.close()
         os.close(self.tun_fd)
 
 
-def open_endpoints(tun_name: str, bind: SockAddr) -> Endpoints:
+def open_endpoints(tun_name: str, bind: SockAddr, offload: bool = True) -> Endpoints:
     """Create the TUN and bind the UDP socket, in the calling thread's namespace.
 
-    Also sets ``net.ipv4.conf.<tun>.accept_local`` there (see :func:`_accept_local`).
+    With ``offload`` the TUN and socket are set up for the offload path when
+    the kernel supports every offload it needs, for the plain path otherwise
+    (logged with the reason).  Also sets ``net.ipv4.conf.<tun>.accept_local``
+    there (see :func:`_accept_local`).
     """
+    sock = _bound_socket(bind)
+    try:
+        endpoints = _offload_endpoints(tun_name, sock) if offload else None
+        if endpoints is None:
+            fd, name = _open_tun(tun_name, 0)
+            endpoints = Endpoints(fd, name, sock, Datapath.PLAIN)
+    except DataplaneError:
+        sock.close()
+        raise
+    _accept_local(endpoints.tun_name)
+    log.info(
+        "TUN %s opened, UDP socket bound to %s:%d, %s path",
+        endpoints.tun_name, bind[0], bind[1], endpoints.path,
+    )
+    return endpoints
+
+
+def _bound_socket(bind: SockAddr) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(bind)
+    except OSError as err:
+        sock.close()
+        raise DataplaneError(
+            f"cannot bind UDP {bind[0]}:{bind[1]}: {err.strerror}", err.errno
+        ) from err
+    return sock
+
+
+def _open_tun(tun_name: str, flags: int) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:
         raise DataplaneError(f"cannot open /dev/net/tun: {err.strerror}", err.errno) from err
     try:
         answer = fcntl.ioctl(
-            fd, TUNSETIFF, struct.pack("16sH", tun_name.encode(), IFF_TUN | IFF_NO_PI)
+            fd, TUNSETIFF, struct.pack("16sH", tun_name.encode(), IFF_TUN | IFF_NO_PI | flags)
         )
-        name = answer[:16].rstrip(b"\0").decode()
         os.set_blocking(fd, False)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError as err:
         os.close(fd)
         raise DataplaneError(f"cannot create TUN {tun_name}: {err.strerror}", err.errno) from err
+    return fd, answer[:16].rstrip(b"\0").decode()
+
+
+def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
+    """The offload path's endpoints, or None (TUN closed again) where an offload is missing."""
+    fd, name = _open_tun(tun_name, IFF_VNET_HDR)
     try:
-        sock.setblocking(False)
-        sock.bind(bind)
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # accepted where GSO sends are
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        _grow_receive_buffer(sock)
     except OSError as err:
-        sock.close()
         os.close(fd)
-        raise DataplaneError(
-            f"cannot bind UDP {bind[0]}:{bind[1]}: {err.strerror}", err.errno
-        ) from err
-    _accept_local(name)
-    log.info("TUN %s opened, UDP socket bound to %s:%d", name, bind[0], bind[1])
-    return Endpoints(fd, name, sock)
+        log.warning(
+            "udp offloads unavailable (%s): forwarding one packet per system call",
+            err.strerror,
+        )
+        return None
+    return Endpoints(fd, name, sock, Datapath.OFFLOAD)
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Room for bursts of GRO batches while the reading thread waits for the GIL.
+
+    Above ``net.core.rmem_max`` only with CAP_NET_ADMIN (SO_RCVBUFFORCE), as flanneld has.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 def _accept_local(name: str) -> None:
@@ -145,13 +217,13 @@ class Forwarder:
         self._stats = stats
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
+        offload = endpoints.path is Datapath.OFFLOAD
+        stats.path = endpoints.path
+        tx = self._tun_to_udp_offload if offload else self._tun_to_udp
+        rx = self._udp_to_tun_offload if offload else self._udp_to_tun
         self._threads = [
-            threading.Thread(
-                target=self._guard, args=(self._tun_to_udp,), name="udp-tx", daemon=True
-            ),
-            threading.Thread(
-                target=self._guard, args=(self._udp_to_tun,), name="udp-rx", daemon=True
-            ),
+            threading.Thread(target=self._guard, args=(tx,), name="udp-tx", daemon=True),
+            threading.Thread(target=self._guard, args=(rx,), name="udp-rx", daemon=True),
         ]
 
     def start(self) -> None:
@@ -247,13 +319,148 @@ class Forwarder:
             stats.packets += 1
             stats.bytes += length
 
-    def _reply_unreachable(self, buf: bytearray, length: int) -> None:
+    # --- the offload path: one UDP system call per batch -------------------------------------
+
+    def _tun_to_udp_offload(self) -> None:
+        """Read packets straight into a send buffer; one UDP GSO send per batch.
+
+        A batch is a run of packets for one peer, all of one size but the last,
+        which may be shorter (the UDP GSO rule), of at most 64 packets and one
+        maximal UDP payload.  It goes out when the next packet does not fit
+        it, and whenever the TUN has nothing more to read, so a lone packet
+        waits for nothing.
+        """
+        tun, stats = self.endpoints.tun_fd, self._stats.tx
+        vnet = bytearray(VNET_HDR_LEN)
+        out = memoryview(bytearray(OFFLOAD_BUFFER))
+        poller = self._poller(tun)
+        start = pos = count = size = 0
+        peer: SockAddr = ("", 0)
+        while True:
+            if pos + BUFFER_SIZE > len(out):
+                if count:
+                    self._send(out[start:pos], count, peer, size)
+                start = pos = count = 0
+            try:
+                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
+            except BlockingIOError:
+                if count:
+                    self._send(out[start:pos], count, peer, size)
+                    start = pos = count = 0
+                if not self._wait(poller):
+                    return
+                continue
+            if vnet[0] & VNET_F_NEEDS_CSUM or vnet[1]:
+                stats.dropped[Drop.BAD_OFFLOAD] += 1  # the TUN offers no offloads
+                continue
+            packet = out[pos : pos + length]
+            verdict = outbound(packet, length, self.table)
+            if isinstance(verdict, Drop):
+                stats.dropped[verdict] += 1
+                if verdict is Drop.NO_ROUTE:
+                    self._reply_unreachable(packet, length)
+                continue
+            if count and (
+                verdict != peer
+                or length > size
+                or count == UDP_MAX_SEGMENTS
+                or pos + length - start > MAX_UDP_PAYLOAD
+            ):
+                self._send(out[start:pos], count, peer, size)
+                start, count = pos, 0
+            if not count:
+                peer, size = verdict, length
+            pos += length
+            count += 1
+            if length < size:
+                self._send(out[start:pos], count, peer, size)
+                start, count = pos, 0
+
+    def _send(self, data: memoryview, count: int, peer: SockAddr, size: int) -> None:
+        """Send ``count`` packets of ``size`` bytes (the last may be shorter) in one call."""
+        stats = self._stats.tx
+        try:
+            if count == 1:
+                self.endpoints.sock.sendto(data, peer)
+            else:
+                gso = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
+                self.endpoints.sock.sendmsg([data], gso, 0, peer)
+                stats.batches += 1
+        except OSError as err:
+            if err.errno == errno.EBADF:
+                raise
+            stats.dropped[Drop.SEND_FAILED] += count
+            return
+        stats.packets += count
+        stats.bytes += len(data)
+
+    def _udp_to_tun_offload(self) -> None:
+        """Read a UDP GRO batch; write runs of one TCP flow as one super-frame each."""
+        sock, stats = self.endpoints.sock, self._stats.rx
+        buf = memoryview(bytearray(OFFLOAD_BUFFER))
+        ancillary = socket.CMSG_SPACE(4)
+        poller = self._poller(sock.fileno())
+        while True:
+            try:
+                length, cmsgs, _, sender = sock.recvmsg_into([buf], ancillary)
+            except BlockingIOError:
+                if not self._wait(poller):
+                    return
+                continue
+            except ConnectionError:
+                continue
+            size = gro_size(cmsgs, length)
+            table = self.table
+            if not table.knows_source(sender[0]):
+                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size)
+                continue
+            first = 0
+            while first * size < length:
+                count = tcp_run(buf, size, length, first)
+                start = first * size
+                packet = buf[start : min(start + size, length)]
+                verdict = inbound(packet, len(packet), sender[0], table)
+                if verdict is not None:
+                    stats.dropped[verdict] += count
+                elif count == 1:
+                    self._write([PLAIN_VNET_HDR, packet], 1)
+                else:
+                    stats.batches += 1
+                    self._write(merge_tcp(buf, size, length, first, count), count)
+                first += count
+
+    def _write(self, parts: list[bytes | bytearray | memoryview], count: int) -> None:
+        stats = self._stats.rx
+        try:
+            written = os.writev(self.endpoints.tun_fd, parts)
+        except OSError as err:
+            if err.errno in (errno.EBADF, errno.EBADFD):
+                raise
+            stats.dropped[Drop.SEND_FAILED] += count
+            return
+        stats.packets += count
+        stats.bytes += written - VNET_HDR_LEN
+
+    def _reply_unreachable(self, buf: bytearray | memoryview, length: int) -> None:
         reply = net_unreachable(buf, length, self.tun_address)
         if reply is not None:
+            parts = [reply]
+            if self.endpoints.path is Datapath.OFFLOAD:
+                parts.insert(0, PLAIN_VNET_HDR)
             try:
-                os.write(self.endpoints.tun_fd, reply)
+                os.writev(self.endpoints.tun_fd, parts)
             except (BlockingIOError, InterruptedError):
                 pass
+
+
+def gro_size(cmsgs: list[tuple[int, int, bytes]], length: int) -> int:
+    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram)."""
+    for level, kind, data in cmsgs:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            size = int.from_bytes(data[:4], sys.byteorder)
+            if 0 < size < length:
+                return size
+    return length
 
 
 class UdpBackend:
@@ -278,16 +485,13 @@ class UdpBackend:
         self._forwarder: Forwarder | None = None
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> UdpNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the udp backend supports IPv4 only")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the udp backend needs an IPv4 Network")
+        cluster_network = ipv4_network(config, "udp")
         if self._ext.ext_addr is None or self._ext.iface_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address")
         lease = manager.acquire_lease(LeaseAttrs(public_ip=self._ext.ext_addr))
         if lease.subnet is None:
             raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
-        network = UdpNetwork(self, lease, config.network)
+        network = UdpNetwork(self, lease, cluster_network)
         network.reconcile([])
         return network
 

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import replace
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
 from backends.netlink import LinkState, Netlink, VxlanSpec
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
@@ -33,7 +33,6 @@ from backends.vxlan_state import (
     vxlan_peers,
 )
 from subnet.errors import (
-    ConfigError,
     DataplaneError,
     InterfaceError,
     LeaseError,
@@ -67,10 +66,7 @@ class VxlanBackend:
         self._previous_mac = _valid_mac(previous_mac)
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> VxlanNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the vxlan backend does not support IPv6 yet")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the vxlan backend needs an IPv4 Network")
+        ipv4_network(config, "vxlan")
         if self._ext.ext_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address to advertise")
         opts = self._options

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from backends.base import ExternalInterface, ReconcileReport
+from backends.base import ExternalInterface, ReconcileReport, ipv4_network
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
 from backends.plan import Delete, Put
@@ -216,10 +216,7 @@ class WireguardBackend:
         return self._public_key
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> WireguardNetwork:
-        if config.enable_ipv6:
-            raise ConfigError("the wireguard backend does not support IPv6 yet")
-        if config.network is None or not config.enable_ipv4:
-            raise ConfigError("the wireguard backend needs an IPv4 Network")
+        cluster_network = ipv4_network(config, "wireguard")
         if self._ext.ext_addr is None:
             raise InterfaceError(f"interface {self._ext.name} has no IPv4 address to advertise")
         if self._driver is None:
@@ -231,7 +228,7 @@ class WireguardBackend:
         )
         lease = manager.acquire_lease(attrs)
         network = WireguardNetwork(
-            self._netlink, self._driver, self._options, lease, config.network,
+            self._netlink, self._driver, self._options, lease, cluster_network,
             self._private_key, self._public_key, self._ext.mtu,
         )
         network.prepare()

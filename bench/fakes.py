@@ -12,7 +12,7 @@ import ipaddress
 import threading
 
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from subnet.manager import Sink, Snapshot, StoreReport, ignore_store_report
 from subnet.netconf import NetConfig
 
 
@@ -58,6 +58,8 @@ class FakeSubnetManager:
     def close(self) -> None:
         pass
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         sink(Snapshot(tuple(self._leases[-1:]) + self._peers))
         stop.wait()

@@ -6,13 +6,21 @@ unique ``pfb<hex>`` prefix and are deleted afterwards, also on failure):
     pod-a --veth-- node-a ==veth underlay 198.18.0.0/24== node-b --veth-- pod-b
     10.244.1.2     10.244.1.1                    10.244.2.1     10.244.2.2
 
-The two nodes run the backend in this process (a Network per node, each
-with the other's lease as its only peer); pod MTUs are the backend's
-FLANNEL_MTU.  Measured in the same topology: iperf3 TCP node-a -> node-b
-over the underlay (the baseline) and pod-a -> pod-b through the overlay
-(``--runs`` runs of ``-t --seconds``, median), and ping RTT p50/p99.
+Each node runs the backend in a child process of its own, as flanneld
+would (a Network per node, each with the other's lease as its only peer);
+pod MTUs are the backend's FLANNEL_MTU.  Measured in the same topology:
+iperf3 TCP node-a -> node-b over the underlay (the baseline) and pod-a ->
+pod-b through the overlay (``--runs`` runs of ``-t --seconds``, median),
+ping RTT p50/p99, and CPU seconds per GB moved: both iperf3 ends plus both
+node processes (the udp forwarders) and, for wireguard, both wireguard-go
+processes, so kernel work done in those processes' context counts and
+softirq work elsewhere does not.
 
-Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp]
+``udp`` is the udp backend as flanneld runs it (the offload path where the
+kernel has the offloads); ``udp-plain`` forces the plain loop of one system
+call per packet, the "before" figure.
+
+Usage (root): ``python3 bench/throughput.py [--backends vxlan,host-gw,udp-plain,udp,wireguard]
 [--runs 3] [--seconds 3] [--out results.md]``.  Every external command has
 a timeout, so a run is bounded.
 """
@@ -22,24 +30,33 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import multiprocessing
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
+from multiprocessing.connection import Connection
 
 import checkout  # noqa: F401 - this checkout's pyflannel first
+from daemon_proc import cpu_seconds
 from fakes import FakeSubnetManager
+from report import finish_facts, machine_facts
 
 from backends.base import ExternalInterface, Network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, open_endpoints
 from backends.vxlan import VxlanBackend
+from backends.wireguard import WireguardBackend
+from backends.wireguard_go import WireguardGo, find_binary, running_pid, stop_recorded
+from backends.wireguard_state import DEVICE as WG_DEVICE
 from flanneld.lab.topology import (
     add_default_route,
     create_netns,
@@ -55,11 +72,14 @@ from subnet.netconf import BackendConfig, NetConfig
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 PING_COUNT = 200
 PING_INTERVAL = "0.005"
+NODE_TIMEOUT = 60.0
+WG_STATE_ROOT = "/run/pyflannel-bench"
 
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
     gbps: float
+    cpu_s_per_gb: float
     ping_p50_ms: float
     ping_p99_ms: float
 
@@ -70,6 +90,7 @@ class Result:
     mtu: int
     underlay: Measurement
     overlay: Measurement
+    datapath: str  # the udp forwarders' path and counters, "" for kernel backends
 
 
 def sh(*args: str, timeout: float = 30, check: bool = True) -> str:
@@ -118,22 +139,91 @@ def underlay_address(third: int) -> IPv4Interface:
     return IPv4Interface(f"198.18.0.{third}/24")
 
 
-def make_backend(kind: str, ns: str, ext: ExternalInterface, netlink: Netlink) -> object:
+def make_backend(
+    kind: str, ns: str, ext: ExternalInterface, netlink: Netlink
+) -> VxlanBackend | HostGwBackend | UdpBackend | WireguardBackend:
     if kind == "vxlan":
         return VxlanBackend(ext, netlink, BackendConfig("vxlan", {"Type": "vxlan"}))
     if kind == "host-gw":
         return HostGwBackend(ext, netlink)
-    if kind == "udp":
+    if kind in ("udp", "udp-plain"):
+        offload = kind == "udp"
 
         def opener(name: str, bind: tuple[str, int]) -> Endpoints:
-            return run_in_netns(ns, lambda: open_endpoints(name, bind))
+            return run_in_netns(ns, lambda: open_endpoints(name, bind, offload))
 
         return UdpBackend(ext, netlink, BackendConfig("udp", {"Type": "udp"}), opener)
+    if kind == "wireguard":  # the userspace driver (wireguard-go), in the node's namespace
+        state = wireguard_state_dir(ns)
+        return WireguardBackend(
+            ext, netlink, BackendConfig("wireguard", {"Type": "wireguard"}),
+            os.path.join(state, "wgkey"),
+            userspace=lambda: WireguardGo(WG_DEVICE, state, find_binary(),
+                                          netns=f"/var/run/netns/{ns}"),
+        )
     raise ValueError(f"unknown backend {kind}")
 
 
-def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    """Received throughput in Gbit/s of one iperf3 TCP run."""
+def wireguard_state_dir(ns: str) -> str:
+    """Where a node's WireGuard key and wireguard-go PID live during the run."""
+    return os.path.join(WG_STATE_ROOT, ns)
+
+
+def wireguard_go_pids(nodes: tuple[str, ...]) -> tuple[int, ...]:
+    """The running wireguard-go of each node (its CPU is the userspace driver's cost)."""
+    found = (running_pid(wireguard_state_dir(ns), WG_DEVICE) for ns in nodes)
+    return tuple(pid for pid in found if pid is not None)
+
+
+def stop_wireguard(ns: str) -> None:
+    """End the node's wireguard-go by its PID (flanneld would leave it running) and its files."""
+    stop_recorded(wireguard_state_dir(ns), WG_DEVICE)
+    shutil.rmtree(wireguard_state_dir(ns), ignore_errors=True)
+
+
+def node_process(conn: Connection, kind: str, ns: str, third: int) -> None:
+    """One node: register, send our lease, take the peer's, reconcile, wait for "stop".
+
+    Replies: our lease, then (MTU, datapath); on "stop" the udp counters.
+    """
+    netlink = Netlink(ns)
+    network: Network | None = None
+    try:
+        addr = underlay_address(third).ip
+        ext = ExternalInterface("ul0", link_index(ns, "ul0"), 1500, addr, addr)
+        backend = make_backend(kind, ns, ext, netlink)
+        backend_type = "udp" if kind == "udp-plain" else kind
+        config = NetConfig(
+            network=CLUSTER, subnet_len=24,
+            backend=BackendConfig(backend_type, {"Type": backend_type}),
+        )
+        network = backend.register_network(FakeSubnetManager(config, f"10.244.{third}.0/24"), config)
+        conn.send(network.lease)
+        network.reconcile([conn.recv()])
+        stats = network.forward_stats
+        conn.send((network.mtu, "" if stats is None else str(stats.path)))
+        conn.recv()
+        conn.send(
+            None if stats is None else
+            {"tx_packets": stats.tx.packets, "tx_batches": stats.tx.batches,
+             "rx_packets": stats.rx.packets, "rx_batches": stats.rx.batches,
+             "dropped": sum(sum(d.dropped.values()) for d in (stats.tx, stats.rx))}
+        )
+    finally:
+        if network is not None:
+            network.close()
+        netlink.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    gbps: float
+    gigabytes: float
+    iperf_cpu_s: float
+
+
+def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> Run:
+    """One iperf3 TCP run: received Gbit/s, GB moved, CPU seconds of both iperf3 ends."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
         stdout=subprocess.DEVNULL,
@@ -147,9 +237,13 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float
     finally:
         server.kill()
         server.wait(5)
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
+    end = json.loads(out)["end"]
+    received, cpu = end["sum_received"], end["cpu_utilization_percent"]
+    return Run(
+        float(received["bits_per_second"]) / 1e9,
+        float(received["bytes"]) / 1e9,
+        (float(cpu["host_total"]) + float(cpu["remote_total"])) / 100 * float(received["seconds"]),
+    )
 def ping_stats(ns: str, dst: str) -> tuple[float, float]:
     out = in_ns(
         ns,
@@ -181,71 +275,101 @@ def percentile(sorted_values: list[float], pct: int) -> float:
     return sorted_values[index]
 
 
-def measure(client: str, server: str, server_ip: str, runs: int, seconds: int) -> Measurement:
-    gbps = statistics.median(iperf(client, server, server_ip, seconds) for _ in range(runs))
+def measure(
+    client: str, server: str, server_ip: str, runs: int, seconds: int, workers: tuple[int, ...] = ()
+) -> Measurement:
+    """Median throughput over ``runs``; CPU per GB over all runs (iperf3 + ``workers`` PIDs)."""
+    before = sum(cpu_seconds(pid) for pid in workers)
+    done = [iperf(client, server, server_ip, seconds) for _ in range(runs)]
+    workers_cpu = sum(cpu_seconds(pid) for pid in workers) - before
+    cpu = workers_cpu + sum(r.iperf_cpu_s for r in done)
+    gigabytes = sum(r.gigabytes for r in done)
     p50, p99 = ping_stats(client, server_ip)
-    return Measurement(gbps, p50, p99)
+    return Measurement(
+        statistics.median(r.gbps for r in done), cpu / gigabytes if gigabytes else 0.0, p50, p99
+    )
 
 
 def run_backend(kind: str, prefix: str, runs: int, seconds: int) -> Result:
+    context = multiprocessing.get_context("fork")
     with topology(f"{prefix}-{kind.replace('-', '')[:5]}") as topo:
         underlay = measure(topo.node_a, topo.node_b, "198.18.0.2", runs, seconds)
-        netlinks: list[Netlink] = []
-        networks: list[Network] = []
+        nodes: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
         try:
-            for third, node in ((1, topo.node_a), (2, topo.node_b)):
-                netlink = Netlink(node)
-                netlinks.append(netlink)
-                addr = underlay_address(third).ip
-                ext = ExternalInterface("ul0", link_index(node, "ul0"), 1500, addr, addr)
-                backend = make_backend(kind, node, ext, netlink)
-                config = NetConfig(
-                    network=CLUSTER, subnet_len=24, backend=BackendConfig(kind, {"Type": kind})
-                )
-                register: Callable[..., Network] = backend.register_network  # type: ignore[attr-defined]
-                networks.append(register(FakeSubnetManager(config, f"10.244.{third}.0/24"), config))
-            networks[0].reconcile([networks[1].lease])
-            networks[1].reconcile([networks[0].lease])
-            mtu = networks[0].mtu
+            for third, ns in ((1, topo.node_a), (2, topo.node_b)):
+                parent, child = context.Pipe()
+                proc = context.Process(target=node_process, args=(child, kind, ns, third))
+                proc.start()
+                nodes.append((proc, parent))
+            leases = [receive(conn) for _, conn in nodes]
+            nodes[0][1].send(leases[1])
+            nodes[1][1].send(leases[0])
+            mtu, path = receive(nodes[0][1])
+            receive(nodes[1][1])
             for pod in (topo.pod_a, topo.pod_b):
                 set_mtu(pod, "eth0", mtu)
-            overlay = measure(topo.pod_a, topo.pod_b, "10.244.2.2", runs, seconds)
+            pids = tuple(proc.pid for proc, _ in nodes if proc.pid is not None)
+            if kind == "wireguard":
+                pids += wireguard_go_pids((topo.node_a, topo.node_b))
+            overlay = measure(topo.pod_a, topo.pod_b, "10.244.2.2", runs, seconds, pids)
+            counters = []
+            for _, conn in nodes:
+                conn.send("stop")
+                counters.append(receive(conn))
         finally:
-            for network in networks:
-                network.close()
-            for netlink in netlinks:
-                netlink.close()
-    return Result(kind, mtu, underlay, overlay)
+            for proc, conn in nodes:
+                proc.join(NODE_TIMEOUT)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+                conn.close()
+            if kind == "wireguard":
+                for node in (topo.node_a, topo.node_b):
+                    stop_wireguard(node)
+    datapath = f"{path}: {counters[0]} / {counters[1]}" if path else ""
+    return Result(kind, mtu, underlay, overlay, datapath)
+
+
+def receive(conn: Connection) -> object:
+    if not conn.poll(NODE_TIMEOUT):
+        raise RuntimeError(f"a node process did not answer in {NODE_TIMEOUT:.0f} s")
+    return conn.recv()
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| backend | MTU | TCP Gbit/s (underlay) | ratio | ping p50 ms (underlay) | ratio"
-        + " | ping p99 ms (underlay) | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | MTU | TCP Gbit/s (underlay) | ratio | CPU s/GB (underlay)"
+        + " | ping p50 ms (underlay) | ping p99 ms (underlay) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         u, o = r.underlay, r.overlay
         lines.append(
             f"| {r.backend} | {r.mtu} | {o.gbps:.2f} ({u.gbps:.2f}) | {o.gbps / u.gbps:.2f} | "
-            f"{o.ping_p50_ms:.3f} ({u.ping_p50_ms:.3f}) | {o.ping_p50_ms / u.ping_p50_ms:.2f} | "
-            f"{o.ping_p99_ms:.3f} ({u.ping_p99_ms:.3f}) | {o.ping_p99_ms / u.ping_p99_ms:.2f} |"
+            f"{o.cpu_s_per_gb:.2f} ({u.cpu_s_per_gb:.2f}) | "
+            f"{o.ping_p50_ms:.3f} ({u.ping_p50_ms:.3f}) | {o.ping_p99_ms:.3f} ({u.ping_p99_ms:.3f}) |"
         )
+    lines += [f"\n{r.backend} datapath {r.datapath}" for r in results if r.datapath]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="vxlan,host-gw,udp")
+    parser.add_argument("--backends", default="vxlan,host-gw,udp-plain,udp")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     prefix = "pfb" + uuid.uuid4().hex[:5]
+    facts = machine_facts()
     results = [
         run_backend(kind, prefix, args.runs, args.seconds) for kind in args.backends.split(",")
     ]
-    text = table(results)
+    facts = finish_facts(facts)
+    text = table(results) + (
+        f"\nload average at start {facts['loadavg_at_start']}, at end {facts['loadavg_at_end']}"
+        f" ({facts['nproc']} CPUs, shared)\n"
+    )
     sys.stdout.write(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 
 from cni.errors import INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, CniError
+from cni.files import UnreadableFile, read_regular
 from cni.stdin_config import is_valid_name
 
+# A cached config is the rendered delegate config: a few hundred bytes.
+MAX_CACHED_CONFIG = 1024 * 1024
 # NAME_MAX: a longer ID could not be a file name in the cache directory.
 MAX_CONTAINER_ID = 255
 
@@ -83,15 +86,13 @@ class ScratchCache:
     def load(self, container_id: str) -> bytes | None:
         """The cached config, or None if there is none."""
         try:
-            fd = os.open(self.path(container_id), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return read_regular(self.path(container_id), MAX_CACHED_CONFIG, os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
-        except OSError as err:
+        except (OSError, UnreadableFile) as err:
             raise CniError(
                 IO_FAILURE, f"failed to read cached delegate config for {container_id}", str(err)
             ) from None
-        with os.fdopen(fd, "rb") as stream:
-            return stream.read()
 
     def remove(self, container_id: str) -> None:
         """Forget ``container_id``; a missing file is fine (DEL is idempotent)."""

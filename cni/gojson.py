@@ -39,10 +39,27 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"invalid JSON value {name}")
 
 
+def _float64(text: str) -> float:
+    """A JSON number as Go's float64; one outside its range is an error, as in Go."""
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"cannot unmarshal number {text} into a float64")
+    return number
+
+
 def loads(data: bytes) -> object:
-    """Decode JSON text; every number becomes a float as in Go. Raises ValueError."""
+    """Decode JSON text; every number becomes a float as in Go. Raises ValueError.
+
+    Nesting deeper than the interpreter's recursion limit is a ValueError too
+    (Go's decoder stops at 10 000 levels).
+    """
     text = data.decode("utf-8", "replace")
-    return json.loads(text, parse_int=float, parse_constant=_reject_constant)
+    try:
+        return json.loads(
+            text, parse_int=_float64, parse_float=_float64, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: object) -> bytes:

@@ -157,7 +157,7 @@ def is_error_json(output: bytes) -> bool:
     """Whether a plugin's stdout is a CNI error result (an object with a numeric code)."""
     try:
         body = json.loads(output)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return False
     return (
         isinstance(body, dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cni import cidr
 from cni.errors import INTERNAL, IO_FAILURE, TRY_AGAIN_LATER, CniError
+from cni.files import UnreadableFile, read_regular
 from cni.record import Record
 
 TYPE_CHECKING = False
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 _MAX_MTU = 2**32 - 1
+# flanneld writes about 150 bytes; the cap keeps a wrong subnetFile (a log,
+# a device) from being read whole by a plugin that runs as root.
+MAX_SUBNET_FILE = 64 * 1024
 
 
 class SubnetEnv(Record):
@@ -141,8 +145,9 @@ def parse_subnet_env(text: str, path: str) -> SubnetEnv:
 def load_subnet_env(path: str) -> SubnetEnv:
     """Read and parse the subnet.env that flanneld writes on this node."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            text = stream.read()
+        data = read_regular(path, MAX_SUBNET_FILE)
+    except UnreadableFile as err:
+        raise CniError(IO_FAILURE, f"failed to load flannel 'subnet.env' file: {err}") from None
     except FileNotFoundError as err:
         raise CniError(
             TRY_AGAIN_LATER,
@@ -156,4 +161,4 @@ def load_subnet_env(path: str) -> SubnetEnv:
             f"failed to load flannel 'subnet.env' file: open {path}: {err.strerror}."
             " Check the flannel pod log for this node.",
         ) from None
-    return parse_subnet_env(text, path)
+    return parse_subnet_env(data.decode("utf-8", "replace"), path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -37,10 +38,10 @@ from flanneld.loop import (
 )
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
-from flanneld.netconf_check import NetConfWatcher
+from flanneld.netconf_check import Mode, NetConfWatcher, verify
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import DataplaneError, StopRequested
+from subnet.errors import DataplaneError, StopRequested, StoreError
 from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 BR_NETFILTER_V4 = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 JOIN_TIMEOUT = 5.0
 NETCONF_POLL = 5.0
+STORE_GRACE = 10.0  # seconds of failing lease watch before /readyz says not ready
+STORE_TOPIC = "store"
 
 
 def build_manager(
@@ -124,11 +127,11 @@ def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -
     return ext
 
 
-def backend_entry(config: NetConfig) -> BackendEntry:
-    """The backend net-conf.json names, its options checked before anything is touched."""
-    entry = lookup(config.backend.type)
-    entry.options(config.backend)
-    return entry
+def backend_entry(config: NetConfig, mode: Mode) -> BackendEntry:
+    """The backend net-conf.json names, the config checked (as the validator does)
+    before anything is touched."""
+    verify(config, mode)
+    return lookup(config.backend.type)
 
 
 def make_backend(
@@ -183,7 +186,7 @@ class Parts:
     manager: Callable[
         [Flags, subnetfile.PreviousRun, threading.Event], SubnetManager
     ] = build_manager
-    backend: Callable[[NetConfig], BackendEntry] = backend_entry
+    backend: Callable[[NetConfig, Mode], BackendEntry] = backend_entry
     netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
     rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
     kernel_watch: KernelWatchFactory = KernelWatch
@@ -261,7 +264,7 @@ class Daemon:
         previous = subnetfile.read_previous_run(flags.subnet_file)
         manager = self._manager = parts.manager(flags, previous, stop)
         config = get_network_config(manager, stop, metrics.record_store_error)
-        entry = parts.backend(config)
+        entry = parts.backend(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
         backend = make_backend(flags, manager, config, entry, parts.netlink(), stop,
                                metrics.record_store_error)
@@ -291,6 +294,41 @@ class Daemon:
             self._manager.close()
         if self._server is not None:
             self._server.stop()
+
+
+class StoreStatus:
+    """What the lease watch reports about the store, shown where operators look.
+
+    Each failure counts in ``flannel_store_errors_total`` and is a detail on
+    /readyz at once; once the store has kept failing for STORE_GRACE seconds
+    (longer than an etcd restart or leader election), /readyz answers 503
+    until the watch works again.
+    """
+
+    def __init__(
+        self, health: HealthState, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._health = health
+        self._metrics = metrics
+        self._clock = clock
+        self._since: float | None = None
+
+    def __call__(self, error: StoreError | None) -> None:
+        if error is None:
+            if self._since is not None:
+                log.info("the subnet store works again")
+            self._since = None
+            self._health.set_detail(STORE_TOPIC, None)
+            return
+        self._metrics.record_store_error()
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        failing = now - self._since
+        self._health.set_detail(
+            STORE_TOPIC, f"subnet store failing for {failing:.0f}s: {error}",
+            blocking=failing >= STORE_GRACE,
+        )
 
 
 class Node:
@@ -350,7 +388,8 @@ class Node:
         flags, metrics = self._flags, self._metrics
         margin = timedelta(minutes=flags.subnet_lease_renew_margin)
         threads: list[threading.Thread] = [
-            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error),
+            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error,
+                    StoreStatus(self._health, metrics)),
             Renewer(self._manager, holder, margin, stop, metrics.set_lease_expiry,
                     metrics.record_store_error),
             Periodic("traffic-rules-resync", flags.iptables_resync,

@@ -36,7 +36,7 @@ from flanneld.loop_state import (
 from flanneld.peertable import PeerTable
 from subnet.errors import FlannelError, LeaseError, StopRequested, StoreError
 from subnet.lease import Lease
-from subnet.manager import LeaseMessage, SubnetManager
+from subnet.manager import LeaseMessage, StoreReport, SubnetManager, ignore_store_report
 from subnet.netconf import NetConfig
 from subnet.retry import Backoff, wait
 
@@ -78,6 +78,15 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def log_failure(what: str, err: Exception, retry_in: float) -> None:
+    """One ERROR line for a failure a thread survives; the traceback only for a bug."""
+    if isinstance(err, FlannelError):
+        log.error("%s failed: %s (retrying in %.1fs)", what, err, retry_in)
+    else:
+        log.error("%s failed unexpectedly: %r (retrying in %.1fs)", what, err, retry_in,
+                  exc_info=err)
 
 
 def _ignore() -> None:
@@ -148,10 +157,10 @@ class Renewer(threading.Thread):
                 continue
             try:
                 renewed = self._manager.renew_lease(lease)
-            except FlannelError as err:
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
                 self._on_error()
                 delay = backoff.next_delay()
-                log.warning("renewing lease %s failed: %s (retrying in %.0fs)", lease.key, err, delay)
+                log_failure(f"renewing lease {lease.key}", err, delay)
                 if wait(self._stop_event, delay):
                     return
                 continue
@@ -183,22 +192,24 @@ class Watcher(threading.Thread):
         sink: Callable[[LeaseMessage], None],
         stop: threading.Event,
         on_error: Callable[[], None] = _ignore,
+        report: StoreReport = ignore_store_report,
     ) -> None:
         super().__init__(name="lease-watcher", daemon=True)
         self._manager = manager
         self._sink = sink
         self._stop_event = stop
         self._on_error = on_error
+        self._report = report
 
     def run(self) -> None:
         backoff = Backoff(1.0, 30.0)
         while not self._stop_event.is_set():
             try:
-                self._manager.watch_leases(self._sink, self._stop_event)
-            except FlannelError as err:
+                self._manager.watch_leases(self._sink, self._stop_event, self._report)
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
                 self._on_error()
                 delay = backoff.next_delay()
-                log.error("lease watch failed: %s (restarting in %.1fs)", err, delay)
+                log_failure("lease watch", err, delay)
                 wait(self._stop_event, delay)
 
 
@@ -348,5 +359,5 @@ class Periodic(threading.Thread):
         while not wait(self._stop_event, self._interval):
             try:
                 self._action()
-            except FlannelError as err:
-                log.error("%s failed: %s (retrying in %.0fs)", self.name, err, self._interval)
+            except Exception as err:  # noqa: BLE001 - no input may end this thread
+                log_failure(self.name, err, self._interval)

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from backends.base import ReconcileReport
-from backends.udp_packet import Drop, ForwardStats
+from backends.udp_packet import Datapath, Drop, ForwardStats
 from flanneld.health import Handler, Response
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot
 
@@ -159,12 +159,27 @@ class _UdpCollector:
             "Packets the udp backend dropped, by direction and reason.",
             labels=["direction", "reason"],
         )
+        batches = CounterMetricFamily(
+            "flannel_udp_batches",
+            "Offload path: UDP GSO sends (tun_to_udp) and TCP super-frames written to the TUN"
+            " (udp_to_tun).",
+            labels=["direction"],
+        )
+        path = GaugeMetricFamily(
+            "flannel_udp_datapath",
+            "1 for the packet loop the udp forwarder runs: offload (UDP GSO and GRO, merged TUN"
+            " writes) or plain (one system call per packet).",
+            labels=["path"],
+        )
         for direction, counts in (("tun_to_udp", stats.tx), ("udp_to_tun", stats.rx)):
             packets.add_metric([direction], counts.packets)
             octets.add_metric([direction], counts.bytes)
+            batches.add_metric([direction], counts.batches)
             for reason in Drop:
                 dropped.add_metric([direction, reason.value], counts.dropped[reason])
-        yield from (packets, octets, dropped)
+        for kind in Datapath:
+            path.add_metric([kind.value], 1 if stats.path is kind else 0)
+        yield from (packets, octets, dropped, batches, path)
 
 
 def metrics_handler(metrics: Metrics) -> Handler:

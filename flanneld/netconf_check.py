@@ -1,8 +1,9 @@
 """What a net-conf.json means to the daemon: checking it, describing it, noticing edits.
 
-``check`` is what ``flannelctl netconf validate`` prints and what the
-daemon applies to an edited ConfigMap: parse, then (etcd mode) derive the
-subnet ranges, then read the backend's options.  A valid edit of a running
+``verify`` is the one verdict: the daemon applies it at start-up and to an
+edited ConfigMap, and ``flannelctl netconf validate`` prints it (parse, then
+(etcd mode) derive the subnet ranges, then the backend's options and the
+address families it runs).  A valid edit of a running
 daemon's config is reported as needing a restart (upstream reads the file
 once); an invalid one is reported and the running config is kept.
 """
@@ -36,8 +37,17 @@ class NetConfReport:
 
 
 def check(text: str | bytes, mode: Mode) -> NetConfReport:
-    """Everything the daemon would check at start-up; ConfigError with the first problem."""
-    config = parse_net_config(text)
+    """Parse, then :func:`verify`; ConfigError with the first problem."""
+    return verify(parse_net_config(text), mode)
+
+
+def verify(config: NetConfig, mode: Mode) -> NetConfReport:
+    """The one verdict on a net-conf.json, for the daemon's start-up and for the validator.
+
+    ConfigError with the first problem: no address family, the subnet ranges
+    (etcd mode), a missing Network (kube mode), the backend's type, options
+    and address families.
+    """
     if not config.enable_ipv4 and not config.enable_ipv6:
         raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
     ranges = subnet_ranges(config) if mode == "etcd" else None
@@ -48,7 +58,9 @@ def check(text: str | bytes, mode: Mode) -> NetConfReport:
         ):
             if enabled and network is None:
                 raise ConfigError(f"{key} is required when its address family is enabled")
-    options = lookup(config.backend.type).options(config.backend)
+    entry = lookup(config.backend.type)
+    options = entry.options(config.backend)
+    entry.accepts(config)
     return NetConfReport(config, ranges, options)
 
 

@@ -30,11 +30,25 @@ def in_range(subnet: IPNetwork, rng: SubnetRange) -> bool:
     )
 
 
+def can_be_peer(subnet: IPNetwork, rng: SubnetRange) -> bool:
+    """Could a lease on ``subnet`` be a working peer anywhere in this network?
+
+    A subnet that covers the whole Network (``10.244.0.0-16`` in a /16)
+    overlaps every node's own subnet, so every node refuses it as a peer;
+    it blocks nothing either.
+    """
+    return not (subnet.version == rng.network.version
+                and subnet.prefixlen <= rng.network.prefixlen
+                and subnet.overlaps(rng.network))
+
+
 def free_subnets(
     rng: SubnetRange, taken: Iterable[IPNetwork], limit: int = MAX_CANDIDATES
 ) -> list[IPNetwork]:
-    """Up to ``limit`` subnets of the range that overlap nothing taken."""
-    same_family = [t for t in taken if t.version == rng.network.version]
+    """Up to ``limit`` subnets of the range that overlap no taken subnet that could be a peer."""
+    same_family = [
+        t for t in taken if t.version == rng.network.version and can_be_peer(t, rng)
+    ]
     exact = {int(t.network_address) for t in same_family if t.prefixlen == rng.subnet_len}
     odd = [t for t in same_family if t.prefixlen != rng.subnet_len]
     found: list[IPNetwork] = []

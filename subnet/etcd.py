@@ -14,7 +14,12 @@ from upstream:
   an ``http://`` endpoint ignores are warned about (upstream is silent);
 * peers' leases carry no expiration (nothing consumes it, and looking it up
   costs one TimeToLive call per key); etcd deletes expired keys and the
-  watch reports that as LeaseRemoved.
+  watch reports that as LeaseRemoved;
+* a value that does not parse (or is over 64 KiB) is reported as
+  LeaseRemoved, as a re-list sees it, and our own lease found so is written
+  again;
+* the list is read in pages at one revision and the gRPC receive limit is
+  etcd's own send limit, so no value etcd accepts stops list or watch.
 
 This is the only module that imports the etcd client (``pyetcd``); its
 exceptions and gRPC's are translated to :mod:`subnet.errors` here.
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -49,7 +55,15 @@ from subnet.errors import (
     SubnetsExhaustedError,
     WatchExpiredError,
 )
-from subnet.etcd_state import ClaimPrevious, Exhausted, ListedLease, Reuse, decide, held_by
+from subnet.etcd_state import (
+    ClaimPrevious,
+    Exhausted,
+    ListedLease,
+    Repair,
+    Reuse,
+    decide,
+    held_by,
+)
 from subnet.keyrange import prefix_range_end
 from subnet.lease import (
     Lease,
@@ -59,7 +73,15 @@ from subnet.lease import (
     parse_subnet_key,
     subnet_key,
 )
-from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Sink, Snapshot
+from subnet.manager import (
+    LeaseAdded,
+    LeaseMessage,
+    LeaseRemoved,
+    Sink,
+    Snapshot,
+    StoreReport,
+    ignore_store_report,
+)
 from subnet.netconf import NetConfig, SubnetRange, parse_net_config, subnet_ranges
 from subnet.retry import Backoff
 
@@ -78,11 +100,19 @@ FAILOVER_PAUSE = 1.0  # seconds a failed endpoint is skipped when there are othe
 RETRY_MAX = 2.0
 # gRPC's own reconnect backoff grows to 120 s; while it waits, every call fails
 # at once.  Capped at 1 s, so a watch resumes soon after an etcd outage.
+# etcd sends up to 2 GiB - 1 in one message (its gRPC send limit), and so
+# much is what etcd's Go client accepts; gRPC's default of 4 MiB made three
+# 1.4 MB lease values fail every list with RESOURCE_EXHAUSTED.
+MAX_RECEIVE = 2**31 - 1
 GRPC_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
 )
+# Keys per range request when listing leases: a page holds at most this many
+# values, however many nodes there are.
+LIST_PAGE = 200
 
 T = TypeVar("T")
 
@@ -176,6 +206,7 @@ class EtcdSubnetManager:
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
         self._need_login = bool(settings.username)
+        self._told_auth_off = False
         self._endpoint_count = len(settings.endpoints)
         self._client = _make_client(settings, rpc_timeout)  # validates the endpoints
         # host:port only: an endpoint URL could carry credentials
@@ -240,7 +271,9 @@ class EtcdSubnetManager:
         self._revoke(meta.lease_id)
         return lease.with_expiration(expiration)
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         revision = 0  # last revision whose events were delivered; 0: list first
         failures = 0  # in a row; only the first of an outage is a WARNING
@@ -254,6 +287,7 @@ class EtcdSubnetManager:
                 if failures:
                     log.info("lease watch resumed after %d failed attempts", failures)
                     failures = 0
+                    report(None)
                 for message, revision in self._events(watch_id, responses, stop):
                     sink(message)
             except WatchExpiredError as err:
@@ -262,6 +296,7 @@ class EtcdSubnetManager:
             except StoreError as err:
                 delay = backoff.next_delay()
                 failures += 1
+                report(err)
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "lease watch failed: %s; reconnecting in %.1fs", err, delay,
@@ -316,6 +351,8 @@ class EtcdSubnetManager:
             )
             if not self._delete_if_unchanged(decision.stale):
                 return None
+        if isinstance(decision, Repair):
+            return self._repair(decision.lease, attrs)
         if isinstance(decision, Exhausted):
             raise SubnetsExhaustedError(decision.reason)
         if isinstance(decision, ClaimPrevious):
@@ -334,6 +371,17 @@ class EtcdSubnetManager:
         self._revoke(entry.etcd_lease)
         lease = Lease(entry.v4, entry.v6, attrs, expiration)
         log.info("reusing lease %s of this host (%s)", lease.key, attrs.public_ip)
+        return lease
+
+    def _repair(self, entry: ListedLease, attrs: LeaseAttrs) -> Lease | None:
+        """Write our lease again over an unreadable value (unless it changes meanwhile)."""
+        compare = self._client.transactions.mod(entry.key) == entry.mod_revision
+        ok, expiration = self._put(entry.key, attrs, compare, ttl_less=False)
+        if not ok:
+            return None
+        self._revoke(entry.etcd_lease)
+        lease = Lease(entry.v4, entry.v6, attrs, expiration)
+        log.warning("our lease %s held an unreadable value; wrote it again", lease.key)
         return lease
 
     def _create(self, lease: Lease) -> Lease | None:
@@ -392,24 +440,39 @@ class EtcdSubnetManager:
     # --- listing and watching ------------------------------------------------------
 
     def _list(self) -> tuple[list[ListedLease], int]:
-        """Every parseable key under subnets/ and the store revision of the read."""
-        resp = self._rpc(lambda: self._client.get_prefix_response(self._subnets))
+        """Every parseable key under subnets/ and the store revision of the read.
+
+        Read in pages of LIST_PAGE keys, all at the revision of the first page,
+        so one answer never has to hold every value at once.
+        """
         entries = []
-        for kv in resp.kvs:
-            try:
-                v4, v6 = self._parse_key(kv.key)
-            except PeerDataError as err:
-                self._warn_once(kv.key, kv.mod_revision, err)
-                continue
-            try:
-                attrs: LeaseAttrs | None = decode_attrs(kv.value)
-            except PeerDataError as err:
-                self._warn_once(kv.key, kv.mod_revision, err)
-                attrs = None
-            entries.append(
-                ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
+        start, end = self._subnets.encode(), prefix_range_end(self._subnets.encode())
+        revision = 0
+        while True:
+            resp = self._rpc(
+                partial(
+                    self._client.get_range_response, start, end, limit=LIST_PAGE,
+                    revision=revision or None,
+                )
             )
-        return entries, int(resp.header.revision)
+            revision = revision or int(resp.header.revision)
+            for kv in resp.kvs:
+                try:
+                    v4, v6 = self._parse_key(kv.key)
+                except PeerDataError as err:
+                    self._warn_once(kv.key, kv.mod_revision, err)
+                    continue
+                try:
+                    attrs: LeaseAttrs | None = decode_attrs(kv.value)
+                except PeerDataError as err:
+                    self._warn_once(kv.key, kv.mod_revision, err)
+                    attrs = None
+                entries.append(
+                    ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
+                )
+            if not resp.more or not resp.kvs:
+                return entries, revision
+            start = resp.kvs[-1].key + b"\0"
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()
@@ -462,14 +525,20 @@ class EtcdSubnetManager:
     def _event_message(self, event: Any) -> LeaseMessage | None:
         try:
             v4, v6 = self._parse_key(event.key)
-            key = subnet_key(v4, v6)
-            if isinstance(event, DeleteEvent):
-                return LeaseRemoved(key)
-            attrs = decode_attrs(event.value)
-            return LeaseAdded(Lease(v4, v6, attrs, claim_order=float(event.create_revision)))
         except PeerDataError as err:
             self._warn_once(event.key, int(event.mod_revision), err)
             return None
+        key = subnet_key(v4, v6)
+        if isinstance(event, DeleteEvent):
+            return LeaseRemoved(key)
+        try:
+            attrs = decode_attrs(event.value)
+        except PeerDataError as err:
+            # The key no longer holds a usable lease: as after a deletion (and as
+            # a re-list sees it); for our own key, the daemon writes it again.
+            self._warn_once(event.key, int(event.mod_revision), err)
+            return LeaseRemoved(key)
+        return LeaseAdded(Lease(v4, v6, attrs, claim_order=float(event.create_revision)))
 
     def _cancel_watch(self, watch_id: int) -> None:
         try:  # not through _rpc: close() cancels after marking the manager closed
@@ -517,7 +586,21 @@ class EtcdSubnetManager:
     def _login(self) -> None:
         request = AuthenticateRequest(name=self.settings.username, password=self.settings.password)
         with self._login_lock:
-            response = _call(lambda: self._client.authstub.Authenticate(request, self._timeout))
+            try:
+                response = self._client.authstub.Authenticate(request, self._timeout)
+            except grpc.RpcError as err:
+                # etcd answers FAILED_PRECONDITION to Authenticate only when auth is
+                # off (ErrGRPCAuthNotEnabled); etcd's Go client then goes on without.
+                if _code(err) != grpc.StatusCode.FAILED_PRECONDITION:
+                    _translate(err)
+                self._need_login = False
+                if not self._told_auth_off:
+                    self._told_auth_off = True
+                    log.warning(
+                        "etcd at %s has authentication disabled: --etcd-username and "
+                        "--etcd-password are not needed; going on without them", self._where,
+                    )
+                return
             # The token travels as plain metadata, as etcd's own client sends it;
             # gRPC call credentials would demand TLS.
             self._client.metadata = (("token", response.token),)

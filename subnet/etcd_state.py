@@ -1,10 +1,11 @@
 """Which subnet the etcd manager tries to claim: a pure decision over the listed leases.
 
-Upstream's order: a lease already held
-by our public IP is reused if the network config could have handed it out
-(else it is deleted); then our previous subnet (subnet.env, or the lease we
-held before it vanished) if it is still free and fits; else a random free
-one.  ``decide`` makes that choice from one listing; ``EtcdSubnetManager``
+Upstream's order: a lease already held by our public IP is reused if the
+network config could have handed it out (else it is deleted); then our
+previous subnet (subnet.env, or the lease we held before it vanished) if it
+is still free and fits; else a random free one.  Added here: when our
+previous subnet's key holds a value that no longer parses (overwritten with
+garbage), it is written again.  ``decide`` makes that choice from one listing; ``EtcdSubnetManager``
 (etcd.py) carries it out with compare-and-swap transactions and lists again
 when another writer got in first.
 """
@@ -62,6 +63,14 @@ class ClaimFree:
 
 
 @dataclass(frozen=True, slots=True)
+class Repair:
+    """Write our lease again over our previous subnet's key, whose value is unreadable."""
+
+    lease: ListedLease
+    stale: ListedLease | None
+
+
+@dataclass(frozen=True, slots=True)
 class Exhausted:
     """Every subnet of the range is leased."""
 
@@ -69,7 +78,7 @@ class Exhausted:
     stale: ListedLease | None
 
 
-Acquisition = Reuse | ClaimPrevious | ClaimFree | Exhausted
+Acquisition = Reuse | Repair | ClaimPrevious | ClaimFree | Exhausted
 
 
 def decide(
@@ -92,6 +101,9 @@ def decide(
             return Reuse(mine)
         stale = mine
         listed = [e for e in listed if e is not mine]
+    damaged = _unreadable_at(listed, previous)
+    if damaged is not None:
+        return Repair(damaged, stale)
     taken4: list[IPNetwork] = [e.v4 for e in listed]
     taken6: list[IPNetwork] = [e.v6 for e in listed if e.v6 is not None]
     v4, v6 = previous
@@ -110,6 +122,15 @@ def decide(
     except SubnetsExhaustedError as err:
         return Exhausted(str(err), stale)
     return ClaimFree(new4, new6, stale, passed_over=v4)
+
+
+def _unreadable_at(
+    listed: list[ListedLease], subnets: tuple[IPv4Network | None, IPv6Network | None]
+) -> ListedLease | None:
+    """The key of ``subnets`` (our previous lease) if its value no longer parses."""
+    if subnets[0] is None:
+        return None
+    return next((e for e in listed if e.attrs is None and (e.v4, e.v6) == subnets), None)
 
 
 def held_by(listed: list[ListedLease], public_ip: IPv4Address) -> ListedLease | None:

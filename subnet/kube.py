@@ -71,7 +71,7 @@ from subnet.kube_state import (
     vtep_mac_from_backend_data,
 )
 from subnet.lease import Lease, LeaseAttrs
-from subnet.manager import Sink, Snapshot
+from subnet.manager import Sink, Snapshot, StoreReport, ignore_store_report
 from subnet.netconf import NetConfig, parse_net_config
 from subnet.retry import Backoff
 
@@ -173,7 +173,7 @@ class _HostPin:
 def _status_message(err: Any) -> str:
     try:
         doc = json.loads(err.body or "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
@@ -202,7 +202,7 @@ def _json_response(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
         doc = json.loads(resp.data)
     except (urllib3.exceptions.HTTPError, OSError) as err:
         raise StoreError(f"{what}: {err}") from err
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"{what}: the response is not JSON: {err}") from err
     finally:
         resp.release_conn()
@@ -335,7 +335,9 @@ class KubeSubnetManager:
         """Kube leases (pod CIDRs) do not expire: nothing to do."""
         return lease
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         """Snapshot of every flannel-managed Node's lease, then their changes."""
         cfg = self.get_network_config()
         state = _WatchState()
@@ -349,7 +351,7 @@ class KubeSubnetManager:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    self._list_and_watch(cfg, sink, stop, state)
+                    self._list_and_watch(cfg, sink, stop, state, report)
                 except WatchExpiredError as err:
                     if stop.is_set():
                         break
@@ -361,6 +363,7 @@ class KubeSubnetManager:
                     if time.monotonic() - started > 10 * self.timings.backoff_max:
                         backoff.reset()  # it worked for a while: start over
                     delay = backoff.next_delay()
+                    report(err)
                     log.warning("Kubernetes API failure (%s); listing nodes again in %.1f s",
                                 err, delay)
                     stop.wait(delay)
@@ -505,7 +508,8 @@ class KubeSubnetManager:
         return True, lease
 
     def _list_and_watch(
-        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState
+        self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
+        report: StoreReport,
     ) -> None:
         rv, nodes = self._list_nodes()
         table = NodeLeaseTable()
@@ -514,6 +518,7 @@ class KubeSubnetManager:
             if usable:
                 table.set(node_name_of(node), lease)
         sink(Snapshot(table.leases()))
+        report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
                  len(nodes), len(table.leases()), rv)
         while not stop.is_set():
@@ -620,7 +625,7 @@ def _events(resp: Any) -> Iterator[JSON]:
 def _event(line: bytes) -> JSON:
     try:
         doc = json.loads(line)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise StoreError(f"node watch sent a line that is not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise StoreError("node watch sent an event that is not an object")

@@ -130,13 +130,23 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+# A real lease value is about 200 bytes; anything this large is not one, and
+# is refused before it is parsed.
+MAX_LEASE_VALUE = 64 * 1024
+
+
 def compact_json(value: Any) -> str:
     """JSON text without spaces, as Go's encoder compacts a RawMessage."""
     return json.dumps(value, separators=(",", ":"))
 
 
 def decode_attrs(text: str | bytes) -> LeaseAttrs:
-    """Parse a lease value; PeerDataError on anything malformed."""
+    """Parse a lease value; PeerDataError on anything malformed or over MAX_LEASE_VALUE."""
+    if len(text) > MAX_LEASE_VALUE:
+        raise PeerDataError(
+            f"lease value is {len(text)} bytes, more than any lease needs (at most "
+            f"{MAX_LEASE_VALUE})"
+        )
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # too deep: RecursionError

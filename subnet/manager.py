@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from subnet.errors import StoreError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import NetConfig
 
@@ -40,6 +41,13 @@ class Snapshot:
 
 LeaseMessage: TypeAlias = LeaseAdded | LeaseRemoved | Snapshot
 Sink: TypeAlias = Callable[[LeaseMessage], None]
+# What a watch tells about the store: the error of each failed attempt, then
+# None once it works again (the daemon shows it on /readyz and in /metrics).
+StoreReport: TypeAlias = Callable[[StoreError | None], None]
+
+
+def ignore_store_report(_error: StoreError | None) -> None:
+    """The default StoreReport: nobody listens."""
 
 
 class SubnetManager(Protocol):
@@ -74,11 +82,14 @@ class SubnetManager(Protocol):
         """Release connections; leases stay in the store."""
         ...
 
-    def watch_leases(self, sink: Sink, stop: threading.Event) -> None:
+    def watch_leases(
+        self, sink: Sink, stop: threading.Event, report: StoreReport = ignore_store_report
+    ) -> None:
         """Report every lease (ours included) to ``sink`` until ``stop`` is set.
 
         Starts with a Snapshot and sends a new Snapshot after any gap
         (reconnect, compaction, 410 Gone).  Survives store outages by
-        itself; returns only when ``stop`` is set.
+        itself, telling ``report`` each failure and the recovery; returns
+        only when ``stop`` is set.
         """
         ...

@@ -104,6 +104,8 @@ def parse_net_config(text: str | bytes) -> NetConfig:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
         raise ConfigError(f"net-conf.json is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ConfigError("net-conf.json is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ConfigError("net-conf.json must be a JSON object")
     values: dict[str, Any] = {}
@@ -254,4 +256,8 @@ def _family_range(
     for key, addr in ((rules.min_key, lo), (rules.max_key, hi)):
         if int(addr) % size:
             raise ConfigError(f"{key} is not on a SubnetLen boundary: {addr}")
+    if int(lo) > int(hi):  # upstream accepts it and then finds no free subnet
+        raise ConfigError(
+            f"{rules.min_key} {lo} is above {rules.max_key} {hi}: there is no subnet to lease"
+        )
     return SubnetRange(network, subnet_len, lo, hi)

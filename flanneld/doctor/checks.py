@@ -114,6 +114,12 @@ def check_config_pending(obs: Observations) -> CheckResult:
 
 def check_lease(obs: Observations, ctx: Context) -> CheckResult:
     name = "lease"
+    if obs.store.config is None:
+        return CheckResult(
+            "daemon", name, Status.FAIL, f"cannot read the lease store: {obs.store.error}",
+            "give doctor flanneld's own store flags (or FLANNELD_* variables) and check that "
+            "etcd / the API server is reachable from this node",
+        )
     if ctx.own is None:
         return CheckResult(
             "daemon", name, Status.FAIL, ctx.problem,

@@ -46,6 +46,8 @@ def add_doctor_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         "doctor", help="find what breaks pod networking on this node and name the fix",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
+        usage="flannelctl doctor [--json] [--timeout S] [--cni-conf-dir DIR] "
+        "[-- FLANNELD_FLAG ...]",
     )
     add_doctor_arguments(doctor)
     doctor.add_argument(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import fcntl
 import ipaddress
 import json
@@ -93,6 +94,7 @@ def settings_of(options: Options) -> Settings:
         renew_margin_s=flags.subnet_lease_renew_margin * 60.0,
         cni_conf_dir=options.cni_conf_dir,
         node_name=options.environ.get("NODE_NAME", ""),
+        in_pod=bool(options.environ.get("KUBERNETES_SERVICE_HOST")),
     )
 
 
@@ -319,7 +321,7 @@ def read_cni_dir(path: str) -> CniDir:
     try:
         names = sorted(os.listdir(path))
     except OSError as err:
-        return CniDir(path, error=err.strerror or str(err))
+        return CniDir(path, error=err.strerror or str(err), missing=err.errno == errno.ENOENT)
     types: dict[str, tuple[str, ...]] = {}
     for name in names:
         if not name.endswith(CNI_EXTENSIONS):

@@ -317,6 +317,10 @@ def check_checksum_offload(obs: Observations, prof: Profile | None) -> CheckResu
 def check_cni_config(obs: Observations) -> CheckResult:
     name = "CNI config"
     cni = obs.cni
+    if cni.missing and obs.settings.in_pod:
+        return CheckResult("host", name, Status.SKIP,
+                           f"{cni.path} is not mounted in this pod: pass --cni-conf-dir with "
+                           "a mount of the host's directory, or run doctor on the host")
     if cni.error:
         return CheckResult("host", name, Status.FAIL, f"{cni.path}: {cni.error}",
                            "install flannel's conflist (kube-flannel.yml's install-cni "

@@ -63,6 +63,7 @@ class Settings:
     renew_margin_s: float
     cni_conf_dir: str
     node_name: str = ""  # kube mode
+    in_pod: bool = False  # run inside a pod (the host's CNI directory is usually not mounted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ class CniDir:
     files: tuple[str, ...] = ()
     types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     error: str = ""
+    missing: bool = False  # the directory does not exist
 
 
 @dataclass(frozen=True, slots=True)

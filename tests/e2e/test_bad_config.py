@@ -33,6 +33,10 @@ def in_netns(ns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProce
         ('{"Network": "10.244.0.0/16", "Backend": {"Type": "carrier-pigeon"}}',
          "unknown backend type: carrier-pigeon"),
         ('{"Network": ', "not valid JSON"),
+        ('{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", "Mode": "mesh"}}',
+         "no valid Mode configured"),
+        ('{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", "PSK": "c2VjcmV0"}}',
+         "could not parse psk: key is 6 bytes, not 32; PSK must be base64 of 32 bytes"),
     ],
 )
 def test_bad_net_conf_exits_non_zero_with_the_reason(

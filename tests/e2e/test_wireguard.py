@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,8 @@ from backends.wgsandbox import SOCKET_DIR
 from backends.wireguard_state import DEVICE
 from backends.wireguard_uapi import UapiClient, UapiError
 from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.topology import netns_argv
+from flanneld.lab.layout import HEALTHZ_PORT, node_paths
+from flanneld.lab.topology import netns_argv, run_in_netns
 from tests.conftest import RUN_PREFIX, needs_root
 from tests.waiting import wait_pinging, wait_until
 
@@ -162,6 +164,28 @@ def test_matrix_and_underlay_capture(lab: Lab, tmp_path: Path) -> None:
         assert str(LISTEN_PORT) in (source[1], target[1]), line
         assert "10.244." not in line, line
     figure("underlay packets captured (all UDP 51820 between nodes)", len(text))
+
+
+def test_private_key_is_never_logged_or_served(lab: Lab) -> None:
+    path = node_paths(lab.plan, lab.plan.node("n1")).wireguard_key
+    assert os.stat(path).st_mode & 0o777 == 0o400
+    with open(path, encoding="ascii") as fh:
+        private = fh.read().strip()
+    hexed = base64.b64decode(private).hex()
+
+    def served(page: str) -> str:
+        url = f"http://127.0.0.1:{HEALTHZ_PORT}{page}"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return str(resp.read().decode(errors="replace"))
+
+        return run_in_netns(lab.plan.node("n1").netns, get)
+
+    pages = served("/readyz") + served("/metrics")
+    assert "lease" in pages and "flannel" in pages  # the pages were really read
+    for text in (lab.logs("n1"), pages):
+        assert private not in text and hexed not in text
 
 
 # --- faults ---------------------------------------------------------------------------------

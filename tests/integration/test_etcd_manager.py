@@ -635,6 +635,7 @@ def test_bad_keys_and_values_are_skipped_and_logged_once(
 
     assert set(by_key(watch.expect(Snapshot).leases)) == {"10.5.9.0-24"}
     etcd.put(SUBNETS + "10.5.6.0-24", "{broken")
+    assert watch.expect(LeaseRemoved).key == "10.5.6.0-24"  # no usable lease there
     foreign(etcd, "10.5.10.0-24", "192.168.5.10")
     assert watch.expect(LeaseAdded).lease.key == "10.5.10.0-24"
     own = manager.acquire_lease(attrs("192.168.1.1"))  # lists the bad keys again

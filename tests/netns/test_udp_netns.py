@@ -23,7 +23,7 @@ import pytest
 from backends.base import ExternalInterface
 from backends.netlink import Netlink
 from backends.udp import Endpoints, UdpBackend, UdpNetwork, open_endpoints
-from backends.udp_packet import Drop
+from backends.udp_packet import Datapath, Drop
 from bench.fakes import FakeSubnetManager
 from flanneld.lab.topology import run_in_netns
 from subnet.lease import Lease, LeaseAttrs
@@ -43,13 +43,14 @@ class Node:
     third: int
     netlink: Netlink
     ext: ExternalInterface
+    offload: bool
     backend: UdpBackend | None = None
 
     def register(self) -> tuple[UdpNetwork, FakeSubnetManager]:
-        ns = self.ns
+        ns, offload = self.ns, self.offload
 
         def opener(name: str, bind: tuple[str, int]) -> Endpoints:
-            return run_in_netns(ns, lambda: open_endpoints(name, bind))
+            return run_in_netns(ns, lambda: open_endpoints(name, bind, offload))
 
         self.backend = UdpBackend(self.ext, self.netlink, CONFIG.backend, opener)
         manager = FakeSubnetManager(CONFIG, f"10.244.{self.third}.0/24")
@@ -84,10 +85,14 @@ def ping(ns: str, src: str, dst: str, count: int = 2) -> subprocess.CompletedPro
     )
 
 
-@pytest.fixture
-def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
+@pytest.fixture(params=[True, False], ids=["offload", "plain"])
+def pair(
+    request: pytest.FixtureRequest, netns_factory: Callable[[str], str]
+) -> Iterator[tuple[Node, Node]]:
+    """Two nodes, on the offload path (the default where the kernel has it) or the plain one."""
     nodes = [
-        Node(ns, third, Netlink(ns), ext) for ns, third, ext in veth_hosts(netns_factory, "ud")
+        Node(ns, third, Netlink(ns), ext, request.param)
+        for ns, third, ext in veth_hosts(netns_factory, "ud")
     ]
     try:
         yield nodes[0], nodes[1]
@@ -131,6 +136,7 @@ def test_ping_across_and_route_repair(pair: tuple[Node, Node]) -> None:
     assert ping(a.ns, "10.244.1.1", "10.244.2.1").returncode == 0
     assert ping(b.ns, "10.244.2.1", "10.244.1.1").returncode == 0
     assert net_a.forward_stats.tx.packets >= 2 and net_a.forward_stats.rx.packets >= 2
+    assert net_a.forward_stats.path is (Datapath.OFFLOAD if a.offload else Datapath.PLAIN)
     assert net_b.forward_stats.rx.packets >= 2
 
     sh("ip", "-n", a.ns, "route", "del", "10.244.0.0/16")

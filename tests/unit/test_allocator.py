@@ -114,9 +114,16 @@ def test_exhaustion_names_the_range_and_the_fix() -> None:
     assert "delete leases of dead nodes" in message
 
 
-def test_a_wider_lease_can_exhaust_the_range() -> None:
-    with pytest.raises(SubnetsExhaustedError):
-        choose_subnet(SMALL, nets("10.6.0.0/28"))
+def test_a_wider_lease_blocks_what_it_covers() -> None:
+    assert choose_subnet(SMALL, nets("10.6.0.0/29", "10.6.0.8/30")) == IPv4Network("10.6.0.12/30")
+
+
+def test_a_lease_covering_the_whole_network_blocks_nothing() -> None:
+    # Every node refuses it as a peer (it overlaps each own subnet), so the
+    # allocator must not count it either (issue 9, item 4).
+    assert choose_subnet(SMALL, nets("10.6.0.0/28", "10.6.0.4/30", "10.6.0.8/30")) == (
+        IPv4Network("10.6.0.12/30")
+    )
 
 
 @given(st.sets(st.integers(0, 255), max_size=200), st.integers(0, 2**32))

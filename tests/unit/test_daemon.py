@@ -163,7 +163,7 @@ class Rig:
 
         return Parts(
             manager=manager,
-            backend=lambda config: BackendEntry(backend, lambda _c: {}),
+            backend=lambda config, mode: BackendEntry(backend, lambda _c: {}, lambda _c: None),
             netlink=netlink,  # type: ignore[arg-type]
             rules=lambda config, flags: self.rules,
             kernel_watch=kernel_watch,

@@ -249,6 +249,15 @@ def test_no_lease_for_our_subnet_fails() -> None:
     assert check_lease(obs, context(obs)).status is Status.FAIL
 
 
+def test_unreadable_store_is_named_and_the_peer_checks_say_why_they_are_skipped() -> None:
+    obs = replace(healthy(), store=StoreView(error="etcd 10.0.0.1:2379 unreachable"))
+    result = check_lease(obs, context(obs))
+    assert result.status is Status.FAIL and "10.0.0.1:2379 unreachable" in result.found
+    assert "store flags" in result.fix
+    refused = check_refused(context(obs))
+    assert refused.status is Status.SKIP and "unreachable" in refused.found
+
+
 # --- 2. peers -------------------------------------------------------------------------------
 
 
@@ -446,6 +455,10 @@ def test_a_foreign_cni_config_sorting_first_fails() -> None:
     assert result.status is Status.FAIL and "remove /etc/cni/net.d/00-old.conf" in result.fix
     empty = check_cni_config(replace(healthy(), cni=CniDir("/etc/cni/net.d")))
     assert empty.status is Status.FAIL
+    gone = CniDir("/etc/cni/net.d", error="No such file or directory", missing=True)
+    assert check_cni_config(replace(healthy(), cni=gone)).status is Status.FAIL
+    in_pod = replace(healthy(), cni=gone, settings=replace(healthy().settings, in_pod=True))
+    assert check_cni_config(in_pod).status is Status.SKIP
 
 
 def test_cni0_with_an_old_subnet_fails() -> None:

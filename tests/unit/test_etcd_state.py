@@ -11,6 +11,7 @@ from subnet.etcd_state import (
     ClaimPrevious,
     Exhausted,
     ListedLease,
+    Repair,
     Reuse,
     decide,
     held_by,
@@ -110,9 +111,16 @@ def test_previous_subnet_taken_or_out_of_range_is_passed_over_for_a_free_one() -
 def test_a_value_that_does_not_parse_still_blocks_its_subnet() -> None:
     unreadable = listed("10.6.0.4-30", None)
     other = listed("10.6.0.8-30", "192.168.3.2")
-    decision = decide([unreadable, other], ME, (unreadable.v4, None), TINY, seeded())
+    decision = decide([unreadable, other], ME, NOTHING_BEFORE, TINY, seeded())
     assert decision == ClaimFree(IPv4Network("10.6.0.12/30"), None, stale=None,
-                                 passed_over=unreadable.v4)
+                                 passed_over=None)
+
+
+def test_our_previous_lease_overwritten_with_garbage_is_repaired() -> None:
+    unreadable = listed("10.6.0.4-30", None)
+    other = listed("10.6.0.8-30", "192.168.3.2")
+    decision = decide([unreadable, other], ME, (unreadable.v4, None), TINY, seeded())
+    assert decision == Repair(unreadable, stale=None)
 
 
 def test_the_free_choice_is_random_among_free_subnets_and_repeatable_with_a_seed() -> None:

@@ -155,3 +155,67 @@ def test_state_is_thread_safe_under_concurrent_updates() -> None:
     for t in threads:
         t.join(5)
     assert state.details() == ("line 199",) * 4
+
+
+# --- bounds (issue 9, item 2) -----------------------------------------------------------
+
+
+def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_oversized_request_head_is_431_and_closed(server: HealthServer) -> None:
+    answer = raw(server.port, b"GET /healthz HTTP/1.1\r\nX: " + b"a" * health.MAX_REQUEST)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_other_methods_and_garbage_get_an_error_not_a_crash(server: HealthServer) -> None:
+    assert raw(server.port, b"POST /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert raw(server.port, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert get(server.port, "/healthz")[0] == 200
+
+
+def test_a_silent_client_is_closed_after_the_request_timeout(
+    state: HealthState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "REQUEST_TIMEOUT", 0.3)
+    handle = health.start(state, "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", handle.port), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+            assert sock.recv(100) == b""  # closed by the server, no answer
+    finally:
+        handle.stop()
+
+
+def test_a_failing_handler_is_a_500_and_the_server_goes_on(state: HealthState) -> None:
+    def broken() -> Response:
+        raise RuntimeError("boom")
+
+    handle = health.start(state, "127.0.0.1", 0, {"/metrics": broken})
+    try:
+        assert get(handle.port, "/metrics")[0] == 500
+        assert get(handle.port, "/healthz")[0] == 200
+    finally:
+        handle.stop()
+
+
+def test_a_blocking_detail_makes_readyz_503_until_cleared(
+    server: HealthServer, state: HealthState
+) -> None:
+    state.mark_ready()
+    state.set_detail("store", "subnet store failing for 12s: etcd down", blocking=True)
+    status, body, _ = get(server.port, "/readyz")
+    assert status == 503
+    assert body.splitlines() == ["flanneld is not ready yet",
+                                 "subnet store failing for 12s: etcd down"]
+    state.set_detail("store", "subnet store failing for 1s: etcd down")  # not blocking
+    assert get(server.port, "/readyz")[0] == 200
+    state.set_detail("store", None)
+    assert get(server.port, "/readyz")[:2] == (200, "flanneld is ready")

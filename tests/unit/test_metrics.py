@@ -6,7 +6,7 @@ import http.client
 from datetime import UTC, datetime
 
 from backends.base import ReconcileReport
-from backends.udp_packet import Drop, ForwardStats
+from backends.udp_packet import Datapath, Drop, ForwardStats
 from flanneld import health
 from flanneld.metrics import Metrics, metrics_handler
 from subnet.manager import LeaseRemoved, Snapshot
@@ -75,6 +75,24 @@ def test_udp_counters_are_read_at_scrape_time() -> None:
     assert (
         samples(m.exposition().decode())['flannel_udp_packets_total{direction="tun_to_udp"}'] == 6
     )
+
+
+def test_udp_datapath_says_which_loop_runs() -> None:
+    m = Metrics()
+    stats = ForwardStats()
+    m.track_udp(stats)
+    got = samples(m.exposition().decode())
+    assert got['flannel_udp_datapath{path="offload"}'] == 0
+    assert got['flannel_udp_datapath{path="plain"}'] == 0  # no forwarder yet
+    stats.path = Datapath.OFFLOAD
+    stats.tx.batches, stats.rx.batches = 3, 4
+    got = samples(m.exposition().decode())
+    assert got['flannel_udp_datapath{path="offload"}'] == 1
+    assert got['flannel_udp_datapath{path="plain"}'] == 0
+    assert got['flannel_udp_batches_total{direction="tun_to_udp"}'] == 3
+    assert got['flannel_udp_batches_total{direction="udp_to_tun"}'] == 4
+    stats.path = Datapath.PLAIN
+    assert samples(m.exposition().decode())['flannel_udp_datapath{path="plain"}'] == 1
 
 
 def test_metrics_over_http_on_loopback() -> None:

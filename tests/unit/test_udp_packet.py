@@ -226,3 +226,198 @@ def test_udp_accepts_peers_of_any_backend_type() -> None:
     usable, skipped = udp_peers(own, peers, [ipaddress.IPv4Network("10.244.0.0/16")])
     assert [p.key for p in usable] == ["10.244.2.0-24", "10.244.3.0-24"]
     assert [s.key for s in skipped] == ["10.244.4.0-24"]
+
+
+# --- checksums and the offload path's TCP merging ---------------------------------------
+
+
+def reference_sum(data: bytes) -> int:
+    """RFC 1071, one 16-bit word at a time with end-around carry."""
+    padded = data + b"\0" * (len(data) % 2)
+    total = 0
+    for (word,) in struct.iter_unpack("!H", padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@given(st.binary(max_size=3000))
+def test_ones_complement_sum_equals_the_word_loop(data: bytes) -> None:
+    assert P.ones_complement_sum(data) == reference_sum(data)
+    assert P.ones_complement_sum(memoryview(data)) == reference_sum(data)
+
+
+def test_ones_complement_sum_edges() -> None:
+    assert P.ones_complement_sum(b"") == 0 and P.ones_complement_sum(bytes(7)) == 0
+    assert P.ones_complement_sum(b"\xff\xff") == 0xFFFF
+    assert P.ones_complement_sum(b"\xff\xff\x00\x01") == 1
+    assert P.ones_complement_sum(b"\x01") == 0x0100
+
+
+SRC, DST = "10.244.2.5", "10.244.1.7"
+
+
+def tcp_stream(
+    payload: bytes, mss: int, seq: int = 1000, ident: int = 7, psh_last: bool = True,
+    options: list[tuple[str, object]] | None = None, ttl: int = 64,
+) -> list[bytes]:
+    """Valid IPv4/TCP packets carrying ``payload`` in ``mss``-byte segments (scapy-built)."""
+    from scapy.layers.inet import IP, TCP
+
+    chunks = [payload[i : i + mss] for i in range(0, len(payload), mss)]
+    return [
+        bytes(
+            IP(src=SRC, dst=DST, id=(ident + i) & 0xFFFF, flags="DF", ttl=ttl)
+            / TCP(sport=5201, dport=40000, seq=(seq + i * mss) & 0xFFFFFFFF, ack=99,
+                  flags="PA" if psh_last and i == len(chunks) - 1 else "A", window=502,
+                  options=options or [])
+            / chunk
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def gro_batch(packets: list[bytes]) -> tuple[memoryview, int, int]:
+    """Datagrams laid out as one UDP GRO read: (buffer, datagram size, length)."""
+    data = b"".join(packets)
+    return memoryview(bytearray(data)), len(packets[0]), len(data)
+
+
+def completed(frame: bytes) -> bytes:
+    """``frame`` with the partial TCP checksum filled in, as the kernel would."""
+    out = bytearray(frame)
+    total = P.ones_complement_sum(out[20:])  # the field holds the pseudo-header sum
+    struct.pack_into("!H", out, 36, ~total & 0xFFFF)
+    return bytes(out)
+
+
+def kernel_segments(frame: bytes, mss: int) -> list[bytes]:
+    """What the kernel's TCPv4 GSO makes of a super-frame (a reference built with scapy)."""
+    from scapy.layers.inet import IP, TCP
+
+    parsed = IP(completed(frame))
+    tcp = parsed[TCP]
+    payload = bytes(tcp.payload)
+    count = -(-len(payload) // mss)
+    out = []
+    for i in range(count):
+        last = i == count - 1
+        flags = int(tcp.flags) if last else int(tcp.flags) & ~0x09
+        out.append(bytes(
+            IP(src=parsed.src, dst=parsed.dst, id=(parsed.id + i) & 0xFFFF, flags=parsed.flags,
+               ttl=parsed.ttl, tos=parsed.tos)
+            / TCP(sport=tcp.sport, dport=tcp.dport, seq=(tcp.seq + i * mss) & 0xFFFFFFFF,
+                  ack=tcp.ack, flags=flags, window=tcp.window, options=tcp.options)
+            / payload[i * mss : (i + 1) * mss]
+        ))
+    return out
+
+
+TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (12345, 678))]
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=6000),
+    mss=st.integers(1, 1460),
+    seq=st.integers(0, 0xFFFFFFFF),
+    ident=st.integers(0, 0xFFFF),
+    psh_last=st.booleans(),
+    timestamps=st.booleans(),
+)
+def test_merging_then_segmenting_gives_the_packets_back(
+    payload: bytes, mss: int, seq: int, ident: int, psh_last: bool, timestamps: bool
+) -> None:
+    packets = tcp_stream(payload, mss, seq, ident, psh_last, TIMESTAMPS if timestamps else None)
+    buf, size, length = gro_batch(packets)
+    count = P.tcp_run(buf, size, length, 0)
+    if len(packets) == 1:
+        assert count == 1
+        return
+    assert count == len(packets)
+    parts = P.merge_tcp(buf, size, length, 0, count)
+    vnet, frame = bytes(parts[0]), b"".join(bytes(p) for p in parts[1:])
+    hl = 20 + (32 if timestamps else 20)
+    assert P.VNET_HDR.unpack(vnet) == (
+        P.VNET_F_NEEDS_CSUM, P.VNET_GSO_TCPV4, hl, mss, 20, P.TCP_CHECKSUM_AT
+    )
+    assert frame[hl:] == payload
+    assert struct.unpack_from("!H", frame, 2)[0] == len(frame)
+    assert P.checksum(frame[:20]) == 0
+    assert kernel_segments(frame, mss) == packets
+
+
+def test_merged_frame_verifies_once_its_checksum_is_completed() -> None:
+    from scapy.layers.inet import IP, TCP
+
+    packets = tcp_stream(bytes(range(256)) * 20, 1000)
+    buf, size, length = gro_batch(packets)
+    parts = P.merge_tcp(buf, size, length, 0, P.tcp_run(buf, size, length, 0))
+    frame = completed(b"".join(bytes(p) for p in parts[1:]))
+    parsed = IP(frame)
+    del parsed.chksum
+    del parsed[TCP].chksum
+    assert bytes(parsed) == frame  # scapy computes the same checksums
+
+
+def test_runs_end_where_the_flow_or_the_sequence_breaks() -> None:
+    from scapy.layers.inet import IP, TCP
+
+    stream = tcp_stream(bytes(5000), 1000, psh_last=False)  # 5 full segments
+    other_flow = bytes(
+        IP(src=SRC, dst=DST, id=9, flags="DF")
+        / TCP(sport=1, dport=2, seq=3000, ack=99, flags="A", window=502)
+        / bytes(1000)
+    )
+    cases: list[tuple[list[bytes], list[int]]] = [
+        (stream, [5]),
+        ([*stream[:2], other_flow, *stream[3:]], [2, 1, 2]),
+        ([stream[0], stream[2], stream[3]], [1, 2]),  # a sequence gap
+        ([stream[0], stream[1], stream[0]], [2, 1]),  # a repeat
+    ]
+    for packets, runs in cases:
+        buf, size, length = gro_batch(packets)
+        got, first = [], 0
+        while first * size < length:
+            got.append(P.tcp_run(buf, size, length, first))
+            first += got[-1]
+        assert got == runs, runs
+
+
+def test_psh_closes_a_run_and_other_flags_never_merge() -> None:
+    from scapy.layers.inet import IP, TCP
+
+    def seg(i: int, flags: str) -> bytes:
+        return bytes(IP(src=SRC, dst=DST, id=i, flags="DF") / TCP(
+            sport=5201, dport=40000, seq=1000 + i * 100, ack=99, flags=flags, window=502
+        ) / bytes(100))
+
+    buf, size, length = gro_batch([seg(0, "A"), seg(1, "PA"), seg(2, "A"), seg(3, "A")])
+    assert P.tcp_run(buf, size, length, 0) == 2
+    assert P.tcp_run(buf, size, length, 2) == 2
+    for flags in ("FA", "SA", "RA", "PA", "UA", "EA"):
+        buf, size, length = gro_batch([seg(0, flags), seg(1, "A")])
+        assert P.tcp_run(buf, size, length, 0) == 1, flags
+
+
+def test_non_tcp_short_and_fragmented_datagrams_go_alone() -> None:
+    from scapy.layers.inet import IP, TCP, UDP
+
+    udp = [bytes(IP(src=SRC, dst=DST) / UDP(sport=1, dport=2) / bytes(100))] * 3
+    buf, size, length = gro_batch(udp)
+    assert P.tcp_run(buf, size, length, 0) == 1
+    fragment = bytes(IP(src=SRC, dst=DST, flags="MF") / TCP(flags="A") / bytes(100))
+    buf, size, length = gro_batch([fragment, fragment])
+    assert P.tcp_run(buf, size, length, 0) == 1
+    bare_acks = [bytes(IP(src=SRC, dst=DST) / TCP(flags="A"))] * 3
+    buf, size, length = gro_batch(bare_acks)
+    assert P.tcp_run(buf, size, length, 0) == 1
+    buf, size, length = gro_batch([b"\x45garbage" * 6])
+    assert P.tcp_run(buf, size, length, 0) == 1
+
+
+def test_a_run_stops_short_of_64_kb() -> None:
+    packets = tcp_stream(bytes(1400 * 60), 1400, psh_last=False)
+    buf, size, length = gro_batch(packets)
+    count = P.tcp_run(buf, size, length, 0)
+    assert 40 + count * 1400 <= 0xFFFF < 40 + (count + 1) * 1400
+    assert P.tcp_run(buf, size, length, count) == len(packets) - count

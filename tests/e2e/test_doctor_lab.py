@@ -203,3 +203,16 @@ def test_daemon_stopped(lab: Lab) -> None:
             lab.start_flanneld("n1")
     code, report = doctor(lab)
     assert problems(report) == [] and code == 0
+
+
+def test_kube_mode_reads_the_nodes_and_compares_pod_cidrs() -> None:
+    needs_root()
+    prefix = RUN_PREFIX + "dk"
+    try:
+        kube = up(nodes=2, backend="vxlan", pods_per_node=1, prefix=prefix, subnet_mgr="kube")
+        code, report = doctor(kube)
+        assert problems(report) == [] and code == 0
+        assert "= lease" in check(report, "node podCIDR")["found"]
+        assert check(report, "annotated nodes")["found"] == "all 2 nodes run flannel"
+    finally:
+        down(prefix)
