@@ -624,3 +624,72 @@ def test_stop_is_prompt(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> Non
     w2 = watch()  # a watcher that is backing off also stops promptly
     w2.settle(0.5)
     assert w2.close() < 4.0
+
+
+def test_deeply_nested_annotation_skips_its_node_and_the_watch_goes_on(
+    api: KubeAPIDouble, watch: Callable[[], Watcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subnet.kube")
+    deep = peer_annotations("192.168.50.14")
+    deep[P + "backend-data"] = "[" * 100_000
+    api.add_node("good", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24"})
+    api.add_node("deep", pod_cidr="10.244.4.0/24", annotations=deep)
+    api.add_node("later", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})
+    assert any("Skipping node 'deep'" in r.getMessage() for r in caplog.records)
+    assert w.thread.is_alive() and w.snapshots() == 1
+
+
+# --- why the node watch does not use kubernetes.watch.Watch (subnet/kube.py) -----------
+
+
+@pytest.fixture
+def official(api: KubeAPIDouble) -> Iterator[Any]:
+    """The official client's CoreV1Api against the double."""
+    from kubernetes import client
+
+    cfg = client.Configuration()
+    cfg.host = api.url
+    with client.ApiClient(cfg) as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+def test_official_raw_watch_cannot_tell_gone_from_other_failures(
+    api: KubeAPIDouble, official: Any
+) -> None:
+    """Reason 1: with deserialize=False an ERROR event (here 410 Gone) is a KeyError."""
+    from kubernetes.client import ApiException
+    from kubernetes.watch import Watch
+
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    old = str(api.resource_version)
+    api.annotate_node("a", {P + "public-ip": "192.168.50.21"})
+    api.compact()
+    with pytest.raises(KeyError, match="raw_object"):
+        for _event in Watch().stream(official.list_node, resource_version=old,
+                                     timeout_seconds=2, deserialize=False):
+            pass
+    with pytest.raises(ApiException) as gone:  # the typed path does see the 410
+        for _event in Watch().stream(official.list_node, resource_version=old, timeout_seconds=2):
+            pass
+    assert gone.value.status == 410
+
+
+def test_one_node_the_client_model_rejects_ends_the_official_typed_watch_but_not_ours(
+    api: KubeAPIDouble, official: Any, watch: Callable[[], Watcher]
+) -> None:
+    """Reason 2: the typed path validates whole Nodes; one odd Node ends the stream."""
+    from kubernetes.watch import Watch
+
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    api.add_node("odd", pod_cidr="10.244.2.0/24", annotations=peer_annotations("192.168.50.12"))
+    api.update_node("odd", lambda n: n["status"].update({"nodeInfo": {"kubeletVersion": "v1"}}))
+    seen = []
+    with pytest.raises(ValueError, match="V1NodeSystemInfo"):  # pydantic's ValidationError
+        for event in Watch().stream(official.list_node, resource_version="0", timeout_seconds=2):
+            seen.append(event["raw_object"]["metadata"]["name"])
+    assert seen == ["a"]
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24"})

@@ -19,6 +19,8 @@ from backends.hostgw_state import hostgw_peers
 from backends.peers import usable_peers
 from backends.udp import udp_peers
 from backends.vxlan_state import decode_backend_data, vxlan_peers
+from backends.wireguard_state import WireguardData, WireguardOptions, wireguard_peers
+from backends.wireguard_state import decode_backend_data as decode_wireguard_data
 from subnet.errors import PeerDataError
 from subnet.lease import Lease, LeaseAttrs, decode_attrs, parse_subnet_key, subnet_key
 
@@ -104,6 +106,17 @@ def test_decode_backend_data_returns_data_or_raises_peer_data_error(text: str) -
     _fine(decode_backend_data, text)
 
 
+@settings(max_examples=150)
+@given(raw_texts)
+@example(DEEP)
+@example('{"PublicKey":"' + "A" * 43 + '=","Port":65536}')
+def test_decode_wireguard_data_returns_data_or_raises_peer_data_error(text: str) -> None:
+    data = _fine(decode_wireguard_data, text)
+    if data is not None:
+        assert isinstance(data, WireguardData) and len(data.public_key) == 32
+        assert data.port is None or 0 < data.port < 65536
+
+
 key_texts = st.one_of(
     st.text(max_size=40),
     st.from_regex(r"\A\d{1,4}\.\d{1,4}\.\d{1,4}\.\d{1,4}-\d{1,3}(&[0-9a-f:]{0,12}-\d{1,4})?\Z"),
@@ -143,13 +156,16 @@ backend_data = st.one_of(
     objects.map(lambda d: json.dumps(d, separators=(",", ":"))),
     st.builds(lambda vni, mac: json.dumps({"VNI": vni, "VtepMAC": mac}),
               st.one_of(st.integers(-2, 5), st.text(max_size=3)), mac_like),
+    st.builds(lambda key, port: json.dumps({"PublicKey": key, "Port": port}),
+              st.sampled_from(["A" * 43 + "=", "B" * 43 + "=", "A" * 42 + "==", "", "%"]),
+              st.one_of(st.integers(-1, 70000), st.text(max_size=3))),
     st.just(DEEP),
 )
 peer_attrs = st.builds(
     LeaseAttrs,
     public_ip=st.ip_addresses(v=4),
     public_ipv6=st.none() | st.ip_addresses(v=6),
-    backend_type=st.sampled_from(["vxlan", "host-gw", "udp", "", "gre", "VXLAN"]),
+    backend_type=st.sampled_from(["vxlan", "host-gw", "udp", "", "gre", "VXLAN", "wireguard"]),
     backend_data=backend_data,
     backend_v6_data=backend_data,
 )
@@ -180,3 +196,9 @@ def test_peer_filters_never_raise_and_keep_their_promises(
                for p in found)
     hostgw_peers(OWN, peers, networks)
     udp_peers(OWN, peers, networks)
+    own_key = bytes(range(32))
+    wg, skipped_wg = wireguard_peers(OWN, own_key, peers, networks, WireguardOptions())
+    keys = [p.public_key for p in wg]
+    assert len(keys) == len(set(keys)) and own_key not in keys
+    assert len(wg) + len(skipped_wg) == len(peers)
+    assert all(0 < p.endpoint[1] < 65536 for p in wg)
