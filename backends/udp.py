@@ -13,6 +13,14 @@ at our port; udp->tun accepts datagrams from known peers only and writes
 them to the TUN.  Buffers are preallocated; both file descriptors are
 non-blocking and a thread only polls (with a self-pipe for shutdown) when
 there is nothing to read.  Wire format and port (8285) are upstream's.
+
+Two packet loops do that work.  The offload path (where the kernel has UDP
+GSO and GRO) reads packets straight into a send buffer and sends runs of
+them for one peer in one UDP GSO call, and reads GRO batches whose TCP
+segments it writes back to the TUN merged into super-frames (virtio-net
+GSO header); Python then runs per batch, the kernel per packet.  The plain
+path makes one system call per packet each way.  ``ForwardStats.path``
+says which one runs.
 """
 
 from __future__ import annotations
