@@ -34,7 +34,13 @@ handled by the same code (:data:`RESOURCES` names them): Nodes and Namespaces
   names, so consumers must default as the reference notes say.
 
 Errors are ``Status`` objects with the real reasons (NotFound, Conflict,
-Expired, BadRequest, UnsupportedMediaType, MethodNotAllowed).
+Expired, BadRequest, UnsupportedMediaType, MethodNotAllowed, Unauthorized).
+
+With ``tls`` (an ``ssl.SSLContext``) it serves HTTPS, as a client's
+in-cluster configuration requires; once :meth:`issue_token` has issued a
+service-account token (what the kubelet asks the TokenRequest API for), every
+request must carry one of the issued tokens (``Authorization: Bearer``) or gets
+401.  Authorization (RBAC) is not checked.
 
 Test control: put/get/update/delete any object (status included), nodes, :meth:`compact`, :meth:`pause_watches`,
 :meth:`drop_watches`, :meth:`stop`/:meth:`start` on the same port (an API
@@ -46,7 +52,9 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -69,6 +77,7 @@ PATCH_TYPES = {
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 DEFAULT_WATCH_TIMEOUT = 1800
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +211,10 @@ class KubeAPIDouble:
 
     def __init__(
         self, *, history: int = 1000, first_resource_version: int = 1000, host: str = "127.0.0.1",
-        port: int = 0,
+        port: int = 0, tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.history_limit = history
         self.gone_as_http_status = False
         self.requests: list[Request] = []
@@ -213,6 +223,7 @@ class KubeAPIDouble:
         self._compacted = first_resource_version  # events at or below are gone
         self._history: list[_Event] = []
         self._objects: dict[str, dict[Key, JSON]] = {r.plural: {} for r in RESOURCES}
+        self._tokens: dict[str, str] = {}  # bearer token -> the user it authenticates
         self._faults: list[_Fault] = []
         self._epoch = 0  # bumped to cut every open watch
         self._paused = False
@@ -242,7 +253,7 @@ class KubeAPIDouble:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self._port}"
 
     @property
     def running(self) -> bool:
@@ -417,6 +428,20 @@ class KubeAPIDouble:
             "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "x"}]},
         })
 
+    def issue_token(self, namespace: str, service_account: str) -> str:
+        """A new token for ``namespace/service_account``; from now on every request needs one."""
+        token = secrets.token_urlsafe(32)
+        with self._cond:
+            self._tokens[token] = f"system:serviceaccount:{namespace}:{service_account}"
+        return token
+
+    def _authenticate(self, header: str) -> None:
+        if not self._tokens:
+            return
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() not in self._tokens:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+
     def put_configmap(self, namespace: str, name: str, data: dict[str, str]) -> JSON:
         return self.put_object({
             "kind": "ConfigMap",
@@ -547,6 +572,7 @@ class KubeAPIDouble:
         try:
             body = self._read_body(handler)
             with self._cond:
+                self._authenticate(handler.headers.get("Authorization", ""))
                 self.requests.append(Request(method, path, query, content_type, body))
                 fault = self._take_fault(method, path)
             if fault is not None:
@@ -888,12 +914,24 @@ class _Server(ThreadingHTTPServer):
         self.double = double
         super().__init__(address, handler)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        if self.double.tls is None:
+            return conn, address
+        # The handshake runs in the handler's thread (setup), not in the accept loop.
+        return self.double.tls.wrap_socket(
+            conn, server_side=True, do_handshake_on_connect=False), address
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(HANDSHAKE_TIMEOUT)
+            self.request.do_handshake()
+            self.request.settimeout(None)
         super().setup()
         self.server.double._track(self.connection, True)
 
