@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,13 +111,21 @@ class Network(Protocol):
         """Counters of a userspace packet forwarder; None where the kernel forwards."""
         ...
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         """Make the kernel match ``peers`` (every known lease except ours).
 
         Idempotent; recreates our devices if they vanished; never raises for
         a single bad peer or a single failed kernel write.  ``full`` re-reads
         the kernel's tables; without it the state our last pass left is
         trusted (watch events), which keeps a pass cheap at thousands of peers.
+        ``changes`` (key -> new lease, None when removed; None when unknown)
+        are the leases changed since the last pass: a backend may then program
+        only those peers, when that gives what a pass over all would.
         """
         ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.hostgw_state import check_no_nat, desired_state, hostgw_peers, lease_attrs
@@ -84,7 +84,12 @@ class HostGwNetwork:
     def forward_stats(self) -> ForwardStats | None:
         return None  # the kernel forwards
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         usable, skipped = hostgw_peers(self._lease, peers, self._networks)
         self._skips.report(skipped)
         desired = desired_state(usable, self._ext.index)

@@ -16,28 +16,32 @@ from __future__ import annotations
 import base64
 import errno as errnos
 import ipaddress
+import itertools
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError, WireGuard
 from pyroute2 import netns as pyroute2_netns
 
+from backends import rtnl
 from backends.base import InterfaceAddress, InterfaceInfo, RouteLookup
+from backends.kernelwatch import OwnDeletions
 from backends.model import (
     ROUTE_PROTOCOL,
     DataplaneState,
-    FdbEntry,
     KernelObject,
     Neighbour,
     Route,
 )
-from backends.plan import Change, Put, plan
+from backends.plan import Change, Put, apply_to, plan
+from backends.rtnl import Signature
 from backends.wireguard_state import (
     KEY_LEN,
     DeviceState,
@@ -50,6 +54,10 @@ from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+N = TypeVar("N")
+F = TypeVar("F")
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -59,13 +67,23 @@ IFF_UP = 0x1
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_GET_STRICT_CHK = 12
+SO_RCVBUFFORCE = 33
+RCVBUF_BYTES = 4 << 20
+BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
+RECV_BYTES = 64 << 10
+REPLY_TIMEOUT = 10.0
+ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
+# A pass with more changes than this logs one summary line instead of one per object.
+BULK_LOG_LINES = 10
 
 _ABSENT = frozenset({errnos.ENOENT, errnos.ESRCH, errnos.ENODEV})
 _UNREACHABLE = frozenset({errnos.ENETUNREACH, errnos.EHOSTUNREACH})
 
 HostAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Scope = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +175,15 @@ class ApplyResult:
 class Netlink:
     """One rtnetlink socket, in our namespace or in the named one."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, deletions: OwnDeletions | None = None) -> None:
         self._netns = netns
+        # what our passes delete, for the kernel watch to tell its echo from damage
+        self.deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
-        self._views: dict[tuple[tuple[int, ...], tuple[int, ...]], DataplaneState] = {}
+        # per scope (devices, families): our objects as the last pass left them, by key
+        self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
+        self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
+        self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             # checked here because pyroute2 leaks its socket when the open fails
@@ -169,12 +192,18 @@ class Netlink:
             self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
         except (NetlinkError, OSError) as err:
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
+        try:
+            self._rtnl = Rtnl(_in_netns(netns, open_rtnl_socket))
+        except (NetlinkError, OSError) as err:
+            self._ipr.close()
+            raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
 
     @property
     def netns(self) -> str | None:
         return self._netns
 
     def close(self) -> None:
+        self._rtnl.close()
         self._ipr.close()
 
     def __enter__(self) -> Self:
@@ -380,27 +409,16 @@ class Netlink:
         if "/" in name or name in (".", ".."):
             raise DataplaneError(f"bad interface name {name!r}")
         path = f"/proc/sys/net/ipv6/conf/{name}/accept_ra"
-        failure: list[OSError] = []
 
         def write() -> None:
-            try:
-                if self._netns is not None:
-                    # /proc/sys/net shows the namespace of the opening thread, and
-                    # setns() moves only this short-lived thread.
-                    pyroute2_netns.setns(self._netns, flags=0)
-                with open(path, "w", encoding="ascii") as sysctl:
-                    sysctl.write("0")
-            except OSError as err:
-                failure.append(err)
+            # /proc/sys/net shows the namespace of the opening thread
+            with open(path, "w", encoding="ascii") as sysctl:
+                sysctl.write("0")
 
-        if self._netns is None:
-            write()
-        else:
-            worker = threading.Thread(target=write, name="accept-ra")
-            worker.start()
-            worker.join()
-        if failure:
-            raise DataplaneError(f"cannot write {path}: {failure[0]}", failure[0].errno)
+        try:
+            _in_netns(self._netns, write)
+        except OSError as err:
+            raise DataplaneError(f"cannot write {path}: {err}", err.errno) from err
         log.info("sysctl net.ipv6.conf.%s.accept_ra: set 0", name)
 
     # --- routes, neighbours, FDB -------------------------------------------------------
@@ -409,23 +427,53 @@ class Netlink:
         """Our kernel objects: routes with our protocol id in the main table, and
         permanent neighbours and ``self`` FDB entries with a remote on ``ifindexes``.
 
-        One dump per table and family.
+        One dump per table, family and device, filtered by the kernel (strict
+        checking: our protocol id and table, our devices), so only our own
+        objects are read back and decoded.
         """
-        devices = frozenset(ifindexes)
-        routes: set[Route] = set()
-        neighbours: set[Neighbour] = set()
+        routes, neighbours, fdb = self._read(
+            ifindexes, families, rtnl.our_route, rtnl.permanent_neighbour, rtnl.self_fdb_entry
+        )
+        devices = set(ifindexes)
+        return DataplaneState(
+            frozenset(routes),
+            frozenset(n for n in neighbours if n.ifindex in devices),
+            frozenset(e for e in fdb if e.ifindex in devices),
+        )
+
+    def signatures(self, ifindexes: Iterable[int], families: Iterable[int]) -> frozenset[Signature]:
+        """What :meth:`observe` reads, as :func:`backends.rtnl.signature` tuples (cheap)."""
+        routes, neighbours, fdb = self._read(
+            ifindexes, families, rtnl.route_signature, rtnl.neighbour_signature,
+            rtnl.fdb_signature,
+        )
+        devices = set(ifindexes)
+        return frozenset(
+            (*routes, *(n for n in neighbours if n[1] in devices), *(e for e in fdb if e[1] in devices))
+        )
+
+    def _read(
+        self,
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+        route: Callable[[bytes], R | None],
+        neighbour: Callable[[bytes], N | None],
+        fdb: Callable[[bytes], F | None],
+    ) -> tuple[list[R], list[N], list[F]]:
+        devices = sorted(set(ifindexes))
+        routes: list[R] = []
+        neighbours: list[N] = []
+        entries: list[F] = []
         for family in families:
-            dump = self._request("dump routes", self._ipr.route, "dump", family=family)
-            routes.update(r for r in map(_our_route, dump) if r is not None)
-            dump = self._request("dump neighbours", self._ipr.neigh, "dump", family=family)
-            neighbours.update(
-                n for n in map(_permanent_neighbour, dump) if n and n.ifindex in devices
-            )
-        fdb: set[FdbEntry] = set()
-        if devices:
-            dump = self._request("dump fdb", self._ipr.fdb, "dump")
-            fdb.update(e for e in map(_self_fdb_entry, dump) if e and e.ifindex in devices)
-        return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
+            routes += self._dump("dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family), route)
+            for index in devices:
+                neighbours += self._dump(
+                    "dump neighbours", rtnl.RTM_GETNEIGH, rtnl.neighbour_dump(family, index),
+                    neighbour,
+                )
+        for index in devices:
+            entries += self._dump("dump fdb", rtnl.RTM_GETNEIGH, rtnl.fdb_dump(index), fdb)
+        return routes, neighbours, entries
 
     def sync(
         self,
@@ -438,43 +486,110 @@ class Netlink:
         """Apply only the difference between what is ours in the kernel and ``desired``.
 
         With ``fresh`` the kernel is dumped first; without it, the state the
-        last fully successful sync of the same scope left is used instead
-        (cheap on every watch event; the periodic resync and the kernel watch
-        pass ``fresh`` so hand-made damage is still found).
+        last sync of the same scope left is used instead (cheap on every
+        watch event; the periodic resync and the kernel watch pass ``fresh``
+        so hand-made damage is still found).  What failed stays out of that
+        state, so the next pass retries exactly those objects.
         """
-        scope = (tuple(sorted(ifindexes)), tuple(sorted(families)))
-        observed = None if fresh else self._views.get(scope)
-        if observed is None:
-            observed = self.observe(*scope)
+        scope = _scope(ifindexes, families)
+        if fresh and self._matches(scope, desired):
+            return ApplyResult()
+        view = None if fresh else self._views.get(scope)
+        observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
         result = self.apply(plan(observed, desired))
-        if result.failed:
-            self._views.pop(scope, None)
-        else:
-            self._views[scope] = desired
+        final = apply_to(observed, list(result.applied)) if result.failed else desired
+        self._views[scope] = {obj.key: obj for obj in final.objects()}
+        self._view_of[scope] = final
+        return result
+
+    def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
+        """Whether the kernel holds exactly ``desired`` in ``scope``: the periodic pass's
+        check when nothing changed, comparing signatures instead of objects."""
+        want = self._wanted.get(scope)
+        if want is None or want[0] is not desired:
+            want = desired, frozenset(map(rtnl.signature, desired.objects()))
+            self._wanted[scope] = want
+        if self.signatures(*scope) != want[1]:
+            return False
+        if self._view_of.get(scope) is not desired:
+            self._views[scope] = {obj.key: obj for obj in desired.objects()}
+            self._view_of[scope] = desired
+        return True
+
+    def sync_delta(
+        self,
+        old: Iterable[KernelObject],
+        new: Iterable[KernelObject],
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+    ) -> ApplyResult | None:
+        """Replace the objects ``old`` by ``new`` (the objects of the peers that changed),
+        planned against what the last sync of the scope left; None when there was none
+        (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
+        scope = _scope(ifindexes, families)
+        view = self._views.get(scope)
+        if view is None:
+            return None
+        wanted = list(new)
+        keys = {obj.key for obj in old} | {obj.key for obj in wanted}
+        observed = DataplaneState.of([view[k] for k in keys if k in view])
+        result = self.apply(plan(observed, DataplaneState.of(wanted)))
+        for change in result.applied:
+            if isinstance(change, Put):
+                view[change.obj.key] = change.obj
+            else:
+                view.pop(change.obj.key, None)
+        self._view_of.pop(scope, None)
         return result
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        """Apply ``changes`` in order, continuing past failures, one log line each."""
+        """Apply ``changes`` in order, continuing past failures.
+
+        The requests go many per ``send()``, each with its own ack matched by
+        sequence number, so every object gets its own result.  Up to
+        ``BULK_LOG_LINES`` changes log one line each; a bulk pass logs one
+        summary line (and each object at DEBUG).
+        """
+        if not changes:
+            return ApplyResult()
         if any(c.obj.ifindex not in self._names for c in changes if c.obj.ifindex):
             self._refresh_names()
+        started = time.monotonic()
+        self.deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
+        try:
+            codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
+        except OSError as err:
+            raise _dataplane_error("netlink batch", err) from err
+        bulk = len(changes) > BULK_LOG_LINES
         applied: list[Change] = []
         failed: list[ApplyFailure] = []
-        for change in changes:
-            text = self._describe(change.obj)
-            try:
-                if isinstance(change, Put):
-                    self._put(change.obj)
-                    outcome = "added"
-                else:
-                    outcome = "removed" if self._delete(change.obj) else "already gone"
-            except (NetlinkError, OSError) as err:
-                failure = ApplyFailure(change, text, _errno(err), _message(err))
+        gone = 0
+        for change, code in zip(changes, codes, strict=True):
+            put = isinstance(change, Put)
+            if code and (put or code not in _ABSENT):
+                failure = ApplyFailure(change, self._describe(change.obj), code, os.strerror(code))
                 failed.append(failure)
-                verb = "add" if isinstance(change, Put) else "remove"
-                log.warning("%s: %s failed: %s", text, verb, failure.message)
+                if not bulk or len(failed) <= BULK_LOG_LINES:
+                    log.warning("%s: %s failed: %s", failure.what, "add" if put else "remove",
+                                failure.message)
                 continue
             applied.append(change)
-            log.info("%s: %s", text, outcome)
+            gone += bool(code)
+            outcome = "added" if put else "already gone" if code else "removed"
+            if not bulk:
+                log.info("%s: %s", self._describe(change.obj), outcome)
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s", self._describe(change.obj), outcome)
+        if bulk:
+            puts = sum(isinstance(c, Put) for c in applied)
+            log.info(
+                "kernel objects: %d added, %d removed, %d already gone, %d failed "
+                "(%d requests in %.3fs)",
+                puts, len(applied) - puts - gone, gone, len(failed), len(changes),
+                time.monotonic() - started,
+            )
+            if len(failed) > BULK_LOG_LINES:
+                log.warning("... and %d more failures", len(failed) - BULK_LOG_LINES)
         return ApplyResult(tuple(applied), tuple(failed))
 
     # --- internals -------------------------------------------------------------------------
@@ -486,11 +601,13 @@ class Netlink:
         subnet we no longer hold is removed (upstream leaves it behind).
         """
         have = {
-            ipaddress.ip_network(f"{m.get('RTA_DST')}/{m['dst_len']}")
+            route.dst
             for family in (socket.AF_INET, socket.AF_INET6)
-            for m in self._request("dump routes", self._ipr.route, "dump", family=family)
-            if m["type"] == RTN_BLACKHOLE and m["proto"] == ROUTE_PROTOCOL
-            and _table(m) == MAIN_TABLE and m.get("RTA_DST")
+            for route in self._dump(
+                "dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family, RTN_BLACKHOLE),
+                _our_blackhole,
+            )
+            if route.dst.prefixlen
         }
         want = set(subnets)
         for subnet in sorted(want - have, key=str):
@@ -526,66 +643,14 @@ class Netlink:
             prefixlen=iface.network.prefixlen,
         )
 
-    def _put(self, obj: KernelObject) -> None:
-        if isinstance(obj, Route):
-            args: dict[str, Any] = {
-                "dst": str(obj.dst),
-                "family": _family(obj.dst),
-                "table": MAIN_TABLE,
-                "proto": ROUTE_PROTOCOL,
-                "type": RTN_UNICAST,
-            }
-            if obj.gateway is not None:
-                args["gateway"] = str(obj.gateway)
-            if obj.ifindex is not None:
-                args["oif"] = obj.ifindex
-            if obj.onlink:
-                args["flags"] = RTNH_F_ONLINK
-            self._ipr.route("replace", **args)
-        elif isinstance(obj, Neighbour):
-            self._ipr.neigh(
-                "replace",
-                dst=str(obj.dst),
-                lladdr=obj.lladdr,
-                ifindex=obj.ifindex,
-                family=_family(obj.dst),
-                state=NUD_PERMANENT,
-            )
-        else:
-            self._ipr.fdb(
-                "replace",
-                ifindex=obj.ifindex,
-                lladdr=obj.lladdr,
-                dst=str(obj.dst),
-                state=NUD_PERMANENT,
-                flags=NTF_SELF,
-            )
-
-    def _delete(self, obj: KernelObject) -> bool:
-        """Delete ``obj``; False if it was already gone."""
+    def _dump(
+        self, what: str, kind: int, body: bytes, decode: Callable[[bytes], T | None]
+    ) -> list[T]:
+        """The decoded objects of one (kernel-filtered) dump; DataplaneError on failure."""
         try:
-            if isinstance(obj, Route):
-                # The protocol id makes the kernel match only our route.
-                self._ipr.route(
-                    "del",
-                    dst=str(obj.dst),
-                    family=_family(obj.dst),
-                    table=MAIN_TABLE,
-                    proto=ROUTE_PROTOCOL,
-                )
-            elif isinstance(obj, Neighbour):
-                self._ipr.neigh(
-                    "del", dst=str(obj.dst), ifindex=obj.ifindex, family=_family(obj.dst)
-                )
-            else:
-                self._ipr.fdb(
-                    "del", ifindex=obj.ifindex, lladdr=obj.lladdr, dst=str(obj.dst), flags=NTF_SELF
-                )
-        except NetlinkError as err:
-            if err.code in _ABSENT:
-                return False
-            raise
-        return True
+            return self._rtnl.dump(kind, body, decode)
+        except OSError as err:
+            raise _dataplane_error(what, err) from err
 
     def _refresh_names(self) -> None:
         links = self._request("dump links", self._ipr.link, "dump")
@@ -723,37 +788,168 @@ def _vxlan_args(spec: VxlanSpec) -> dict[str, Any]:
     return args
 
 
-def _our_route(msg: Any) -> Route | None:
-    if msg["proto"] != ROUTE_PROTOCOL or _table(msg) != MAIN_TABLE or msg["type"] != RTN_UNICAST:
-        return None
-    dst = msg.get("RTA_DST") or ("0.0.0.0" if msg["family"] == socket.AF_INET else "::")
-    gateway = msg.get("RTA_GATEWAY")
-    return Route(
-        dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
-        gateway=ipaddress.ip_address(gateway) if gateway else None,
-        ifindex=_route_oif(msg),
-        onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-    )
+def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:
+    return tuple(sorted(ifindexes)), tuple(sorted(families))
 
 
-def _permanent_neighbour(msg: Any) -> Neighbour | None:
-    dst = msg.get("NDA_DST")
-    lladdr = msg.get("NDA_LLADDR")
-    if not (msg["state"] & NUD_PERMANENT) or not dst or not lladdr:
-        return None
-    return Neighbour(
-        ifindex=int(msg["ifindex"]), dst=ipaddress.ip_address(dst), lladdr=lladdr.lower()
-    )
+def _our_blackhole(payload: bytes) -> Route | None:
+    return rtnl.our_route(payload, RTN_BLACKHOLE)
 
 
-def _self_fdb_entry(msg: Any) -> FdbEntry | None:
-    dst = msg.get("NDA_DST")
-    lladdr = msg.get("NDA_LLADDR")
-    if not (msg["flags"] & NTF_SELF) or not (msg["state"] & NUD_PERMANENT) or not dst or not lladdr:
-        return None
-    return FdbEntry(
-        ifindex=int(msg["ifindex"]), lladdr=lladdr.lower(), dst=ipaddress.ip_address(dst)
-    )
+def _in_netns(netns: str | None, action: Callable[[], T]) -> T:
+    """``action()`` run in the named namespace (in a short-lived thread that
+    setns()-es; sockets and /proc/sys/net it opens belong there), or here."""
+    if netns is None:
+        return action()
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)
+            outcome.append(action())
+        except (OSError, NetlinkError) as err:
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name="in-netns")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+class DatagramSocket(Protocol):
+    """What :class:`Rtnl` needs of its socket (a netlink socket, or a test's fake)."""
+
+    def send(self, data: bytes, /) -> int: ...
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Rtnl:
+    """A raw rtnetlink socket for batched requests and kernel-filtered dumps.
+
+    Requests go many per ``send()`` with ``NLM_F_ACK``; rtnetlink handles them
+    in order inside that ``send()``, and each answers with an ack (or an
+    error) carrying its sequence number, which maps it back to its object.
+    """
+
+    def __init__(self, sock: DatagramSocket) -> None:
+        self._sock = sock
+        self._seq = itertools.count(1)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
+        """The errno of each (type, flags, body) request, in order (0: done).
+
+        Requests whose ack never came (the receive buffer overran) are sent
+        again, up to ``ATTEMPTS`` times; every one of our writes is idempotent.
+        """
+        codes: list[int | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        for _ in range(ATTEMPTS):
+            lost: list[int] = []
+            for chunk in _chunks(pending, requests):
+                seqs: dict[int, int] = {}
+                datagram = []
+                for i in chunk:
+                    seq = next(self._seq)
+                    seqs[seq] = i
+                    kind, flags, body = requests[i]
+                    datagram.append(rtnl.message(kind, flags, seq, body))
+                self._sock.send(b"".join(datagram))
+                lost += self._collect(seqs, codes)
+            pending = lost
+            if not pending:
+                break
+        return [errnos.ETIMEDOUT if c is None else c for c in codes]
+
+    def dump(self, kind: int, body: bytes, decode: Callable[[bytes], T | None]) -> list[T]:
+        """Decoded replies of one dump; repeated (a few times) if the kernel says
+        the table changed under it."""
+        found: list[T] = []
+        for _ in range(ATTEMPTS):
+            seq = next(self._seq)
+            self._sock.send(rtnl.message(kind, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, body))
+            found, interrupted = [], False
+            done = False
+            while not done:
+                for reply in rtnl.replies(self._sock.recv(RECV_BYTES)):
+                    if reply.seq != seq:
+                        continue  # a late answer to an earlier request
+                    interrupted = interrupted or bool(reply.flags & rtnl.NLM_F_DUMP_INTR)
+                    if reply.kind == rtnl.NLMSG_DONE:
+                        done = True
+                    elif reply.kind == rtnl.NLMSG_ERROR:
+                        code = rtnl.ack_errno(reply.payload)
+                        raise OSError(code, os.strerror(code))
+                    else:
+                        obj = decode(reply.payload)
+                        if obj is not None:
+                            found.append(obj)
+            if not interrupted:
+                break
+        return found
+
+    def _collect(self, seqs: dict[int, int], codes: list[int | None]) -> list[int]:
+        """Read the acks of ``seqs`` into ``codes``; the indexes whose ack was lost."""
+        while seqs:
+            try:
+                datagram = self._sock.recv(RECV_BYTES)
+            except OSError as err:
+                if err.errno not in (errnos.ENOBUFS, errnos.EAGAIN) and not isinstance(
+                    err, TimeoutError
+                ):
+                    raise
+                log.debug("netlink: %d acks lost (%s); sending those again", len(seqs), err)
+                return list(seqs.values())
+            for reply in rtnl.replies(datagram):
+                index = seqs.pop(reply.seq, None)
+                if index is not None and reply.kind == rtnl.NLMSG_ERROR:
+                    codes[index] = rtnl.ack_errno(reply.payload)
+        return []
+
+
+def open_rtnl_socket() -> socket.socket:
+    """A raw rtnetlink socket with strict dump checking, capped acks and a large buffer."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.bind((0, 0))
+        # the kernel filters dumps by the header and attributes we send
+        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        # an error ack carries the request's header only, not the whole request
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.settimeout(REPLY_TIMEOUT)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _chunks(
+    indexes: Sequence[int], requests: Sequence[tuple[int, int, bytes]]
+) -> Iterable[list[int]]:
+    """``indexes`` cut into runs whose requests fit one ``send()`` of BATCH_BYTES."""
+    chunk: list[int] = []
+    size = 0
+    for i in indexes:
+        length = rtnl.HEADER.size + len(requests[i][2])
+        if chunk and size + length > BATCH_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += length
+    if chunk:
+        yield chunk
 
 
 # --- the kernel WireGuard driver (generic netlink) ------------------------------------------

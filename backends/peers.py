@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from backends.model import Skipped
 from subnet.lease import IPNetwork, Lease
@@ -33,6 +33,16 @@ class _Claims:
         at = bisect.bisect_right(starts, int(subnet.network_address))
         starts.insert(at, int(subnet.network_address))
         entries.insert(at, (int(subnet.broadcast_address), subnet))
+
+    def remove(self, subnet: IPNetwork) -> None:
+        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
+        first = int(subnet.network_address)
+        at = bisect.bisect_left(starts, first)
+        while at < len(starts) and starts[at] == first:
+            if entries[at][1] == subnet:
+                del starts[at], entries[at]
+                return
+            at += 1
 
 
 def usable_peers(
@@ -88,3 +98,63 @@ def _reject_reason(
             whose = "ours" if other in own_subnets else "another peer's"
             return f"subnet {sub} overlaps {whose} ({other})"
     return ""
+
+
+class PeerIndex:
+    """The usable peers of a full pass that skipped none, with what each holds exclusively.
+
+    With no peer skipped, a changed peer that passes the per-peer checks and
+    whose subnets and tokens (a VTEP MAC, say) nobody else holds gets the same
+    answer from a full pass as from looking at it alone: that is what lets an
+    event cost in proportion to what it changes.  Anything else (a conflict, a
+    rejected peer) is for the full pass; the caller then drops the index.
+    """
+
+    def __init__(
+        self,
+        own: Lease,
+        networks: Sequence[IPNetwork],
+        backend_type: str | None,
+        own_tokens: Iterable[Hashable] = (),
+    ) -> None:
+        self._networks = tuple(networks)
+        self._backend_type = backend_type
+        self._enabled = {n.version for n in networks}
+        self._own_subnets = [s for s in own.subnets() if s.version in self._enabled]
+        self._claims = _Claims()
+        for sub in self._own_subnets:
+            self._claims.add(sub)
+        self._tokens: dict[Hashable, str] = dict.fromkeys(own_tokens, "")
+        self._held: dict[str, tuple[list[IPNetwork], tuple[Hashable, ...]]] = {}
+
+    def hold(self, lease: Lease, tokens: Iterable[Hashable] = ()) -> None:
+        """Record a peer the full pass found usable."""
+        subnets = [s for s in lease.subnets() if s.version in self._enabled]
+        held = tuple(tokens)
+        for sub in subnets:
+            self._claims.add(sub)
+        for token in held:
+            self._tokens[token] = lease.key
+        self._held[lease.key] = (subnets, held)
+
+    def release(self, key: str) -> bool:
+        """Forget a peer (removed or about to change); False if it was not held."""
+        held = self._held.pop(key, None)
+        if held is None:
+            return False
+        for sub in held[0]:
+            self._claims.remove(sub)
+        for token in held[1]:
+            self._tokens.pop(token, None)
+        return True
+
+    def admit(self, lease: Lease, tokens: Iterable[Hashable] = ()) -> bool:
+        """Hold ``lease`` if a full pass would find it usable alongside the others."""
+        wanted = tuple(tokens)
+        subnets = [s for s in lease.subnets() if s.version in self._enabled]
+        reason = _reject_reason(lease, subnets, self._claims, self._own_subnets, self._networks,
+                                self._backend_type)
+        if reason or any(t in self._tokens for t in wanted):
+            return False
+        self.hold(lease, wanted)
+        return True

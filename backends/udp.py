@@ -27,7 +27,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
@@ -336,13 +336,15 @@ class Forwarder:
         poller = self._poller(tun)
         start = pos = count = size = 0
         peer: SockAddr = ("", 0)
+        last_read_at = len(out) - BUFFER_SIZE
+        readv = os.readv  # per packet: spare the attribute lookups
         while True:
-            if pos + BUFFER_SIZE > len(out):
+            if pos > last_read_at:
                 if count:
                     self._send(out[start:pos], count, peer, size)
                 start = pos = count = 0
             try:
-                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
+                length = readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
             except BlockingIOError:
                 if count:
                     self._send(out[start:pos], count, peer, size)
@@ -553,7 +555,12 @@ class UdpNetwork:
     def forward_stats(self) -> ForwardStats | None:
         return self._backend.stats
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         netlink = self._backend.netlink
         forwarder, link, recreated = self._ensure_device()
         usable, skipped = udp_peers(self._lease, peers, [self._network])

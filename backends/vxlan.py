@@ -16,20 +16,25 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
+from backends.model import DataplaneState, KernelObject, Skipped
 from backends.netlink import LinkState, Netlink, VxlanSpec
+from backends.peers import PeerIndex
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
     BACKEND_TYPE,
-    desired_state,
+    VxlanPeer,
     encode_backend_data,
+    own_vtep_mac,
     parse_mac,
     parse_options,
+    peer_objects,
     vtep_mac,
+    vxlan_peer,
     vxlan_peers,
 )
 from subnet.errors import (
@@ -120,6 +125,12 @@ class VxlanNetwork:
         self._device_mtu = spec.mtu
         self._address = ipaddress.ip_interface(f"{lease.subnet.network_address}/32")
         self._skips = SkipLog(log)
+        self._ifindex: int | None = None
+        # The last pass's usable peers, for events that touch only their own peers
+        # (None after a pass that skipped a peer: then every event is a full pass).
+        self._index: PeerIndex | None = None
+        self._objects: dict[str, list[KernelObject]] = {}
+        self._desired: DataplaneState | None = None
 
     @property
     def lease(self) -> Lease:
@@ -143,19 +154,95 @@ class VxlanNetwork:
         )
         self._netlink.sync_addresses(link.index, [self._address], self._networks)
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
-        ifindex, recreated = self._ensure_device()
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
+        if full or self._ifindex is None:
+            ifindex, recreated = self._ensure_device()
+        else:
+            ifindex, recreated = self._ifindex, False
+        delta = None
+        if (changes is not None and self._index is not None and ifindex == self._ifindex
+                and not (full and self._direct_routing)):
+            delta = self._apply_changes(changes, ifindex)
+        skipped: Sequence[Skipped] = ()
+        if delta is None:
+            skipped = self._compute_all(peers, ifindex)
+        result = None
+        if delta is not None and not full:
+            result = self._netlink.sync_delta(*delta, [ifindex], [socket.AF_INET])
+        if result is None:
+            result = self._netlink.sync(
+                self._desired_state(), [ifindex], [socket.AF_INET], fresh=full or recreated
+            )
+        return summarize(
+            result.applied, result.failed, skipped=skipped, peers=len(self._objects),
+            device_recreated=recreated,
+        )
+
+    def _compute_all(self, peers: Sequence[Lease], ifindex: int) -> list[Skipped]:
+        """Every peer's objects from scratch; keeps the index when no peer was skipped."""
         usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
         self._skips.report(skipped)
         direct = self._direct_peers([p.public_ip for p in usable])
-        desired = desired_state(usable, ifindex, direct)
-        result = self._netlink.sync(
-            desired, [ifindex], [socket.AF_INET], fresh=full or recreated
-        )
-        return summarize(
-            result.applied, result.failed, skipped=skipped, peers=len(usable),
-            device_recreated=recreated,
-        )
+        self._objects = {
+            p.key: peer_objects(p, ifindex, direct.get(p.public_ip)) for p in usable
+        }
+        self._ifindex = ifindex
+        self._desired = None
+        self._index = None if skipped else self._peer_index(peers, usable)
+        return skipped
+
+    def _apply_changes(
+        self, changes: Mapping[str, Lease | None], ifindex: int
+    ) -> tuple[list[KernelObject], list[KernelObject]] | None:
+        """The changed peers' old and new objects, when none of them conflicts with
+        anything (see :class:`PeerIndex`); None when every peer must be looked at."""
+        index = self._index
+        if index is None:
+            return None
+        added: list[VxlanPeer] = []
+        old: list[KernelObject] = []
+        for key, lease in changes.items():
+            if index.release(key):
+                old += self._objects.pop(key, ())
+            if lease is None:
+                continue
+            try:
+                peer = vxlan_peer(lease, self._spec.vni)
+            except PeerDataError:
+                peer = None
+            if peer is None or not index.admit(lease, (peer.vtep_mac,)):
+                self._index = None  # a full computation sorts out who keeps what, and says why
+                return None
+            added.append(peer)
+        direct = self._direct_peers([p.public_ip for p in added])
+        new: list[KernelObject] = []
+        for peer in added:
+            self._objects[peer.key] = peer_objects(peer, ifindex, direct.get(peer.public_ip))
+            new += self._objects[peer.key]
+        if old or new:
+            self._desired = None
+        return old, new
+
+    def _desired_state(self) -> DataplaneState:
+        """All peers' objects (the same object while nothing changes: cheap to compare)."""
+        if self._desired is None:
+            self._desired = DataplaneState.of(
+                [obj for objs in self._objects.values() for obj in objs]
+            )
+        return self._desired
+
+    def _peer_index(self, peers: Sequence[Lease], usable: Sequence[VxlanPeer]) -> PeerIndex:
+        mac = {p.key: p.vtep_mac for p in usable}
+        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE,
+                          [m for m in (own_vtep_mac(self._lease),) if m])
+        for lease in peers:
+            index.hold(lease, (mac[lease.key],))
+        return index
 
     def close(self) -> None:
         """Nothing runs in the background; the device and routes stay for a restart."""

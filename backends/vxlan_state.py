@@ -182,14 +182,13 @@ def vxlan_peers(
     """
     usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
     macs: dict[str, str] = {}
-    try:
-        macs[_family_data(own, version).vtep_mac] = "ours"
-    except PeerDataError:
-        pass
+    own_mac = own_vtep_mac(own, version)
+    if own_mac is not None:
+        macs[own_mac] = "ours"
     result: list[VxlanPeer] = []
     for peer in usable:
         try:
-            found = _vxlan_peer(peer, vni, version)
+            found = vxlan_peer(peer, vni, version)
             owner = macs.get(found.vtep_mac)
             if owner is not None:
                 raise PeerDataError(f"VtepMAC {found.vtep_mac} is already used ({owner})")
@@ -201,7 +200,8 @@ def vxlan_peers(
     return result, skipped
 
 
-def _vxlan_peer(peer: Lease, vni: int, version: int) -> VxlanPeer:
+def vxlan_peer(peer: Lease, vni: int, version: int = 4) -> VxlanPeer:
+    """The vxlan view of one lease; PeerDataError when it lacks what we need."""
     subnet = peer.subnet if version == 4 else peer.ipv6_subnet
     if subnet is None:
         raise PeerDataError(f"no IPv{version} subnet")
@@ -212,6 +212,14 @@ def _vxlan_peer(peer: Lease, vni: int, version: int) -> VxlanPeer:
     if data.vni != vni:
         raise PeerDataError(f"VNI {data.vni}, not {vni}")
     return VxlanPeer(peer.key, subnet, public_ip, data.vtep_mac)
+
+
+def own_vtep_mac(own: Lease, version: int = 4) -> str | None:
+    """Our own VTEP MAC as our lease advertises it (None if it does not parse)."""
+    try:
+        return _family_data(own, version).vtep_mac
+    except PeerDataError:
+        return None
 
 
 def _public_ip(lease: Lease, version: int) -> IPAddress | None:
@@ -238,12 +246,18 @@ def desired_state(
     """
     objects: list[KernelObject] = []
     for peer in peers:
-        via_dev = direct.get(peer.public_ip)
-        if via_dev is not None:
-            objects.append(Route(peer.subnet, peer.public_ip, via_dev))
-            continue
-        gateway = peer.subnet.network_address
-        objects.append(Neighbour(ifindex, gateway, peer.vtep_mac))
-        objects.append(FdbEntry(ifindex, peer.vtep_mac, peer.public_ip))
-        objects.append(Route(peer.subnet, gateway, ifindex, onlink=True))
+        objects += peer_objects(peer, ifindex, direct.get(peer.public_ip))
     return DataplaneState.of(objects)
+
+
+def peer_objects(peer: VxlanPeer, ifindex: int, via_dev: int | None) -> list[KernelObject]:
+    """The kernel objects of one peer: a direct route through ``via_dev`` if given,
+    else neighbour, FDB entry and onlink route through the VXLAN device."""
+    if via_dev is not None:
+        return [Route(peer.subnet, peer.public_ip, via_dev)]
+    gateway = peer.subnet.network_address
+    return [
+        Neighbour(ifindex, gateway, peer.vtep_mac),
+        FdbEntry(ifindex, peer.vtep_mac, peer.public_ip),
+        Route(peer.subnet, gateway, ifindex, onlink=True),
+    ]

@@ -289,7 +289,12 @@ class WireguardNetwork:
         if recreated:
             self._reconcile_peers([], remove=False)
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         recreated, link = self._ensure_link()
         usable, skipped = wireguard_peers(
             self._lease, self._public_key, peers, [self._network], self._options

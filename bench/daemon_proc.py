@@ -48,8 +48,10 @@ def cpu_seconds(pid: int) -> float:
 class Flanneld:
     """One flanneld child in the node namespace; stopped by its PID only."""
 
-    def __init__(self, ns: str, workdir: str, etcd_url: str, health_port: int = HEALTH_PORT,
-                 extra: Sequence[str] = (), profile: str | None = None) -> None:
+    def __init__(self, ns: str, workdir: str, etcd_url: str | None,
+                 health_port: int = HEALTH_PORT, extra: Sequence[str] = (),
+                 profile: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        """``etcd_url`` None: the store comes from ``extra`` (kube mode, with ``env``)."""
         self.subnet_file = os.path.join(workdir, "subnet.env")
         self.log_path = os.path.join(workdir, "flanneld.log")
         python = [sys.executable]
@@ -57,7 +59,7 @@ class Flanneld:
             python += ["-m", "cProfile", "-o", profile]
         self.argv = [
             *python, "-m", "flanneld.cli",
-            f"-etcd-endpoints={etcd_url}",
+            *([f"-etcd-endpoints={etcd_url}"] if etcd_url else []),
             "-iface=ul0",
             f"-subnet-file={self.subnet_file}",
             "-healthz-ip=127.0.0.1",
@@ -65,6 +67,7 @@ class Flanneld:
             *extra,
         ]
         self._ns = ns
+        self._env = {**os.environ, **env} if env else None
         self.health_port = health_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -75,7 +78,7 @@ class Flanneld:
             self.proc = subprocess.Popen(
                 netns_argv(self._ns, self.argv),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=REPO, start_new_session=True,
+                cwd=REPO, start_new_session=True, env=self._env,
             )
 
     @property

@@ -64,6 +64,15 @@ class Lab:
     def monitor(self) -> KernelMonitor:
         return KernelMonitor(self.node_thread)
 
+    def put_peer(self, peer: Peer) -> None:
+        self.gateway.put(peer.key, peer.value())
+
+    def delete_peer(self, peer: Peer) -> None:
+        self.gateway.delete(peer.key)
+
+    def put_peers(self, peers: Sequence[Peer]) -> float:
+        return put_peers(self.gateway, peers)
+
 
 @contextmanager
 def running_lab(keep_workdir: bool = False) -> Iterator[Lab]:
@@ -118,10 +127,11 @@ class Sample:
     extra_ms: float | None = None
 
 
-def add_peer_sample(lab_: Lab, monitor: KernelMonitor, peer: Peer,
+def add_peer_sample(lab_: Any, monitor: KernelMonitor, peer: Peer,
                     timeout: float) -> Sample | None:
+    """``lab_`` is an etcd :class:`Lab` or a ``kube_lab.KubeLab`` (``put_peer``/``delete_peer``)."""
     sent = time.monotonic()
-    lab_.gateway.put(peer.key, peer.value())
+    lab_.put_peer(peer)
     acked = time.monotonic()
     at = monitor.wait_peer_added(peer, timeout)
     if at is None:
@@ -129,10 +139,10 @@ def add_peer_sample(lab_: Lab, monitor: KernelMonitor, peer: Peer,
     return Sample(1000 * (acked - sent), 1000 * (at - sent))
 
 
-def delete_peer_sample(lab_: Lab, monitor: KernelMonitor, peer: Peer,
+def delete_peer_sample(lab_: Any, monitor: KernelMonitor, peer: Peer,
                        timeout: float) -> Sample | None:
     sent = time.monotonic()
-    lab_.gateway.delete(peer.key)
+    lab_.delete_peer(peer)
     acked = time.monotonic()
     times = monitor.wait_peer_removed(peer, timeout)
     if times is None:

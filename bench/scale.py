@@ -1,19 +1,29 @@
-"""flanneld (etcd, vxlan) at 1000 and 5000 peers: cold start, memory, and per-peer latency.
+"""flanneld (vxlan) at 1000 and 5000 peers: cold start, memory, events, idle cost, and the limit.
 
-For each size N (``--sizes``), in a fresh lab: N peer leases are written to
-etcd (transactions of 128 puts), then flanneld is started and timed until
-/readyz answers 200 and until the kernel holds all 3N objects (N routes,
-N neighbours, N FDB entries; counted from rtnetlink notifications and
-checked against an ``ip``/``bridge`` dump afterwards).  VmRSS/VmHWM are read
-from /proc/PID/status after convergence.  Then ``--samples`` times one new
-peer is added (put -> route+neigh+fdb) and deleted again (del -> route
-gone), within ``--budget`` seconds per size.
+For each size N (``--sizes``), in a fresh lab (``--mode etcd``: N peer leases
+in etcd, written in transactions of 128 puts; ``--mode kube``: N peer Node
+objects in the lab's Kubernetes API server double), flanneld is started and
+timed until /readyz answers 200 and until the kernel holds all 3N objects
+(N routes, N neighbours, N FDB entries; counted from rtnetlink notifications
+and checked against an ``ip``/``bridge`` dump afterwards).  VmRSS/VmHWM are
+read from /proc/PID/status after convergence.  Then:
+
+* ``--samples`` times one new peer is added (put -> route+neigh+fdb) and
+  deleted again (del -> route gone), within ``--budget`` seconds;
+* 100 new peers at once: seconds from the last write to all their routes,
+  then the same for deleting them;
+* ``--idle`` seconds converged and left alone: CPU share of the daemon, and
+  the duration of its last periodic full pass (``flannel_resync_duration_seconds``);
+* a burst of N more peers written while it runs (``--no-burst`` skips it):
+  seconds from the last write to all 2N peers programmed;
+* the physical limit: the same 3N objects written by ``bridge -batch`` and
+  ``ip -batch`` into a namespace of their own, in the same run.
 
 Unless ``--no-py-spy``, py-spy samples the daemon during the cold start and
 during the samples, and the functions with the most samples are reported.
 
-Usage (root): ``python3 bench/scale.py [--sizes 1000,5000] [--samples 20]
-[--out bench/results/scale.json]``.
+Usage (root): ``python3 bench/scale.py [--mode etcd|kube] [--sizes 1000,5000]
+[--samples 20] [--out bench/results/scale.json]``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ import shutil
 import time
 from typing import Any
 
-from daemon_proc import cpu_seconds, proc_status, reconcile_stats
-from etcd_lab import NODE_IP, peer_samples, put_peers, running_lab
+from daemon_proc import Flanneld, cpu_seconds, proc_status, reconcile_stats
+from etcd_lab import NODE_IP, peer_samples, running_lab
+from ipbatch import ip_batch_seconds
 from kernel_view import compare_views, dump_kernel, expected_view
-from peer_leases import NETWORK, SUBNETS, Peer
+from kube_lab import running_kube_lab
+from peer_leases import NETWORK, Peer
 from profiling import PySpy, print_profile, top_functions
 from report import (
     default_out,
@@ -49,7 +61,13 @@ from subnet.lease import Lease, LeaseAttrs, decode_attrs
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mode", choices=("etcd", "kube"), default="etcd",
+                        help="subnet manager: leases in etcd, or Node objects in the API double")
     parser.add_argument("--sizes", default="1000,5000", help="comma-separated peer counts")
+    parser.add_argument("--idle", type=float, default=30.0,
+                        help="seconds converged and left alone, for the idle CPU share")
+    parser.add_argument("--no-burst", action="store_true",
+                        help="skip writing N more peers while the daemon runs")
     parser.add_argument("--samples", type=int, default=20, help="add/delete samples per size")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per sample")
     parser.add_argument("--ready-timeout", type=float, default=120.0,
@@ -66,10 +84,9 @@ def parse_args() -> argparse.Namespace:
 
 def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[str, Any]:
     peers = [Peer(i) for i in range(n)]
-    result: dict[str, Any] = {"peers": n}
-    with running_lab() as lab:
-        result["etcd_write_s"] = round(put_peers(lab.gateway, peers), 3)
-        result["etcd_keys"] = lab.gateway.count_prefix(SUBNETS)
+    result: dict[str, Any] = {"peers": n, "mode": args.mode}
+    with running_kube_lab() if args.mode == "kube" else running_lab() as lab:
+        result["store_write_s"] = round(lab.put_peers(peers), 3)
         monitor = lab.monitor()
         daemon = lab.flanneld()
         spy: PySpy | None = None
@@ -118,17 +135,50 @@ def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[
             result["samples_timed_out"] = timeouts
             result["add_ms"] = summary([s.latency_ms for s in adds])
             result["delete_route_ms"] = summary([s.latency_ms for s in deletes])
-            result["etcd_put_rtt_ms"] = summary([s.put_ms for s in adds])
+            result["store_rtt_ms"] = summary([s.put_ms for s in adds])
             result["cpu_during_samples_s"] = round(cpu_seconds(daemon.pid) - cpu_before, 2)
+            result.update(_hundred_at_once(lab, monitor, n, args.timeout))
+            result.update(_idle(lab, daemon, args.idle))
             result["status_end_kib"] = proc_status(daemon.pid)
             result["reconcile_end"] = reconcile_stats(daemon.metrics(lab.node_thread))
+            if not args.no_burst:
+                burst = [Peer(i) for i in range(n + 100, 2 * n + 100)]
+                lab.put_peers(burst)
+                written = time.monotonic()
+                done = monitor.wait_counts(2 * n, 2 * n, 2 * n, args.ready_timeout)
+                result["burst_last_write_to_all_s"] = _since(written, done)
             result["monitor_overflows"] = monitor.overflows
         finally:
             if spy is not None:
                 spy.stop()
             daemon.stop()
             monitor.close()
+        result["ip_batch_s"] = round(ip_batch_seconds(lab.prefix, peers), 3)
     return result
+
+
+def _hundred_at_once(lab: Any, monitor: Any, n: int, timeout: float) -> dict[str, Any]:
+    """100 new peers written back to back, then deleted: seconds after the last write."""
+    batch = [Peer(i) for i in range(n, n + 100)]
+    lab.put_peers(batch)
+    written = time.monotonic()
+    added = monitor.wait_counts(n + 100, n + 100, n + 100, timeout)
+    for peer in batch:
+        lab.delete_peer(peer)
+    deleted = time.monotonic()
+    gone = monitor.wait(lambda m: time.monotonic() if len(m.view.routes) <= n else None, timeout)
+    return {"hundred_add_after_last_s": _since(written, added),
+            "hundred_delete_after_last_s": _since(deleted, gone)}
+
+
+def _idle(lab: Any, daemon: Flanneld, seconds: float) -> dict[str, Any]:
+    """The daemon left alone for ``seconds``: its CPU share and its last full pass."""
+    before = cpu_seconds(daemon.pid)
+    time.sleep(seconds)
+    share = (cpu_seconds(daemon.pid) - before) / seconds
+    resync = daemon.metrics(lab.node_thread).get("flannel_resync_duration_seconds")
+    return {"idle_cpu_percent": round(100 * share, 2), "idle_seconds": seconds,
+            "last_full_pass_s": None if not resync else round(resync, 3)}
 
 
 def time_pure(n: int) -> dict[str, float]:
@@ -195,11 +245,12 @@ def main() -> int:
               flush=True)
 
     print_table(
-        "flanneld cold start with N peer leases in etcd (vxlan; 3 kernel objects per peer)",
-        ["peers", "etcd write s", "start->1st route s", "start->ready s", "start->all s",
-         "routes/neigh/fdb", "kernel=leases", "VmRSS MiB", "VmHWM MiB", "CPU s"],
-        [(r["peers"], r["etcd_write_s"], r.get("start_to_first_route_s"),
-          r.get("start_to_ready_s"), r.get("start_to_all_programmed_s"),
+        f"flanneld cold start with N peers ({args.mode} mode, vxlan; 3 kernel objects per peer)"
+        " next to ip -batch of the same objects",
+        ["peers", "store write s", "start->1st route s", "start->ready s", "start->all s",
+         "ip -batch s", "routes/neigh/fdb", "kernel=leases", "VmRSS MiB", "VmHWM MiB", "CPU s"],
+        [(r["peers"], r["store_write_s"], r.get("start_to_first_route_s"),
+          r.get("start_to_ready_s"), r.get("start_to_all_programmed_s"), r.get("ip_batch_s"),
           "/".join(str(v) for v in r["kernel_counts_dump"].values()),
           "yes" if not any(r["kernel_vs_leases"].values()) else r["kernel_vs_leases"],
           _mib(r["status_after_convergence_kib"].get("VmRSS")),
@@ -214,6 +265,15 @@ def main() -> int:
           *(fmt_ms(r.get("add_ms", {}).get(k)) for k in ("p50", "p99", "max")),
           *(fmt_ms(r.get("delete_route_ms", {}).get(k)) for k in ("p50", "p99", "max")),
           r.get("samples_timed_out", "-"), r.get("reconcile_end", {}).get("mean_ms", "-"))
+         for r in results],
+    )
+    print_table(
+        "bursts and idle (seconds after the last write; idle CPU in % of one core)",
+        ["peers", "100 added s", "100 deleted s", "N more added s", "full pass s",
+         "idle CPU %", "VmRSS end MiB"],
+        [(r["peers"], r.get("hundred_add_after_last_s"), r.get("hundred_delete_after_last_s"),
+          r.get("burst_last_write_to_all_s", "-"), r.get("last_full_pass_s"),
+          r.get("idle_cpu_percent"), _mib(r.get("status_end_kib", {}).get("VmRSS")))
          for r in results],
     )
     if not args.no_pure:

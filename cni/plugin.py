@@ -10,9 +10,11 @@ routes carry no gateway (plugins PR #887). The delegate's stdout and exit
 status are passed on unchanged. This is the only place that turns errors
 into CNI error JSON and an exit status.
 
-Start-up matters (the runtime starts the plugin for every pod), so only
-``json``, ``os``, ``signal`` and ``ipaddress`` are imported on the way to
-the delegate; ``logging`` is imported when there is something to log.
+Start-up matters (the runtime starts the plugin for every pod), so each
+command imports only what it uses: VERSION nothing beyond ``os`` and ``sys``;
+ADD and DEL also ``json``, ``signal`` and ``ipaddress`` (through our own
+modules, imported where the command needs them); ``logging`` is imported when
+there is something to log.
 """
 
 from __future__ import annotations
@@ -20,10 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cni import gojson
-from cni.cache import ScratchCache
 from cni.errors import INTERNAL, CniError
-from cni.invoke import PluginResult, find_plugin, run_plugin
 from cni.protocol import (
     SUPPORTED_VERSIONS,
     Request,
@@ -33,15 +32,15 @@ from cni.protocol import (
     read_request,
     version_json,
 )
-from cni.render import render_delegate
-from cni.stdin_config import NetConf, parse_netconf
-from cni.subnetenv import load_subnet_env
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable, Mapping
     from typing import BinaryIO, TextIO
+
+    from cni.invoke import PluginResult
+    from cni.stdin_config import NetConf
 
     Handler = Callable[[Request, NetConf, Mapping[str, str], BinaryIO], int]
 
@@ -68,6 +67,8 @@ def _relay(result: PluginResult, plugin: str, stdout: BinaryIO) -> int:
 
 def _cached_type(data: bytes) -> str | None:
     """The delegate type of a cached config, or None if it is not one we wrote."""
+    from cni import gojson
+
     try:
         cached = gojson.loads(data)
     except ValueError:
@@ -77,6 +78,12 @@ def _cached_type(data: bytes) -> str | None:
 
 
 def cmd_add(request: Request, conf: NetConf, environ: Mapping[str, str], stdout: BinaryIO) -> int:
+    from cni import gojson
+    from cni.cache import ScratchCache
+    from cni.invoke import find_plugin, run_plugin
+    from cni.render import render_delegate
+    from cni.subnetenv import load_subnet_env
+
     env = load_subnet_env(conf.subnet_file)
     delegate = render_delegate(conf, env)
     data = gojson.dumps(delegate)
@@ -86,6 +93,9 @@ def cmd_add(request: Request, conf: NetConf, environ: Mapping[str, str], stdout:
 
 
 def cmd_del(request: Request, conf: NetConf, environ: Mapping[str, str], stdout: BinaryIO) -> int:
+    from cni.cache import ScratchCache
+    from cni.invoke import find_plugin, run_plugin
+
     cache = ScratchCache(conf.data_dir)
     data = cache.load(request.container_id)
     if data is None:
@@ -133,6 +143,8 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO, stderr: T
         if request.command == "VERSION":
             stdout.write(version_json())
             return 0
+        from cni.stdin_config import parse_netconf
+
         conf = parse_netconf(request.stdin)
         config_version = conf.cni_version
         check_version(conf.effective_version, request.command)

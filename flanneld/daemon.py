@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExternalInterface, Network
-from backends.kernelwatch import KernelWatch
+from backends.kernelwatch import KernelWatch, OwnDeletions
 from backends.netlink import Netlink
 from backends.registry import BackendContext, BackendEntry, lookup
 from flanneld import iface, subnetfile
@@ -176,7 +176,9 @@ def traffic_rules(config: NetConfig, flags: Flags) -> TrafficManager:
     return traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
 
 
-KernelWatchFactory = Callable[[Callable[[], None], threading.Event], threading.Thread]
+KernelWatchFactory = Callable[
+    [Callable[[], None], threading.Event, OwnDeletions], threading.Thread
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +268,8 @@ class Daemon:
         config = get_network_config(manager, stop, metrics.record_store_error)
         entry = parts.backend(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
-        backend = make_backend(flags, manager, config, entry, parts.netlink(), stop,
+        netlink = parts.netlink()
+        backend = make_backend(flags, manager, config, entry, netlink, stop,
                                metrics.record_store_error)
         network = register(backend, manager, config, stop, metrics.record_store_error)
         rules = parts.rules(config, flags)
@@ -277,7 +280,7 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
-        self._threads = node.helpers(loop, holder, stop, parts)
+        self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions)
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
@@ -382,7 +385,8 @@ class Node:
         return self.network
 
     def helpers(
-        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts
+        self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts,
+        deletions: OwnDeletions,
     ) -> list[threading.Thread]:
         """The threads beside the main loop (not started)."""
         flags, metrics = self._flags, self._metrics
@@ -394,7 +398,7 @@ class Node:
                     metrics.record_store_error),
             Periodic("traffic-rules-resync", flags.iptables_resync,
                      lambda: metrics.record_rules_restored(self._rules.resync()), stop),
-            parts.kernel_watch(lambda: loop.messages.put(Kick()), stop),
+            parts.kernel_watch(lambda: loop.messages.put(Kick()), stop, deletions),
         ]
         if flags.ip_blackhole_route:
             blackholes = Blackholes(holder, parts.netlink)

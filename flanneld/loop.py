@@ -296,9 +296,11 @@ class MainLoop:
 
     def _reconcile(self, network: Network, table: PeerTable, action: Reconcile) -> Outcome | None:
         started = self._clock()
+        changes = table.take_changes()
         try:
-            report = network.reconcile(table.peers(), full=action.full)
+            report = network.reconcile(table.peers(), full=action.full, changes=changes)
         except FlannelError as err:
+            table.forget_changes()
             log.error("reconcile failed: %s (retrying at the next resync)", err)
             return None
         seconds = self._clock() - started

@@ -60,6 +60,11 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=reg,
         )
+        self.resync_duration = Gauge(
+            "flannel_resync_duration_seconds",
+            "Duration of the last periodic full pass (the kernel re-read, no lease news).",
+            registry=reg,
+        )
         self.kernel_added = Counter(
             "flannel_kernel_objects_added",
             "Routes, neighbours and FDB entries written.",
@@ -103,6 +108,7 @@ class Metrics:
         self.netlink_errors.inc(len(report.failed))
         self.usable_peers.set(report.peers)
         if resync_only:
+            self.resync_duration.set(seconds)
             self.repaired.labels("dataplane").inc(report.added + report.removed)
         if report.device_recreated:
             self.repaired.labels("device").inc()

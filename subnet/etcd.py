@@ -202,6 +202,7 @@ class EtcdSubnetManager:
         self._lock = threading.Lock()
         self._watches: set[int] = set()
         self._warned: set[tuple[bytes, int]] = set()
+        self._listed: dict[bytes, ListedLease] = {}
         self._closed = False
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
@@ -446,6 +447,9 @@ class EtcdSubnetManager:
         so one answer never has to hold every value at once.
         """
         entries = []
+        # An unchanged key (same mod revision) is not parsed again: the start lists
+        # thousands of leases up to three times (previous lease, acquire, snapshot).
+        known, listed = self._listed, {}
         start, end = self._subnets.encode(), prefix_range_end(self._subnets.encode())
         revision = 0
         while True:
@@ -457,22 +461,29 @@ class EtcdSubnetManager:
             )
             revision = revision or int(resp.header.revision)
             for kv in resp.kvs:
-                try:
-                    v4, v6 = self._parse_key(kv.key)
-                except PeerDataError as err:
-                    self._warn_once(kv.key, kv.mod_revision, err)
-                    continue
-                try:
-                    attrs: LeaseAttrs | None = decode_attrs(kv.value)
-                except PeerDataError as err:
-                    self._warn_once(kv.key, kv.mod_revision, err)
-                    attrs = None
-                entries.append(
-                    ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
-                )
+                entry = known.get(kv.key)
+                if entry is None or entry.mod_revision != kv.mod_revision:
+                    entry = self._parse_entry(kv)
+                if entry is not None:
+                    listed[kv.key] = entry
+                    entries.append(entry)
             if not resp.more or not resp.kvs:
+                self._listed = listed  # the watcher and the main thread both list: swap
                 return entries, revision
             start = resp.kvs[-1].key + b"\0"
+
+    def _parse_entry(self, kv: Any) -> ListedLease | None:
+        try:
+            v4, v6 = self._parse_key(kv.key)
+        except PeerDataError as err:
+            self._warn_once(kv.key, kv.mod_revision, err)
+            return None
+        try:
+            attrs: LeaseAttrs | None = decode_attrs(kv.value)
+        except PeerDataError as err:
+            self._warn_once(kv.key, kv.mod_revision, err)
+            attrs = None
+        return ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()

@@ -53,10 +53,11 @@ class Lease:
     # Node creation time): of two leases claiming one subnet or VTEP MAC, the
     # older keeps it.  None (unknown) sorts last.
     claim_order: float | None = field(default=None, compare=False)
+    # the etcd key name, computed once: passes over thousands of leases sort and index by it
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return subnet_key(self.subnet, self.ipv6_subnet)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", subnet_key(self.subnet, self.ipv6_subnet))
 
     def with_expiration(self, expiration: datetime | None) -> Lease:
         return replace(self, expiration=expiration)

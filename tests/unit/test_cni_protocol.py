@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,17 @@ import pytest
 from cni import errors
 from cni.errors import CniError
 from cni.plugin import run
-from cni.protocol import SUPPORTED_VERSIONS, check_version, error_json, validate_ifname
+from cni.protocol import (
+    SUPPORTED_VERSIONS,
+    check_version,
+    error_json,
+    validate_ifname,
+    version_json,
+)
 
 CONF = {"cniVersion": "1.0.0", "name": "cbr0", "type": "flannel"}
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def env(**overrides: str) -> dict[str, str]:
@@ -50,6 +60,25 @@ def test_version_lists_supported_versions_and_ignores_stdin() -> None:
         "cniVersion": "1.1.0",
         "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
     }
+
+
+def test_version_answer_is_byte_for_byte_what_json_dumps_writes() -> None:
+    info = {"cniVersion": SUPPORTED_VERSIONS[-1], "supportedVersions": list(SUPPORTED_VERSIONS)}
+    assert version_json() == json.dumps(info, separators=(",", ":")).encode() + b"\n"
+
+
+def test_version_imports_neither_json_nor_the_add_path() -> None:
+    code = (
+        "import os, sys, io; os.environ['CNI_COMMAND'] = 'VERSION'\n"
+        "from cni.plugin import run\n"
+        "run(os.environ, io.BytesIO(), io.BytesIO(), sys.stderr)\n"
+        "heavy = {'json', 're', 'ipaddress', 'cni.gojson', 'cni.cache', 'cni.render'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    # -S: no site (a venv's site imports re and more); the checkout is on the path via cwd
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                          check=True, cwd=ROOT)
+    assert done.stdout.strip() == "[]"
 
 
 def test_no_command_prints_about_to_stderr_and_succeeds() -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from backends.base import InterfaceAddress, InterfaceInfo, ReconcileReport, RouteLookup
+from backends.kernelwatch import OwnDeletions
 from backends.registry import BackendContext, BackendEntry
 from bench.fakes import FakeSubnetManager
 from flanneld.daemon import Daemon, Parts, backend_entry
@@ -46,6 +47,7 @@ class FakeNetlink:
 
     def __init__(self) -> None:
         self.blackholes: list[list[IPNetwork]] = []
+        self.deletions = OwnDeletions()
 
     def interfaces(self) -> list[InterfaceInfo]:
         return [
@@ -83,7 +85,12 @@ class FakeNetwork:
     def forward_stats(self) -> None:
         return None
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         self.calls.append((sorted(p.key for p in peers), full))
         self._on_reconcile(self)
         return ReconcileReport(peers=len(peers))
@@ -157,7 +164,9 @@ class Rig:
             self.backends.append(FakeBackend(ctx, self._stop_when_done))
             return self.backends[-1]
 
-        def kernel_watch(notify: Callable[[], None], stop: threading.Event) -> FakeKernelWatch:
+        def kernel_watch(
+            notify: Callable[[], None], stop: threading.Event, _own: OwnDeletions
+        ) -> FakeKernelWatch:
             self.kernel_watches.append(FakeKernelWatch(notify, stop))
             return self.kernel_watches[-1]
 

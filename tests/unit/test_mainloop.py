@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from backends.base import ReconcileReport
 from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
@@ -26,6 +26,7 @@ class FakeNetwork:
     def __init__(self, own: Lease) -> None:
         self._lease = own
         self.calls: list[list[str]] = []
+        self.changes: list[dict[str, Lease | None] | None] = []
 
     @property
     def lease(self) -> Lease:
@@ -35,8 +36,14 @@ class FakeNetwork:
     def mtu(self) -> int:
         return 1450
 
-    def reconcile(self, peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         self.calls.append(sorted(p.key for p in peers))
+        self.changes.append(None if changes is None else dict(changes))
         return ReconcileReport(peers=len(peers))
 
     def close(self) -> None:
@@ -183,10 +190,14 @@ def test_driver_carries_out_the_step_in_the_calling_thread_with_an_injected_cloc
     first, second = FakeNetwork(lease(1)), FakeNetwork(lease(5))
     record = second.reconcile
 
-    def reconcile_then_stop(peers: Sequence[Lease], full: bool = True) -> ReconcileReport:
+    def reconcile_then_stop(
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+    ) -> ReconcileReport:
         clock.now += 2.0
         stop.set()
-        return record(peers, full)
+        return record(peers, full, changes)
 
     second.reconcile = reconcile_then_stop  # type: ignore[method-assign]
     announced: list[str] = []
@@ -203,3 +214,22 @@ def test_driver_carries_out_the_step_in_the_calling_thread_with_an_injected_cloc
     assert announced == ["10.244.5.0-24"] and holder.get().key == "10.244.5.0-24"
     assert synced == [True]
     assert observer.passes == [(2.0, False)]
+
+
+def test_each_pass_is_told_which_leases_changed_since_the_last() -> None:
+    stop = threading.Event()
+    network = FakeNetwork(lease(1))
+    loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
+                    LoopSettings(resync_interval=60), stop)
+    thread = run_loop(loop, network, stop)
+    try:
+        loop.messages.put(Snapshot((lease(1), lease(2))))
+        wait_until(lambda: len(network.changes) == 1, WAIT, "the snapshot's pass")
+        loop.messages.put(LeaseAdded(lease(3)))
+        wait_until(lambda: len(network.changes) == 2, WAIT, "the addition's pass")
+        loop.messages.put(LeaseRemoved(lease(2).key))
+        wait_until(lambda: len(network.changes) == 3, WAIT, "the removal's pass")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert network.changes == [None, {lease(3).key: lease(3)}, {lease(2).key: None}]

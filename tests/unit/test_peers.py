@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.peers import usable_peers
+from backends.peers import PeerIndex, usable_peers
 from subnet.lease import Lease, LeaseAttrs
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
@@ -95,3 +95,45 @@ def test_the_older_claim_wins_whatever_the_key_order() -> None:
     unknown = dataclasses.replace(peer("10.244.8.0/23"), claim_order=None)
     usable, _ = usable_peers(OWN, [unknown, owner], [NETWORK], "vxlan")
     assert [p.key for p in usable] == ["10.244.9.0-24"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(subnets, max_size=12), st.lists(st.tuples(st.booleans(), subnets), max_size=8))
+def test_a_change_the_index_admits_is_what_a_full_pass_would_decide(
+    start: list[ipaddress.IPv4Network], changes: list[tuple[bool, ipaddress.IPv4Network]]
+) -> None:
+    """Law: while the index holds (no peer skipped), every admitted change leaves the
+    peers usable exactly as a full pass over all of them finds them: none skipped."""
+    table = {p.key: p for p in (peer(str(s)) for s in start)}
+    usable, skipped = usable_peers(OWN, list(table.values()), [NETWORK], "vxlan")
+    if skipped:
+        return
+    index = PeerIndex(OWN, [NETWORK], "vxlan")
+    for lease in usable:
+        index.hold(lease)
+    for remove, sub in changes:
+        new = peer(str(sub))
+        if remove:
+            assert index.release(new.key) == (new.key in table)
+            table.pop(new.key, None)
+        else:
+            index.release(new.key)
+            if not index.admit(new):
+                return  # a full pass decides from here on
+            table[new.key] = new
+        usable, skipped = usable_peers(OWN, list(table.values()), [NETWORK], "vxlan")
+        assert not skipped and {p.key for p in usable} == set(table)
+
+
+def test_the_index_refuses_overlaps_taken_tokens_and_other_backends() -> None:
+    index = PeerIndex(OWN, [NETWORK], "vxlan", own_tokens=["0e:00:00:00:00:01"])
+    index.hold(peer("10.244.2.0/24"), ["0e:00:00:00:00:02"])
+    assert not index.admit(peer("10.244.2.0/25"), ["0e:00:00:00:00:03"])  # overlaps a peer
+    assert not index.admit(peer("10.244.1.0/24"), ["0e:00:00:00:00:03"])  # overlaps ours
+    assert not index.admit(peer("10.244.3.0/24"), ["0e:00:00:00:00:02"])  # a peer's MAC
+    assert not index.admit(peer("10.244.3.0/24"), ["0e:00:00:00:00:01"])  # our MAC
+    assert not index.admit(peer("10.244.3.0/24", "host-gw"), ["0e:00:00:00:00:03"])
+    assert not index.admit(peer("10.99.3.0/24"), ["0e:00:00:00:00:03"])  # outside the network
+    assert index.admit(peer("10.244.3.0/24"), ["0e:00:00:00:00:03"])
+    assert index.release(peer("10.244.2.0/24").key)
+    assert index.admit(peer("10.244.2.0/25"), ["0e:00:00:00:00:02"])  # freed by the release

@@ -61,3 +61,18 @@ def test_new_own_key_drops_it_from_peers() -> None:
     table.set_own_key(lease(3).key)
     assert table.own_key == "10.244.3.0-24"
     assert [p.key for p in table.peers()] == ["10.244.2.0-24"]
+
+
+def test_changes_since_the_last_take_are_per_key_and_unknown_after_a_snapshot() -> None:
+    table = PeerTable(OWN.key)
+    table.apply(Snapshot((OWN, lease(2), lease(3))))
+    assert table.take_changes() is None  # everything may have changed
+    table.apply(LeaseAdded(lease(4)))
+    table.apply(LeaseRemoved(lease(2).key))
+    table.apply(LeaseRemoved("10.244.99.0-24"))  # unknown: nothing changes
+    table.apply(LeaseAdded(OWN))  # ours is not a peer
+    assert table.take_changes() == {lease(4).key: lease(4), lease(2).key: None}
+    assert table.take_changes() == {}
+    table.apply(LeaseAdded(lease(5)))
+    table.forget_changes()  # the pass failed: the next one looks at every peer
+    assert table.take_changes() is None

@@ -1,0 +1,293 @@
+"""rtnetlink messages for our routes, neighbours and FDB entries, as bytes (pure).
+
+The netlink seam (:mod:`backends.netlink`) sends thousands of these per pass,
+so they are encoded straight from the model objects with ``struct`` (one
+fixed layout per object shape: the same bytes pyroute2's ``rtmsg``/``ndmsg``
+classes produce for the same request, which a unit test checks) and dump
+replies are decoded only as far as our objects need.  Nothing here does I/O.
+
+Layouts (linux/netlink.h, rtnetlink.h, neighbour.h): a 16-byte ``nlmsghdr``,
+then a 12-byte ``rtmsg`` or ``ndmsg``, then 4-byte aligned attributes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from backends.model import ROUTE_PROTOCOL, FdbEntry, KernelObject, Neighbour, Route
+from backends.plan import Change, Put
+
+AF_INET = 2
+AF_INET6 = 10
+AF_BRIDGE = 7
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
+
+MAIN_TABLE = 254
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_NOWHERE = 255
+RTNH_F_ONLINK = 0x4
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
+ATTR = struct.Struct("=HH")
+ERROR = struct.Struct("=i")
+U32 = struct.Struct("=I")
+
+_PUT = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+_DEL = NLM_F_REQUEST | NLM_F_ACK
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One message read back from the kernel: header fields and the payload after it."""
+
+    kind: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def attr(kind: int, data: bytes) -> bytes:
+    """One attribute, padded to 4 bytes."""
+    length = ATTR.size + len(data)
+    return ATTR.pack(length, kind) + data + b"\0" * (-length & 3)
+
+
+def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
+    """A whole netlink message: header plus ``body`` (already aligned)."""
+    return HEADER.pack(HEADER.size + len(body), kind, flags, seq, 0) + body
+
+
+def change_body(change: Change) -> tuple[int, int, bytes]:
+    """(message type, flags, body) of the request that applies ``change``."""
+    obj = change.obj
+    put = isinstance(change, Put)
+    if isinstance(obj, Route):
+        return (RTM_NEWROUTE if put else RTM_DELROUTE, _PUT if put else _DEL,
+                route_body(obj, put))
+    if isinstance(obj, Neighbour):
+        return (RTM_NEWNEIGH if put else RTM_DELNEIGH, _PUT if put else _DEL,
+                neighbour_body(obj, put))
+    return RTM_NEWNEIGH if put else RTM_DELNEIGH, _PUT if put else _DEL, fdb_body(obj)
+
+
+def route_body(route: Route, put: bool) -> bytes:
+    """An ``rtmsg`` for our route: add/replace it, or delete it (matched by protocol id)."""
+    family = _family(route.dst.version)
+    if put:
+        head = RTMSG.pack(family, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL,
+                          RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if route.onlink else 0)
+    else:
+        head = RTMSG.pack(family, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL,
+                          RT_SCOPE_NOWHERE, 0, 0)
+    parts = [head, attr(RTA_DST, route.dst.network_address.packed)]
+    if put and route.gateway is not None:
+        parts.append(attr(RTA_GATEWAY, route.gateway.packed))
+    if put and route.ifindex is not None:
+        parts.append(attr(RTA_OIF, U32.pack(route.ifindex)))
+    return b"".join(parts)
+
+
+def neighbour_body(neigh: Neighbour, put: bool) -> bytes:
+    """An ``ndmsg`` for a permanent neighbour entry."""
+    head = NDMSG.pack(_family(neigh.dst.version), 0, 0, neigh.ifindex,
+                      NUD_PERMANENT if put else 0, 0, 0)
+    parts = [head, attr(NDA_DST, neigh.dst.packed)]
+    if put:
+        parts.append(attr(NDA_LLADDR, mac_bytes(neigh.lladdr)))
+    return b"".join(parts)
+
+
+def fdb_body(entry: FdbEntry) -> bytes:
+    """An ``ndmsg`` (family AF_BRIDGE) for a ``self`` FDB entry of a VXLAN device."""
+    head = NDMSG.pack(AF_BRIDGE, 0, 0, entry.ifindex, NUD_PERMANENT, NTF_SELF, 0)
+    return head + attr(NDA_LLADDR, mac_bytes(entry.lladdr)) + attr(NDA_DST, entry.dst.packed)
+
+
+def route_dump(family: int, rtype: int = 0) -> bytes:
+    """A route dump request body that a strict-checking kernel filters to our
+    protocol id in the main table (and to ``rtype`` if given)."""
+    return RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL, 0, rtype, 0) + attr(
+        RTA_TABLE, U32.pack(MAIN_TABLE)
+    )
+
+
+def neighbour_dump(family: int, ifindex: int) -> bytes:
+    """A neighbour dump request body filtered to one device."""
+    return NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + attr(NDA_IFINDEX, U32.pack(ifindex))
+
+
+def fdb_dump(ifindex: int) -> bytes:
+    """An FDB dump request body filtered to one (bridge port or VXLAN) device."""
+    return NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, 0, 0, 0)
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def replies(datagram: bytes) -> Iterator[Reply]:
+    """Every netlink message in one datagram."""
+    offset = 0
+    end = len(datagram)
+    while offset + HEADER.size <= end:
+        length, kind, flags, seq, _pid = HEADER.unpack_from(datagram, offset)
+        if length < HEADER.size or offset + length > end:
+            return
+        yield Reply(kind, flags, seq, datagram[offset + HEADER.size : offset + length])
+        offset += (length + 3) & ~3
+
+
+def ack_errno(payload: bytes) -> int:
+    """The errno of an NLMSG_ERROR payload (0 for a plain ack)."""
+    code: int = ERROR.unpack_from(payload)[0]
+    return -code
+
+
+def attributes(payload: bytes, offset: int) -> dict[int, bytes]:
+    """Attribute type -> data, from ``offset`` to the end of ``payload``."""
+    found: dict[int, bytes] = {}
+    end = len(payload)
+    while offset + ATTR.size <= end:
+        length, kind = ATTR.unpack_from(payload, offset)
+        if length < ATTR.size:
+            break
+        found[kind & 0x3FFF] = payload[offset + ATTR.size : offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def our_route(payload: bytes, rtype: int = RTN_UNICAST) -> Route | None:
+    """The route in an RTM_NEWROUTE payload if it is ours (protocol id, main table, ``rtype``)."""
+    family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
+    if proto != ROUTE_PROTOCOL or kind != rtype:
+        return None
+    attrs = attributes(payload, RTMSG.size)
+    table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+    if table_id != MAIN_TABLE:
+        return None
+    dst = attrs.get(RTA_DST)
+    if dst is None:
+        dst = bytes(4 if family == AF_INET else 16)
+    gateway = attrs.get(RTA_GATEWAY)
+    oif = attrs.get(RTA_OIF)
+    return Route(
+        dst=ipaddress.ip_network((ipaddress.ip_address(dst), dst_len)),
+        gateway=ipaddress.ip_address(gateway) if gateway else None,
+        ifindex=U32.unpack(oif)[0] if oif else None,
+        onlink=bool(flags & RTNH_F_ONLINK),
+    )
+
+
+def permanent_neighbour(payload: bytes) -> Neighbour | None:
+    """The neighbour in an RTM_NEWNEIGH payload if it is permanent with an address."""
+    _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    if not dst or not lladdr:
+        return None
+    return Neighbour(ifindex=ifindex, dst=ipaddress.ip_address(dst), lladdr=mac_text(lladdr))
+
+
+def self_fdb_entry(payload: bytes) -> FdbEntry | None:
+    """The FDB entry in an AF_BRIDGE RTM_NEWNEIGH payload if it is permanent, ``self``,
+    with a remote address."""
+    _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT or not flags & NTF_SELF:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    if not dst or not lladdr:
+        return None
+    return FdbEntry(ifindex=ifindex, lladdr=mac_text(lladdr), dst=ipaddress.ip_address(dst))
+
+
+def mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _family(version: int) -> int:
+    return AF_INET if version == 4 else AF_INET6
+
+
+
+# --- signatures: a cheap, hashable form of our objects for comparing whole tables ----------
+
+Signature = tuple[object, ...]
+
+
+def signature(obj: KernelObject) -> Signature:
+    """What a dump of ``obj`` decodes to with the ``*_signature`` functions below."""
+    if isinstance(obj, Route):
+        gateway = None if obj.gateway is None else obj.gateway.packed
+        return ("route", obj.dst.network_address.packed, obj.dst.prefixlen, gateway, obj.ifindex,
+                obj.onlink)
+    if isinstance(obj, Neighbour):
+        return ("neigh", obj.ifindex, obj.dst.packed, mac_bytes(obj.lladdr))
+    return ("fdb", obj.ifindex, mac_bytes(obj.lladdr), obj.dst.packed)
+
+
+def route_signature(payload: bytes) -> Signature | None:
+    """:func:`our_route` without building objects."""
+    family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
+    if proto != ROUTE_PROTOCOL or kind != RTN_UNICAST:
+        return None
+    attrs = attributes(payload, RTMSG.size)
+    table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+    if table_id != MAIN_TABLE:
+        return None
+    dst = attrs.get(RTA_DST) or bytes(4 if family == AF_INET else 16)
+    oif = attrs.get(RTA_OIF)
+    return ("route", dst, dst_len, attrs.get(RTA_GATEWAY) or None,
+            U32.unpack(oif)[0] if oif else None, bool(flags & RTNH_F_ONLINK))
+
+
+def neighbour_signature(payload: bytes) -> Signature | None:
+    """:func:`permanent_neighbour` without building objects."""
+    _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    return ("neigh", ifindex, dst, lladdr) if dst and lladdr else None
+
+
+def fdb_signature(payload: bytes) -> Signature | None:
+    """:func:`self_fdb_entry` without building objects."""
+    _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
+    if not state & NUD_PERMANENT or not flags & NTF_SELF:
+        return None
+    attrs = attributes(payload, NDMSG.size)
+    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
+    return ("fdb", ifindex, lladdr, dst) if dst and lladdr else None

@@ -1,0 +1,132 @@
+"""The daemon benchmarks' kube-mode lab: the API server double and one flanneld node.
+
+Like :mod:`etcd_lab`, with the lab's Kubernetes API server double
+(:class:`flanneld.lab.apiserver.server.KubeAPIDouble`) in place of etcd::
+
+    <prefix>-ul  the API double on 198.18.0.1:6443 (run by this process), veth ``ul0``
+    <prefix>-n1  flanneld --kube-subnet-mgr, NODE_NAME=bench-node, ``-iface=ul0``
+
+Peers are Node objects with ``spec.podCIDR`` and the annotations upstream
+writes (``kube-subnet-manager``, ``backend-type``, ``backend-data``,
+``public-ip``).  Everything is removed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from daemon_proc import Flanneld
+from etcd_lab import ETCD_IP, NODE_IP, unique_prefix
+from kernel_view import KernelMonitor
+from nsthread import NsThread
+from peer_leases import NET_CONF, Peer
+
+from flanneld.lab.apiserver.server import KubeAPIDouble
+from flanneld.lab.topology import create_netns, delete_netns, veth_link
+
+API_PORT = 6443
+NODE_NAME = "bench-node"
+OWN_POD_CIDR = "10.127.1.0/24"  # inside the network, outside every peer subnet
+ANNOTATION = "flannel.alpha.coreos.com/"
+
+
+def node_name(peer: Peer) -> str:
+    return f"peer-{peer.index}"
+
+
+def annotations(peer: Peer) -> dict[str, str]:
+    return {
+        ANNOTATION + "kube-subnet-manager": "true",
+        ANNOTATION + "backend-type": "vxlan",
+        ANNOTATION + "backend-data": json.dumps({"VNI": 1, "VtepMAC": peer.mac},
+                                                separators=(",", ":")),
+        ANNOTATION + "public-ip": peer.public_ip,
+    }
+
+
+@dataclass(slots=True)
+class KubeLab:
+    prefix: str
+    api_ns: str
+    node_ns: str
+    workdir: str
+    api_thread: NsThread
+    node_thread: NsThread
+    double: KubeAPIDouble
+
+    def flanneld(self, extra: Sequence[str] = (), profile: str | None = None) -> Flanneld:
+        store = [
+            "--kube-subnet-mgr",
+            f"--kubeconfig-file={os.path.join(self.workdir, 'kubeconfig')}",
+            f"--net-config-path={os.path.join(self.workdir, 'net-conf.json')}",
+        ]
+        return Flanneld(self.node_ns, self.workdir, None, extra=[*store, *extra],
+                        profile=profile, env={"NODE_NAME": NODE_NAME})
+
+    def monitor(self) -> KernelMonitor:
+        return KernelMonitor(self.node_thread)
+
+    def put_peer(self, peer: Peer) -> None:
+        self.double.add_node(node_name(peer), pod_cidr=str(peer.subnet),
+                             annotations=annotations(peer))
+
+    def delete_peer(self, peer: Peer) -> None:
+        self.double.delete_node(node_name(peer))
+
+    def put_peers(self, peers: Sequence[Peer]) -> float:
+        started = time.monotonic()
+        for peer in peers:
+            self.put_peer(peer)
+        return time.monotonic() - started
+
+
+@contextmanager
+def running_kube_lab() -> Iterator[KubeLab]:
+    """Namespaces, underlay and the API double with our own Node; everything removed afterwards."""
+    prefix = unique_prefix()
+    api_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
+    created: list[str] = []
+    threads: list[NsThread] = []
+    double = KubeAPIDouble(host=ETCD_IP, port=API_PORT, history=20000)
+    try:
+        for ns in (api_ns, node_ns):
+            create_netns(ns)
+            created.append(ns)
+        veth_link(api_ns, "ul0", ipaddress.IPv4Interface(f"{ETCD_IP}/24"),
+                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
+        api_thread, node_thread = NsThread(api_ns), NsThread(node_ns)
+        threads += [api_thread, node_thread]
+        api_thread.run(double.start)  # its listening socket lives in the underlay namespace
+        double.add_node(NODE_NAME, pod_cidr=OWN_POD_CIDR)
+        _write_files(workdir)
+        yield KubeLab(prefix, api_ns, node_ns, workdir, api_thread, node_thread, double)
+    finally:
+        double.stop()
+        for thread in threads:
+            thread.close()
+        for ns in created:
+            delete_netns(ns)
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+
+
+def _write_files(workdir: str) -> None:
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "bench", "cluster": {"server": f"http://{ETCD_IP}:{API_PORT}"}}],
+        "users": [{"name": "flanneld", "user": {}}],
+        "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "flanneld"}}],
+        "current-context": "bench",
+    }
+    for name, doc in (("kubeconfig", kubeconfig), ("net-conf.json", NET_CONF)):
+        with open(os.path.join(workdir, name), "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)

@@ -1,0 +1,143 @@
+"""Batched writes and kernel-filtered dumps of the netlink seam, in a fresh namespace."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from pyroute2 import netns as pyroute2_netns
+
+from backends import rtnl
+from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route
+from backends.netlink import Netlink, Rtnl, open_rtnl_socket
+from backends.plan import Put, plan
+
+pytestmark = pytest.mark.netns
+
+PEERS = 600  # 1800 objects: many sends' worth of requests
+GW_BASE = int(ipaddress.IPv4Address("10.200.0.0"))
+
+
+def ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def ip_json(ns: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run(["ip", "-j", "-n", ns, *args], check=True, capture_output=True,
+                         text=True).stdout
+    return list(json.loads(out or "[]"))
+
+
+def bridge_json(ns: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run(["bridge", "-j", "-n", ns, *args], check=True, capture_output=True,
+                         text=True).stdout
+    return list(json.loads(out or "[]"))
+
+
+@pytest.fixture
+def node(netns_factory: Callable[[str], str]) -> Iterator[tuple[str, Netlink, int]]:
+    """A namespace with an underlay veth and two VXLAN devices (ours and a foreign one)."""
+    ns = netns_factory("nlb")
+    ip(ns, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+    ip(ns, "addr", "add", "198.18.0.1/16", "dev", "ul0")
+    for dev, vni in (("vx-ours", 1), ("vx-other", 2)):
+        ip(ns, "link", "add", dev, "type", "vxlan", "id", str(vni), "dev", "ul0",
+           "local", "198.18.0.1", "dstport", "8472", "nolearning")
+    for dev in ("ul0", "ul1", "vx-ours", "vx-other"):
+        ip(ns, "link", "set", dev, "up")
+    with Netlink(ns) as netlink:
+        ours = netlink.link("vx-ours")
+        assert ours is not None
+        yield ns, netlink, ours.index
+
+
+def peer_objects(count: int, dev: int) -> list[KernelObject]:
+    objects: list[KernelObject] = []
+    for i in range(count):
+        gateway = ipaddress.IPv4Address(GW_BASE + 256 * i)
+        mac = f"0e:00:00:00:{i // 256:02x}:{i % 256:02x}"
+        public = ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.1.0")) + i)
+        objects += [
+            Neighbour(dev, gateway, mac),
+            FdbEntry(dev, mac, public),
+            Route(ipaddress.IPv4Network(f"{gateway}/24"), gateway, dev, onlink=True),
+        ]
+    return objects
+
+
+def test_batched_apply_programs_every_object_and_a_second_pass_writes_nothing(
+    node: tuple[str, Netlink, int],
+) -> None:
+    ns, netlink, dev = node
+    desired = DataplaneState.of(peer_objects(PEERS, dev))
+    result = netlink.sync(desired, [dev], [2])
+    assert not result.failed and len(result.applied) == 3 * PEERS
+    routes = ip_json(ns, "route", "show", "proto", "44")
+    assert len(routes) == PEERS
+    assert all(r["dev"] == "vx-ours" and "onlink" in r["flags"] for r in routes)  # type: ignore[operator]
+    neighbours = [n for n in ip_json(ns, "neigh", "show", "dev", "vx-ours")
+                  if "PERMANENT" in n.get("state", ())]  # type: ignore[operator]
+    assert len(neighbours) == PEERS
+    fdb = [e for e in bridge_json(ns, "fdb", "show", "dev", "vx-ours") if e.get("dst")]
+    assert len(fdb) == PEERS
+    assert netlink.observe([dev], [2]) == desired
+    assert netlink.sync(desired, [dev], [2]).applied == ()
+
+
+def test_the_dump_reads_only_our_objects(node: tuple[str, Netlink, int]) -> None:
+    ns, netlink, dev = node
+    mine = peer_objects(3, dev)
+    netlink.apply([Put(o) for o in mine])
+    # foreign objects: another protocol, another device, another VXLAN device
+    ip(ns, "route", "add", "10.99.0.0/24", "via", "198.18.0.2", "proto", "static")
+    ip(ns, "route", "add", "10.99.1.0/24", "via", "198.18.0.2", "proto", "44", "table", "100")
+    ip(ns, "neigh", "add", "198.18.0.9", "lladdr", "0e:00:00:00:99:99", "dev", "ul0",
+       "nud", "permanent")
+    ip(ns, "neigh", "add", "10.98.0.0", "lladdr", "0e:00:00:00:98:98", "dev", "vx-other",
+       "nud", "permanent")
+    subprocess.run(["bridge", "-n", ns, "fdb", "append", "0e:00:00:00:98:98", "dev", "vx-other",
+                    "dst", "198.18.0.98", "self", "permanent"], check=True)
+    assert netlink.observe([dev], [2]) == DataplaneState.of(mine)
+
+    # The kernel itself filtered: every raw reply of our dumps belongs to us.
+    made: list[Rtnl] = []
+    opener = threading.Thread(target=lambda: (pyroute2_netns.setns(ns, flags=0),
+                                              made.append(Rtnl(open_rtnl_socket()))))
+    opener.start()
+    opener.join(10)
+    (raw,) = made
+    try:
+        routes = raw.dump(rtnl.RTM_GETROUTE, rtnl.route_dump(2), lambda p: p)
+        assert routes and all(p[5] == 44 and p[4] == 254 for p in routes)
+        neighbours = raw.dump(rtnl.RTM_GETNEIGH, rtnl.neighbour_dump(2, dev), lambda p: p)
+        assert neighbours and {rtnl.NDMSG.unpack_from(p)[3] for p in neighbours} == {dev}
+        fdb = raw.dump(rtnl.RTM_GETNEIGH, rtnl.fdb_dump(dev), lambda p: p)
+        assert fdb and {rtnl.NDMSG.unpack_from(p)[3] for p in fdb} == {dev}
+    finally:
+        raw.close()
+
+
+def test_a_partly_failed_batch_reports_each_object_and_retries_only_what_failed(
+    node: tuple[str, Netlink, int],
+) -> None:
+    ns, netlink, dev = node
+    good = peer_objects(50, dev)
+    gw = ipaddress.IPv4Address("10.201.0.0")
+    unreachable = Route(ipaddress.IPv4Network("10.201.0.0/24"), gw, dev, onlink=False)
+    missing_dev = Neighbour(99999, ipaddress.IPv4Address("10.202.0.0"), "0e:00:00:00:aa:aa")
+    desired = DataplaneState.of([*good, unreachable])
+    first = netlink.sync(desired, [dev], [2])
+    assert [(f.change.obj, f.errno) for f in first.failed] == [(unreachable, errno.ENETUNREACH)]
+    assert len(first.applied) == len(good)
+    again = netlink.sync(desired, [dev], [2], fresh=False)
+    assert again.applied == () and [f.change.obj for f in again.failed] == [unreachable]
+    batch = netlink.apply([Put(missing_dev), *plan(DataplaneState(), DataplaneState.of(good))])
+    assert [(f.change.obj, f.errno) for f in batch.failed] == [(missing_dev, errno.ENODEV)]
+    assert len(batch.applied) == len(good)
+    assert len(ip_json(ns, "route", "show", "proto", "44")) == 50
