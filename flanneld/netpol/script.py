@@ -39,7 +39,7 @@ class Observed:
     maps: Mapping[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
     chains: Mapping[str, ObservedChain] = field(default_factory=dict)
     # chain -> packets counted by its counter (the reject rule of an iso chain)
-    counters: Mapping[str, int] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 def _elements(items: Iterable[str]) -> str:
