@@ -344,7 +344,7 @@ def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(lab: La
         deadline = time.monotonic() + outage
         while time.monotonic() < deadline:
             changed += [n for n in names if observe(lab, n) != before[n]]
-            time.sleep(0.5)
+            time.sleep(0.5)  # sampling through the 10 s outage (the scenario)
         lab.start_etcd()
         # Written as soon as etcd is back: the daemons' watches are still reconnecting.
         put_at = time.monotonic()
