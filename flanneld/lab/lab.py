@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.wireguard_go import running_pid, stop_recorded
@@ -44,6 +44,7 @@ from flanneld.lab.layout import (
     cni_conflist,
     flanneld_argv,
     flanneld_env,
+    flanneld_launcher,
     is_lab_netns,
     make_plan,
     node_paths,
@@ -393,13 +394,13 @@ class Lab:
             gateway.put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
 
     def _spawn_flanneld(self, node: NodePlan, extra_args: Sequence[str] = ()) -> ProcessRecord:
-        launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
+        launch = flanneld_launcher(node, procs.launcher(self._python, "flanneld", "flanneld.cli"))
         argv = [*flanneld_argv(launch, self._plan, node), *extra_args]
         env = {**_child_env(), **flanneld_env(self._plan, node)}
         pid = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, env)
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(_flanneld_role(node), record))
-        log.info("started flanneld on %s as pid %d", node.name, pid)
+        log.info("started flanneld on %s as pid %d (%s)", node.name, pid, launch[0])
         return record
 
     def _ready(self, node: NodePlan) -> bool:
@@ -637,6 +638,7 @@ def up(
     subnet_mgr: str = "etcd",
     image: str | None = None,
     manifest: str | None = None,
+    flanneld: Mapping[str, str] | None = None,
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
@@ -646,9 +648,16 @@ def up(
     double (:mod:`flanneld.lab.apiserver`, run by :mod:`flanneld.lab.kubeapi`).
     With ``image``, each node runs the ``manifest``'s DaemonSet pod from that
     image with podman instead (:mod:`flanneld.lab.podspec`); the backend is
-    the one in the manifest's net-conf.json.
+    the one in the manifest's net-conf.json.  ``flanneld`` maps node names
+    to another flanneld binary (e.g. upstream's) those nodes run with the
+    same upstream flags: a mixed cluster.
     """
-    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image)
+    binaries = dict(flanneld or {})
+    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image,
+                     flanneld=binaries)
+    for node, path in binaries.items():
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise ConfigError(f"--flanneld {node}={path}: not an executable file")
     if image is not None:
         manifest = os.path.abspath(manifest or DEFAULT_MANIFEST)
         in_manifest = podspec.net_conf_backend(read_manifest(manifest))
@@ -661,7 +670,7 @@ def up(
             f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"
         )
     lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
-                       image=image, manifest=manifest), python)
+                       image=image, manifest=manifest, flanneld=binaries), python)
     lab.build()
     return lab
 

@@ -38,11 +38,12 @@ class LabState:
     subnet_mgr: str = "etcd"
     image: str | None = None  # image mode: the image and the manifest whose pod runs it
     manifest: str | None = None
+    flanneld: dict[str, str] = field(default_factory=dict)  # node -> another flanneld binary
 
     def plan(self) -> LabPlan:
         return make_plan(
             self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
-            image=self.image,
+            image=self.image, flanneld=self.flanneld,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -66,6 +67,7 @@ class LabState:
             "subnet_mgr": self.subnet_mgr,
             "image": self.image,
             "manifest": self.manifest,
+            "flanneld": dict(self.flanneld),
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -91,6 +93,7 @@ class LabState:
                 subnet_mgr=str(doc.get("subnet_mgr", "etcd")),
                 image=_optional(doc.get("image")),
                 manifest=_optional(doc.get("manifest")),
+                flanneld={str(k): str(v) for k, v in doc.get("flanneld", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err
