@@ -28,7 +28,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
@@ -56,6 +56,7 @@ _PARSERS: Mapping[str, Callable[[JSON], tuple[Any, list[Problem]]]] = {
 }
 
 
+@runtime_checkable
 class ObjectSource(Protocol):
     """What the Kubernetes subnet manager offers the policy engine."""
 
