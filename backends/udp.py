@@ -13,6 +13,14 @@ at our port; udp->tun accepts datagrams from known peers only and writes
 them to the TUN.  Buffers are preallocated; both file descriptors are
 non-blocking and a thread only polls (with a self-pipe for shutdown) when
 there is nothing to read.  Wire format and port (8285) are upstream's.
+
+Two packet loops do that work.  The offload path (where the kernel has UDP
+GSO and GRO) reads packets straight into a send buffer and sends runs of
+them for one peer in one UDP GSO call, and reads GRO batches whose TCP
+segments it writes back to the TUN merged into super-frames (virtio-net
+GSO header); Python then runs per batch, the kernel per packet.  The plain
+path makes one system call per packet each way.  ``ForwardStats.path``
+says which one runs.
 """
 
 from __future__ import annotations
@@ -336,13 +344,15 @@ class Forwarder:
         poller = self._poller(tun)
         start = pos = count = size = 0
         peer: SockAddr = ("", 0)
+        last_read_at = len(out) - BUFFER_SIZE
+        readv = os.readv  # per packet: spare the attribute lookups
         while True:
-            if pos + BUFFER_SIZE > len(out):
+            if pos > last_read_at:
                 if count:
                     self._send(out[start:pos], count, peer, size)
                 start = pos = count = 0
             try:
-                length = os.readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
+                length = readv(tun, [vnet, out[pos : pos + BUFFER_SIZE]]) - VNET_HDR_LEN
             except BlockingIOError:
                 if count:
                     self._send(out[start:pos], count, peer, size)
@@ -412,7 +422,10 @@ class Forwarder:
             size = gro_size(cmsgs, length)
             table = self.table
             if not table.knows_source(sender[0]):
-                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size)
+                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size) or 1
+                continue
+            if not length:
+                stats.dropped[Drop.NOT_IPV4] += 1
                 continue
             first = 0
             while first * size < length:
@@ -454,13 +467,16 @@ class Forwarder:
 
 
 def gro_size(cmsgs: list[tuple[int, int, bytes]], length: int) -> int:
-    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram)."""
+    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram).
+
+    Never 0: an empty datagram counts as one of size 1.
+    """
     for level, kind, data in cmsgs:
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
             size = int.from_bytes(data[:4], sys.byteorder)
             if 0 < size < length:
                 return size
-    return length
+    return length or 1
 
 
 class UdpBackend:

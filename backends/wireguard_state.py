@@ -30,7 +30,6 @@ from subnet.netconf import BackendConfig
 
 BACKEND_TYPE = "wireguard"
 DEVICE = "flannel-wg"
-DEVICE_V6 = "flannel-wg-v6"
 DEFAULT_PORT = 51820
 DEFAULT_PORT_V6 = 51821
 # Outer IPv6 header (40) + UDP (8) + WireGuard header (16) + auth tag (16): upstream's figure.

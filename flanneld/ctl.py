@@ -83,6 +83,8 @@ def _lab_up(args: argparse.Namespace) -> int:
             pods_per_node=args.pods_per_node,
             prefix=args.prefix,
             subnet_mgr=args.subnet_mgr,
+            image=args.image,
+            manifest=args.manifest,
         )
         leases = lab.leases()
         cells = lab.matrix(count=args.count, timeout=args.ping_timeout)
@@ -99,7 +101,10 @@ def _lab_up(args: argparse.Namespace) -> int:
         print(
             f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}, "
             f"subnet manager {args.subnet_mgr}"
+            + (f", DaemonSet pods from {args.image}" if args.image else "")
         )
+        if lab.unhonoured:
+            print("pod spec fields the lab does not honour: " + ", ".join(lab.unhonoured))
         print(render_leases(leases))
         print()
         print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
@@ -211,6 +216,15 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         default="etcd",
         help="etcd (default): a private etcd; kube: flanneld --kube-subnet-mgr against the "
         "Kubernetes API double that ships with the lab (flanneld.lab.apiserver)",
+    )
+    up.add_argument(
+        "--image",
+        help="kube mode: run the manifest's DaemonSet pod on each node from this image with "
+        "podman (init containers, mounts, token), e.g. localhost/pyflannel:dev",
+    )
+    up.add_argument(
+        "--manifest",
+        help="with --image: the manifest (default: manifests/kube-flannel.yml of this checkout)",
     )
     _add_prefix(up)
     up.add_argument("--json", action="store_true", help="print one JSON object")

@@ -2,6 +2,8 @@
 # Install everything pyflannel needs on a Debian 12 machine, as root:
 # Debian packages (etcd, CNI plugins, firewall and network tools) and a
 # virtualenv in .venv with the package and its test extras.
+#   --image  also what building and running the container image takes (podman, runc,
+#            mmdebstrap, openssl): scripts/build-image.sh and `flannelctl lab up --image`
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,9 @@ APT_PACKAGES=(
   iproute2 iputils-ping tcpdump iperf3 python3 python3-venv python3-pip
   wireguard-go wireguard-tools
 )
+if [ "${1:-}" = "--image" ]; then
+  APT_PACKAGES+=(podman runc mmdebstrap openssl)
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install.sh: run as root (network namespaces and netlink need it)" >&2

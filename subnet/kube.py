@@ -517,8 +517,12 @@ class KubeSubnetManager:
         items = doc.get("items") or []
         return rv, [item for item in items if isinstance(item, dict)]
 
-    def _lease_of(self, cfg: NetConfig, node: JSON, state: _WatchState) -> tuple[bool, Lease | None]:
-        """(usable, lease): usable is False for garbage, logged once per content."""
+    def _lease_of(self, cfg: NetConfig, node: JSON, state: _WatchState) -> Lease | None:
+        """The Node's lease; None for an unmanaged Node or garbage (logged once per content).
+
+        A Node whose annotations turn to garbage has no lease, as a re-list sees
+        it; for our own Node the daemon then acquires again, writing them anew.
+        """
         name = node_name_of(node)
         try:
             lease = node_to_lease(node, self.keys, enable_ipv4=cfg.enable_ipv4,
@@ -527,9 +531,9 @@ class KubeSubnetManager:
             if state.bad.get(name) != str(err):
                 log.warning("Skipping node %r: cannot turn it into a lease: %s", name, err)
                 state.bad[name] = str(err)
-            return False, None
+            return None
         state.bad.pop(name, None)
-        return True, lease
+        return lease
 
     def _list_and_watch(
         self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
@@ -538,9 +542,7 @@ class KubeSubnetManager:
         rv, nodes = self._list_nodes()
         table = NodeLeaseTable()
         for node in nodes:
-            usable, lease = self._lease_of(cfg, node, state)
-            if usable:
-                table.set(node_name_of(node), lease)
+            table.set(node_name_of(node), self._lease_of(cfg, node, state))
         sink(Snapshot(table.leases()))
         report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
@@ -592,10 +594,8 @@ class KubeSubnetManager:
             raise KubeAPIError(message, code)
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if kind in ("ADDED", "MODIFIED"):
-            usable, lease = self._lease_of(cfg, obj, state)
-            if usable:
-                for msg in table.set(node_name_of(obj), lease):
-                    sink(msg)
+            for msg in table.set(node_name_of(obj), self._lease_of(cfg, obj, state)):
+                sink(msg)
         elif kind == "DELETED":
             state.bad.pop(node_name_of(obj), None)
             for msg in table.set(node_name_of(obj), None):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flanneld.lab.layout import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, pod_cidr
+from flanneld.lab.tls import ServerCert
 from subnet.errors import FlannelError
 
 KUBEAPI_ROLE = "kubeapi"
@@ -26,13 +27,15 @@ CONTROL_TIMEOUT = 30.0
 JSON = dict[str, Any]
 
 
-def double_argv(python: str, plan: LabPlan) -> list[str]:
+def double_argv(python: str, plan: LabPlan, tls: ServerCert | None = None) -> list[str]:
     """The API double's command line (it contains the state dir: the process marker)."""
+    served = [f"--tls-cert={tls.cert}", f"--tls-key={tls.key}"] if tls else []
     return [
         python, "-m", DOUBLE_MODULE,
         f"--host={plan.gateway.ip}",
         f"--port={KUBE_API_PORT}",
         f"--control={plan.kube_control}",
+        *served,
     ]
 
 
@@ -104,6 +107,14 @@ class KubeApiControl:
     def set_pod_cidr(self, name: str, pod_cidr: str | None) -> JSON:
         result: JSON = self.call("set_pod_cidr", name=name, pod_cidr=pod_cidr)
         return result
+
+    def add_pod(self, namespace: str, name: str, node_name: str) -> JSON:
+        result: JSON = self.call("add_pod", namespace=namespace, name=name, node_name=node_name)
+        return result
+
+    def issue_token(self, namespace: str, service_account: str) -> str:
+        """A service-account token (the TokenRequest a kubelet makes for a pod's volume)."""
+        return str(self.call("issue_token", namespace=namespace, service_account=service_account))
 
     def delete_node(self, name: str) -> None:
         self.call("delete_node", name=name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from backends.wireguard_go import running_pid, stop_recorded
 from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
-from flanneld.lab import etcdgw, kubeapi, pods, procs, topology
+from flanneld.lab import etcdgw, kubeapi, podrun, pods, podspec, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
 from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
@@ -33,6 +34,7 @@ from flanneld.lab.layout import (
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
     HEALTHZ_PORT,
+    KUBE_API_PORT,
     NODE_UNDERLAY_IF,
     POD_IF,
     UNDERLAY_BRIDGE,
@@ -63,6 +65,7 @@ from flanneld.lab.matrix import (
     run_pings,
 )
 from flanneld.lab.state import LabState, ProcessRecord
+from flanneld.lab.tls import ServerCert, make_server_cert
 from subnet.errors import ConfigError, DataplaneError, FlannelError
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,10 @@ STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE)  # stopped after every flanneld
 READY_TIMEOUT = 60.0
 ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
+CONTAINER_STOP_TIMEOUT = 60.0
+# Image mode reads the DaemonSet from here unless told otherwise (a checkout's manifest).
+DEFAULT_MANIFEST = str(pathlib.Path(__file__).resolve().parents[2] / "manifests"
+                       / "kube-flannel.yml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,9 @@ class Lab:
         self._state = state
         self._plan = state.plan()
         self._python = python
+        self._manifest: podspec.Manifest | None = None
+        if self._plan.image is not None:
+            self._manifest = read_manifest(state.manifest or DEFAULT_MANIFEST)
 
     @classmethod
     def attach(cls, prefix: str = DEFAULT_PREFIX, python: str = sys.executable) -> Lab:
@@ -207,17 +217,28 @@ class Lab:
         else:
             self._start_etcd()
             self._put_net_conf()
-        for node in plan.nodes:
-            self._spawn_flanneld(node)
+        if plan.image is not None:
+            ignored = self.unhonoured
+            if ignored:
+                log.info("pod spec fields the lab does not honour: %s", ", ".join(ignored))
+            for node in plan.nodes:
+                self._start_pod(node)
+        else:
+            for node in plan.nodes:
+                self._spawn_flanneld(node)
         for node in plan.nodes:
             self._wait_ready(node, READY_TIMEOUT)
-        pods.write_plugin_wrapper(
-            self.bin_dir, procs.launcher(self._python, "flannel", "cni.plugin")
-        )
+        if plan.image is None:
+            pods.write_plugin_wrapper(
+                self.bin_dir, procs.launcher(self._python, "flannel", "cni.plugin")
+            )
         for node in plan.nodes:
             for pod in node.pods:
                 self._make_netns(pod.netns)
-                result = pods.run_plugin(plan, node, pod, "ADD", self.bin_dir)
+                result = (
+                    pods.add_from_node_config(plan, node, pod) if plan.image is not None
+                    else pods.run_plugin(plan, node, pod, "ADD", self.bin_dir)
+                )
                 log.info("pod %s on %s has %s", pod.name, node.name, pods.result_ipv4(result))
 
     def _build_underlay(self) -> None:
@@ -233,9 +254,14 @@ class Lab:
                              node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
         paths = node_paths(self._plan, node)
-        os.makedirs(paths.cni_conf_dir, mode=0o755, exist_ok=True)
-        with open(os.path.join(paths.cni_conf_dir, CNI_CONFLIST), "w", encoding="utf-8") as fh:
-            json.dump(cni_conflist(self._plan, node), fh, indent=2)
+        if self._plan.image is not None:
+            # flanneld without --iface takes the default route's interface, as on a real node
+            topology.add_default_route(node.netns, self._plan.gateway.ip)
+            podrun.provision_node(paths.host_root)  # the init containers fill net.d
+        else:
+            os.makedirs(paths.cni_conf_dir, mode=0o755, exist_ok=True)
+            with open(os.path.join(paths.cni_conf_dir, CNI_CONFLIST), "w", encoding="utf-8") as fh:
+                json.dump(cni_conflist(self._plan, node), fh, indent=2)
 
     def _etcd_spec(self) -> EtcdSpec:
         return EtcdSpec(
@@ -279,7 +305,8 @@ class Lab:
         """The API double in the underlay namespace, one Node per lab node, their files."""
         plan = self._plan
         log_path = os.path.join(plan.state_dir, "kubeapi.log")
-        pid = procs.spawn(kubeapi.double_argv(self._python, plan), log_path,
+        tls = self._server_cert() if plan.image is not None else None
+        pid = procs.spawn(kubeapi.double_argv(self._python, plan, tls), log_path,
                           plan.underlay_netns, _child_env())
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(KUBEAPI_ROLE, record))
@@ -288,7 +315,78 @@ class Lab:
         except FlannelError as err:
             raise FlannelError(f"{err}; last log lines:\n{log_tail(log_path)}") from err
         kubeapi.add_lab_nodes(plan, self.kube_api)
-        kubeapi.write_node_files(plan, plan.net_conf())
+        if plan.image is None:
+            kubeapi.write_node_files(plan, plan.net_conf())
+
+    # --- image mode: the manifest's DaemonSet pod on each node --------------------
+
+    def _server_cert(self) -> ServerCert:
+        return make_server_cert(os.path.join(self._plan.state_dir, "tls"), self._plan.gateway.ip)
+
+    def _pod_context(self, node: NodePlan) -> podspec.PodContext:
+        paths = node_paths(self._plan, node)
+        return podspec.PodContext(
+            node_name=node.name,
+            node_ip=str(node.public_ip),
+            netns_path=topology.netns_path(node.netns),
+            host_root=paths.host_root,
+            pod_dir=paths.pod_dir,
+            api_host=str(self._plan.gateway.ip),
+            api_port=KUBE_API_PORT,
+            container_prefix=f"{self._plan.prefix}-{node.name}",
+            image=self._plan.image,
+            ulimits=podrun.ulimits(),
+        )
+
+    def pod_run(self, node: str) -> podspec.PodRun:
+        """What runs on ``node`` for the manifest's DaemonSet (image mode)."""
+        if self._manifest is None:
+            raise ConfigError(f"lab {self._plan.prefix} does not run an image")
+        return podspec.pod_run(self._manifest, self._pod_context(self._plan.node(node)))
+
+    @property
+    def unhonoured(self) -> tuple[str, ...]:
+        """The pod-spec fields the lab does not act on (image mode; else empty)."""
+        if self._manifest is None:
+            return ()
+        return podspec.unhonoured(self._manifest.pod_spec)
+
+    def _main_container(self, node: NodePlan) -> podspec.ContainerRun:
+        mains = [c for c in self.pod_run(node.name).containers if not c.init]
+        if len(mains) != 1:
+            raise ConfigError(f"the lab runs pods with one container, not {len(mains)}")
+        return mains[0]
+
+    def _start_pod(self, node: NodePlan) -> None:
+        """Register the pod, issue its token, write its files, run its init containers,
+        then start its container (as the node's flanneld)."""
+        run = self.pod_run(node.name)
+        api = self.kube_api
+        api.add_pod(run.namespace, run.pod_name, node.name)
+        token = api.issue_token(run.namespace, run.service_account)
+        podrun.prepare(run, token, self._server_cert_path)
+        log_path = node_paths(self._plan, node).log
+        for container in run.containers:
+            if container.init:
+                try:
+                    podrun.run_init(container, log_path)
+                except FlannelError as err:
+                    raise FlannelError(f"{node.name}: {err}; last log lines:\n"
+                                       + log_tail(log_path)) from err
+        self._spawn_container(node)
+
+    @property
+    def _server_cert_path(self) -> str:
+        return os.path.join(self._plan.state_dir, "tls", "apiserver.crt")
+
+    def _spawn_container(self, node: NodePlan) -> ProcessRecord:
+        main = self._main_container(node)
+        pid = procs.spawn(podrun.podman_argv(main.argv), node_paths(self._plan, node).log,
+                          None, _child_env())
+        record = ProcessRecord(pid, self._marker)
+        self._save(self._state.with_process(_flanneld_role(node), record))
+        log.info("started container %s on %s (podman pid %d)", main.podman_name, node.name, pid)
+        return record
 
     def _put_net_conf(self) -> None:
         with self.etcd_gateway() as gateway:
@@ -308,6 +406,11 @@ class Lab:
         if not os.path.exists(node_paths(self._plan, node).subnet_file):
             return False
         url = f"http://127.0.0.1:{HEALTHZ_PORT}/readyz"
+        if self._plan.image is not None:  # the pod's readiness probe, as the kubelet runs it
+            probe = self.pod_run(node.name).readiness
+            if probe is None:
+                return True
+            url = f"http://{node.public_ip}:{probe.port}{probe.path}"
         return topology.run_in_netns(node.netns, lambda: http_status(url)) == 200
 
     def _wait_ready(self, node: NodePlan, timeout: float) -> None:
@@ -443,12 +546,19 @@ class Lab:
 
     def kill_flanneld(self, node: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to ``node``'s flanneld; for SIGKILL/SIGTERM wait until it is gone."""
-        role = _flanneld_role(self._plan.node(node))
+        plan_node = self._plan.node(node)
+        role = _flanneld_role(plan_node)
         record = self._record(role)
-        if record is None or not procs.signal_process(record, sig):
+        if record is None or not procs.is_ours(record):
+            raise FlannelError(f"flanneld on {node} is not running")
+        if self._plan.image is not None:  # the container's process, not the podman client
+            podrun.kill(self._main_container(plan_node).podman_name, sig)
+        elif not procs.signal_process(record, sig):
             raise FlannelError(f"flanneld on {node} is not running")
         if sig in (signal.SIGKILL, signal.SIGTERM):
-            if not procs.wait_gone(record, STOP_TIMEOUT * 2):
+            # podman exits once the container is gone: its --rm takes a while under load
+            patience = CONTAINER_STOP_TIMEOUT if self._plan.image is not None else STOP_TIMEOUT * 2
+            if not procs.wait_gone(record, patience):
                 raise FlannelError(f"flanneld on {node} (pid {record.pid}) did not exit")
             self._save(self._state.without_process(role))
 
@@ -466,7 +576,12 @@ class Lab:
         plan_node = self._plan.node(node)
         if self.flanneld_pid(plan_node.name) is not None:
             raise FlannelError(f"flanneld on {node} is already running")
-        record = self._spawn_flanneld(plan_node, extra_args)
+        if self._plan.image is not None:
+            if extra_args:
+                raise ConfigError("image mode runs the manifest's arguments, no extra ones")
+            record = self._spawn_container(plan_node)
+        else:
+            record = self._spawn_flanneld(plan_node, extra_args)
         if wait:
             self._wait_ready(plan_node, timeout)
         return record.pid
@@ -504,6 +619,15 @@ class Lab:
         return down(self._plan.prefix)
 
 
+def read_manifest(path: str) -> podspec.Manifest:
+    """The manifest at ``path``; ConfigError if it cannot be read or has no DaemonSet."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return podspec.load_manifest(fh.read())
+    except OSError as err:
+        raise ConfigError(f"cannot read the manifest: {err}") from err
+
+
 def up(
     nodes: int = 3,
     backend: str = "vxlan",
@@ -511,6 +635,8 @@ def up(
     prefix: str = DEFAULT_PREFIX,
     python: str = sys.executable,
     subnet_mgr: str = "etcd",
+    image: str | None = None,
+    manifest: str | None = None,
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
@@ -518,13 +644,24 @@ def up(
     for inspection; :func:`down` removes it.  ``subnet_mgr="kube"`` runs
     every flanneld with ``--kube-subnet-mgr`` against the Kubernetes API
     double (:mod:`flanneld.lab.apiserver`, run by :mod:`flanneld.lab.kubeapi`).
+    With ``image``, each node runs the ``manifest``'s DaemonSet pod from that
+    image with podman instead (:mod:`flanneld.lab.podspec`); the backend is
+    the one in the manifest's net-conf.json.
     """
-    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr)
+    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image)
+    if image is not None:
+        manifest = os.path.abspath(manifest or DEFAULT_MANIFEST)
+        in_manifest = podspec.net_conf_backend(read_manifest(manifest))
+        if in_manifest is not None and in_manifest != backend:
+            raise ConfigError(f"the manifest's net-conf.json uses backend {in_manifest}, not "
+                              f"{backend}: edit its ConfigMap to change it")
+        podrun.check_image(image)
     if os.path.exists(statefile.state_path(plan.state_dir)) or _lab_namespaces(prefix):
         raise ConfigError(
             f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"
         )
-    lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr), python)
+    lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
+                       image=image, manifest=manifest), python)
     lab.build()
     return lab
 
@@ -573,6 +710,8 @@ def down(prefix: str = DEFAULT_PREFIX) -> DownReport:
         ):
             done = procs.stop(list(group.values()), STOP_TIMEOUT)
             stopped += [role for role, rec in group.items() if rec in done]
+    if recorded is None or recorded.image is not None:
+        stopped += [f"container {name}" for name in podrun.remove_containers(prefix)]
     stopped += _stop_wireguard_go(directory)
     names = set(_lab_namespaces(prefix))
     if recorded is not None:

@@ -85,6 +85,7 @@ class LabPlan:
     gateway: ipaddress.IPv4Interface
     nodes: tuple[NodePlan, ...]
     subnet_mgr: str = "etcd"  # or "kube": Node objects in the API double
+    image: str | None = None  # kube mode: flanneld runs as the manifest's pod, from this image
 
     @property
     def state_dir(self) -> str:
@@ -96,7 +97,8 @@ class LabPlan:
 
     @property
     def kube_api_url(self) -> str:
-        return f"http://{self.gateway.ip}:{KUBE_API_PORT}"
+        scheme = "https" if self.image else "http"
+        return f"{scheme}://{self.gateway.ip}:{KUBE_API_PORT}"
 
     @property
     def kube_control(self) -> str:
@@ -156,6 +158,7 @@ def make_plan(
     network: ipaddress.IPv4Network = DEFAULT_NETWORK,
     etcd_prefix: str = DEFAULT_ETCD_PREFIX,
     subnet_mgr: str = "etcd",
+    image: str | None = None,
 ) -> LabPlan:
     """Lay out a lab; ConfigError on out-of-range input."""
     check_prefix(prefix)
@@ -171,6 +174,8 @@ def make_plan(
         raise ConfigError(
             f"subnet manager must be one of {', '.join(SUBNET_MGRS)}, not {subnet_mgr!r}"
         )
+    if image is not None and subnet_mgr != "kube":
+        raise ConfigError("--image runs the manifest's DaemonSet: it needs --subnet-mgr kube")
     hosts = list(UNDERLAY.hosts())
     node_plans = []
     for i in range(1, nodes + 1):
@@ -204,6 +209,7 @@ def make_plan(
         gateway=ipaddress.IPv4Interface(f"{hosts[0]}/{UNDERLAY.prefixlen}"),
         nodes=tuple(node_plans),
         subnet_mgr=subnet_mgr,
+        image=image,
     )
     too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
     if too_long:
@@ -223,9 +229,22 @@ class NodePaths:
     """Where one node keeps its files, all under the lab's state dir."""
 
     root: str
+    pod_layout: bool = False  # image mode: flanneld is a pod with the node's host paths
+
+    @property
+    def host_root(self) -> str:
+        """Image mode: this node's own copy of the host paths its pod mounts (/run/flannel...)."""
+        return os.path.join(self.root, "host")
+
+    @property
+    def pod_dir(self) -> str:
+        """Image mode: the pod's ConfigMap files and service-account token."""
+        return os.path.join(self.root, "pod")
 
     @property
     def subnet_file(self) -> str:
+        if self.pod_layout:  # where flanneld and the CNI plugin look, on this node's host
+            return os.path.join(self.host_root, "run", "flannel", "subnet.env")
         return os.path.join(self.root, "subnet.env")
 
     @property
@@ -256,6 +275,8 @@ class NodePaths:
     @property
     def cni_conf_dir(self) -> str:
         """The node's /etc/cni/net.d (what kube-flannel.yml's install-cni fills)."""
+        if self.pod_layout:  # filled by the install-cni init container itself
+            return os.path.join(self.host_root, "etc", "cni", "net.d")
         return os.path.join(self.root, "net.d")
 
     @property
@@ -265,7 +286,7 @@ class NodePaths:
 
 
 def node_paths(plan: LabPlan, node: NodePlan) -> NodePaths:
-    return NodePaths(os.path.join(plan.state_dir, node.name))
+    return NodePaths(os.path.join(plan.state_dir, node.name), plan.image is not None)
 
 
 def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> list[str]:

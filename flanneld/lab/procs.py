@@ -45,11 +45,13 @@ _DETACH = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
 def spawn(
     argv: list[str],
     log_path: str,
-    netns: str,
+    netns: str | None,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    """Start ``argv`` detached in namespace ``netns``, output to ``log_path``; its PID."""
-    command = ["sh", "-c", _DETACH, "sh", log_path, *netns_argv(netns, argv)]
+    """Start ``argv`` detached in namespace ``netns`` (None: ours), output to ``log_path``;
+    its PID."""
+    inner = argv if netns is None else netns_argv(netns, argv)
+    command = ["sh", "-c", _DETACH, "sh", log_path, *inner]
     try:
         done = subprocess.run(
             command,
@@ -62,10 +64,11 @@ def spawn(
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise FlannelError(f"cannot start {argv[0]} in {netns}: {err}") from err
+        raise FlannelError(f"cannot start {argv[0]} in {netns or 'our netns'}: {err}") from err
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise FlannelError(
-            f"cannot start {argv[0]} in {netns}: {done.stderr.strip() or done.stdout.strip()}"
+            f"cannot start {argv[0]} in {netns or 'our netns'}: "
+            f"{done.stderr.strip() or done.stdout.strip()}"
         )
     return int(done.stdout.strip())
 

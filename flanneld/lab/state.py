@@ -36,10 +36,13 @@ class LabState:
     namespaces: tuple[str, ...] = ()
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     subnet_mgr: str = "etcd"
+    image: str | None = None  # image mode: the image and the manifest whose pod runs it
+    manifest: str | None = None
 
     def plan(self) -> LabPlan:
         return make_plan(
-            self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr
+            self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
+            image=self.image,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -61,6 +64,8 @@ class LabState:
             "pods_per_node": self.pods_per_node,
             "backend": self.backend,
             "subnet_mgr": self.subnet_mgr,
+            "image": self.image,
+            "manifest": self.manifest,
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -84,9 +89,15 @@ class LabState:
                     for role, rec in doc["processes"].items()
                 },
                 subnet_mgr=str(doc.get("subnet_mgr", "etcd")),
+                image=_optional(doc.get("image")),
+                manifest=_optional(doc.get("manifest")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def state_path(state_dir: str) -> str:

@@ -37,7 +37,16 @@ def in_netns(ns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProce
          "no valid Mode configured"),
         ('{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", "PSK": "c2VjcmV0"}}',
          "could not parse psk: key is 6 bytes, not 32; PSK must be base64 of 32 bytes"),
+        # issue 9: hostile nesting, and what the validator and the daemon must agree on
+        ("[" * 100_000, "net-conf.json is not valid JSON: nested too deeply"),
+        ('{"Network": "10.244.0.0/16", "SubnetMin": "10.244.9.0", "SubnetMax": "10.244.2.0"}',
+         "SubnetMin 10.244.9.0 is above SubnetMax 10.244.2.0"),
+        (('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",'
+          ' "Backend": {"Type": "vxlan"}}'),
+         "the vxlan backend supports IPv4 only, not IPv6"),
     ],
+    ids=["too-small", "subnetlen", "backend", "truncated", "wg-mode", "wg-psk", "deep",
+         "min-above-max", "ipv6-vxlan"],
 )
 def test_bad_net_conf_exits_non_zero_with_the_reason(
     netns_factory, tmp_path: Path, net_conf: str, message: str  # type: ignore[no-untyped-def]
@@ -63,6 +72,7 @@ def test_bad_net_conf_exits_non_zero_with_the_reason(
         etcd.wait(10)
     assert daemon.returncode == 1, daemon.stderr
     assert message in daemon.stderr
+    assert "Traceback" not in daemon.stderr
     assert not (tmp_path / "subnet.env").exists()
     links = in_netns(ns, "ip", "-o", "link").stdout
     assert "flannel" not in links  # refused before touching the kernel

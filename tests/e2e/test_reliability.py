@@ -344,7 +344,7 @@ def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(lab: La
         deadline = time.monotonic() + outage
         while time.monotonic() < deadline:
             changed += [n for n in names if observe(lab, n) != before[n]]
-            time.sleep(0.5)
+            time.sleep(0.5)  # sampling through the 10 s outage (the scenario)
         lab.start_etcd()
         # Written as soon as etcd is back: the daemons' watches are still reconnecting.
         put_at = time.monotonic()
@@ -613,12 +613,14 @@ def test_etcd_password_is_never_logged_or_served(lab: Lab) -> None:
     secret = "pw-" + RUN_PREFIX + "-s3cr3t"
     lab.kill_flanneld("n3", signal.SIGKILL)
     log_start = len(lab.logs("n3"))
-    # etcd auth is off, so logging in fails: the daemon logs and retries at -v=10.
+    # etcd auth is off: the daemon says once that the credentials are not needed and
+    # goes on, at -v=10 (a refused login is covered by the etcd integration tests).
     lab.start_flanneld(
         "n3", extra_args=["-v=10", "--etcd-username=flannel", f"--etcd-password={secret}"],
         wait=False,
     )
-    wait_until(lambda: " failed: " in lab.logs("n3")[log_start:], 20.0, "a logged failure")
+    wait_until(lambda: "authentication disabled" in lab.logs("n3")[log_start:], 20.0,
+               "the note that the credentials are not needed")
     wait_until(lambda: len(lab.logs("n3")[log_start:].splitlines()) > 5, 20.0,
                "n3 to log more than 5 lines at -v=10")
     served = http_get(lab, "n3", "/readyz") + http_get(lab, "n3", "/healthz")
@@ -626,7 +628,7 @@ def test_etcd_password_is_never_logged_or_served(lab: Lab) -> None:
     log = lab.logs("n3")[log_start:]
     figure("secret-check log lines at -v=10", len(log.splitlines()))
     assert len(log.splitlines()) > 5  # it did log, verbosely
-    assert "/metrics" in log or "flanneld_" in served  # the pages were really fetched
+    assert "flannel_known_peers" in served and "flanneld is running" in served  # fetched
     assert secret not in log
     assert secret not in served
     assert lab.flanneld_pid("n3") is not None

@@ -626,6 +626,27 @@ def test_stop_is_prompt(api: KubeAPIDouble, watch: Callable[[], Watcher]) -> Non
     assert w2.close() < 4.0
 
 
+def test_garbage_annotations_on_a_node_read_as_its_lease_removed_and_ours_is_rewritten(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager],
+    watch: Callable[[], Watcher],
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    api.add_node("peer", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    manager = make_manager()
+    manager.acquire_lease(OWN_ATTRS)
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24", "10.244.7.0-24"})
+    api.annotate_node("peer", {P + "public-ip": "nonsense"})
+    w.wait_for_keys({"10.244.7.0-24"})  # as a re-list would see it
+    api.annotate_node("me", {P + "backend-data": "{garbage"})
+    w.wait_for_keys(set())  # the daemon takes this as its lease lost and acquires again:
+    manager.acquire_lease(OWN_ATTRS)
+    assert api.node("me")["metadata"]["annotations"][P + "backend-data"] == (
+        OWN_ATTRS.backend_data
+    )
+    w.wait_for_keys({"10.244.7.0-24"})
+
+
 def test_deeply_nested_annotation_skips_its_node_and_the_watch_goes_on(
     api: KubeAPIDouble, watch: Callable[[], Watcher], caplog: pytest.LogCaptureFixture
 ) -> None:

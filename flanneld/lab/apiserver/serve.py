@@ -2,7 +2,9 @@
 
     python -m flanneld.lab.apiserver.serve --host 198.18.0.1 --port 16443 --control /run/x/kubeapi.sock
 
-The multi-node lab starts it inside its underlay namespace (kube mode).
+The multi-node lab starts it inside its underlay namespace (kube mode); with
+``--tls-cert``/``--tls-key`` it serves HTTPS (the lab's image mode, where
+flanneld uses its in-cluster configuration).
 Each control connection carries one JSON line ``{"op": NAME, "args": {...}}``
 and gets one JSON line back: ``{"result": ...}`` or ``{"error": TEXT}``.
 The API listener can be stopped and started again (same port) while the
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +42,8 @@ class Controller:
             "node": self.double.node,
             "annotate_node": self.double.annotate_node,
             "delete_node": self.double.delete_node,
+            "add_pod": self.double.add_pod,
+            "issue_token": self.double.issue_token,
             "set_pod_cidr": self.set_pod_cidr,
             "compact": self.double.compact,
             "drop_watches": self.double.drop_watches,
@@ -109,8 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control", required=True, help="Unix socket path for test control")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="... and this key (PEM)")
     args = parser.parse_args(argv)
-    double = KubeAPIDouble(host=args.host, port=args.port)
+    tls: ssl.SSLContext | None = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    double = KubeAPIDouble(host=args.host, port=args.port, tls=tls)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
     control = _ControlServer(args.control, Controller(double))
