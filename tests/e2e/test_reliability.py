@@ -606,6 +606,32 @@ def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> No
     assert_matrix(lab)
 
 
+def test_large_lease_values_stop_neither_a_restart_nor_new_peers(lab: Lab) -> None:
+    # Three values of 1.4 MB: each within etcd's default request limit, 4.2 MB together,
+    # more than gRPC's default 4 MiB receive limit (issue 9).
+    big = [f"10.244.{230 + i}.0-24" for i in range(3)]
+    for key in big:
+        etcdctl(lab, "put", subnets_prefix(lab) + key, stdin="x" * 1_400_000)
+    log_start = len(lab.logs("n1"))
+    started = time.monotonic()
+    lab.kill_flanneld("n1", signal.SIGKILL)
+    lab.start_flanneld("n1")  # waits for /readyz
+    restart = time.monotonic() - started
+    late = fake_peer(lab, 9)
+    began = time.monotonic()
+    for node in lab.plan.nodes:
+        wait_until(routed(lab, node.name, str(key_net(late))), 10.0, f"{node.name} routes {late}")
+    programmed = time.monotonic() - began
+    figure("large values: SIGKILL -> ready again (s)", f"{restart:.2f}")
+    figure("large values: new peer -> routed on every node (s)", f"{programmed:.2f}")
+    log = lab.logs("n1")[log_start:]
+    assert all(key in log for key in big), "each large value is logged as a bad lease"
+    assert "RESOURCE_EXHAUSTED" not in log
+    for node in lab.plan.nodes:
+        assert str(key_net(big[0])) not in observe(lab, node.name).routes
+    assert_matrix(lab)
+
+
 # --- 11. secrets never in logs ---------------------------------------------------------
 
 
