@@ -195,6 +195,11 @@ def _lab_doctor(args: argparse.Namespace) -> int:
     return done.returncode
 
 
+def _lab_kubeconfig(args: argparse.Namespace) -> int:
+    print(json.dumps(labmod.Lab.attach(args.prefix).kubeconfig(), indent=1))
+    return EXIT_OK
+
+
 def _add_prefix(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"lab name prefix (default {DEFAULT_PREFIX})"
@@ -273,6 +278,14 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     _add_prefix(doctor)
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=_lab_doctor)
+
+    kubeconfig = cmds.add_parser(
+        "kubeconfig", help="print a kubeconfig for the lab's API server (kube mode)",
+        description="Print a kubeconfig (JSON, which is YAML) that reaches the lab's API "
+        "server from this namespace through a loopback port, for kubectl or the Python client.",
+    )
+    _add_prefix(kubeconfig)
+    kubeconfig.set_defaults(func=_lab_kubeconfig)
 
 
 # --- netconf --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
 from flanneld.lab import etcdgw, kubeapi, podrun, pods, podspec, procs, topology
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
-from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
+from flanneld.lab.kubeapi import DOOR_ROLE, KUBEAPI_ROLE, KubeApiControl
 from flanneld.lab.layout import (
     CNI_CONFLIST,
     DEFAULT_PREFIX,
@@ -72,7 +72,7 @@ from subnet.errors import ConfigError, DataplaneError, FlannelError
 log = logging.getLogger(__name__)
 
 ETCD_ROLE = "etcd"
-STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE)  # stopped after every flanneld
+STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE, DOOR_ROLE)  # stopped after every flanneld
 READY_TIMEOUT = 60.0
 ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -315,9 +315,34 @@ class Lab:
             self.kube_api.wait_up(ETCD_TIMEOUT, lambda: procs.is_ours(record))
         except FlannelError as err:
             raise FlannelError(f"{err}; last log lines:\n{log_tail(log_path)}") from err
+        self._start_door()
         kubeapi.add_lab_nodes(plan, self.kube_api)
         if plan.image is None:
             kubeapi.write_node_files(plan, plan.net_conf())
+
+    def _start_door(self) -> None:
+        """The loopback door: root-namespace clients reach the double through it."""
+        plan = self._plan
+        log_path = os.path.join(plan.state_dir, "kubeapi-door.log")
+        pid = procs.spawn(kubeapi.door_argv(self._python, plan), log_path, None, _child_env())
+        record = ProcessRecord(pid, self._marker)
+        self._save(self._state.with_process(DOOR_ROLE, record))
+        deadline = time.monotonic() + ETCD_TIMEOUT
+        while kubeapi.door_port(plan) is None:
+            if not procs.is_ours(record) or time.monotonic() > deadline:
+                raise FlannelError("the API double's loopback door did not start; last log "
+                                   f"lines:\n{log_tail(log_path)}")
+            time.sleep(0.05)
+
+    def kubeconfig(self) -> dict[str, object]:
+        """A kubeconfig for the API double usable from the root namespace (kube mode)."""
+        port = kubeapi.door_port(self._plan) if self._plan.kube else None
+        if port is None:
+            raise ConfigError(f"lab {self._plan.prefix} has no API server (not kube mode)")
+        if self._plan.image is None:
+            return kubeapi.loopback_kubeconfig(self._plan, port)
+        token = self.kube_api.issue_token("kube-system", "lab-admin")
+        return kubeapi.loopback_kubeconfig(self._plan, port, self._server_cert_path, token)
 
     # --- image mode: the manifest's DaemonSet pod on each node --------------------
 
