@@ -25,6 +25,7 @@ from backends.plan import Put
 from backends.registry import BackendContext, lookup
 from backends.vxlan import VxlanBackend, VxlanNetwork
 from bench.fakes import FakeSubnetManager
+from flanneld.lab import topology
 from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
 from subnet.netconf import BackendConfig, NetConfig
@@ -70,14 +71,13 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
     a, b = netns_factory("vxa"), netns_factory("vxb")
-    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
+    ul = [ipaddress.IPv4Interface(f"198.18.0.{host}/24") for host in (1, 2)]
+    topology.veth_link(a, "ul0", ul[0], b, "ul0", ul[1])
     nodes = []
-    for ns, host in ((a, 1), (b, 2)):
-        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{host}/24", "dev", "ul0")
-        sh("ip", "-n", ns, "link", "set", "ul0", "up")
-        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
-        addr = ipaddress.IPv4Address(f"198.18.0.{host}")
-        nodes.append(Node(ns, Netlink(ns), ExternalInterface("ul0", index, 1500, addr, addr)))
+    for ns, iface in ((a, ul[0]), (b, ul[1])):
+        index = topology.link_index(ns, "ul0")
+        ext = ExternalInterface("ul0", index, 1500, iface.ip, iface.ip)
+        nodes.append(Node(ns, Netlink(ns), ext))
     try:
         yield nodes[0], nodes[1]
     finally:
