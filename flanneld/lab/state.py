@@ -39,11 +39,14 @@ class LabState:
     image: str | None = None  # image mode: the image and the manifest whose pod runs it
     manifest: str | None = None
     flanneld: dict[str, str] = field(default_factory=dict)  # node -> another flanneld binary
+    network_policy: bool = False
+    netpol_model: bool = False
 
     def plan(self) -> LabPlan:
         return make_plan(
             self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
-            image=self.image, flanneld=self.flanneld,
+            image=self.image, network_policy=self.network_policy, netpol_model=self.netpol_model,
+            flanneld=self.flanneld,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -68,6 +71,8 @@ class LabState:
             "image": self.image,
             "manifest": self.manifest,
             "flanneld": dict(self.flanneld),
+            "network_policy": self.network_policy,
+            "netpol_model": self.netpol_model,
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -94,6 +99,8 @@ class LabState:
                 image=_optional(doc.get("image")),
                 manifest=_optional(doc.get("manifest")),
                 flanneld={str(k): str(v) for k, v in doc.get("flanneld", {}).items()},
+                network_policy=bool(doc.get("network_policy", False)),
+                netpol_model=bool(doc.get("netpol_model", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err

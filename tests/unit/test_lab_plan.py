@@ -326,11 +326,14 @@ def test_named_nodes_run_the_other_binary_with_the_same_upstream_flags() -> None
     assert mixed[1:] == flanneld_argv([], plan, plan.nodes[1])
 
 
-def test_flanneld_for_an_unknown_node_or_in_image_mode_is_a_config_error() -> None:
+def test_flanneld_for_an_unknown_node_image_mode_or_network_policy_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="n5"):
         make_plan("pfl", nodes=3, flanneld={"n5": "/opt/up/flanneld"})
     with pytest.raises(ConfigError, match="image"):
         make_plan("pfl", nodes=2, subnet_mgr="kube", image="localhost/x:1",
+                  flanneld={"n2": "/opt/up/flanneld"})
+    with pytest.raises(ConfigError, match="network-policy"):
+        make_plan("pfl", nodes=2, subnet_mgr="kube", network_policy=True,
                   flanneld={"n2": "/opt/up/flanneld"})
 
 
