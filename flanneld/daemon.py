@@ -40,9 +40,12 @@ from flanneld.loop import (
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
+from flanneld.netpol.controller import ObjectSource, policy_threads
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
+from flanneld.trafficmgr.policy import PolicyTable, ensure_bridge_netfilter
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import DataplaneError, StopRequested
+from flanneld.trafficmgr.runner import CommandRunner
+from subnet.errors import ConfigError, DataplaneError, StopRequested
 from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
@@ -193,6 +196,8 @@ class Parts:
     netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
     rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
     kernel_watch: KernelWatchFactory = KernelWatch
+    policy_table: Callable[[], PolicyTable] = lambda: PolicyTable(CommandRunner())
+    bridge_netfilter: Callable[[], None] = lambda: ensure_bridge_netfilter(CommandRunner())
 
 
 def rule_nets(config: NetConfig, lease: Lease) -> list[FamilyNets]:
@@ -265,6 +270,8 @@ class Daemon:
                 self._health, flags.healthz_ip, flags.healthz_port,
                 {"/metrics": metrics_handler(metrics)},
             )
+        if flags.network_policy:
+            parts.bridge_netfilter()  # refuse to start before touching anything
         previous = subnetfile.read_previous_run(flags.subnet_file)
         manager = self._manager = parts.manager(flags, previous, stop)
         status = self._store_status
@@ -283,10 +290,25 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
+        policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
+        self._threads += policy
+        if not flags.network_policy and flags.kube_subnet_mgr:
+            remove_policy_table(parts.policy_table())
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
+
+    def _policy_threads(self, manager: SubnetManager, holder: LeaseHolder) -> list[threading.Thread]:
+        """``--network-policy``: informers and the policy reconciler (table kept on shutdown)."""
+        if not isinstance(manager, ObjectSource):
+            raise ConfigError("--network-policy needs the Kubernetes subnet manager")
+        _, threads = policy_threads(
+            manager, self._parts.policy_table(), lambda: tuple(holder.get().subnets()),
+            self._metrics.registry, self._stop, self._flags.resync_interval,
+        )
+        log.info("network policy enforcement on (nftables table inet pyflannel-policy)")
+        return threads
 
     def shutdown(self) -> None:
         """Stop the threads; leave devices, routes and the lease in place."""
@@ -416,6 +438,14 @@ class Node:
                                         self._health)
             threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
         return threads
+
+
+def remove_policy_table(table: PolicyTable) -> None:
+    """Without ``--network-policy`` our policy table must not stay behind (flag switched off)."""
+    try:
+        table.remove()
+    except DataplaneError as err:
+        log.warning("could not remove the network policy table: %s", err)
 
 
 def _expiry(lease: Lease) -> str:

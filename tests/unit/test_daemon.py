@@ -283,6 +283,41 @@ def test_unknown_backend_type_fails_before_the_kernel_is_touched(flags: Flags) -
     assert not Path(flags.subnet_file).exists()
 
 
+def test_network_policy_without_br_netfilter_refuses_to_start_first(flags: Flags) -> None:
+    import dataclasses
+
+    policy_flags = dataclasses.replace(flags, kube_subnet_mgr=True, network_policy=True)
+    rig = make_rig(policy_flags)
+
+    def no_br_netfilter() -> None:
+        raise ConfigError("--network-policy needs br_netfilter: modprobe br_netfilter")
+
+    parts = dataclasses.replace(rig.parts(), bridge_netfilter=no_br_netfilter)
+    daemon = Daemon(policy_flags, rig.stop, parts)
+    try:
+        with pytest.raises(ConfigError, match="modprobe br_netfilter"):
+            daemon.serve()
+    finally:
+        rig.stop.set()
+        daemon.shutdown()
+    assert rig.previous == [] and rig.netlinks == []  # nothing was touched
+
+
+def test_network_policy_needs_a_manager_that_can_watch_objects(flags: Flags) -> None:
+    import dataclasses
+
+    policy_flags = dataclasses.replace(flags, kube_subnet_mgr=True, network_policy=True)
+    rig = make_rig(policy_flags)
+    parts = dataclasses.replace(rig.parts(), bridge_netfilter=lambda: None)
+    daemon = Daemon(policy_flags, rig.stop, parts)
+    try:
+        with pytest.raises(ConfigError, match="needs the Kubernetes subnet manager"):
+            daemon.serve()
+    finally:
+        rig.stop.set()
+        daemon.shutdown()
+
+
 def test_store_failures_at_start_up_are_counted_and_shown_with_their_reason(
     flags: Flags,
 ) -> None:
