@@ -161,6 +161,18 @@ class KubeApiControl:
         """A service-account token (the TokenRequest a kubelet makes for a pod's volume)."""
         return str(self.call("issue_token", namespace=namespace, service_account=service_account))
 
+    def put_object(self, obj: JSON) -> JSON:
+        """Create or replace any object as given, status included (the kubelet's part)."""
+        result: JSON = self.call("put_object", obj=obj)
+        return result
+
+    def list_objects(self, plural: str, namespace: str | None = None) -> list[JSON]:
+        result: list[JSON] = self.call("list_objects", plural=plural, namespace=namespace)
+        return result
+
+    def delete_object(self, plural: str, name: str, namespace: str = "") -> None:
+        self.call("delete_object", plural=plural, name=name, namespace=namespace)
+
     def delete_node(self, name: str) -> None:
         self.call("delete_node", name=name)
 
