@@ -662,12 +662,16 @@ class ObjectWatch:
             state.done = True
             interrupter.join(timeout=2 * t.stop_poll + 1)
 
-    def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
+    def list_once(self) -> tuple[str, tuple[JSON, ...]]:
+        """(resourceVersion, every object of the kind): one list request."""
         timeout = self.timings.request_timeout
         doc = _json_response(f"failed to list {self.kind}", self._list,
                              _request_timeout=(timeout, timeout))
         rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        items = tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+        return rv, tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+
+    def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
+        rv, items = self.list_once()
         sink(ObjectEvent(self.kind, "SNAPSHOT", items))
         log.info("Listed %d %s at resourceVersion %s", len(items), self.kind, rv)
         return rv
