@@ -40,9 +40,18 @@ def plan(observed: DataplaneState, desired: DataplaneState) -> list[Change]:
     want = {obj.key: obj for obj in desired.objects()}
     deletes = [Delete(obj) for key, obj in have.items() if key not in want]
     puts = [Put(obj) for key, obj in want.items() if have.get(key) != obj]
-    deletes.sort(key=lambda c: (_DELETE_ORDER[type(c.obj)], repr(c.obj.key)))
-    puts.sort(key=lambda c: (_PUT_ORDER[type(c.obj)], repr(c.obj.key)))
+    deletes.sort(key=lambda c: (_DELETE_ORDER[type(c.obj)], _rank(c.obj)))
+    puts.sort(key=lambda c: (_PUT_ORDER[type(c.obj)], _rank(c.obj)))
     return [*deletes, *puts]
+
+
+def _rank(obj: KernelObject) -> tuple[int, int, int | str]:
+    """A cheap total order within one kind (the same in every process, unlike hashes)."""
+    if isinstance(obj, Route):
+        return obj.dst.version, int(obj.dst.network_address), obj.dst.prefixlen
+    if isinstance(obj, Neighbour):
+        return obj.ifindex, obj.dst.version, int(obj.dst)
+    return obj.ifindex, 0, obj.lladdr
 
 
 def apply_to(state: DataplaneState, changes: list[Change]) -> DataplaneState:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from backends.model import ROUTE_PROTOCOL, FdbEntry, KernelObject, Neighbour, Route
 from backends.plan import Change, Put
@@ -60,9 +60,9 @@ _PUT = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 _DEL = NLM_F_REQUEST | NLM_F_ACK
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One message read back from the kernel: header fields and the payload after it."""
+class Reply(NamedTuple):
+    """One message read back from the kernel: header fields and the payload after it
+    (a named tuple: a dump makes thousands of them)."""
 
     kind: int
     flags: int
@@ -186,12 +186,35 @@ def attributes(payload: bytes, offset: int) -> dict[int, bytes]:
     return found
 
 
+def pick(payload: bytes, offset: int, wanted: frozenset[int]) -> dict[int, bytes]:
+    """The attributes of the ``wanted`` types, reading no further than the last of them
+    (the kernel writes the ones we need first: a dump of thousands is mostly this loop)."""
+    found: dict[int, bytes] = {}
+    end = len(payload)
+    unpack = ATTR.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack(payload, offset)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind in wanted:
+            found[kind] = payload[offset + 4 : offset + length]
+            if len(found) == len(wanted):
+                break
+        offset += (length + 3) & ~3
+    return found
+
+
+_ROUTE_ATTRS = frozenset({RTA_TABLE, RTA_DST, RTA_GATEWAY, RTA_OIF})
+_NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
+
+
 def our_route(payload: bytes, rtype: int = RTN_UNICAST) -> Route | None:
     """The route in an RTM_NEWROUTE payload if it is ours (protocol id, main table, ``rtype``)."""
     family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
     if proto != ROUTE_PROTOCOL or kind != rtype:
         return None
-    attrs = attributes(payload, RTMSG.size)
+    attrs = pick(payload, RTMSG.size, _ROUTE_ATTRS)
     table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
     if table_id != MAIN_TABLE:
         return None
@@ -213,7 +236,7 @@ def permanent_neighbour(payload: bytes) -> Neighbour | None:
     _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT:
         return None
-    attrs = attributes(payload, NDMSG.size)
+    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     if not dst or not lladdr:
         return None
@@ -226,7 +249,7 @@ def self_fdb_entry(payload: bytes) -> FdbEntry | None:
     _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT or not flags & NTF_SELF:
         return None
-    attrs = attributes(payload, NDMSG.size)
+    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     if not dst or not lladdr:
         return None
@@ -263,7 +286,7 @@ def route_signature(payload: bytes) -> Signature | None:
     family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
     if proto != ROUTE_PROTOCOL or kind != RTN_UNICAST:
         return None
-    attrs = attributes(payload, RTMSG.size)
+    attrs = pick(payload, RTMSG.size, _ROUTE_ATTRS)
     table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
     if table_id != MAIN_TABLE:
         return None
@@ -278,7 +301,7 @@ def neighbour_signature(payload: bytes) -> Signature | None:
     _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT:
         return None
-    attrs = attributes(payload, NDMSG.size)
+    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     return ("neigh", ifindex, dst, lladdr) if dst and lladdr else None
 
@@ -288,6 +311,6 @@ def fdb_signature(payload: bytes) -> Signature | None:
     _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT or not flags & NTF_SELF:
         return None
-    attrs = attributes(payload, NDMSG.size)
+    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     return ("fdb", ifindex, lladdr, dst) if dst and lladdr else None

@@ -80,7 +80,8 @@ MAX_UDP_PAYLOAD = 65507
 BUFFER_SIZE = 65535
 # Offload path: room for a batch of 64 KB plus one more packet, and for a GRO read.
 OFFLOAD_BUFFER = 1 << 17
-RECEIVE_BUFFER = 8 << 20
+SOCKET_BUFFER = 8 << 20
+SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 POLL_MS = 1000
 JOIN_TIMEOUT = 2.0
@@ -165,7 +166,7 @@ def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
     try:
         sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # accepted where GSO sends are
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-        _grow_receive_buffer(sock)
+        _grow_buffers(sock)
     except OSError as err:
         os.close(fd)
         log.warning(
@@ -176,15 +177,18 @@ def _offload_endpoints(tun_name: str, sock: socket.socket) -> Endpoints | None:
     return Endpoints(fd, name, sock, Datapath.OFFLOAD)
 
 
-def _grow_receive_buffer(sock: socket.socket) -> None:
-    """Room for bursts of GRO batches while the reading thread waits for the GIL.
+def _grow_buffers(sock: socket.socket) -> None:
+    """Room for bursts of 64 KB batches while a thread waits for the GIL or a NIC drains.
 
-    Above ``net.core.rmem_max`` only with CAP_NET_ADMIN (SO_RCVBUFFORCE), as flanneld has.
+    A full send buffer makes a non-blocking send fail, and a full receive
+    buffer drops a whole GRO batch.  Above ``net.core.[rw]mem_max`` only with
+    CAP_NET_ADMIN (SO_*BUFFORCE), as flanneld has.
     """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    for forced, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def _accept_local(name: str) -> None:
@@ -422,7 +426,10 @@ class Forwarder:
             size = gro_size(cmsgs, length)
             table = self.table
             if not table.knows_source(sender[0]):
-                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size)
+                stats.dropped[Drop.UNKNOWN_SENDER] += -(-length // size) or 1
+                continue
+            if not length:
+                stats.dropped[Drop.NOT_IPV4] += 1
                 continue
             first = 0
             while first * size < length:
@@ -464,13 +471,16 @@ class Forwarder:
 
 
 def gro_size(cmsgs: list[tuple[int, int, bytes]], length: int) -> int:
-    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram)."""
+    """The datagram size of a UDP GRO batch (``length`` when the read holds one datagram).
+
+    Never 0: an empty datagram counts as one of size 1.
+    """
     for level, kind, data in cmsgs:
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
             size = int.from_bytes(data[:4], sys.byteorder)
             if 0 < size < length:
                 return size
-    return length
+    return length or 1
 
 
 class UdpBackend:

@@ -15,13 +15,9 @@ Only the processes started here are ever signalled, by PID.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,22 +25,16 @@ from typing import Any
 
 from daemon_proc import Flanneld
 from kernel_view import KernelMonitor
-from nsthread import NsThread
+from nsthread import UNDERLAY_IP, NsThread, node_and_underlay
 from peer_leases import CONFIG_KEY, NET_CONF, Peer
 
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
 from flanneld.lab.etcdgw import EtcdGateway
-from flanneld.lab.topology import create_netns, delete_netns, veth_link
 
-ETCD_IP = "198.18.0.1"
-NODE_IP = "198.18.0.2"
+ETCD_IP = UNDERLAY_IP
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 ETCD_URL = f"http://{ETCD_IP}:{ETCD_PORT}"
-
-
-def unique_prefix() -> str:
-    return "pfb" + uuid.uuid4().hex[:6]
 
 
 @dataclass(slots=True)
@@ -75,42 +65,25 @@ class Lab:
 
 
 @contextmanager
-def running_lab(keep_workdir: bool = False) -> Iterator[Lab]:
+def running_lab() -> Iterator[Lab]:
     """Namespaces, underlay and etcd with the vxlan net-conf; everything removed afterwards."""
-    prefix = unique_prefix()
-    etcd_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
-    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
-    created: list[str] = []
-    threads: list[NsThread] = []
-    etcd: EtcdProcess | None = None
-    gateway: EtcdGateway | None = None
-    try:
-        for ns in (etcd_ns, node_ns):
-            create_netns(ns)
-            created.append(ns)
-        veth_link(etcd_ns, "ul0", ipaddress.IPv4Interface(f"{ETCD_IP}/24"),
-                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
-        etcd_thread, node_thread = NsThread(etcd_ns), NsThread(node_ns)
-        threads += [etcd_thread, node_thread]
-        spec = EtcdSpec(prefix, os.path.join(workdir, "etcd"), ETCD_IP, ETCD_PORT, ETCD_PEER_PORT)
-        etcd = EtcdProcess(spec, os.path.join(workdir, "etcd.log"))
-        etcd_thread.run(etcd.start)  # forked from a thread inside the namespace
-        gateway = EtcdGateway(ETCD_URL, netns=etcd_ns, timeout=30)
-        gateway.put(CONFIG_KEY, json.dumps(NET_CONF))
-        yield Lab(prefix, etcd_ns, node_ns, workdir, etcd_thread, node_thread, etcd, gateway)
-    finally:
-        if gateway is not None:
-            gateway.close()
-        if etcd is not None:
-            etcd.stop()
-        for thread in threads:
-            thread.close()
-        for ns in created:
-            delete_netns(ns)
-        if not keep_workdir:
-            subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
-        else:
-            print(f"kept {workdir}")
+    with node_and_underlay() as spaces:
+        etcd: EtcdProcess | None = None
+        gateway: EtcdGateway | None = None
+        try:
+            spec = EtcdSpec(spaces.prefix, os.path.join(spaces.workdir, "etcd"), ETCD_IP,
+                            ETCD_PORT, ETCD_PEER_PORT)
+            etcd = EtcdProcess(spec, os.path.join(spaces.workdir, "etcd.log"))
+            spaces.underlay_thread.run(etcd.start)  # forked from a thread inside the namespace
+            gateway = EtcdGateway(ETCD_URL, netns=spaces.underlay_ns, timeout=30)
+            gateway.put(CONFIG_KEY, json.dumps(NET_CONF))
+            yield Lab(spaces.prefix, spaces.underlay_ns, spaces.node_ns, spaces.workdir,
+                      spaces.underlay_thread, spaces.node_thread, etcd, gateway)
+        finally:
+            if gateway is not None:
+                gateway.close()
+            if etcd is not None:
+                etcd.stop()
 
 
 def put_peers(gateway: EtcdGateway, peers: Sequence[Peer]) -> float:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from etcd_lab import NODE_IP
+from nsthread import NODE_IP
 from peer_leases import Peer
 
 from flanneld.lab.topology import create_netns, delete_netns

@@ -13,24 +13,19 @@ writes (``kube-subnet-manager``, ``backend-type``, ``backend-data``,
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from daemon_proc import Flanneld
-from etcd_lab import ETCD_IP, NODE_IP, unique_prefix
 from kernel_view import KernelMonitor
-from nsthread import NsThread
+from nsthread import UNDERLAY_IP, NsThread, node_and_underlay
 from peer_leases import NET_CONF, Peer
 
 from flanneld.lab.apiserver.server import KubeAPIDouble
-from flanneld.lab.topology import create_netns, delete_netns, veth_link
 
 API_PORT = 6443
 NODE_NAME = "bench-node"
@@ -91,38 +86,24 @@ class KubeLab:
 @contextmanager
 def running_kube_lab() -> Iterator[KubeLab]:
     """Namespaces, underlay and the API double with our own Node; everything removed afterwards."""
-    prefix = unique_prefix()
-    api_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
-    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
-    created: list[str] = []
-    threads: list[NsThread] = []
-    double = KubeAPIDouble(host=ETCD_IP, port=API_PORT, history=20000)
-    try:
-        for ns in (api_ns, node_ns):
-            create_netns(ns)
-            created.append(ns)
-        veth_link(api_ns, "ul0", ipaddress.IPv4Interface(f"{ETCD_IP}/24"),
-                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
-        api_thread, node_thread = NsThread(api_ns), NsThread(node_ns)
-        threads += [api_thread, node_thread]
-        api_thread.run(double.start)  # its listening socket lives in the underlay namespace
-        double.add_node(NODE_NAME, pod_cidr=OWN_POD_CIDR)
-        _write_files(workdir)
-        yield KubeLab(prefix, api_ns, node_ns, workdir, api_thread, node_thread, double)
-    finally:
-        double.stop()
-        for thread in threads:
-            thread.close()
-        for ns in created:
-            delete_netns(ns)
-        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+    with node_and_underlay() as spaces:
+        double = KubeAPIDouble(host=UNDERLAY_IP, port=API_PORT, history=20000)
+        try:
+            # its listening socket lives in the underlay namespace
+            spaces.underlay_thread.run(double.start)
+            double.add_node(NODE_NAME, pod_cidr=OWN_POD_CIDR)
+            _write_files(spaces.workdir)
+            yield KubeLab(spaces.prefix, spaces.underlay_ns, spaces.node_ns, spaces.workdir,
+                          spaces.underlay_thread, spaces.node_thread, double)
+        finally:
+            double.stop()
 
 
 def _write_files(workdir: str) -> None:
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "bench", "cluster": {"server": f"http://{ETCD_IP}:{API_PORT}"}}],
+        "clusters": [{"name": "bench", "cluster": {"server": f"http://{UNDERLAY_IP}:{API_PORT}"}}],
         "users": [{"name": "flanneld", "user": {}}],
         "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "flanneld"}}],
         "current-context": "bench",

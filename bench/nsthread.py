@@ -1,17 +1,33 @@
-"""A worker thread inside a network namespace, and HTTP GETs made from it."""
+"""The benches' two namespaces, a worker thread inside each, and HTTP GETs made from them.
+
+    <prefix>-ul  the store's side (etcd or the API double), 198.18.0.1 on veth ``ul0``
+    <prefix>-n1  the node under test, 198.18.0.2 on ``ul0``
+
+Names carry a unique ``pfb<6 hex>`` prefix; everything is removed afterwards,
+also on failure or Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import http.client
-from collections.abc import Callable
+import ipaddress
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import checkout  # noqa: F401 - this checkout's pyflannel first
 
-from flanneld.lab.topology import enter_netns
+from flanneld.lab.topology import create_netns, delete_netns, enter_netns, veth_link
 
 T = TypeVar("T")
+
+UNDERLAY_IP = "198.18.0.1"
+NODE_IP = "198.18.0.2"
 
 
 class NsThread:
@@ -43,3 +59,42 @@ def http_get(thread: NsThread, url_host: str, port: int, path: str,
             conn.close()
 
     return thread.run(call)
+
+
+def unique_prefix() -> str:
+    return "pfb" + uuid.uuid4().hex[:6]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespaces:
+    prefix: str
+    underlay_ns: str
+    node_ns: str
+    workdir: str
+    underlay_thread: NsThread
+    node_thread: NsThread
+
+
+@contextmanager
+def node_and_underlay() -> Iterator[Namespaces]:
+    """The two namespaces joined by ``ul0``, a worker thread in each, and a work directory."""
+    prefix = unique_prefix()
+    underlay_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
+    created: list[str] = []
+    threads: list[NsThread] = []
+    try:
+        for ns in (underlay_ns, node_ns):
+            create_netns(ns)
+            created.append(ns)
+        veth_link(underlay_ns, "ul0", ipaddress.IPv4Interface(f"{UNDERLAY_IP}/24"),
+                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
+        underlay_thread, node_thread = NsThread(underlay_ns), NsThread(node_ns)
+        threads += [underlay_thread, node_thread]
+        yield Namespaces(prefix, underlay_ns, node_ns, workdir, underlay_thread, node_thread)
+    finally:
+        for thread in threads:
+            thread.close()
+        for ns in created:
+            delete_netns(ns)
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)

@@ -36,10 +36,11 @@ import time
 from typing import Any
 
 from daemon_proc import Flanneld, cpu_seconds, proc_status, reconcile_stats
-from etcd_lab import NODE_IP, peer_samples, running_lab
+from etcd_lab import peer_samples, running_lab
 from ipbatch import ip_batch_seconds
 from kernel_view import compare_views, dump_kernel, expected_view
 from kube_lab import running_kube_lab
+from nsthread import NODE_IP
 from peer_leases import NETWORK, Peer
 from profiling import PySpy, print_profile, top_functions
 from report import (

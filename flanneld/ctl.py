@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from flanneld.doctor.cli import add_doctor_arguments, add_doctor_commands
 from flanneld.lab import lab as labmod
+from flanneld.lab import netprobe
 from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
@@ -85,18 +86,22 @@ def _lab_up(args: argparse.Namespace) -> int:
             subnet_mgr=args.subnet_mgr,
             image=args.image,
             manifest=args.manifest,
+            network_policy=args.network_policy,
+            netpol_model=args.netpol_model,
         )
         leases = lab.leases()
-        cells = lab.matrix(count=args.count, timeout=args.ping_timeout)
+        # the model's 72 TCP probes stand for the ping matrix (and take a second, not minutes)
+        cells = [] if args.netpol_model else lab.matrix(count=args.count, timeout=args.ping_timeout)
+        probes = lab.probe() if args.netpol_model else []
     except ConfigError:
         raise  # raised before anything was built: nothing of ours to remove
     except (FlannelError, KeyboardInterrupt):
         if not args.keep:
             labmod.down(args.prefix)
         raise
-    ok = all(cell.ok for cell in cells)
+    ok = all(cell.ok for cell in cells) and all(p.ok for p in probes)
     if args.json:
-        print(json.dumps(up_json(leases, cells)))
+        print(json.dumps({**up_json(leases, cells), "probes": [p.to_json() for p in probes]}))
     else:
         print(
             f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}, "
@@ -107,7 +112,14 @@ def _lab_up(args: argparse.Namespace) -> int:
             print("pod spec fields the lab does not honour: " + ", ".join(lab.unhonoured))
         print(render_leases(leases))
         print()
-        print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
+        if probes:
+            model = [p.key for p in lab.model_pods]
+            print("e2e model, TCP port 80 (. reachable, X not):")
+            print(netprobe.render(model, probes))
+            if netprobe.sctp_error():
+                print(f"SCTP: {netprobe.sctp_error()}")
+        else:
+            print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
         print()
         print("all pods reach each other" if ok else "SOME PODS CANNOT REACH EACH OTHER")
     tear_down = args.down_after or (not ok and not args.keep)
@@ -191,6 +203,23 @@ def _lab_doctor(args: argparse.Namespace) -> int:
     return done.returncode
 
 
+def _lab_probe(args: argparse.Namespace) -> int:
+    lab = labmod.Lab.attach(args.prefix)
+    results = lab.probe(args.port, args.protocol, args.timeout)
+    if args.json:
+        print(json.dumps({"port": args.port, "protocol": args.protocol,
+                          "probes": [r.to_json() for r in results]}))
+    else:
+        print(f"{args.protocol.upper()} port {args.port}: . reachable, X not, - not probed")
+        print(netprobe.render([p.key for p in lab.model_pods], results))
+    return EXIT_OK
+
+
+def _lab_kubeconfig(args: argparse.Namespace) -> int:
+    print(json.dumps(labmod.Lab.attach(args.prefix).kubeconfig(), indent=1))
+    return EXIT_OK
+
+
 def _add_prefix(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"lab name prefix (default {DEFAULT_PREFIX})"
@@ -231,6 +260,15 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     up.add_argument(
         "--down-after", action="store_true", help="tear the lab down after printing (one-shot)"
     )
+    up.add_argument(
+        "--network-policy", action="store_true",
+        help="kube mode: flanneld --network-policy, and every lab pod as a Running Pod object",
+    )
+    up.add_argument(
+        "--netpol-model", action="store_true",
+        help="kube mode: the Kubernetes e2e NetworkPolicy model (namespaces x, y, z; pods a, b, "
+        "c serving TCP and UDP on 80 and 81) spread over the nodes; see lab probe",
+    )
     up.add_argument("--keep", action="store_true", help="keep a lab that failed, for inspection")
     up.add_argument("--count", type=int, default=3, help="pings per matrix cell (default 3)")
     up.add_argument(
@@ -261,6 +299,28 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     _add_prefix(doctor)
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=_lab_doctor)
+
+    probe = cmds.add_parser(
+        "probe", help="print the e2e model's 9x9 reachability matrix (lab up --netpol-model)",
+        description="Connect from every model pod to every other one in parallel, as the "
+        "Kubernetes e2e suite's probes do, and print the truth table.",
+    )
+    _add_prefix(probe)
+    probe.add_argument("--port", type=int, default=80, help="destination port (default 80)")
+    probe.add_argument("--protocol", choices=("tcp", "udp", "sctp"), default="tcp",
+                       help="default tcp (sctp only where the kernel has it)")
+    probe.add_argument("--timeout", type=float, default=1.0,
+                       help="seconds per probe (default 1, as upstream's agnhost connect)")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.set_defaults(func=_lab_probe)
+
+    kubeconfig = cmds.add_parser(
+        "kubeconfig", help="print a kubeconfig for the lab's API server (kube mode)",
+        description="Print a kubeconfig (JSON, which is YAML) that reaches the lab's API "
+        "server from this namespace through a loopback port, for kubectl or the Python client.",
+    )
+    _add_prefix(kubeconfig)
+    kubeconfig.set_defaults(func=_lab_kubeconfig)
 
 
 # --- netconf --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, ExternalInterface, Network
@@ -26,6 +26,7 @@ from flanneld.flags import Flags
 from flanneld.health import HealthServer, HealthState
 from flanneld.health import start as start_health
 from flanneld.loop import (
+    ErrorHook,
     LeaseHolder,
     LoopSettings,
     MainLoop,
@@ -39,9 +40,12 @@ from flanneld.loop import (
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
+from flanneld.netpol.controller import ObjectSource, policy_threads
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
+from flanneld.trafficmgr.policy import PolicyTable, ensure_bridge_netfilter
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import DataplaneError, StopRequested, StoreError
+from flanneld.trafficmgr.runner import CommandRunner
+from subnet.errors import ConfigError, DataplaneError, StopRequested
 from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
@@ -136,7 +140,7 @@ def backend_entry(config: NetConfig, mode: Mode) -> BackendEntry:
 
 def make_backend(
     flags: Flags, manager: SubnetManager, config: NetConfig, entry: BackendEntry,
-    netlink: Netlink, stop: threading.Event, on_error: Callable[[], None],
+    netlink: Netlink, stop: threading.Event, on_error: ErrorHook,
 ) -> Backend:
     """The backend, seeded with what this node advertised before."""
     ext = external_interface(flags, manager, netlink)
@@ -152,7 +156,7 @@ def make_backend(
 
 def register(
     backend: Backend, manager: SubnetManager, config: NetConfig, stop: threading.Event,
-    on_error: Callable[[], None],
+    on_error: ErrorHook,
 ) -> Network:
     """Devices up and our lease acquired, retrying while the store is unavailable."""
     return retry_until_stopped(
@@ -192,6 +196,8 @@ class Parts:
     netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
     rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
     kernel_watch: KernelWatchFactory = KernelWatch
+    policy_table: Callable[[], PolicyTable] = lambda: PolicyTable(CommandRunner())
+    bridge_netfilter: Callable[[], None] = lambda: ensure_bridge_netfilter(CommandRunner())
 
 
 def rule_nets(config: NetConfig, lease: Lease) -> list[FamilyNets]:
@@ -251,6 +257,7 @@ class Daemon:
         self._parts = parts or Parts()
         self._health = HealthState()
         self._metrics = Metrics()
+        self._store_status = StoreStatus(self._health, self._metrics)
         self._server: HealthServer | None = None
         self._manager: SubnetManager | None = None
         self._node: Node | None = None
@@ -263,15 +270,18 @@ class Daemon:
                 self._health, flags.healthz_ip, flags.healthz_port,
                 {"/metrics": metrics_handler(metrics)},
             )
+        if flags.network_policy:
+            parts.bridge_netfilter()  # refuse to start before touching anything
         previous = subnetfile.read_previous_run(flags.subnet_file)
         manager = self._manager = parts.manager(flags, previous, stop)
-        config = get_network_config(manager, stop, metrics.record_store_error)
+        status = self._store_status
+        config = get_network_config(manager, stop, status)
         entry = parts.backend(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
         netlink = parts.netlink()
-        backend = make_backend(flags, manager, config, entry, netlink, stop,
-                               metrics.record_store_error)
-        network = register(backend, manager, config, stop, metrics.record_store_error)
+        backend = make_backend(flags, manager, config, entry, netlink, stop, status)
+        network = register(backend, manager, config, stop, status)
+        status(None)
         rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
@@ -280,10 +290,25 @@ class Daemon:
         holder = LeaseHolder(network.lease)
         loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
                         LoopSettings(flags.resync_interval), stop, metrics)
-        self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions)
+        policy = self._policy_threads(manager, holder) if flags.network_policy else []
+        self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
+        self._threads += policy
+        if not flags.network_policy and flags.kube_subnet_mgr:
+            remove_policy_table(parts.policy_table())
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
+
+    def _policy_threads(self, manager: SubnetManager, holder: LeaseHolder) -> list[threading.Thread]:
+        """``--network-policy``: informers and the policy reconciler (table kept on shutdown)."""
+        if not isinstance(manager, ObjectSource):
+            raise ConfigError("--network-policy needs the Kubernetes subnet manager")
+        _, threads = policy_threads(
+            manager, self._parts.policy_table(), lambda: tuple(holder.get().subnets()),
+            self._metrics.registry, self._stop, self._flags.resync_interval,
+        )
+        log.info("network policy enforcement on (nftables table inet pyflannel-policy)")
+        return threads
 
     def shutdown(self) -> None:
         """Stop the threads; leave devices, routes and the lease in place."""
@@ -300,12 +325,13 @@ class Daemon:
 
 
 class StoreStatus:
-    """What the lease watch reports about the store, shown where operators look.
+    """Failures of the subnet store, shown where operators look.
 
-    Each failure counts in ``flannel_store_errors_total`` and is a detail on
-    /readyz at once; once the store has kept failing for STORE_GRACE seconds
-    (longer than an etcd restart or leader election), /readyz answers 503
-    until the watch works again.
+    Told by start-up's retries, the renewer and the lease watch (None: it
+    works again).  Each failure counts in ``flannel_store_errors_total`` and
+    is a detail on /readyz at once; once the store has kept failing for
+    STORE_GRACE seconds (longer than an etcd restart or leader election),
+    /readyz answers 503 until it works again.
     """
 
     def __init__(
@@ -316,14 +342,14 @@ class StoreStatus:
         self._clock = clock
         self._since: float | None = None
 
-    def __call__(self, error: StoreError | None) -> None:
+    def __call__(self, error: Exception | None) -> None:
         if error is None:
             if self._since is not None:
                 log.info("the subnet store works again")
             self._since = None
             self._health.set_detail(STORE_TOPIC, None)
             return
-        self._metrics.record_store_error()
+        self._metrics.record_store_error(error)
         now = self._clock()
         if self._since is None:
             self._since = now
@@ -386,16 +412,19 @@ class Node:
 
     def helpers(
         self, loop: MainLoop, holder: LeaseHolder, stop: threading.Event, parts: Parts,
-        deletions: OwnDeletions,
+        deletions: OwnDeletions, status: StoreStatus,
     ) -> list[threading.Thread]:
         """The threads beside the main loop (not started)."""
         flags, metrics = self._flags, self._metrics
         margin = timedelta(minutes=flags.subnet_lease_renew_margin)
+
+        def renewed(expiration: datetime | None) -> None:
+            metrics.set_lease_expiry(expiration)
+            status(None)
+
         threads: list[threading.Thread] = [
-            Watcher(self._manager, loop.messages.put, stop, metrics.record_store_error,
-                    StoreStatus(self._health, metrics)),
-            Renewer(self._manager, holder, margin, stop, metrics.set_lease_expiry,
-                    metrics.record_store_error),
+            Watcher(self._manager, loop.messages.put, stop, status, status),
+            Renewer(self._manager, holder, margin, stop, renewed, status),
             Periodic("traffic-rules-resync", flags.iptables_resync,
                      lambda: metrics.record_rules_restored(self._rules.resync()), stop),
             parts.kernel_watch(lambda: loop.messages.put(Kick()), stop, deletions),
@@ -409,6 +438,14 @@ class Node:
                                         self._health)
             threads.append(Periodic("net-conf-watch", NETCONF_POLL, conf_watch.poll, stop))
         return threads
+
+
+def remove_policy_table(table: PolicyTable) -> None:
+    """Without ``--network-policy`` our policy table must not stay behind (flag switched off)."""
+    try:
+        table.remove()
+    except DataplaneError as err:
+        log.warning("could not remove the network policy table: %s", err)
 
 
 def _expiry(lease: Lease) -> str:

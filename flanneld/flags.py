@@ -168,6 +168,8 @@ class Flags:
                                   name="log_backtrace_at")
     resync_interval: float = _flag(10.0, "pyflannel: seconds between full data-plane "
                                    "reconciles", parser=_parse_seconds)
+    network_policy: bool = _flag(False, "pyflannel: enforce Kubernetes NetworkPolicy with "
+                                 "nftables (needs --kube-subnet-mgr and br_netfilter)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +320,9 @@ def _validate(flags: Flags) -> None:
     if flags.iptables_resync < 1:
         raise ConfigError(f"invalid iptables-resync {flags.iptables_resync}: must be at least "
                           f"1 second")
+    if flags.network_policy and not flags.kube_subnet_mgr:
+        raise ConfigError("--network-policy needs --kube-subnet-mgr: NetworkPolicies, Pods and "
+                          "Namespaces are read from the Kubernetes API (etcd mode has none)")
 
 
 def parse_flags(argv: Sequence[str], environ: Mapping[str, str], *,

@@ -196,10 +196,7 @@ class _Server:
                     conn = self._conns.get(key.fd)
                     if conn is None or conn is not key.data:  # closed earlier in this turn
                         continue
-                    if conn.outgoing is None:
-                        self._read(conn)
-                    else:
-                        self._write(conn)
+                    self._serve(conn)
                 self._expire()
         finally:
             for conn in list(self._conns.values()):
@@ -249,15 +246,21 @@ class _Server:
         self._close(oldest)
         return True
 
-    def _read(self, conn: _Conn) -> None:
+    def _serve(self, conn: _Conn) -> None:
+        """Read the request or send the answer, whichever is due; a failure closes."""
         try:
-            chunk = conn.sock.recv(4096)
+            if conn.outgoing is None:
+                self._read(conn)
+            else:
+                self._write(conn)
         except BlockingIOError:
             return
-        except OSError as err:
+        except OSError as err:  # a reset, mostly: one DEBUG line
             log.debug("health: connection from %s failed: %s", conn.peer, err.strerror or err)
             self._close(conn)
-            return
+
+    def _read(self, conn: _Conn) -> None:
+        chunk = conn.sock.recv(4096)
         if not chunk:
             self._close(conn)
             return
@@ -265,15 +268,11 @@ class _Server:
         end = conn.received.find(b"\r\n\r\n")
         if end < 0:
             end = conn.received.find(b"\n\n")
-        if end < 0:
-            if len(conn.received) > MAX_REQUEST:
-                self._respond(conn, Response(431, "request headers too large\n"), True)
-            return
-        if end > MAX_REQUEST:
+        if end > MAX_REQUEST or (end < 0 and len(conn.received) > MAX_REQUEST):
             self._respond(conn, Response(431, "request headers too large\n"), True)
-            return
-        response, send_body = _answer(self._routes, bytes(conn.received[:end]))
-        self._respond(conn, response, send_body)
+        elif end >= 0:
+            response, send_body = _answer(self._routes, bytes(conn.received[:end]))
+            self._respond(conn, response, send_body)
 
     def _respond(self, conn: _Conn, response: Response, send_body: bool) -> None:
         conn.received.clear()
@@ -284,14 +283,7 @@ class _Server:
 
     def _write(self, conn: _Conn) -> None:
         assert conn.outgoing is not None
-        try:
-            sent = conn.sock.send(conn.outgoing)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            log.debug("health: connection from %s failed: %s", conn.peer, err.strerror or err)
-            self._close(conn)
-            return
+        sent = conn.sock.send(conn.outgoing)
         conn.outgoing = conn.outgoing[sent:]
         if not conn.outgoing:
             self._close(conn)

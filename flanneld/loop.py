@@ -89,7 +89,11 @@ def log_failure(what: str, err: Exception, retry_in: float) -> None:
                   exc_info=err)
 
 
-def _ignore() -> None:
+# Told of each failure a loop retries (the daemon counts it and shows it on /readyz).
+ErrorHook = Callable[[Exception], None]
+
+
+def _ignore(_error: Exception) -> None:
     """The default error hook: count nothing."""
 
 
@@ -98,14 +102,14 @@ def retry_until_stopped(
     action: Callable[[], T],
     stop: threading.Event,
     backoff: Backoff,
-    on_error: Callable[[], None] = _ignore,
+    on_error: ErrorHook = _ignore,
 ) -> T:
     """Run ``action`` until it succeeds, retrying on StoreError/LeaseError only."""
     while True:
         try:
             return action()
         except (StoreError, LeaseError) as err:
-            on_error()
+            on_error(err)
             delay = backoff.next_delay()
             log.warning("%s failed: %s (retrying in %.1fs)", what, err, delay)
             if wait(stop, delay):
@@ -113,7 +117,7 @@ def retry_until_stopped(
 
 
 def get_network_config(
-    manager: SubnetManager, stop: threading.Event, on_error: Callable[[], None] = _ignore
+    manager: SubnetManager, stop: threading.Event, on_error: ErrorHook = _ignore
 ) -> NetConfig:
     return retry_until_stopped(
         "reading the network config", manager.get_network_config, stop, Backoff(1.0, 10.0),
@@ -131,7 +135,7 @@ class Renewer(threading.Thread):
         margin: timedelta,
         stop: threading.Event,
         on_renewed: Callable[[datetime | None], None],
-        on_error: Callable[[], None] = _ignore,
+        on_error: ErrorHook = _ignore,
     ) -> None:
         super().__init__(name="lease-renewer", daemon=True)
         self._on_error = on_error
@@ -158,7 +162,7 @@ class Renewer(threading.Thread):
             try:
                 renewed = self._manager.renew_lease(lease)
             except Exception as err:  # noqa: BLE001 - no input may end this thread
-                self._on_error()
+                self._on_error(err)
                 delay = backoff.next_delay()
                 log_failure(f"renewing lease {lease.key}", err, delay)
                 if wait(self._stop_event, delay):
@@ -191,7 +195,7 @@ class Watcher(threading.Thread):
         manager: SubnetManager,
         sink: Callable[[LeaseMessage], None],
         stop: threading.Event,
-        on_error: Callable[[], None] = _ignore,
+        on_error: ErrorHook = _ignore,
         report: StoreReport = ignore_store_report,
     ) -> None:
         super().__init__(name="lease-watcher", daemon=True)
@@ -207,7 +211,7 @@ class Watcher(threading.Thread):
             try:
                 self._manager.watch_leases(self._sink, self._stop_event, self._report)
             except Exception as err:  # noqa: BLE001 - no input may end this thread
-                self._on_error()
+                self._on_error(err)
                 delay = backoff.next_delay()
                 log_failure("lease watch", err, delay)
                 wait(self._stop_event, delay)
@@ -236,7 +240,7 @@ class LoopObserver(Protocol):
 
     def set_peers(self, count: int) -> None: ...
 
-    def record_store_error(self) -> None: ...
+    def record_store_error(self, error: Exception | None = None) -> None: ...
 
 
 class MainLoop:

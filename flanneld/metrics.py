@@ -117,8 +117,8 @@ class Metrics:
         """What ``TrafficManager.resync()`` returned."""
         self.repaired.labels("rules").inc(count)
 
-    def record_store_error(self) -> None:
-        """A call to etcd or the Kubernetes API failed (it is being retried)."""
+    def record_store_error(self, error: Exception | None = None) -> None:
+        """A call to etcd or the Kubernetes API failed with ``error`` (it is being retried)."""
         self.store_errors.inc()
 
     def set_peers(self, count: int) -> None:

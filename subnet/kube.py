@@ -80,9 +80,11 @@ from subnet.errors import (
 )
 from subnet.kube_state import (
     JSON,
+    WATCHED_KINDS,
     AnnotationKeys,
     KubeSettings,
     NodeLeaseTable,
+    ObjectEvent,
     annotation_changes,
     annotations_of,
     attrs_from_annotations,
@@ -603,17 +605,129 @@ class KubeSubnetManager:
         return new_rv
 
     def _interrupt_on_stop(self, state: _WatchState, stop: threading.Event) -> None:
-        """Cut the open watch stream as soon as ``stop`` is set."""
-        while not stop.wait(self.timings.stop_poll):
-            if state.done:
-                return
-        with state.lock:
-            resp = state.response
-            if resp is not None:
+        _interrupt_on_stop(state, stop, self.timings.stop_poll)
+
+    def object_watch(self, kind: str) -> ObjectWatch:
+        """A list+watch of ``kind`` (one of WATCHED_KINDS) over this manager's API client."""
+        return ObjectWatch(self._api_client, kind, self.timings)
+
+
+def _interrupt_on_stop(state: _WatchState, stop: threading.Event, poll: float) -> None:
+    """Cut the open watch stream as soon as ``stop`` is set."""
+    while not stop.wait(poll):
+        if state.done:
+            return
+    with state.lock:
+        resp = state.response
+        if resp is not None:
+            try:
+                resp.shutdown()
+            except (ValueError, RuntimeError, OSError):
+                pass
+
+
+class ObjectWatch:
+    """List+watch of one kind across all namespaces (the NetworkPolicy informers).
+
+    Same promises as the Node watch: every (re)list is an ``ObjectEvent``
+    SNAPSHOT, a 410 Gone re-lists at once, other failures re-list after an
+    exponential backoff with jitter (``report`` hears each failure and None
+    after a good list).  Between failures the caller keeps what it has, so
+    the last rules stay in force while the API server is unreachable.
+    """
+
+    def __init__(self, api_client: Any, kind: str, timings: KubeTimings | None = None) -> None:
+        if kind not in WATCHED_KINDS:
+            raise ConfigError(f"cannot watch {kind!r}: one of {', '.join(WATCHED_KINDS)}")
+        self.kind = kind
+        self.timings = timings or KubeTimings()
+        core, net = client.CoreV1Api(api_client), client.NetworkingV1Api(api_client)
+        lists: dict[str, Any] = {
+            "pods": core.list_pod_for_all_namespaces,
+            "namespaces": core.list_namespace,
+            "networkpolicies": net.list_network_policy_for_all_namespaces,
+        }
+        self._list: Callable[..., Any] = lists[kind]
+
+    def run(
+        self, sink: Callable[[ObjectEvent], None], stop: threading.Event,
+        report: StoreReport = ignore_store_report,
+    ) -> None:
+        state = _WatchState()
+        t = self.timings
+        interrupter = threading.Thread(target=_interrupt_on_stop, args=(state, stop, t.stop_poll),
+                                       name=f"kube-watch-{self.kind}-stop", daemon=True)
+        interrupter.start()
+        backoff = t.backoff()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
                 try:
-                    resp.shutdown()
-                except (ValueError, RuntimeError, OSError):
-                    pass
+                    rv = self._relist(sink)
+                    report(None)
+                    while not stop.is_set():
+                        rv = self._follow(rv, sink, stop, state)
+                except WatchExpiredError as err:
+                    log.info("%s watch expired (%s); listing again", self.kind, err)
+                except StoreError as err:
+                    if stop.is_set():
+                        break
+                    if time.monotonic() - started > 10 * t.backoff_max:
+                        backoff.reset()
+                    delay = backoff.next_delay()
+                    report(err)
+                    log.warning("Kubernetes API failure watching %s (%s); listing again in "
+                                "%.1f s (the current rules stay)", self.kind, err, delay)
+                    stop.wait(delay)
+        finally:
+            state.done = True
+            interrupter.join(timeout=2 * t.stop_poll + 1)
+
+    def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
+        timeout = self.timings.request_timeout
+        doc = _json_response(f"failed to list {self.kind}", self._list,
+                             _request_timeout=(timeout, timeout))
+        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        items = tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+        sink(ObjectEvent(self.kind, "SNAPSHOT", items))
+        log.info("Listed %d %s at resourceVersion %s", len(items), self.kind, rv)
+        return rv
+
+    def _follow(self, rv: str, sink: Callable[[ObjectEvent], None], stop: threading.Event,
+                state: _WatchState) -> str:
+        t = self.timings
+        resp = _call(f"failed to watch {self.kind}", self._list, watch=True, resource_version=rv,
+                     allow_watch_bookmarks=True, timeout_seconds=int(t.watch_timeout),
+                     _preload_content=False,
+                     _request_timeout=(t.request_timeout, t.watch_timeout + t.request_timeout))
+        with state.lock:
+            state.response = resp
+        try:
+            for event in _events(resp):
+                if stop.is_set():
+                    break
+                kind, obj = event.get("type"), event.get("object")
+                if not isinstance(obj, dict):
+                    continue
+                if kind == "ERROR":
+                    code = int(obj.get("code") or 0)
+                    message = f"{self.kind} watch error: {code} {obj.get('message', '')}"
+                    if code == 410:
+                        raise WatchExpiredError(message)
+                    raise KubeAPIError(message, code)
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    sink(ObjectEvent(self.kind, str(kind), (obj,)))
+            return rv
+        except StoreError:
+            if stop.is_set():
+                return rv
+            raise
+        finally:
+            with state.lock:
+                state.response = None
+            resp.close()
+            resp.release_conn()
 
 
 def connect_and_sync(

@@ -422,3 +422,22 @@ def parse_env_bool(name: str, value: str | None) -> bool:
     if value in ("0", "f", "F", "false", "FALSE", "False"):
         return False
     raise ConfigError(f"env {name}={value} is not a boolean")
+
+
+# --- object watches (NetworkPolicy informers) -----------------------------------------
+
+WATCHED_KINDS = ("networkpolicies", "namespaces", "pods")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """One message of an object watch (:class:`subnet.kube.ObjectWatch`).
+
+    ``type`` is ``SNAPSHOT`` (``objects`` is every object of ``kind`` after a
+    (re)list: replace what you hold), or ``ADDED``/``MODIFIED``/``DELETED``
+    with the one object.  Objects are the API's JSON, unparsed.
+    """
+
+    kind: str  # one of WATCHED_KINDS
+    type: str
+    objects: tuple[JSON, ...]

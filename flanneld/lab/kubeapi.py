@@ -11,6 +11,7 @@ over a Unix socket in the lab's state dir, one JSON line each way.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from flanneld.lab.tls import ServerCert
 from subnet.errors import FlannelError
 
 KUBEAPI_ROLE = "kubeapi"
+DOOR_ROLE = "kubeapi-door"
 DOUBLE_MODULE = "flanneld.lab.apiserver.serve"
+DOOR_MODULE = "flanneld.lab.apidoor"
 CONTROL_TIMEOUT = 30.0
 
 JSON = dict[str, Any]
@@ -37,6 +40,48 @@ def double_argv(python: str, plan: LabPlan, tls: ServerCert | None = None) -> li
         f"--control={plan.kube_control}",
         *served,
     ]
+
+
+def door_port_file(plan: LabPlan) -> str:
+    """Where the loopback door writes its port."""
+    return os.path.join(plan.state_dir, "kubeapi.port")
+
+
+def door_argv(python: str, plan: LabPlan) -> list[str]:
+    """The loopback door's command line (started in the root namespace)."""
+    return [
+        python, "-m", DOOR_MODULE,
+        f"--netns={plan.underlay_netns}",
+        f"--to={plan.gateway.ip}:{KUBE_API_PORT}",
+        f"--port-file={door_port_file(plan)}",
+    ]
+
+
+def door_port(plan: LabPlan) -> int | None:
+    """The door's loopback port, or None before it has written it."""
+    try:
+        with open(door_port_file(plan), encoding="utf-8") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def loopback_kubeconfig(plan: LabPlan, port: int, ca_file: str | None = None,
+                        token: str | None = None) -> dict[str, object]:
+    """A kubeconfig for clients in the root namespace, through the loopback door.
+
+    With TLS (image mode) the server certificate names the underlay gateway,
+    so the config pins ``tls-server-name`` to it.
+    """
+    config = kubeconfig(plan)
+    scheme = "https" if ca_file else "http"
+    cluster: dict[str, object] = {"server": f"{scheme}://127.0.0.1:{port}"}
+    if ca_file:
+        cluster["certificate-authority"] = ca_file
+        cluster["tls-server-name"] = str(plan.gateway.ip)
+    config["clusters"] = [{"name": plan.prefix, "cluster": cluster}]
+    config["users"] = [{"name": "flanneld", "user": {"token": token} if token else {}}]
+    return config
 
 
 def write_node_files(plan: LabPlan, net_conf: str) -> None:
@@ -115,6 +160,18 @@ class KubeApiControl:
     def issue_token(self, namespace: str, service_account: str) -> str:
         """A service-account token (the TokenRequest a kubelet makes for a pod's volume)."""
         return str(self.call("issue_token", namespace=namespace, service_account=service_account))
+
+    def put_object(self, obj: JSON) -> JSON:
+        """Create or replace any object as given, status included (the kubelet's part)."""
+        result: JSON = self.call("put_object", obj=obj)
+        return result
+
+    def list_objects(self, plural: str, namespace: str | None = None) -> list[JSON]:
+        result: list[JSON] = self.call("list_objects", plural=plural, namespace=namespace)
+        return result
+
+    def delete_object(self, plural: str, name: str, namespace: str = "") -> None:
+        self.call("delete_object", plural=plural, name=name, namespace=namespace)
 
     def delete_node(self, name: str) -> None:
         self.call("delete_node", name=name)

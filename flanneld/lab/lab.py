@@ -24,10 +24,20 @@ from dataclasses import dataclass
 
 from backends.wireguard_go import running_pid, stop_recorded
 from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
-from flanneld.lab import etcdgw, kubeapi, podrun, pods, podspec, procs, topology
+from flanneld.lab import (
+    etcdgw,
+    kubeapi,
+    netpolmodel,
+    netprobe,
+    podrun,
+    pods,
+    podspec,
+    procs,
+    topology,
+)
 from flanneld.lab import state as statefile
 from flanneld.lab.etcd import EtcdSpec
-from flanneld.lab.kubeapi import KUBEAPI_ROLE, KubeApiControl
+from flanneld.lab.kubeapi import DOOR_ROLE, KUBEAPI_ROLE, KubeApiControl
 from flanneld.lab.layout import (
     CNI_CONFLIST,
     DEFAULT_PREFIX,
@@ -71,7 +81,7 @@ from subnet.errors import ConfigError, DataplaneError, FlannelError
 log = logging.getLogger(__name__)
 
 ETCD_ROLE = "etcd"
-STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE)  # stopped after every flanneld
+STORE_ROLES = (ETCD_ROLE, KUBEAPI_ROLE, DOOR_ROLE)  # stopped after every flanneld
 READY_TIMEOUT = 60.0
 ETCD_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -240,6 +250,71 @@ class Lab:
                     else pods.run_plugin(plan, node, pod, "ADD", self.bin_dir)
                 )
                 log.info("pod %s on %s has %s", pod.name, node.name, pods.result_ipv4(result))
+        if plan.network_policy or plan.netpol_model:
+            self._register_pods()
+        if plan.netpol_model:
+            self._start_servers()
+
+    # --- pods as API objects, the e2e NetworkPolicy model ------------------------
+
+    @property
+    def pod_objects(self) -> tuple[netpolmodel.LabPod, ...]:
+        """The lab's pods as Kubernetes Pods (x/a... with --netpol-model)."""
+        return netpolmodel.lab_pods(self._plan, self._plan.netpol_model)
+
+    @property
+    def model_pods(self) -> tuple[netpolmodel.LabPod, ...]:
+        return tuple(p for p in self.pod_objects if p.in_model)
+
+    @staticmethod
+    def protocols() -> tuple[str, ...]:
+        """What the model serves: TCP and UDP, and SCTP if this kernel can open it."""
+        return ("TCP", "UDP") + (("SCTP",) if netprobe.sctp_error() is None else ())
+
+    def pod_ip(self, pod: netpolmodel.LabPod) -> str:
+        ip = _pod_ip(pod.netns)
+        if ip is None:
+            raise FlannelError(f"pod {pod.key} ({pod.lab_pod}) has no address")
+        return ip
+
+    def _register_pods(self) -> None:
+        """What the control plane and the kubelet would write: namespaces and Running Pods."""
+        api = self.kube_api
+        if self._plan.netpol_model:
+            for name in netpolmodel.NAMESPACES:
+                api.put_object(netpolmodel.namespace_object(name))
+        for pod in self.pod_objects:
+            host_ip = str(self._plan.node(pod.node).public_ip)
+            api.put_object(netpolmodel.pod_object(pod, self.pod_ip(pod), host_ip,
+                                                  self.protocols()))
+            log.info("pod %s is %s on %s", pod.lab_pod, pod.key, pod.node)
+
+    def _start_servers(self) -> None:
+        """One server per model pod (TCP and UDP on 80 and 81), then wait until each answers."""
+        ports = ",".join(str(p) for p in netpolmodel.SERVE_PORTS)
+        for pod in self.model_pods:
+            argv = [self._python, "-m", "flanneld.lab.podserver", f"--name={pod.key}",
+                    f"--tcp={ports}", f"--udp={ports}", f"--lab={self._marker}"]
+            log_path = os.path.join(self._plan.state_dir, f"server-{pod.lab_pod}.log")
+            pid = procs.spawn(argv, log_path, pod.netns, _child_env())
+            self._save(self._state.with_process(f"server-{pod.lab_pod}",
+                                                ProcessRecord(pid, self._marker)))
+        deadline = time.monotonic() + READY_TIMEOUT
+        for pod in self.model_pods:
+            while not netprobe.serving(pod.key, pod.netns, netpolmodel.SERVE_PORTS):
+                if time.monotonic() > deadline:
+                    raise FlannelError(f"the server of pod {pod.key} does not answer")
+                time.sleep(0.1)
+
+    def probe(self, port: int = 80, protocol: str = "tcp",
+              timeout: float = netprobe.DEFAULT_TIMEOUT) -> list[netprobe.ProbeResult]:
+        """The model's reachability matrix for one port and protocol (72 probes)."""
+        if not self._plan.netpol_model:
+            raise ConfigError(f"lab {self._plan.prefix} has no e2e model (lab up --netpol-model)")
+        if protocol == "sctp" and netprobe.sctp_error() is not None:
+            raise ConfigError(str(netprobe.sctp_error()))
+        targets = [netprobe.Target(p.key, p.netns, self.pod_ip(p)) for p in self.model_pods]
+        return netprobe.probe_matrix(targets, port, protocol, timeout)
 
     def _build_underlay(self) -> None:
         ul = self._plan.underlay_netns
@@ -314,9 +389,34 @@ class Lab:
             self.kube_api.wait_up(ETCD_TIMEOUT, lambda: procs.is_ours(record))
         except FlannelError as err:
             raise FlannelError(f"{err}; last log lines:\n{log_tail(log_path)}") from err
+        self._start_door()
         kubeapi.add_lab_nodes(plan, self.kube_api)
         if plan.image is None:
             kubeapi.write_node_files(plan, plan.net_conf())
+
+    def _start_door(self) -> None:
+        """The loopback door: root-namespace clients reach the double through it."""
+        plan = self._plan
+        log_path = os.path.join(plan.state_dir, "kubeapi-door.log")
+        pid = procs.spawn(kubeapi.door_argv(self._python, plan), log_path, None, _child_env())
+        record = ProcessRecord(pid, self._marker)
+        self._save(self._state.with_process(DOOR_ROLE, record))
+        deadline = time.monotonic() + ETCD_TIMEOUT
+        while kubeapi.door_port(plan) is None:
+            if not procs.is_ours(record) or time.monotonic() > deadline:
+                raise FlannelError("the API double's loopback door did not start; last log "
+                                   f"lines:\n{log_tail(log_path)}")
+            time.sleep(0.05)
+
+    def kubeconfig(self) -> dict[str, object]:
+        """A kubeconfig for the API double usable from the root namespace (kube mode)."""
+        port = kubeapi.door_port(self._plan) if self._plan.kube else None
+        if port is None:
+            raise ConfigError(f"lab {self._plan.prefix} has no API server (not kube mode)")
+        if self._plan.image is None:
+            return kubeapi.loopback_kubeconfig(self._plan, port)
+        token = self.kube_api.issue_token("kube-system", "lab-admin")
+        return kubeapi.loopback_kubeconfig(self._plan, port, self._server_cert_path, token)
 
     # --- image mode: the manifest's DaemonSet pod on each node --------------------
 
@@ -637,6 +737,8 @@ def up(
     subnet_mgr: str = "etcd",
     image: str | None = None,
     manifest: str | None = None,
+    network_policy: bool = False,
+    netpol_model: bool = False,
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
@@ -646,9 +748,16 @@ def up(
     double (:mod:`flanneld.lab.apiserver`, run by :mod:`flanneld.lab.kubeapi`).
     With ``image``, each node runs the ``manifest``'s DaemonSet pod from that
     image with podman instead (:mod:`flanneld.lab.podspec`); the backend is
-    the one in the manifest's net-conf.json.
+    the one in the manifest's net-conf.json.  ``network_policy`` runs flanneld
+    with ``--network-policy`` and writes every lab pod into the API double as
+    a Running Pod; ``netpol_model`` lays the e2e model (namespaces x, y, z,
+    pods a, b, c, servers on ports 80 and 81) over the first nine pods, adding
+    pods per node as needed (:mod:`flanneld.lab.netpolmodel`).
     """
-    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image)
+    if netpol_model:
+        pods_per_node = max(pods_per_node, netpolmodel.pods_per_node(nodes))
+    plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image,
+                     network_policy=network_policy, netpol_model=netpol_model)
     if image is not None:
         manifest = os.path.abspath(manifest or DEFAULT_MANIFEST)
         in_manifest = podspec.net_conf_backend(read_manifest(manifest))
@@ -661,7 +770,8 @@ def up(
             f"a lab with prefix {prefix!r} exists; run: flannelctl lab down --prefix {prefix}"
         )
     lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
-                       image=image, manifest=manifest), python)
+                       image=image, manifest=manifest, network_policy=network_policy,
+                       netpol_model=netpol_model), python)
     lab.build()
     return lab
 

@@ -86,6 +86,8 @@ class LabPlan:
     nodes: tuple[NodePlan, ...]
     subnet_mgr: str = "etcd"  # or "kube": Node objects in the API double
     image: str | None = None  # kube mode: flanneld runs as the manifest's pod, from this image
+    network_policy: bool = False  # kube mode: flanneld --network-policy, pods as Pod objects
+    netpol_model: bool = False  # the e2e model: namespaces x, y, z with pods a, b, c and servers
 
     @property
     def state_dir(self) -> str:
@@ -159,6 +161,8 @@ def make_plan(
     etcd_prefix: str = DEFAULT_ETCD_PREFIX,
     subnet_mgr: str = "etcd",
     image: str | None = None,
+    network_policy: bool = False,
+    netpol_model: bool = False,
 ) -> LabPlan:
     """Lay out a lab; ConfigError on out-of-range input."""
     check_prefix(prefix)
@@ -176,6 +180,11 @@ def make_plan(
         )
     if image is not None and subnet_mgr != "kube":
         raise ConfigError("--image runs the manifest's DaemonSet: it needs --subnet-mgr kube")
+    if (network_policy or netpol_model) and (subnet_mgr != "kube" or image is not None):
+        raise ConfigError("--network-policy and --netpol-model need --subnet-mgr kube "
+                          "(and flanneld as a process, not --image)")
+    if netpol_model and nodes * pods_per_node < 9:
+        raise ConfigError(f"--netpol-model needs 9 pods, not {nodes} x {pods_per_node}")
     hosts = list(UNDERLAY.hosts())
     node_plans = []
     for i in range(1, nodes + 1):
@@ -210,6 +219,8 @@ def make_plan(
         nodes=tuple(node_plans),
         subnet_mgr=subnet_mgr,
         image=image,
+        network_policy=network_policy,
+        netpol_model=netpol_model,
     )
     too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
     if too_long:
@@ -315,6 +326,7 @@ def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> lis
         # as kube-flannel.yml: flanneld masquerades, so the bridge plugin does not
         # (with ipMasq on the bridge, pod-to-pod traffic across nodes would be NATed)
         "-ip-masq",
+        *(["--network-policy"] if plan.network_policy else []),
         "-v=1",
     ]
 

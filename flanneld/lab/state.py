@@ -38,11 +38,13 @@ class LabState:
     subnet_mgr: str = "etcd"
     image: str | None = None  # image mode: the image and the manifest whose pod runs it
     manifest: str | None = None
+    network_policy: bool = False
+    netpol_model: bool = False
 
     def plan(self) -> LabPlan:
         return make_plan(
             self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
-            image=self.image,
+            image=self.image, network_policy=self.network_policy, netpol_model=self.netpol_model,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -66,6 +68,8 @@ class LabState:
             "subnet_mgr": self.subnet_mgr,
             "image": self.image,
             "manifest": self.manifest,
+            "network_policy": self.network_policy,
+            "netpol_model": self.netpol_model,
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -91,6 +95,8 @@ class LabState:
                 subnet_mgr=str(doc.get("subnet_mgr", "etcd")),
                 image=_optional(doc.get("image")),
                 manifest=_optional(doc.get("manifest")),
+                network_policy=bool(doc.get("network_policy", False)),
+                netpol_model=bool(doc.get("netpol_model", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err

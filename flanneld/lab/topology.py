@@ -235,13 +235,18 @@ def set_mtu(name: str, ifname: str, mtu: int) -> None:
             raise DataplaneError(f"cannot set mtu {mtu} on {ifname} in {name}: {err}") from err
 
 
-def add_default_route(name: str, gateway: ipaddress.IPv4Address) -> None:
-    """A default IPv4 route via ``gateway`` in namespace ``name`` (on-link on some interface)."""
+def add_route(name: str, dst: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address) -> None:
+    """An IPv4 route to ``dst`` via ``gateway`` in namespace ``name`` (on-link somewhere)."""
     with _ipr(name) as ipr:
         try:
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+            ipr.route("add", dst=str(dst), gateway=str(gateway))
         except NetlinkError as err:
-            raise DataplaneError(f"cannot add default via {gateway} in {name}: {err}") from err
+            raise DataplaneError(f"cannot add {dst} via {gateway} in {name}: {err}") from err
+
+
+def add_default_route(name: str, gateway: ipaddress.IPv4Address) -> None:
+    """A default IPv4 route via ``gateway`` in namespace ``name``."""
+    add_route(name, ipaddress.IPv4Network("0.0.0.0/0"), gateway)
 
 
 def veth_link(

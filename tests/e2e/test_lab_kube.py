@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import pathlib
 import signal
 import subprocess
 import sys
@@ -332,3 +333,23 @@ def test_flannelctl_lab_up_in_kube_mode() -> None:
         assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
     finally:
         down(prefix)
+
+
+def test_lab_kubeconfig_reaches_the_api_double_from_the_root_namespace(
+        lab: Lab, tmp_path: pathlib.Path) -> None:
+    """``flannelctl lab kubeconfig``: the official client lists the lab's Nodes through it."""
+    from kubernetes import client, config
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flanneld.ctl", "lab", "kubeconfig", "--prefix", PREFIX],
+        capture_output=True, text=True, timeout=60, check=True)
+    path = tmp_path / "kubeconfig"
+    path.write_text(done.stdout)
+    server = json.loads(done.stdout)["clusters"][0]["cluster"]["server"]
+    assert server.startswith("http://127.0.0.1:")
+    api_client = config.new_client_from_config(str(path))
+    try:
+        names = [n.metadata.name for n in client.CoreV1Api(api_client).list_node().items]
+    finally:
+        api_client.close()  # type: ignore[no-untyped-call]
+    assert names == list(NODES)

@@ -261,7 +261,7 @@ def test_bad_peer_lease_is_skipped_once_and_others_keep_working(lab: Lab) -> Non
 def test_kube_mode_matrix_and_annotations() -> None:
     """The same backend with --kube-subnet-mgr: peers come from Node annotations."""
     needs_root()
-    prefix = RUN_PREFIX + "k"
+    prefix = RUN_PREFIX + "wk"  # apart from test_lab.py's "k"
     try:
         kube = up(nodes=2, backend="wireguard", pods_per_node=1, prefix=prefix, subnet_mgr="kube")
         cells = kube.matrix(count=3, timeout=10.0)

@@ -388,3 +388,137 @@ def test_https_and_service_account_tokens_as_a_pod_sees_them(tmp_path: Path) -> 
             with pytest.raises(client.ApiException) as refused:
                 nodes(wrong)
             assert refused.value.status == 401
+
+
+# --- namespaces, pods and network policies through the official client ---------------
+
+
+@pytest.fixture
+def netv1(double: KubeAPIDouble) -> Iterator[Any]:
+    cfg = client.Configuration()
+    cfg.host = double.url
+    cfg.retries = False
+    api_client = client.ApiClient(cfg)
+    yield client.NetworkingV1Api(api_client)
+    api_client.close()
+
+
+def deny_ingress(name: str, pod_labels: dict[str, str] | None = None) -> Any:
+    return client.V1NetworkPolicy(
+        metadata=client.V1ObjectMeta(name=name, labels={"case": name}),
+        spec=client.V1NetworkPolicySpec(
+            pod_selector=client.V1LabelSelector(match_labels=pod_labels),
+            policy_types=["Ingress"]))
+
+
+def test_namespaces_carry_the_name_label_and_select_by_labels(core: Any) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name="x", labels={"ns": "x"})))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name="y", labels={"ns": "y"})))
+    made = core.read_namespace("x")
+    assert made.metadata.labels == {"ns": "x", "kubernetes.io/metadata.name": "x"}
+    assert made.status.phase == "Active"
+    names = [n.metadata.name for n in core.list_namespace().items]
+    assert names == ["default", "kube-system", "x", "y"]
+    assert [n.metadata.name for n in core.list_namespace(label_selector="ns in (y,z)").items] \
+        == ["y"]
+    assert [n.metadata.name for n in core.list_namespace(
+        label_selector="kubernetes.io/metadata.name!=x,ns").items] == ["y"]
+    # a merge patch may change labels but never the automatic one
+    core.patch_namespace("y", {"metadata": {"labels": {
+        "ns2": "updated", "kubernetes.io/metadata.name": None}}})
+    assert core.read_namespace("y").metadata.labels == {
+        "ns": "y", "ns2": "updated", "kubernetes.io/metadata.name": "y"}
+    with pytest.raises(client.ApiException) as caught:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="x")))
+    assert caught.value.status == 409 and status_of(caught.value)["reason"] == "AlreadyExists"
+
+
+def test_network_policy_crud_with_the_official_client(core: Any, netv1: Any) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="x")))
+    made = netv1.create_namespaced_network_policy("x", deny_ingress("deny", {"pod": "a"}))
+    assert made.metadata.namespace == "x" and made.metadata.uid
+    assert made.spec.pod_selector.match_labels == {"pod": "a"}
+    assert made.spec.policy_types == ["Ingress"]
+    got = netv1.read_namespaced_network_policy("deny", "x")
+    got.spec.ingress = [client.V1NetworkPolicyIngressRule(
+        _from=[client.V1NetworkPolicyPeer(namespace_selector=client.V1LabelSelector(
+            match_expressions=[client.V1LabelSelectorRequirement(
+                key="ns", operator="In", values=["y"])]))],
+        ports=[client.V1NetworkPolicyPort(port="serve-81-tcp", protocol="TCP"),
+               client.V1NetworkPolicyPort(port=80, end_port=90, protocol="UDP")])]
+    replaced = netv1.replace_namespaced_network_policy("deny", "x", got)
+    rule = replaced.spec.ingress[0]
+    assert rule._from[0].namespace_selector.match_expressions[0].values == ["y"]
+    assert [(p.port, p.end_port, p.protocol) for p in rule.ports] == [
+        ("serve-81-tcp", None, "TCP"), (80, 90, "UDP")]
+    with pytest.raises(client.ApiException) as caught:  # the version read before is stale
+        netv1.replace_namespaced_network_policy("deny", "x", got)
+    assert caught.value.status == 409
+    netv1.patch_namespaced_network_policy("deny", "x", {"metadata": {"labels": {"v": "2"}}})
+    assert netv1.read_namespaced_network_policy("deny", "x").metadata.labels == {
+        "case": "deny", "v": "2"}
+    with pytest.raises(client.ApiException) as caught:
+        netv1.create_namespaced_network_policy("nope", deny_ingress("deny"))
+    assert caught.value.status == 404
+    assert status_of(caught.value)["message"] == 'namespaces "nope" not found'
+    everywhere = netv1.list_network_policy_for_all_namespaces()
+    assert [(p.metadata.namespace, p.metadata.name) for p in everywhere.items] == [("x", "deny")]
+    assert everywhere.metadata.resource_version == str(rv_of(core))
+    netv1.delete_namespaced_network_policy("deny", "x")
+    assert netv1.list_namespaced_network_policy("x").items == []
+    with pytest.raises(client.ApiException) as caught:
+        netv1.delete_namespaced_network_policy("deny", "x")
+    assert caught.value.status == 404
+
+
+def rv_of(core: Any) -> int:
+    return int(core.list_namespace().metadata.resource_version)
+
+
+def test_policy_watch_with_label_selector_sees_objects_enter_and_leave(
+        double: KubeAPIDouble, core: Any, netv1: Any) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="x")))
+    netv1.create_namespaced_network_policy("x", deny_ingress("one"))
+    rv = rv_of(core)
+    netv1.create_namespaced_network_policy("x", deny_ingress("two"))
+    netv1.patch_namespaced_network_policy("one", "x", {"metadata": {"labels": {"case": "two"}}})
+    netv1.patch_namespaced_network_policy("one", "x", {"metadata": {"labels": {"case": "one"}}})
+    core.delete_namespace("x")  # takes the policies with it
+    seen = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
+        netv1.list_network_policy_for_all_namespaces, label_selector="case=two",
+        resource_version=str(rv), timeout_seconds=1)]
+    assert seen == [("ADDED", "two"), ("ADDED", "one"), ("DELETED", "one"), ("DELETED", "two")]
+    assert netv1.list_network_policy_for_all_namespaces().items == []
+
+
+def test_pods_status_is_written_through_the_status_subresource(core: Any) -> None:
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="x")))
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="a", labels={"pod": "a"}),
+        spec=client.V1PodSpec(node_name="n1", containers=[client.V1Container(
+            name="c", image="i", ports=[client.V1ContainerPort(
+                name="serve-80-tcp", container_port=80, protocol="TCP")])]),
+        status=client.V1PodStatus(phase="Running", pod_ip="10.0.0.9"))
+    made = core.create_namespaced_pod("x", pod)
+    assert made.status.phase == "Pending" and made.status.pod_ip is None
+    core.patch_namespaced_pod_status("a", "x", {"status": {
+        "phase": "Running", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}})
+    core.patch_namespaced_pod("a", "x", {"metadata": {"labels": {"pod2": "updated"}},
+                                         "status": {"phase": "Failed"}})
+    got = core.read_namespaced_pod("a", "x")
+    assert got.status.phase == "Running" and got.status.pod_ips[0].ip == "10.0.0.9"
+    assert got.metadata.labels == {"pod": "a", "pod2": "updated"}
+    assert got.spec.containers[0].ports[0].name == "serve-80-tcp"
+    on_n1 = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=n1")
+    assert [p.metadata.name for p in on_n1.items] == ["a"]
+    assert core.list_pod_for_all_namespaces(field_selector="spec.nodeName=n2").items == []
+    core.delete_collection_namespaced_pod("x", label_selector="pod=a")
+    assert core.list_namespaced_pod("x").items == []
+
+
+def test_bad_selector_is_a_bad_request(core: Any) -> None:
+    with pytest.raises(client.ApiException) as caught:
+        core.list_namespace(label_selector="a b c")
+    assert caught.value.status == 400 and status_of(caught.value)["reason"] == "BadRequest"

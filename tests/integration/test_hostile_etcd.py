@@ -28,6 +28,7 @@ from tests.integration.test_etcd_manager import (
     foreign,
     go_value,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,14 +145,9 @@ def test_a_failing_watch_reports_each_failure_and_the_recovery(etcd: Etcd) -> No
         watch = ReportingWatch(manager)
         watch.expect(Snapshot)
         etcd.stop()
-        deadline = time.monotonic() + 60
-        while watch.failures() < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert watch.failures() >= 2, watch.reports
+        wait_until(lambda: watch.failures() >= 2, 60.0, "two failed watch attempts reported")
         etcd.start()
-        while watch.reports[-1] is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert watch.reports[-1] is None, watch.reports[-3:]
+        wait_until(lambda: watch.reports[-1] is None, 60.0, "the recovery reported")
         watch.close()
     finally:
         manager.close()

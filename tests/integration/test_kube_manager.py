@@ -414,6 +414,10 @@ def test_net_conf_errors_carry_upstream_prefixes(
     bad.write_text('{"Network": 42}')
     with pytest.raises(ConfigError, match="^error parsing subnet config: "):
         make_manager(net_config_path=str(bad)).get_network_config()
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # kube-mode start-up (issue 9)
+    with pytest.raises(ConfigError, match="^error parsing subnet config: .*nested too deeply$"):
+        make_manager(net_config_path=str(deep)).get_network_config()
 
 
 def test_node_name_from_pod(api: KubeAPIDouble,

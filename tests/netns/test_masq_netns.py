@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from flanneld.lab import topology
 from flanneld.trafficmgr import rules as R
 from flanneld.trafficmgr.ipt import IptablesManager
 from flanneld.trafficmgr.manager import traffic_manager
@@ -181,23 +182,14 @@ def test_pod_to_outside_is_masqueraded_pod_to_pod_is_not(
     netns_factory: Callable[[str], str], nftables: bool
 ) -> None:
     pod, node, out = netns_factory("pod"), netns_factory("node"), netns_factory("out")
-
-    def ip(ns: str, *args: str) -> None:
-        sh("ip", "-n", ns, *args)
-
-    ip(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "podveth", "netns", node)
-    ip(node, "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", out)
-    ip(pod, "addr", "add", "10.244.1.2/24", "dev", "eth0")
-    ip(node, "addr", "add", "10.244.1.1/24", "dev", "podveth")
-    ip(node, "addr", "add", "203.0.113.1/24", "dev", "uplink")
-    ip(out, "addr", "add", "203.0.113.2/24", "dev", "eth0")
-    ip(out, "addr", "add", "10.244.2.5/32", "dev", "lo")  # a "remote pod" beyond the uplink
-    for ns, dev in ((pod, "eth0"), (node, "podveth"), (node, "uplink"), (out, "eth0")):
-        ip(ns, "link", "set", dev, "up")
-    ip(pod, "route", "add", "default", "via", "10.244.1.1")
-    ip(node, "route", "add", "10.244.2.0/24", "via", "203.0.113.2")
-    ip(out, "route", "add", "10.244.1.0/24", "via", "203.0.113.1")
-    sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    v4 = ipaddress.IPv4Interface
+    topology.veth_link(pod, "eth0", v4("10.244.1.2/24"), node, "podveth", v4("10.244.1.1/24"))
+    topology.veth_link(node, "uplink", v4("203.0.113.1/24"), out, "eth0", v4("203.0.113.2/24"))
+    topology.add_address(out, "lo", v4("10.244.2.5/32"))  # a "remote pod" beyond the uplink
+    topology.add_default_route(pod, v4("10.244.1.1/24").ip)
+    topology.add_route(node, ipaddress.IPv4Network("10.244.2.0/24"), v4("203.0.113.2/24").ip)
+    topology.add_route(out, ipaddress.IPv4Network("10.244.1.0/24"), v4("203.0.113.1/24").ip)
+    topology.write_sysctl(node, "net.ipv4.ip_forward", "1")
 
     traffic_manager(nftables, runner=runner(node)).setup(True, True, [V4])
 

@@ -226,6 +226,42 @@ def test_datagram_from_unknown_sender_is_dropped_and_counted(pair: tuple[Node, N
     assert net_a.forward_stats.rx.packets == before + 3
 
 
+HOSTILE = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 8285))
+to = ("198.18.0.1", 8285)
+for payload in (b"", b"x", bytes(1400), b"\\x45" + bytes(19), b"\\x45" * 1400):
+    s.sendto(payload, to)
+# five garbage datagrams in one UDP GSO send: one GRO read on the offload path
+s.sendmsg([b"\\x45\\x00" * 3500], [(17, 103, struct.pack("=H", 1400))], 0, to)
+"""
+
+
+def test_hostile_datagrams_are_counted_and_the_forwarder_lives_on(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    net_a, _ = a.register()  # b runs no forwarder: the test sends from its port 8285
+    net_a.reconcile([b.lease()])
+    stats = net_a.forward_stats
+    sh("ip", "-n", b.ns, "addr", "add", "198.18.0.99/24", "dev", "ul0")
+    sh("ip", "netns", "exec", b.ns, sys.executable, "-c", HOSTILE, "198.18.0.2")
+    sh("ip", "netns", "exec", b.ns, sys.executable, "-c", HOSTILE, "198.18.0.99")
+    wait_until(
+        lambda: stats.rx.dropped[Drop.UNKNOWN_SENDER] >= 10 and stats.rx.packets >= 6,
+        10, "the hostile datagrams to be handled",
+    )
+    assert stats.rx.dropped[Drop.NOT_IPV4] == 3  # empty, one byte, version 0
+    assert stats.rx.dropped[Drop.TTL_EXPIRED] == 1
+    assert stats.rx.packets == 6  # plausible IPv4 goes to the TUN; the kernel judges it
+    assert stats.rx.dropped[Drop.UNKNOWN_SENDER] == 10
+    # the thread survived: a real packet still gets through
+    sh("ip", "netns", "exec", b.ns, sys.executable, "-c", SPOOF, "198.18.0.2")
+    wait_until(lambda: stats.rx.packets >= 9, 10, "the real packets to be forwarded")
+    assert stats.rx.packets == 9
+
+
 def test_deleted_tun_is_reopened(pair: tuple[Node, Node]) -> None:
     a, b = pair
     net_a, _ = up_pair(pair)

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from backends.base import ExternalInterface, RouteLookup
+from backends.base import ExternalInterface, ReconcileReport, RouteLookup
 from backends.model import Route
 from backends.netlink import Netlink
 from backends.plan import Put
 from backends.registry import BackendContext, lookup
 from backends.vxlan import VxlanBackend, VxlanNetwork
 from bench.fakes import FakeSubnetManager
+from flanneld.lab import topology
 from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs, encode_attrs
 from subnet.netconf import BackendConfig, NetConfig
@@ -70,14 +71,13 @@ def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def pair(netns_factory: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
     a, b = netns_factory("vxa"), netns_factory("vxb")
-    sh("ip", "-n", a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b)
+    ul = [ipaddress.IPv4Interface(f"198.18.0.{host}/24") for host in (1, 2)]
+    topology.veth_link(a, "ul0", ul[0], b, "ul0", ul[1])
     nodes = []
-    for ns, host in ((a, 1), (b, 2)):
-        sh("ip", "-n", ns, "addr", "add", f"198.18.0.{host}/24", "dev", "ul0")
-        sh("ip", "-n", ns, "link", "set", "ul0", "up")
-        index = int(ip_json(ns, "link", "show", "ul0")[0]["ifindex"])
-        addr = ipaddress.IPv4Address(f"198.18.0.{host}")
-        nodes.append(Node(ns, Netlink(ns), ExternalInterface("ul0", index, 1500, addr, addr)))
+    for ns, iface in ((a, ul[0]), (b, ul[1])):
+        index = topology.link_index(ns, "ul0")
+        ext = ExternalInterface("ul0", index, 1500, iface.ip, iface.ip)
+        nodes.append(Node(ns, Netlink(ns), ext))
     try:
         yield nodes[0], nodes[1]
     finally:
@@ -479,3 +479,41 @@ def test_two_nodes_reach_each_others_pods(
     # the path really is VXLAN: b's flannel.1 received the packets
     stats = ip_json(b.ns, "-s", "link", "show", DEV)[0]["stats64"]
     assert stats["rx"]["packets"] >= 3
+
+
+# --- events: only the changed peers -----------------------------------------------------------
+
+
+def test_events_program_only_the_changed_peers_and_agree_with_a_full_pass(
+    pair: tuple[Node, Node],
+) -> None:
+    a, _ = pair
+    network, _ = a.register()
+    peers = {p.key: p for p in (peer(t) for t in (2, 3, 4))}
+    network.reconcile(list(peers.values()))
+    assert kernel(a.ns) == expected(2, 3, 4)
+
+    def event(changes: dict[str, Lease | None]) -> ReconcileReport:
+        for key, lease in changes.items():
+            if lease is None:
+                peers.pop(key, None)
+            else:
+                peers[key] = lease
+        return network.reconcile(list(peers.values()), full=False, changes=changes)
+
+    added = event({peer(5).key: peer(5)})
+    assert (added.added, added.removed) == (3, 0)  # one peer's objects, nothing else
+    assert kernel(a.ns) == expected(2, 3, 4, 5)
+    moved = event({peer(3).key: peer(3, mac="0a:00:00:00:09:03")})
+    assert (moved.added, moved.removed) == (2, 1)  # neighbour replaced, FDB entry moved to the MAC
+    assert kernel(a.ns) == expected(2, 3, 4, 5, macs={3: "0a:00:00:00:09:03"})
+    gone = event({peer(4).key: None})
+    assert (gone.added, gone.removed) == (0, 3)
+    assert kernel(a.ns) == expected(2, 3, 5, macs={3: "0a:00:00:00:09:03"})
+    # a peer with a taken VTEP MAC: the full computation decides (the younger one is skipped)
+    clash = event({peer(6).key: peer(6, mac=peer_mac(2))})
+    assert [s.key for s in clash.skipped] == [peer(6).key]
+    assert kernel(a.ns) == expected(2, 3, 5, macs={3: "0a:00:00:00:09:03"})
+    # and a full pass afterwards finds nothing to do
+    again = network.reconcile(list(peers.values()))
+    assert (again.added, again.removed) == (0, 0)

@@ -452,3 +452,12 @@ def test_main_without_v_hides_debug_and_removes_its_handler(
     assert cli.main([]) == 0
     assert "hidden debug" not in capsys.readouterr().err
     assert logging.getLogger().handlers == handlers_before
+
+
+def test_network_policy_needs_kube_mode() -> None:
+    with pytest.raises(ConfigError, match="--network-policy needs --kube-subnet-mgr"):
+        parse("--network-policy")
+    assert parse("--network-policy", "--kube-subnet-mgr").network_policy is True
+    env = {"FLANNELD_NETWORK_POLICY": "true", "FLANNELD_KUBE_SUBNET_MGR": "true"}
+    assert parse(env=env).network_policy is True
+    assert parse().network_policy is False

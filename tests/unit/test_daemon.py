@@ -25,7 +25,7 @@ from flanneld.daemon import Daemon, Parts, backend_entry
 from flanneld.flags import Flags
 from flanneld.subnetfile import PreviousRun
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import ConfigError
+from subnet.errors import ConfigError, StoreError
 from subnet.lease import IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig, parse_net_config
@@ -281,3 +281,70 @@ def test_unknown_backend_type_fails_before_the_kernel_is_touched(flags: Flags) -
         daemon.shutdown()
     assert rig.netlinks == [] and rig.manager.acquired == []
     assert not Path(flags.subnet_file).exists()
+
+
+def test_network_policy_without_br_netfilter_refuses_to_start_first(flags: Flags) -> None:
+    import dataclasses
+
+    policy_flags = dataclasses.replace(flags, kube_subnet_mgr=True, network_policy=True)
+    rig = make_rig(policy_flags)
+
+    def no_br_netfilter() -> None:
+        raise ConfigError("--network-policy needs br_netfilter: modprobe br_netfilter")
+
+    parts = dataclasses.replace(rig.parts(), bridge_netfilter=no_br_netfilter)
+    daemon = Daemon(policy_flags, rig.stop, parts)
+    try:
+        with pytest.raises(ConfigError, match="modprobe br_netfilter"):
+            daemon.serve()
+    finally:
+        rig.stop.set()
+        daemon.shutdown()
+    assert rig.previous == [] and rig.netlinks == []  # nothing was touched
+
+
+def test_network_policy_needs_a_manager_that_can_watch_objects(flags: Flags) -> None:
+    import dataclasses
+
+    policy_flags = dataclasses.replace(flags, kube_subnet_mgr=True, network_policy=True)
+    rig = make_rig(policy_flags)
+    parts = dataclasses.replace(rig.parts(), bridge_netfilter=lambda: None)
+    daemon = Daemon(policy_flags, rig.stop, parts)
+    try:
+        with pytest.raises(ConfigError, match="needs the Kubernetes subnet manager"):
+            daemon.serve()
+    finally:
+        rig.stop.set()
+        daemon.shutdown()
+
+
+def test_store_failures_at_start_up_are_counted_and_shown_with_their_reason(
+    flags: Flags,
+) -> None:
+    seen: list[tuple[str, ...]] = []
+
+    class FlakyStore(FakeSubnetManager):
+        failures = 2
+
+        def get_network_config(self) -> NetConfig:
+            seen.append(daemon._health.details())  # what /readyz shows at each attempt
+            if self.failures:
+                self.failures -= 1
+                raise StoreError("cannot reach etcd at 198.18.0.9:2379")
+            return super().get_network_config()
+
+    rig = Rig(flags, FlakyStore(CONFIG, "10.244.7.0/24"), lambda n: bool(n.calls))
+    daemon = Daemon(flags, rig.stop, rig.parts())
+    guard = threading.Timer(GUARD_SECONDS, rig.stop.set)
+    guard.start()
+    try:
+        daemon.serve()
+    finally:
+        guard.cancel()
+        rig.stop.set()
+        daemon.shutdown()
+    assert seen[0] == ()
+    assert any("subnet store failing for" in line and "198.18.0.9:2379" in line
+               for line in seen[2]), seen
+    assert not any("subnet store" in line for line in daemon._health.details())  # cleared
+    assert b"flannel_store_errors_total 2.0" in daemon._metrics.exposition()

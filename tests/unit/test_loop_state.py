@@ -82,14 +82,14 @@ def test_due_resync_is_a_quiet_full_pass_and_restarts_the_clock() -> None:
     assert state.next_resync == 120.0
 
 
-def test_slow_full_pass_stretches_the_resync_to_ten_times_its_duration() -> None:
+def test_slow_full_pass_stretches_the_resync_to_a_hundred_times_its_duration() -> None:
     state = synced_at(100.0)
-    state, _ = run_pass(state, [], 110.0, seconds=3.0)
-    assert state.next_resync == 110.0 + 30.0  # a 3 s pass: 10 % of 30 s
-    assert step(state, [], 139.9)[1] == ()
-    state, actions = run_pass(state, [], 140.0, seconds=0.1)
+    state, _ = run_pass(state, [], 110.0, seconds=0.25)
+    assert state.next_resync == 110.0 + 25.0  # a 0.25 s pass: 1 % of 25 s
+    assert step(state, [], 134.9)[1] == ()
+    state, actions = run_pass(state, [], 135.0, seconds=0.0625)
     assert reconciles(actions) == [Reconcile(full=True, resync=True, resync_only=True)]
-    assert state.next_resync == 150.0  # fast again: back to the configured interval
+    assert state.next_resync == 145.0  # fast again: back to the configured interval
 
 
 def test_an_incremental_pass_does_not_move_the_resync() -> None:
@@ -164,4 +164,4 @@ def test_snapshot_without_our_lease_means_reacquire() -> None:
 
 def test_resync_interval_stretches_only_for_slow_full_passes() -> None:
     assert resync_interval(10.0, 0.05) == 10.0
-    assert resync_interval(10.0, 5.0) == 50.0
+    assert resync_interval(10.0, 0.5) == 50.0

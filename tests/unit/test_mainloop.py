@@ -148,7 +148,7 @@ def test_retry_counts_each_store_failure_and_retries_only_store_errors() -> None
         return item
 
     stop = threading.Event()
-    got = retry_until_stopped("t", action, stop, Backoff(0.001, 0.002), lambda: failures.append(1))
+    got = retry_until_stopped("t", action, stop, Backoff(0.001, 0.002), lambda _err: failures.append(1))
     assert got == "ok" and len(failures) == 2
 
     def bad_config() -> str:
@@ -179,7 +179,7 @@ class RecordingObserver:
     def set_peers(self, count: int) -> None:
         pass
 
-    def record_store_error(self) -> None:
+    def record_store_error(self, error: Exception | None = None) -> None:
         pass
 
 

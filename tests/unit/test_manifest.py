@@ -84,7 +84,9 @@ def test_rbac_rules_and_binding() -> None:
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
              for r in by_kind("ClusterRole")["rules"]}
     assert rules == {
-        (("",), ("pods",)): ["get"],
+        (("",), ("pods",)): ["get", "list", "watch"],
+        (("",), ("namespaces",)): ["list", "watch"],
+        (("networking.k8s.io",), ("networkpolicies",)): ["list", "watch"],
         (("",), ("nodes",)): ["get", "list", "watch"],
         (("",), ("nodes/status",)): ["patch"],
     }
@@ -234,3 +236,16 @@ def test_install_conf_executable_plugin(tmp_path: Path) -> None:
     assert target.read_bytes() == source.read_bytes()
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
     assert run_install_conf(str(source)).returncode == 2
+
+
+def test_network_policy_is_documented_and_off_by_default() -> None:
+    text = (MANIFESTS / "kube-flannel.yml").read_text()
+    assert "        # - --network-policy\n" in text
+    main = next(c for c in by_kind("DaemonSet")["spec"]["template"]["spec"]["containers"]
+                if c["name"] == "kube-flannel")
+    assert "--network-policy" not in main["args"]
+    switched_on = text.replace("        # - --network-policy\n", "        - --network-policy\n")
+    docs = [d for d in yaml.safe_load_all(switched_on) if d]
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    on = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "kube-flannel")
+    assert on["args"][-1] == "--network-policy"

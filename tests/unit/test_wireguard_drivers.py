@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink.generic.wireguard import AsyncWireGuard, wgmsg
 
+from backends import wgsandbox
 from backends.netlink import kernel_device_state, kernel_requests
 from backends.wireguard import choose_driver, key_file_path, load_or_create_key
 from backends.wireguard_state import (
@@ -271,3 +272,9 @@ def test_kernel_forced_without_the_module_names_the_fix() -> None:
 def test_other_link_errors_are_not_mistaken_for_a_missing_module() -> None:
     with pytest.raises(DataplaneError):
         choose("auto", errno.EPERM)
+
+
+def test_sandbox_without_a_program_prints_its_usage(capsys: Any) -> None:
+    assert wgsandbox.main([]) == 2
+    assert wgsandbox.main(["--netns", "/var/run/netns/x", "--"]) == 2
+    assert "usage: python -m backends.wgsandbox" in capsys.readouterr().err

@@ -1,24 +1,37 @@
-"""A small, honest Kubernetes API server double for Nodes, Pods and ConfigMaps.
+"""A small, honest Kubernetes API server double for Nodes, Namespaces, Pods, ConfigMaps
+and NetworkPolicies.
 
 It speaks the real REST protocol on ``http://127.0.0.1:<port>`` so the
-official ``kubernetes`` client can be pointed at it unchanged:
+official ``kubernetes`` client can be pointed at it unchanged.  Every kind is
+handled by the same code (:data:`RESOURCES` names them): Nodes and Namespaces
+(cluster-scoped), Pods, ConfigMaps and networking.k8s.io/v1 NetworkPolicies
+(namespaced, also listed and watched across all namespaces):
 
-* ``GET /api/v1/nodes`` lists (``metadata.resourceVersion`` of the list) or,
+* a collection ``GET`` lists (``metadata.resourceVersion`` of the list) or,
   with ``watch=true`` (also ``True``/``1``), streams chunked JSON lines
   ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}``.
   A watch without ``resourceVersion`` (or ``"0"``) starts with synthetic
-  ADDED events for every node; a watch from ``N`` replays every change after
+  ADDED events for every object; a watch from ``N`` replays every change after
   ``N`` if still retained, else answers 410 "too old resource version"
   (as an ERROR event by default, or as an HTTP 410 when
   ``gone_as_http_status`` is set).  ``timeoutSeconds`` ends the stream
   cleanly, after a BOOKMARK when ``allowWatchBookmarks`` is set.
-* ``GET|PUT|PATCH /api/v1/nodes/{name}[/status]``: PATCH understands
-  strategic-merge-patch+json, merge-patch+json and json-patch+json; the
-  status subresource keeps ``spec``, the main resource keeps ``status`` (as
-  the real Node strategy does); a no-op write changes nothing; a stale
+  ``labelSelector`` and ``fieldSelector`` filter lists and watches; an object
+  that stops matching reaches a watch as DELETED, one that starts as ADDED.
+* a collection ``POST`` creates (201; 409 AlreadyExists; 404 when the
+  namespace does not exist), a collection ``DELETE`` deletes what matches.
+* an item ``GET|PUT|PATCH|DELETE`` (``.../{name}[/status]``): PATCH understands
+  strategic-merge-patch+json, merge-patch+json and json-patch+json; for kinds
+  with a status subresource (Node, Namespace, Pod) the status subresource
+  keeps ``spec`` and the main resource keeps ``status``, as the real
+  strategies do; a no-op write changes nothing; a stale
   ``metadata.resourceVersion`` is a 409 Conflict.
-* ``GET /api/v1/namespaces/{ns}/pods/{name}``,
-  ``GET|PUT /api/v1/namespaces/{ns}/configmaps/{name}``.
+* Namespaces always carry ``kubernetes.io/metadata.name=<name>``; ``default``
+  and ``kube-system`` exist from the start; deleting a namespace deletes its
+  objects at once (no Terminating phase).  Like a real API server only in
+  what it stores: it does no defaulting (a NetworkPolicy keeps an empty
+  ``policyTypes``, a port keeps no ``protocol``) and no validation beyond
+  names, so consumers must default as the reference notes say.
 
 Errors are ``Status`` objects with the real reasons (NotFound, Conflict,
 Expired, BadRequest, UnsupportedMediaType, MethodNotAllowed, Unauthorized).
@@ -29,7 +42,7 @@ service-account token (what the kubelet asks the TokenRequest API for), every
 request must carry one of the issued tokens (``Authorization: Bearer``) or gets
 401.  Authorization (RBAC) is not checked.
 
-Test control: add/update/delete nodes, :meth:`compact`, :meth:`pause_watches`,
+Test control: put/get/update/delete any object (status included), nodes, :meth:`compact`, :meth:`pause_watches`,
 :meth:`drop_watches`, :meth:`stop`/:meth:`start` on the same port (an API
 server restart: every open connection is cut), :meth:`fail_next` (inject
 error responses) and :attr:`requests` (what clients sent).
@@ -53,6 +66,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from .selectors import Matcher, SelectorError, field_matcher, label_matcher
 
 JSON = dict[str, Any]
 
@@ -132,6 +146,66 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One kind the double serves: its URL name, kind, group/version and scope."""
+
+    plural: str
+    kind: str
+    group_version: str  # "v1" (core, under /api) or "group/version" (under /apis)
+    namespaced: bool
+    status: bool  # a status subresource: the main endpoint keeps status, /status keeps spec
+
+
+RESOURCES = (
+    Resource("nodes", "Node", "v1", namespaced=False, status=True),
+    Resource("namespaces", "Namespace", "v1", namespaced=False, status=True),
+    Resource("pods", "Pod", "v1", namespaced=True, status=True),
+    Resource("configmaps", "ConfigMap", "v1", namespaced=True, status=False),
+    Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1", namespaced=True,
+             status=False),
+)
+BY_PLURAL = {r.plural: r for r in RESOURCES}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+INITIAL_NAMESPACES = ("default", "kube-system")
+Key = tuple[str, str]  # (namespace or "", name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    rv: int
+    plural: str
+    type: str
+    obj: JSON
+    before: JSON | None  # the previous state of a MODIFIED object
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a URL names: a collection (name None) or one object, maybe its status."""
+
+    resource: Resource
+    namespace: str | None  # None: all namespaces (or a cluster-scoped kind)
+    name: str | None
+    status: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """Which events and objects a list or watch returns."""
+
+    resource: Resource
+    namespace: str | None
+    matchers: tuple[Matcher, ...]
+
+    def accepts(self, obj: JSON | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
+            return False
+        return all(match(obj) for match in self.matchers)
+
+
 class KubeAPIDouble:
     """The API server double; use as a context manager or call start/close."""
 
@@ -147,10 +221,8 @@ class KubeAPIDouble:
         self._cond = threading.Condition()
         self._rv = first_resource_version
         self._compacted = first_resource_version  # events at or below are gone
-        self._history: list[tuple[int, str, JSON]] = []
-        self._nodes: dict[str, JSON] = {}
-        self._pods: dict[tuple[str, str], JSON] = {}
-        self._configmaps: dict[tuple[str, str], JSON] = {}
+        self._history: list[_Event] = []
+        self._objects: dict[str, dict[Key, JSON]] = {r.plural: {} for r in RESOURCES}
         self._tokens: dict[str, str] = {}  # bearer token -> the user it authenticates
         self._faults: list[_Fault] = []
         self._epoch = 0  # bumped to cut every open watch
@@ -163,6 +235,9 @@ class KubeAPIDouble:
         self._port = port  # 0: any free port, kept across stop/start
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        for name in INITIAL_NAMESPACES:  # present from the start, as in a fresh cluster
+            ns = _namespace_object(name)
+            self._objects["namespaces"][("", name)] = self._stamp(ns)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -230,6 +305,53 @@ class KubeAPIDouble:
         with self._cond:
             return self._rv
 
+    def put_object(self, obj: JSON) -> JSON:
+        """Create or replace any served object as given, status included (no API rules)."""
+        resource = _resource_of(obj)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise ValueError("the object needs metadata.name")
+        key = (str(meta.get("namespace", "")) if resource.namespaced else "", str(meta["name"]))
+        with self._cond:
+            old = self._objects[resource.plural].get(key)
+            new = copy.deepcopy(obj)
+            if old is not None:
+                for field in ("uid", "creationTimestamp"):
+                    new["metadata"][field] = old["metadata"][field]
+            return self._write(resource, key, new, old)
+
+    def get_object(self, plural: str, name: str, namespace: str = "") -> JSON:
+        """A copy of a stored object (KeyError if absent)."""
+        with self._cond:
+            found = self._objects[plural].get((namespace, name))
+            if found is None:
+                raise KeyError(f"{plural} {namespace}/{name}")
+            return copy.deepcopy(found)
+
+    def list_objects(self, plural: str, namespace: str | None = None) -> list[JSON]:
+        """Copies of the stored objects of one kind (in ``namespace`` if given)."""
+        with self._cond:
+            return [copy.deepcopy(obj) for (ns, _), obj in sorted(self._objects[plural].items())
+                    if namespace is None or ns == namespace]
+
+    def update_object(
+        self, plural: str, name: str, mutate: Callable[[JSON], None], namespace: str = ""
+    ) -> JSON:
+        """Change an object in place through ``mutate`` (one MODIFIED event)."""
+        with self._cond:
+            key = (namespace, name)
+            old = self._objects[plural].get(key)
+            if old is None:
+                raise _not_found(plural, name)
+            new = copy.deepcopy(old)
+            mutate(new)
+            return self._write(BY_PLURAL[plural], key, new, old)
+
+    def delete_object(self, plural: str, name: str, namespace: str = "") -> None:
+        """Delete an object (a namespace takes its objects with it)."""
+        with self._cond:
+            self._delete(BY_PLURAL[plural], (namespace, name))
+
     def add_node(
         self,
         name: str,
@@ -269,16 +391,13 @@ class KubeAPIDouble:
             "status": {"conditions": conditions},
         }
         with self._cond:
-            if name in self._nodes:
+            if ("", name) in self._objects["nodes"]:
                 raise ValueError(f"node {name} exists")
-            return self._write_node(name, node, "ADDED")
+            return self._write(BY_PLURAL["nodes"], ("", name), node, None)
 
     def update_node(self, name: str, mutate: Callable[[JSON], None]) -> JSON:
         """Change a Node in place through ``mutate`` (one MODIFIED event)."""
-        with self._cond:
-            node = copy.deepcopy(self._get_node(name))
-            mutate(node)
-            return self._write_node(name, node, "MODIFIED")
+        return self.update_object("nodes", name, mutate)
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> JSON:
         """Set (or, with None, remove) annotations of a Node."""
@@ -294,30 +413,20 @@ class KubeAPIDouble:
         return self.update_node(name, change)
 
     def delete_node(self, name: str) -> None:
-        with self._cond:
-            node = self._get_node(name)
-            del self._nodes[name]
-            self._rv += 1
-            gone = copy.deepcopy(node)
-            gone["metadata"]["resourceVersion"] = str(self._rv)
-            self._record("DELETED", gone)
+        self.delete_object("nodes", name)
 
     def node(self, name: str) -> JSON:
         """A copy of the stored Node."""
         with self._cond:
-            return copy.deepcopy(self._get_node(name))
+            return copy.deepcopy(self._get(BY_PLURAL["nodes"], ("", name)))
 
     def add_pod(self, namespace: str, name: str, node_name: str) -> JSON:
-        pod: JSON = {
+        return self.put_object({
             "kind": "Pod",
             "apiVersion": "v1",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "x"}]},
-        }
-        with self._cond:
-            self._rv += 1
-            self._pods[(namespace, name)] = self._stamp(pod)
-            return copy.deepcopy(pod)
+        })
 
     def issue_token(self, namespace: str, service_account: str) -> str:
         """A new token for ``namespace/service_account``; from now on every request needs one."""
@@ -334,23 +443,15 @@ class KubeAPIDouble:
             raise ApiError(401, "Unauthorized", "Unauthorized")
 
     def put_configmap(self, namespace: str, name: str, data: dict[str, str]) -> JSON:
-        cm: JSON = {
+        return self.put_object({
             "kind": "ConfigMap",
             "apiVersion": "v1",
             "metadata": {"name": name, "namespace": namespace},
             "data": dict(data),
-        }
-        with self._cond:
-            self._rv += 1
-            self._configmaps[(namespace, name)] = self._stamp(cm)
-            return copy.deepcopy(cm)
+        })
 
     def configmap(self, namespace: str, name: str) -> JSON:
-        with self._cond:
-            found = self._configmaps.get((namespace, name))
-            if found is None:
-                raise KeyError(f"{namespace}/{name}")
-            return copy.deepcopy(found)
+        return self.get_object("configmaps", name, namespace)
 
     # --- test control: watches and faults ----------------------------------------
 
@@ -401,11 +502,11 @@ class KubeAPIDouble:
 
     # --- state internals (hold self._cond) ----------------------------------------
 
-    def _get_node(self, name: str) -> JSON:
-        node = self._nodes.get(name)
-        if node is None:
-            raise _not_found("nodes", name)
-        return node
+    def _get(self, resource: Resource, key: Key) -> JSON:
+        found = self._objects[resource.plural].get(key)
+        if found is None:
+            raise _not_found(resource.plural, key[1])
+        return found
 
     def _stamp(self, obj: JSON) -> JSON:
         meta = obj["metadata"]
@@ -416,18 +517,37 @@ class KubeAPIDouble:
         meta["resourceVersion"] = str(self._rv)
         return obj
 
-    def _write_node(self, name: str, node: JSON, kind: str) -> JSON:
+    def _write(self, resource: Resource, key: Key, obj: JSON, before: JSON | None) -> JSON:
+        """Store ``obj`` at ``key`` with a new resourceVersion and record the event."""
         self._rv += 1
-        node["metadata"]["name"] = name
-        self._nodes[name] = self._stamp(node)
-        self._record(kind, node)
-        return copy.deepcopy(node)
+        obj["kind"], obj["apiVersion"] = resource.kind, resource.group_version
+        obj["metadata"]["name"] = key[1]
+        if resource.namespaced:
+            obj["metadata"]["namespace"] = key[0]
+        if resource.plural == "namespaces":
+            obj["metadata"].setdefault("labels", {})[NAMESPACE_NAME_LABEL] = key[1]
+        self._objects[resource.plural][key] = self._stamp(obj)
+        self._record(resource.plural, "MODIFIED" if before is not None else "ADDED", obj, before)
+        return copy.deepcopy(obj)
 
-    def _record(self, kind: str, obj: JSON) -> None:
-        self._history.append((self._rv, kind, copy.deepcopy(obj)))
+    def _delete(self, resource: Resource, key: Key) -> JSON:
+        obj = self._get(resource, key)
+        if resource.plural == "namespaces":  # no Terminating phase: contents go at once
+            for other in RESOURCES:
+                if other.namespaced:
+                    for inner in [k for k in self._objects[other.plural] if k[0] == key[1]]:
+                        self._delete(other, inner)
+        del self._objects[resource.plural][key]
+        self._rv += 1
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self._rv)
+        self._record(resource.plural, "DELETED", gone, None)
+        return gone
+
+    def _record(self, plural: str, kind: str, obj: JSON, before: JSON | None) -> None:
+        self._history.append(_Event(self._rv, plural, kind, copy.deepcopy(obj), before))
         while len(self._history) > self.history_limit:
-            dropped, _, _ = self._history.pop(0)
-            self._compacted = dropped
+            self._compacted = self._history.pop(0).rv
         self._cond.notify_all()
 
     def _take_fault(self, method: str, path: str) -> int | None:
@@ -458,24 +578,12 @@ class KubeAPIDouble:
             if fault is not None:
                 raise ApiError(fault, "InternalError" if fault >= 500 else "BadRequest",
                                f"injected failure {fault}")
-            parts = path.split("/")[1:]
-            if parts[:2] != ["api", "v1"]:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            rest = parts[2:]
-            if rest == ["nodes"] and method == "GET":
-                if query.get("watch", "") in _TRUE:
-                    self._watch(handler, query)
-                else:
-                    send_json(handler, 200, self._list_nodes())
-                return
-            if len(rest) in (2, 3) and rest[0] == "nodes" and rest[2:] in ([], ["status"]):
-                send_json(handler, 200, self._node_request(
-                    method, rest[1], bool(rest[2:]), content_type, body))
-                return
-            if len(rest) == 4 and rest[0] == "namespaces":
-                send_json(handler, 200, self._namespaced(method, rest[1], rest[2], rest[3], body))
-                return
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            target = _route(path)
+            if target.name is None:
+                self._collection(handler, method, target, query, body)
+            else:
+                code, doc = self._item(method, target, content_type, body)
+                send_json(handler, code, doc)
         except ApiError as err:
             send_json(handler, err.code, err.status())
 
@@ -489,87 +597,113 @@ class KubeAPIDouble:
         except ValueError as err:
             raise ApiError(400, "BadRequest", f"invalid JSON body: {err}") from err
 
-    def _list_nodes(self) -> JSON:
-        with self._cond:
-            items = [copy.deepcopy(n) for _, n in sorted(self._nodes.items())]
-            rv = self._rv
-        for item in items:
-            item.pop("kind", None)
-            item.pop("apiVersion", None)
-        return {"kind": "NodeList", "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(rv)}, "items": items}
+    def _collection(self, handler: _Handler, method: str, target: _Target,
+                    query: dict[str, str], body: Any) -> None:
+        resource = target.resource
+        if method == "POST" and (target.namespace is not None or not resource.namespaced):
+            send_json(handler, 201, self._create(target, body))
+            return
+        if method not in ("GET", "DELETE"):
+            raise _not_allowed(method)
+        selected = _filter(target, query)
+        if method == "DELETE":  # deletecollection
+            with self._cond:
+                keys = [k for k, obj in sorted(self._objects[resource.plural].items())
+                        if selected.accepts(obj)]
+                gone = [self._delete(resource, key) for key in keys]
+            send_json(handler, 200, _list_doc(resource, self.resource_version, gone))
+        elif query.get("watch", "") in _TRUE:
+            self._watch(handler, selected, query)
+        else:
+            with self._cond:
+                items = [copy.deepcopy(obj) for _, obj in
+                         sorted(self._objects[resource.plural].items()) if selected.accepts(obj)]
+                rv = self._rv
+            send_json(handler, 200, _list_doc(resource, rv, items))
 
-    def _node_request(
-        self, method: str, name: str, status: bool, content_type: str, body: Any
-    ) -> JSON:
+    def _create(self, target: _Target, body: Any) -> JSON:
+        resource = target.resource
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            raise ApiError(400, "BadRequest", f"POST needs a {resource.kind} object")
+        meta = body["metadata"]
+        name = meta.get("name")
         with self._cond:
-            old = self._get_node(name)
+            if not name and meta.get("generateName"):
+                self._uid += 1
+                name = f"{meta['generateName']}{self._uid:05x}"
+            if not isinstance(name, str) or not name:
+                raise ApiError(422, "Invalid", "metadata.name: Required value: name or "
+                               "generateName is required")
+            namespace = target.namespace or ""
+            if resource.namespaced:
+                if meta.get("namespace", namespace) != namespace:
+                    raise ApiError(400, "BadRequest", "the namespace of the provided object "
+                                   "does not match the namespace sent on the request")
+                if ("", namespace) not in self._objects["namespaces"]:
+                    raise _not_found("namespaces", namespace)
+            key = (namespace, name)
+            if key in self._objects[resource.plural]:
+                raise ApiError(409, "AlreadyExists", f'{resource.plural} "{name}" already exists',
+                               {"name": name, "kind": resource.plural})
+            new = copy.deepcopy(body)
+            for field in ("uid", "resourceVersion", "creationTimestamp"):
+                new["metadata"].pop(field, None)
+            if resource.status:  # status is written through /status only
+                new["status"] = _initial_status(resource)
+            return self._write(resource, key, new, None)
+
+    def _item(self, method: str, target: _Target, content_type: str, body: Any
+              ) -> tuple[int, JSON]:
+        resource = target.resource
+        key = (target.namespace or "", target.name or "")
+        with self._cond:
+            old = self._get(resource, key)
             if method == "GET":
-                return copy.deepcopy(old)
+                return 200, copy.deepcopy(old)
+            if method == "DELETE" and not target.status:
+                gone = self._delete(resource, key)
+                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                             "status": "Success", "details": {
+                                 "name": key[1], "kind": resource.plural,
+                                 "uid": gone["metadata"]["uid"]}}
             if method == "PATCH":
                 new = _apply_patch(old, content_type, body)
             elif method == "PUT":
                 if not isinstance(body, dict):
-                    raise ApiError(400, "BadRequest", "PUT needs a Node object")
+                    raise ApiError(400, "BadRequest", f"PUT needs a {resource.kind} object")
                 new = copy.deepcopy(body)
             else:
-                raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method "
-                               f"on the requested resource ({method})")
-            return self._update_node(name, old, new, status)
+                raise _not_allowed(method)
+            return 200, self._update(resource, key, old, new, target.status)
 
-    def _update_node(self, name: str, old: JSON, new: JSON, status: bool) -> JSON:
+    def _update(self, resource: Resource, key: Key, old: JSON, new: JSON, status: bool) -> JSON:
         meta = new.get("metadata")
         if not isinstance(meta, dict):
             raise ApiError(400, "BadRequest", "metadata must be an object")
         wanted = meta.get("resourceVersion")
         if wanted not in (None, "") and wanted != old["metadata"]["resourceVersion"]:
-            raise _conflict("nodes", name)
-        if meta.get("name", name) != name:
+            raise _conflict(resource.plural, key[1])
+        if meta.get("name", key[1]) != key[1]:
             raise ApiError(400, "BadRequest", "the name of the object does not match the URL")
-        for key in ("name", "uid", "creationTimestamp", "resourceVersion"):
-            meta[key] = old["metadata"][key]
-        new["kind"], new["apiVersion"] = "Node", "v1"
-        keep = "spec" if status else "status"  # what this endpoint cannot change
-        if keep in old:
-            new[keep] = copy.deepcopy(old[keep])
-        else:
-            new.pop(keep, None)
+        for field in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion"):
+            if field in old["metadata"]:
+                meta[field] = old["metadata"][field]
+        new["kind"], new["apiVersion"] = resource.kind, resource.group_version
+        if resource.plural == "namespaces":
+            meta.setdefault("labels", {})[NAMESPACE_NAME_LABEL] = key[1]
+        if resource.status:
+            keep = "spec" if status else "status"  # what this endpoint cannot change
+            if keep in old:
+                new[keep] = copy.deepcopy(old[keep])
+            else:
+                new.pop(keep, None)
         if new == old:
             return copy.deepcopy(old)
-        return self._write_node(name, new, "MODIFIED")
-
-    def _namespaced(
-        self, method: str, namespace: str, kind: str, name: str, body: Any
-    ) -> JSON:
-        with self._cond:
-            if kind == "pods" and method == "GET":
-                pod = self._pods.get((namespace, name))
-                if pod is None:
-                    raise _not_found("pods", name)
-                return copy.deepcopy(pod)
-            if kind == "configmaps" and method in ("GET", "PUT"):
-                cm = self._configmaps.get((namespace, name))
-                if cm is None:
-                    raise _not_found("configmaps", name)
-                if method == "GET":
-                    return copy.deepcopy(cm)
-                if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
-                    raise ApiError(400, "BadRequest", "PUT needs a ConfigMap object")
-                wanted = body["metadata"].get("resourceVersion")
-                if wanted not in (None, "") and wanted != cm["metadata"]["resourceVersion"]:
-                    raise _conflict("configmaps", name)
-                new = copy.deepcopy(body)
-                new["metadata"].update(
-                    {k: cm["metadata"][k] for k in ("name", "namespace", "uid", "creationTimestamp")}
-                )
-                self._rv += 1
-                self._configmaps[(namespace, name)] = self._stamp(new)
-                return copy.deepcopy(new)
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return self._write(resource, key, new, old)
 
     # --- watch -------------------------------------------------------------------
 
-    def _watch(self, handler: _Handler, query: dict[str, str]) -> None:
+    def _watch(self, handler: _Handler, selected: _Filter, query: dict[str, str]) -> None:
         try:
             timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
         except ValueError as err:
@@ -581,8 +715,9 @@ class KubeAPIDouble:
             initial: list[JSON] = []
             if requested in ("", "0"):
                 cursor = self._rv
-                initial = [{"type": "ADDED", "object": copy.deepcopy(n)}
-                           for _, n in sorted(self._nodes.items())]
+                initial = [{"type": "ADDED", "object": copy.deepcopy(obj)} for _, obj in
+                           sorted(self._objects[selected.resource.plural].items())
+                           if selected.accepts(obj)]
             else:
                 try:
                     cursor = int(requested)
@@ -596,13 +731,13 @@ class KubeAPIDouble:
             self._open_watches += 1
             self._cond.notify_all()
         try:
-            self._stream(handler, initial, cursor, epoch, timeout, bookmarks)
+            self._stream(handler, selected, initial, cursor, epoch, timeout, bookmarks)
         finally:
             with self._cond:
                 self._open_watches -= 1
 
-    def _stream(self, handler: _Handler, initial: list[JSON], cursor: int, epoch: int,
-                timeout: float, bookmarks: bool) -> None:
+    def _stream(self, handler: _Handler, selected: _Filter, initial: list[JSON], cursor: int,
+                epoch: int, timeout: float, bookmarks: bool) -> None:
         handler.start_stream()
         if not handler.write_event_lines(initial) or cursor < 0:
             handler.end_stream()
@@ -610,7 +745,7 @@ class KubeAPIDouble:
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
-                events, cursor, ending = self._next_events(cursor, epoch, deadline)
+                events, cursor, ending = self._next_events(selected, cursor, epoch, deadline)
             if ending == "cut":
                 handler.cut()
                 return
@@ -622,12 +757,14 @@ class KubeAPIDouble:
             if ending == "timeout":
                 if bookmarks:
                     handler.write_event_lines([{"type": "BOOKMARK", "object": {
-                        "kind": "Node", "apiVersion": "v1",
+                        "kind": selected.resource.kind,
+                        "apiVersion": selected.resource.group_version,
                         "metadata": {"resourceVersion": str(cursor)}}}])
                 handler.end_stream()
                 return
 
-    def _next_events(self, cursor: int, epoch: int, deadline: float) -> tuple[list[JSON], int, str]:
+    def _next_events(self, selected: _Filter, cursor: int, epoch: int, deadline: float
+                     ) -> tuple[list[JSON], int, str]:
         """Wait for news after ``cursor``; returns (events, new cursor, ending)."""
         while True:
             if self._epoch != epoch:
@@ -640,14 +777,101 @@ class KubeAPIDouble:
                         return [], cursor, "expired"
                     error = {"type": "ERROR", "object": _expired(cursor, self._compacted).status()}
                     return [error], cursor, "expired"
-                news = [(rv, kind, obj) for rv, kind, obj in self._history if rv > cursor]
+                news = [event for event in self._history if event.rv > cursor]
                 if news:
-                    events = [{"type": kind, "object": copy.deepcopy(obj)} for _, kind, obj in news]
-                    return events, news[-1][0], ""
+                    cursor = news[-1].rv
+                    events = [e for e in (_as_seen(selected, event) for event in news) if e]
+                    if events:
+                        return events, cursor, ""
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [], max(cursor, self._rv) if not self._paused else cursor, "timeout"
             self._cond.wait(min(remaining, 0.5))
+
+
+def _as_seen(selected: _Filter, event: _Event) -> JSON | None:
+    """The event as a filtered watch sees it (an object leaving the filter is DELETED)."""
+    if event.plural != selected.resource.plural:
+        return None
+    now = selected.accepts(event.obj)
+    if event.type != "MODIFIED":
+        return {"type": event.type, "object": copy.deepcopy(event.obj)} if now else None
+    before = selected.accepts(event.before)
+    if not now and not before:
+        return None
+    kind = "MODIFIED" if now and before else "ADDED" if now else "DELETED"
+    return {"type": kind, "object": copy.deepcopy(event.obj)}
+
+
+def _route(path: str) -> _Target:
+    """Map a URL path onto a resource, namespace, name and subresource."""
+    parts = path.split("/")[1:]
+    if parts[:2] == ["api", "v1"]:
+        group_version, rest = "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise _no_such_resource()
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in BY_PLURAL \
+            and BY_PLURAL[rest[2]].namespaced:
+        namespace, rest = rest[1], rest[2:]
+    resource = BY_PLURAL.get(rest[0]) if rest else None
+    if resource is None or resource.group_version != group_version \
+            or (namespace is None and len(rest) > 1 and resource.namespaced):
+        raise _no_such_resource()
+    if len(rest) == 1:
+        return _Target(resource, namespace, None, False)
+    if len(rest) == 2 or (len(rest) == 3 and rest[2] == "status" and resource.status):
+        return _Target(resource, namespace, rest[1], len(rest) == 3)
+    raise _no_such_resource()
+
+
+def _filter(target: _Target, query: dict[str, str]) -> _Filter:
+    matchers: list[Matcher] = []
+    try:
+        if query.get("labelSelector"):
+            matchers.append(label_matcher(query["labelSelector"]))
+        if query.get("fieldSelector"):
+            matchers.append(field_matcher(query["fieldSelector"]))
+    except SelectorError as err:
+        raise ApiError(400, "BadRequest", f"unable to parse requirement: {err}") from err
+    return _Filter(target.resource, target.namespace, tuple(matchers))
+
+
+def _list_doc(resource: Resource, rv: int, items: list[JSON]) -> JSON:
+    for item in items:
+        item.pop("kind", None)
+        item.pop("apiVersion", None)
+    return {"kind": f"{resource.kind}List", "apiVersion": resource.group_version,
+            "metadata": {"resourceVersion": str(rv)}, "items": items}
+
+
+def _resource_of(obj: JSON) -> Resource:
+    for resource in RESOURCES:
+        if obj.get("kind") == resource.kind:
+            return resource
+    raise ValueError(f"the double does not serve kind {obj.get('kind')!r}")
+
+
+def _namespace_object(name: str) -> JSON:
+    return {"kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": name, "labels": {NAMESPACE_NAME_LABEL: name}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+
+
+def _initial_status(resource: Resource) -> JSON:
+    return {"pods": {"phase": "Pending"}, "namespaces": {"phase": "Active"}}.get(
+        resource.plural, {})
+
+
+def _no_such_resource() -> ApiError:
+    return ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+def _not_allowed(method: str) -> ApiError:
+    return ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the "
+                    f"requested resource ({method})")
 
 
 def _apply_patch(old: JSON, content_type: str, body: Any) -> JSON:

@@ -1,0 +1,1 @@
+"""Kubernetes NetworkPolicy enforcement: model, oracle and nftables desired state."""
