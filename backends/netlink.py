@@ -1,11 +1,14 @@
 """The netlink seam: the one module that talks to the kernel's routing stack.
 
 Everything above this module deals in plain values (``backends.model``,
-``backends.base``); here they become pyroute2 calls.  Writes are idempotent
-(``replace``; deletes treat a missing object as done), observation is one
-dump per table per call, and a pyroute2 ``NetlinkError`` never leaves this
-module: it becomes a :class:`~subnet.errors.DataplaneError` carrying the
-kernel's errno.
+``backends.base``); here they become netlink requests.  Links, addresses and
+route lookups go through pyroute2's ``IPRoute``; our routes, neighbours and
+FDB entries, thousands at a time, go through :class:`Rtnl`: requests encoded
+by :mod:`backends.rtnl`, many per ``send()``, each ack matched back to its
+object by sequence number, and dumps the kernel filters to our own objects.
+Writes are idempotent (``replace``; deletes treat a missing object as done),
+and a pyroute2 ``NetlinkError`` or socket error never leaves this module: it
+becomes a :class:`~subnet.errors.DataplaneError` carrying the kernel's errno.
 
 With ``netns`` set, the socket is opened inside that named namespace (tests
 and the lab); the daemon itself runs in its namespace and passes ``None``.
@@ -62,7 +65,6 @@ F = TypeVar("F")
 MAIN_TABLE = 254
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
-RTNH_F_ONLINK = 0x4
 IFF_UP = 0x1
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20
@@ -920,10 +922,16 @@ def open_rtnl_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         sock.bind((0, 0))
-        # the kernel filters dumps by the header and attributes we send
-        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        # an error ack carries the request's header only, not the whole request
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        # The kernel filters dumps by the header and attributes we send (Linux 4.20+),
+        # and an error ack carries the request's header only (4.3+).  Without them
+        # (ENOPROTOOPT on older kernels) dumps are whole and decoding filters instead.
+        for option in (NETLINK_GET_STRICT_CHK, NETLINK_CAP_ACK):
+            try:
+                sock.setsockopt(SOL_NETLINK, option, 1)
+            except OSError as err:
+                if err.errno != errnos.ENOPROTOOPT:
+                    raise
+                log.info("netlink socket option %d not supported by this kernel", option)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
         except PermissionError:
