@@ -87,7 +87,7 @@ def deleted_key(kind: int, payload: bytes) -> Hashable | None:
             return None if route is None else route.key
         if kind == RTM_DELNEIGH:
             family, _p1, _p2, ifindex, _state, _flags, _type = rtnl.NDMSG.unpack_from(payload)
-            attrs = rtnl.attributes(payload, rtnl.NDMSG.size)
+            attrs = rtnl.pick(payload, rtnl.NDMSG.size, rtnl.NEIGH_ATTRS)
             if family == rtnl.AF_BRIDGE and rtnl.NDA_LLADDR in attrs:
                 return ("fdb", ifindex, rtnl.mac_text(attrs[rtnl.NDA_LLADDR]))
             if rtnl.NDA_DST in attrs:

@@ -1,11 +1,14 @@
 """The netlink seam: the one module that talks to the kernel's routing stack.
 
 Everything above this module deals in plain values (``backends.model``,
-``backends.base``); here they become pyroute2 calls.  Writes are idempotent
-(``replace``; deletes treat a missing object as done), observation is one
-dump per table per call, and a pyroute2 ``NetlinkError`` never leaves this
-module: it becomes a :class:`~subnet.errors.DataplaneError` carrying the
-kernel's errno.
+``backends.base``); here they become netlink requests.  Links, addresses and
+route lookups go through pyroute2's ``IPRoute``; our routes, neighbours and
+FDB entries, thousands at a time, go through :class:`Rtnl`: requests encoded
+by :mod:`backends.rtnl`, many per ``send()``, each ack matched back to its
+object by sequence number, and dumps the kernel filters to our own objects.
+Writes are idempotent (``replace``; deletes treat a missing object as done),
+and a pyroute2 ``NetlinkError`` or socket error never leaves this module: it
+becomes a :class:`~subnet.errors.DataplaneError` carrying the kernel's errno.
 
 With ``netns`` set, the socket is opened inside that named namespace (tests
 and the lab); the daemon itself runs in its namespace and passes ``None``.
@@ -62,7 +65,6 @@ F = TypeVar("F")
 MAIN_TABLE = 254
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
-RTNH_F_ONLINK = 0x4
 IFF_UP = 0x1
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20

@@ -173,19 +173,6 @@ def ack_errno(payload: bytes) -> int:
     return -code
 
 
-def attributes(payload: bytes, offset: int) -> dict[int, bytes]:
-    """Attribute type -> data, from ``offset`` to the end of ``payload``."""
-    found: dict[int, bytes] = {}
-    end = len(payload)
-    while offset + ATTR.size <= end:
-        length, kind = ATTR.unpack_from(payload, offset)
-        if length < ATTR.size:
-            break
-        found[kind & 0x3FFF] = payload[offset + ATTR.size : offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
 def pick(payload: bytes, offset: int, wanted: frozenset[int]) -> dict[int, bytes]:
     """The attributes of the ``wanted`` types, reading no further than the last of them
     (the kernel writes the ones we need first: a dump of thousands is mostly this loop)."""
@@ -206,53 +193,39 @@ def pick(payload: bytes, offset: int, wanted: frozenset[int]) -> dict[int, bytes
 
 
 _ROUTE_ATTRS = frozenset({RTA_TABLE, RTA_DST, RTA_GATEWAY, RTA_OIF})
-_NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
+NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
 
 
 def our_route(payload: bytes, rtype: int = RTN_UNICAST) -> Route | None:
     """The route in an RTM_NEWROUTE payload if it is ours (protocol id, main table, ``rtype``)."""
-    family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
-    if proto != ROUTE_PROTOCOL or kind != rtype:
+    sig = route_signature(payload, rtype)
+    if sig is None:
         return None
-    attrs = pick(payload, RTMSG.size, _ROUTE_ATTRS)
-    table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-    if table_id != MAIN_TABLE:
-        return None
-    dst = attrs.get(RTA_DST)
-    if dst is None:
-        dst = bytes(4 if family == AF_INET else 16)
-    gateway = attrs.get(RTA_GATEWAY)
-    oif = attrs.get(RTA_OIF)
+    _, dst, dst_len, gateway, oif, onlink = sig
     return Route(
         dst=ipaddress.ip_network((ipaddress.ip_address(dst), dst_len)),
         gateway=ipaddress.ip_address(gateway) if gateway else None,
-        ifindex=U32.unpack(oif)[0] if oif else None,
-        onlink=bool(flags & RTNH_F_ONLINK),
+        ifindex=oif,
+        onlink=onlink,
     )
 
 
 def permanent_neighbour(payload: bytes) -> Neighbour | None:
     """The neighbour in an RTM_NEWNEIGH payload if it is permanent with an address."""
-    _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
-    if not state & NUD_PERMANENT:
+    sig = neighbour_signature(payload)
+    if sig is None:
         return None
-    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
-    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
-    if not dst or not lladdr:
-        return None
+    _, ifindex, dst, lladdr = sig
     return Neighbour(ifindex=ifindex, dst=ipaddress.ip_address(dst), lladdr=mac_text(lladdr))
 
 
 def self_fdb_entry(payload: bytes) -> FdbEntry | None:
     """The FDB entry in an AF_BRIDGE RTM_NEWNEIGH payload if it is permanent, ``self``,
     with a remote address."""
-    _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
-    if not state & NUD_PERMANENT or not flags & NTF_SELF:
+    sig = fdb_signature(payload)
+    if sig is None:
         return None
-    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
-    dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
-    if not dst or not lladdr:
-        return None
+    _, ifindex, lladdr, dst = sig
     return FdbEntry(ifindex=ifindex, lladdr=mac_text(lladdr), dst=ipaddress.ip_address(dst))
 
 
@@ -268,6 +241,8 @@ def _family(version: int) -> int:
 # --- signatures: a cheap, hashable form of our objects for comparing whole tables ----------
 
 Signature = tuple[object, ...]
+RouteSignature = tuple[str, bytes, int, bytes | None, int | None, bool]
+NeighbourSignature = tuple[str, int, bytes, bytes]
 
 
 def signature(obj: KernelObject) -> Signature:
@@ -281,10 +256,11 @@ def signature(obj: KernelObject) -> Signature:
     return ("fdb", obj.ifindex, mac_bytes(obj.lladdr), obj.dst.packed)
 
 
-def route_signature(payload: bytes) -> Signature | None:
-    """:func:`our_route` without building objects."""
+def route_signature(payload: bytes, rtype: int = RTN_UNICAST) -> RouteSignature | None:
+    """Our route (protocol id, main table, ``rtype``) in an RTM_NEWROUTE payload, as plain
+    values; None for anybody else's."""
     family, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(payload)
-    if proto != ROUTE_PROTOCOL or kind != RTN_UNICAST:
+    if proto != ROUTE_PROTOCOL or kind != rtype:
         return None
     attrs = pick(payload, RTMSG.size, _ROUTE_ATTRS)
     table_id = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
@@ -296,21 +272,21 @@ def route_signature(payload: bytes) -> Signature | None:
             U32.unpack(oif)[0] if oif else None, bool(flags & RTNH_F_ONLINK))
 
 
-def neighbour_signature(payload: bytes) -> Signature | None:
-    """:func:`permanent_neighbour` without building objects."""
+def neighbour_signature(payload: bytes) -> NeighbourSignature | None:
+    """A permanent neighbour with an address, as plain values."""
     _family, _p1, _p2, ifindex, state, _flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT:
         return None
-    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
+    attrs = pick(payload, NDMSG.size, NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     return ("neigh", ifindex, dst, lladdr) if dst and lladdr else None
 
 
-def fdb_signature(payload: bytes) -> Signature | None:
-    """:func:`self_fdb_entry` without building objects."""
+def fdb_signature(payload: bytes) -> NeighbourSignature | None:
+    """A permanent ``self`` FDB entry with a remote address (AF_BRIDGE), as plain values."""
     _family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(payload)
     if not state & NUD_PERMANENT or not flags & NTF_SELF:
         return None
-    attrs = pick(payload, NDMSG.size, _NEIGH_ATTRS)
+    attrs = pick(payload, NDMSG.size, NEIGH_ATTRS)
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     return ("fdb", ifindex, lladdr, dst) if dst and lladdr else None

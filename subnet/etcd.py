@@ -295,6 +295,9 @@ class EtcdSubnetManager:
                 log.warning("lease watch fell behind etcd compaction (%s); re-listing", err)
                 revision = 0
             except StoreError as err:
+                if self._closed:  # close() ended the stream: not a store failure
+                    stop.wait(STOP_POLL)
+                    continue
                 delay = backoff.next_delay()
                 failures += 1
                 report(err)

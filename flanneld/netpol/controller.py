@@ -70,7 +70,7 @@ class ObjectSource(Protocol):
 class Table(Protocol):
     """The kernel side (flanneld.trafficmgr.policy.PolicyTable)."""
 
-    def apply(self, desired: Ruleset) -> Any: ...
+    def apply(self, desired: Ruleset, verify: bool = True) -> Any: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -193,20 +193,20 @@ class PolicyController:
                     break
             due = time.monotonic() - last_sync >= self._resync
             if self.store.synced and (changes or due):
-                self.sync(changes)
-                last_sync = time.monotonic()
+                self.sync(changes, verify=due)  # the periodic pass reads the table back
+                last_sync = time.monotonic() if due else last_sync
 
     def _take(self, event: ObjectEvent, changes: Tally[str]) -> None:
         if self.store.handle(event):
             sign = {"ADDED": "+", "DELETED": "-", "MODIFIED": "~"}.get(event.type, "=")
             changes[f"{event.kind} {sign}"] += 1
 
-    def sync(self, changes: Mapping[str, int] | None = None) -> SyncOutcome:
+    def sync(self, changes: Mapping[str, int] | None = None, verify: bool = True) -> SyncOutcome:
         """Build the desired ruleset and apply it; failures are logged and retried next tick."""
         started = time.monotonic()
         desired = desired_ruleset(self.store.cluster(), self._node())
         try:
-            result = self._table.apply(desired.ruleset)
+            result = self._table.apply(desired.ruleset, verify)
             kind, commands = str(result.kind), int(result.commands)
         except DataplaneError as err:
             log.error("network policy: applying the ruleset failed: %s (retrying in %.0f s)",

@@ -205,10 +205,37 @@ class Cluster:
     namespaces: tuple[Namespace, ...] = ()
     pods: tuple[Pod, ...] = ()
     _ns: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+    _pods_by_ns: dict[str, list[Pod]] = field(default_factory=dict, compare=False, repr=False)
+    _policies_by_ns: dict[str, list[Policy]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _labels: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for ns in self.namespaces:
             self._ns[ns.name] = ns.label_map
+        for pod in self.pods:
+            if pod.actionable:
+                self._pods_by_ns.setdefault(pod.namespace, []).append(pod)
+                self._labels[pod.key] = pod.label_map
+        for policy in self.policies:
+            self._policies_by_ns.setdefault(policy.namespace, []).append(policy)
+
+    def labels_of(self, pod: Pod) -> dict[str, str]:
+        """A pod's labels as a dict (built once per Cluster)."""
+        found = self._labels.get(pod.key)
+        return found if found is not None else pod.label_map
+
+    def pods_in(self, namespace: str) -> list[Pod]:
+        """Actionable pods of one namespace."""
+        return self._pods_by_ns.get(namespace, [])
+
+    def policies_in(self, namespace: str) -> list[Policy]:
+        return self._policies_by_ns.get(namespace, [])
+
+    def namespaces_matching(self, selector: Selector) -> list[str]:
+        """Namespaces with actionable pods whose labels ``selector`` matches."""
+        return [ns for ns in self._pods_by_ns if selector.matches(self.namespace_labels(ns))]
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         """Labels of a namespace; an unknown namespace still has its name label."""
@@ -235,7 +262,32 @@ def applying(cluster: Cluster, pod: Pod, direction: Direction) -> list[Policy]:
     """Policies that isolate ``pod`` in ``direction`` (empty: not isolated)."""
     if not pod.actionable:
         return []
-    return [p for p in cluster.policies if direction in p.types and selects(p, pod)]
+    labels = pod.label_map
+    return [
+        p for p in cluster.policies_in(pod.namespace)
+        if direction in p.types and p.pod_selector.matches(labels)
+    ]
+
+
+def peer_pods(cluster: Cluster, policy: Policy, peers: Iterable[Peer]) -> list[Pod]:
+    """Actionable pods any of the selector ``peers`` of ``policy`` matches.
+
+    Same answer as :func:`peer_selects_pod` over every pod, but namespace
+    selectors are evaluated once per namespace, not once per pod.
+    """
+    found: dict[str, Pod] = {}
+    for peer in peers:
+        if peer.ip_block is not None:
+            continue
+        if peer.namespace_selector is None:
+            namespaces = [policy.namespace]
+        else:
+            namespaces = cluster.namespaces_matching(peer.namespace_selector)
+        for ns in namespaces:
+            for pod in cluster.pods_in(ns):
+                if peer.pod_selector is None or peer.pod_selector.matches(cluster.labels_of(pod)):
+                    found[pod.key] = pod
+    return list(found.values())
 
 
 def peer_selects_pod(cluster: Cluster, policy: Policy, peer: Peer, pod: Pod) -> bool:

@@ -55,7 +55,7 @@ from flanneld.netpol.model import (
     Problem,
     Rule,
     applying,
-    peer_selects_pod,
+    peer_pods,
 )
 
 TABLE = "pyflannel-policy"
@@ -296,11 +296,7 @@ class _Builder:
     def peer_set(self, policy: Policy, peers: Sequence[Peer]) -> str:
         base = "peers_" + _hash(policy.namespace, peers)
         if base + "_4" not in self.sets:
-            pods = [
-                pod
-                for pod in self.cluster.actionable_pods()
-                if any(peer_selects_pod(self.cluster, policy, peer, pod) for peer in peers)
-            ]
+            pods = peer_pods(self.cluster, policy, peers)
             self._add_address_sets(base, (ip for pod in pods for ip in pod.ips))
         return base
 

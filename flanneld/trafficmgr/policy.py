@@ -48,6 +48,7 @@ class ApplyResult:
 class PolicyTable:
     def __init__(self, runner: CommandRunner) -> None:
         self._run = runner
+        self._known: S.Observed | None = None  # what our last successful apply left
 
     def observe(self) -> S.Observed | None:
         """Our table as the kernel holds it; None when it does not exist."""
@@ -60,20 +61,29 @@ class PolicyTable:
             log.warning("cannot read back table %s %s (%s); replacing it whole", FAMILY, TABLE, err)
             return S.Observed(chains={"unreadable": S.ObservedChain(0, "", "forward")})
 
-    def apply(self, desired: Ruleset) -> ApplyResult:
-        """Make the kernel hold ``desired``; raises DataplaneError when nft refuses it."""
-        observed = self.observe()
+    def apply(self, desired: Ruleset, verify: bool = True) -> ApplyResult:
+        """Make the kernel hold ``desired``; raises DataplaneError when nft refuses it.
+
+        ``verify=False`` plans against what our last apply left instead of reading
+        the table back (saves the listing on every pod change); the periodic
+        resync verifies, so manual damage is still repaired.
+        """
+        observed = self._known if not verify and self._known is not None else self.observe()
         text = S.plan(observed, desired)
         if not text:
+            self._known = S.expected(desired)
             return ApplyResult("none", 0)
+        self._known = None  # unknown until nft says yes
         full = S.render(desired)
         if text != full:
             result = self._run.run(["nft", "-f", "-"], stdin=text)
             if result.ok:
+                self._known = S.expected(desired)
                 return ApplyResult("incremental", text.count("\n"))
             log.warning("incremental policy update refused (%s); replacing the table",
                         result.stderr.strip())
         self._run.check(["nft", "-f", "-"], stdin=full)
+        self._known = S.expected(desired)
         return ApplyResult("full", full.count("\n"))
 
     def counters(self) -> dict[str, int]:
@@ -83,6 +93,7 @@ class PolicyTable:
 
     def remove(self) -> bool:
         """Delete our table; True when there was one."""
+        self._known = None
         if self._run.run(["nft", "list", "table", FAMILY, TABLE]).ok:
             self._run.check(["nft", "-f", "-"], stdin=S.remove_script())
             log.info("removed nftables table %s %s (network policy off)", FAMILY, TABLE)

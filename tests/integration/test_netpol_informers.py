@@ -35,7 +35,7 @@ class FakeTable:
     applied: list[Ruleset] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def apply(self, desired: Ruleset) -> Any:
+    def apply(self, desired: Ruleset, verify: bool = True) -> Any:
         with self.lock:
             same = bool(self.applied) and self.applied[-1] == desired
             self.applied.append(desired)

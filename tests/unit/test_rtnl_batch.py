@@ -137,7 +137,7 @@ def routes(count: int) -> list[Change]:
 
 
 def third_octet(body: bytes) -> int:
-    return rtnl.attributes(body, rtnl.RTMSG.size)[rtnl.RTA_DST][2]
+    return rtnl.pick(body, rtnl.RTMSG.size, frozenset({rtnl.RTA_DST}))[rtnl.RTA_DST][2]
 
 
 def test_each_object_gets_its_own_result_matched_by_sequence_number() -> None:
