@@ -922,10 +922,16 @@ def open_rtnl_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         sock.bind((0, 0))
-        # the kernel filters dumps by the header and attributes we send
-        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        # an error ack carries the request's header only, not the whole request
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        # The kernel filters dumps by the header and attributes we send (Linux 4.20+),
+        # and an error ack carries the request's header only (4.3+).  Without them
+        # (ENOPROTOOPT on older kernels) dumps are whole and decoding filters instead.
+        for option in (NETLINK_GET_STRICT_CHK, NETLINK_CAP_ACK):
+            try:
+                sock.setsockopt(SOL_NETLINK, option, 1)
+            except OSError as err:
+                if err.errno != errnos.ENOPROTOOPT:
+                    raise
+                log.info("netlink socket option %d not supported by this kernel", option)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
         except PermissionError:

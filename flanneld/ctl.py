@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from flanneld.doctor.cli import add_doctor_arguments, add_doctor_commands
 from flanneld.lab import lab as labmod
 from flanneld.lab import netprobe
-from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS
+from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS, parse_flanneld_binaries
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
 from flanneld.netconf_check import check, describe
+from flanneld.netpol.cli import add_netpol_commands
 from subnet.errors import ConfigError, FlannelError
 
 EXIT_OK = 0
@@ -86,6 +87,7 @@ def _lab_up(args: argparse.Namespace) -> int:
             subnet_mgr=args.subnet_mgr,
             image=args.image,
             manifest=args.manifest,
+            flanneld=parse_flanneld_binaries(args.flanneld),
             network_policy=args.network_policy,
             netpol_model=args.netpol_model,
         )
@@ -108,6 +110,9 @@ def _lab_up(args: argparse.Namespace) -> int:
             f"subnet manager {args.subnet_mgr}"
             + (f", DaemonSet pods from {args.image}" if args.image else "")
         )
+        for node in lab.plan.nodes:
+            if node.flanneld is not None:
+                print(f"{node.name} runs {node.flanneld}")
         if lab.unhonoured:
             print("pod spec fields the lab does not honour: " + ", ".join(lab.unhonoured))
         print(render_leases(leases))
@@ -255,6 +260,14 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--manifest",
         help="with --image: the manifest (default: manifests/kube-flannel.yml of this checkout)",
     )
+    up.add_argument(
+        "--flanneld",
+        action="append",
+        default=[],
+        metavar="NODE=PATH",
+        help="run NODE's flanneld from this binary (e.g. an upstream build) with the same "
+        "upstream flags, to test a mixed cluster; repeatable",
+    )
     _add_prefix(up)
     up.add_argument("--json", action="store_true", help="print one JSON object")
     up.add_argument(
@@ -376,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_commands(subparsers)
     add_lab_commands(subparsers)
     add_netconf_commands(subparsers)
+    add_netpol_commands(subparsers)
     return parser
 
 

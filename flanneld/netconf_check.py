@@ -19,7 +19,7 @@ from typing import Literal
 from backends.registry import lookup
 from flanneld.health import HealthState
 from subnet.errors import ConfigError
-from subnet.netconf import NetConfig, SubnetRange, parse_net_config, subnet_ranges
+from subnet.netconf import NetConfig, SubnetRange, ip_stack, parse_net_config, subnet_ranges
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def verify(config: NetConfig, mode: Mode) -> NetConfReport:
     (etcd mode), a missing Network (kube mode), the backend's type, options
     and address families.
     """
-    if not config.enable_ipv4 and not config.enable_ipv6:
-        raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
+    ip_stack(config)
     ranges = subnet_ranges(config) if mode == "etcd" else None
     if mode == "kube":
         for enabled, network, key in (

@@ -12,6 +12,7 @@ etcd-mode defaults and checks (SubnetLen, SubnetMin/Max) are derived by
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -68,6 +69,33 @@ class NetConfig:
         if self.enable_ipv6 and self.ipv6_network is not None:
             nets.append(self.ipv6_network)
         return tuple(nets)
+
+
+class IPStack(enum.Enum):
+    """Which address families a cluster runs, as upstream's ``ipv4Stack``/``ipv6Stack``/``dualStack``."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+    DUAL = "dual"
+
+    @property
+    def ipv4(self) -> bool:
+        return self is not IPStack.IPV6
+
+    @property
+    def ipv6(self) -> bool:
+        return self is not IPStack.IPV4
+
+
+def ip_stack(cfg: NetConfig) -> IPStack:
+    """The stack ``EnableIPv4``/``EnableIPv6`` select; ConfigError (upstream's text) for neither."""
+    if cfg.enable_ipv4 and cfg.enable_ipv6:
+        return IPStack.DUAL
+    if cfg.enable_ipv4:
+        return IPStack.IPV4
+    if cfg.enable_ipv6:
+        return IPStack.IPV6
+    raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,16 +238,15 @@ def subnet_ranges(cfg: NetConfig) -> tuple[SubnetRange | None, SubnetRange | Non
 
     Raises ConfigError with upstream's messages.  ``cfg`` is not changed.
     """
+    stack = ip_stack(cfg)
     v4 = None
     v6 = None
-    if cfg.enable_ipv4:
+    if stack.ipv4:
         v4 = _family_range(_V4, cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max)
-    if cfg.enable_ipv6:
+    if stack.ipv6:
         v6 = _family_range(
             _V6, cfg.ipv6_network, cfg.ipv6_subnet_len, cfg.ipv6_subnet_min, cfg.ipv6_subnet_max
         )
-    if v4 is None and v6 is None:
-        raise ConfigError("none defined stack: EnableIPv4 and EnableIPv6 are both false")
     return v4, v6
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backends.wireguard_go import running_pid, stop_recorded
@@ -54,6 +54,7 @@ from flanneld.lab.layout import (
     cni_conflist,
     flanneld_argv,
     flanneld_env,
+    flanneld_launcher,
     is_lab_netns,
     make_plan,
     node_paths,
@@ -493,13 +494,13 @@ class Lab:
             gateway.put(f"{self._plan.etcd_prefix}/config", self._plan.net_conf())
 
     def _spawn_flanneld(self, node: NodePlan, extra_args: Sequence[str] = ()) -> ProcessRecord:
-        launch = procs.launcher(self._python, "flanneld", "flanneld.cli")
+        launch = flanneld_launcher(node, procs.launcher(self._python, "flanneld", "flanneld.cli"))
         argv = [*flanneld_argv(launch, self._plan, node), *extra_args]
         env = {**_child_env(), **flanneld_env(self._plan, node)}
         pid = procs.spawn(argv, node_paths(self._plan, node).log, node.netns, env)
         record = ProcessRecord(pid, self._marker)
         self._save(self._state.with_process(_flanneld_role(node), record))
-        log.info("started flanneld on %s as pid %d", node.name, pid)
+        log.info("started flanneld on %s as pid %d (%s)", node.name, pid, launch[0])
         return record
 
     def _ready(self, node: NodePlan) -> bool:
@@ -737,6 +738,7 @@ def up(
     subnet_mgr: str = "etcd",
     image: str | None = None,
     manifest: str | None = None,
+    flanneld: Mapping[str, str] | None = None,
     network_policy: bool = False,
     netpol_model: bool = False,
 ) -> Lab:
@@ -752,12 +754,19 @@ def up(
     with ``--network-policy`` and writes every lab pod into the API double as
     a Running Pod; ``netpol_model`` lays the e2e model (namespaces x, y, z,
     pods a, b, c, servers on ports 80 and 81) over the first nine pods, adding
-    pods per node as needed (:mod:`flanneld.lab.netpolmodel`).
+    pods per node as needed (:mod:`flanneld.lab.netpolmodel`).  ``flanneld``
+    maps node names to another flanneld binary (e.g. upstream's) those nodes
+    run with the same upstream flags: a mixed cluster.
     """
     if netpol_model:
         pods_per_node = max(pods_per_node, netpolmodel.pods_per_node(nodes))
+    binaries = dict(flanneld or {})
     plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image,
-                     network_policy=network_policy, netpol_model=netpol_model)
+                     network_policy=network_policy, netpol_model=netpol_model,
+                     flanneld=binaries)
+    for node, path in binaries.items():
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise ConfigError(f"--flanneld {node}={path}: not an executable file")
     if image is not None:
         manifest = os.path.abspath(manifest or DEFAULT_MANIFEST)
         in_manifest = podspec.net_conf_backend(read_manifest(manifest))
@@ -771,7 +780,7 @@ def up(
         )
     lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
                        image=image, manifest=manifest, network_policy=network_policy,
-                       netpol_model=netpol_model), python)
+                       netpol_model=netpol_model, flanneld=binaries), python)
     lab.build()
     return lab
 

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from subnet.errors import ConfigError
@@ -67,6 +67,7 @@ class NodePlan:
     bridge_port: str  # the veth end on the underlay bridge, in <prefix>-ul
     address: ipaddress.IPv4Interface
     pods: tuple[PodPlan, ...]
+    flanneld: str | None = None  # another flanneld binary (e.g. upstream's), else ours
 
     @property
     def public_ip(self) -> ipaddress.IPv4Address:
@@ -161,10 +162,16 @@ def make_plan(
     etcd_prefix: str = DEFAULT_ETCD_PREFIX,
     subnet_mgr: str = "etcd",
     image: str | None = None,
+    flanneld: Mapping[str, str] | None = None,
     network_policy: bool = False,
     netpol_model: bool = False,
 ) -> LabPlan:
-    """Lay out a lab; ConfigError on out-of-range input."""
+    """Lay out a lab; ConfigError on out-of-range input.
+
+    ``flanneld`` maps node names to another flanneld binary those nodes run
+    (with the same upstream flags) instead of ours: a mixed cluster.
+    """
+    binaries = dict(flanneld or {})
     check_prefix(prefix)
     if not 1 <= nodes <= MAX_NODES:
         raise ConfigError(f"nodes must be between 1 and {MAX_NODES}, not {nodes}")
@@ -180,6 +187,16 @@ def make_plan(
         )
     if image is not None and subnet_mgr != "kube":
         raise ConfigError("--image runs the manifest's DaemonSet: it needs --subnet-mgr kube")
+    if binaries and image is not None:
+        raise ConfigError("--flanneld runs a binary on the node itself: not with --image")
+    unknown = sorted(set(binaries) - {f"n{i}" for i in range(1, nodes + 1)})
+    if unknown:
+        raise ConfigError(
+            f"--flanneld names {', '.join(unknown)}, but the lab's nodes are n1..n{nodes}"
+        )
+    if binaries and (network_policy or netpol_model):
+        raise ConfigError("--flanneld gives another binary upstream's flags only: "
+                          "--network-policy is pyflannel's own")
     if (network_policy or netpol_model) and (subnet_mgr != "kube" or image is not None):
         raise ConfigError("--network-policy and --netpol-model need --subnet-mgr kube "
                           "(and flanneld as a process, not --image)")
@@ -207,6 +224,7 @@ def make_plan(
                     f"{hosts[FIRST_NODE_HOST + i - 1]}/{UNDERLAY.prefixlen}"
                 ),
                 pods=pods,
+                flanneld=binaries.get(name),
             )
         )
     plan = LabPlan(
@@ -298,6 +316,26 @@ class NodePaths:
 
 def node_paths(plan: LabPlan, node: NodePlan) -> NodePaths:
     return NodePaths(os.path.join(plan.state_dir, node.name), plan.image is not None)
+
+
+def parse_flanneld_binaries(specs: Sequence[str]) -> dict[str, str]:
+    """``--flanneld NODE=PATH`` options as {node: path}; ConfigError on a malformed one."""
+    binaries: dict[str, str] = {}
+    for spec in specs:
+        node, _, path = spec.partition("=")
+        if not node or not path:
+            raise ConfigError(f"--flanneld {spec!r}: expected NODE=PATH, e.g. n2=/opt/flanneld")
+        if not os.path.isabs(path):
+            raise ConfigError(f"--flanneld {spec!r}: the path must be absolute")
+        if node in binaries:
+            raise ConfigError(f"--flanneld names {node} twice")
+        binaries[node] = path
+    return binaries
+
+
+def flanneld_launcher(node: NodePlan, ours: Sequence[str]) -> list[str]:
+    """How to start ``node``'s flanneld: its other binary if it has one, else ``ours``."""
+    return [node.flanneld] if node.flanneld is not None else list(ours)
 
 
 def flanneld_argv(launcher: Sequence[str], plan: LabPlan, node: NodePlan) -> list[str]:

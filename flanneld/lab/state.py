@@ -38,6 +38,7 @@ class LabState:
     subnet_mgr: str = "etcd"
     image: str | None = None  # image mode: the image and the manifest whose pod runs it
     manifest: str | None = None
+    flanneld: dict[str, str] = field(default_factory=dict)  # node -> another flanneld binary
     network_policy: bool = False
     netpol_model: bool = False
 
@@ -45,6 +46,7 @@ class LabState:
         return make_plan(
             self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
             image=self.image, network_policy=self.network_policy, netpol_model=self.netpol_model,
+            flanneld=self.flanneld,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -68,6 +70,7 @@ class LabState:
             "subnet_mgr": self.subnet_mgr,
             "image": self.image,
             "manifest": self.manifest,
+            "flanneld": dict(self.flanneld),
             "network_policy": self.network_policy,
             "netpol_model": self.netpol_model,
             "namespaces": list(self.namespaces),
@@ -95,6 +98,7 @@ class LabState:
                 subnet_mgr=str(doc.get("subnet_mgr", "etcd")),
                 image=_optional(doc.get("image")),
                 manifest=_optional(doc.get("manifest")),
+                flanneld={str(k): str(v) for k, v in doc.get("flanneld", {}).items()},
                 network_policy=bool(doc.get("network_policy", False)),
                 netpol_model=bool(doc.get("netpol_model", False)),
             )

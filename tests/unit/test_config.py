@@ -11,8 +11,10 @@ from subnet.errors import ConfigError
 from subnet.netconf import (
     DEFAULT_BACKEND_TYPE,
     BackendConfig,
+    IPStack,
     NetConfig,
     SubnetRange,
+    ip_stack,
     parse_net_config,
     subnet_ranges,
 )
@@ -284,3 +286,32 @@ def test_validation_does_not_mutate_its_input() -> None:
     assert cfg == before
     assert cfg.subnet_len == 0 and cfg.subnet_min is None and cfg.subnet_max is None
 
+
+
+# --- the IP stack ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "stack", "v4", "v6"),
+    [
+        ('{"Network": "10.1.0.0/16"}', IPStack.IPV4, True, False),
+        ('{"Network": "10.1.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56"}',
+         IPStack.DUAL, True, True),
+        ('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}',
+         IPStack.IPV6, False, True),
+        # the keys decide, not which networks happen to be written
+        ('{"Network": "10.1.0.0/16", "IPv6Network": "fd00::/56"}', IPStack.IPV4, True, False),
+    ],
+)
+def test_ip_stack_follows_the_enable_keys(text: str, stack: IPStack, v4: bool, v6: bool) -> None:
+    got = ip_stack(parse_net_config(text))
+    assert got is stack
+    assert (got.ipv4, got.ipv6) == (v4, v6)
+
+
+def test_no_stack_is_upstreams_error_everywhere() -> None:
+    cfg = parse_net_config('{"EnableIPv4": false, "Network": "10.1.0.0/16"}')
+    with pytest.raises(ConfigError, match="^none defined stack"):
+        ip_stack(cfg)
+    with pytest.raises(ConfigError, match="^none defined stack"):
+        subnet_ranges(cfg)

@@ -15,10 +15,12 @@ from flanneld.lab.layout import (
     cni_env,
     cni_netconf,
     flanneld_argv,
+    flanneld_launcher,
     interface_names,
     is_lab_netns,
     make_plan,
     node_paths,
+    parse_flanneld_binaries,
 )
 from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
 from flanneld.lab.matrix import Cell, Endpoint, matrix_jobs, parse_ping, ping_argv
@@ -284,3 +286,72 @@ def test_parser_knows_the_lab_commands() -> None:
     assert parser.parse_args(["lab", "down"]).prefix == "pfl"
     with pytest.raises(SystemExit):
         parser.parse_args(["lab", "up", "--backend", "ipip"])
+
+
+# --- another flanneld binary on some nodes (a mixed cluster) ----------------------------
+
+
+def test_flanneld_option_parses_node_equals_absolute_path() -> None:
+    assert parse_flanneld_binaries(["n2=/opt/up/flanneld", "n3=/x/flanneld"]) == {
+        "n2": "/opt/up/flanneld",
+        "n3": "/x/flanneld",
+    }
+    assert parse_flanneld_binaries([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["n2"], "NODE=PATH"),
+        (["=/opt/flanneld"], "NODE=PATH"),
+        (["n2="], "NODE=PATH"),
+        (["n2=bin/flanneld"], "absolute"),
+        (["n2=/a", "n2=/b"], "twice"),
+    ],
+)
+def test_bad_flanneld_option_is_a_config_error(specs: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_flanneld_binaries(specs)
+
+
+def test_named_nodes_run_the_other_binary_with_the_same_upstream_flags() -> None:
+    plan = make_plan("pfl", nodes=3, flanneld={"n2": "/opt/up/flanneld"})
+    assert [n.flanneld for n in plan.nodes] == [None, "/opt/up/flanneld", None]
+    ours = ["/venv/bin/flanneld"]
+    mixed = flanneld_argv(flanneld_launcher(plan.nodes[1], ours), plan, plan.nodes[1])
+    plain = flanneld_argv(flanneld_launcher(plan.nodes[0], ours), plan, plan.nodes[0])
+    assert mixed[0] == "/opt/up/flanneld"
+    assert plain[0] == "/venv/bin/flanneld"
+    # the same flag set as our own flanneld gets on that node, nothing of ours added
+    assert mixed[1:] == flanneld_argv([], plan, plan.nodes[1])
+
+
+def test_flanneld_for_an_unknown_node_image_mode_or_network_policy_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="n5"):
+        make_plan("pfl", nodes=3, flanneld={"n5": "/opt/up/flanneld"})
+    with pytest.raises(ConfigError, match="image"):
+        make_plan("pfl", nodes=2, subnet_mgr="kube", image="localhost/x:1",
+                  flanneld={"n2": "/opt/up/flanneld"})
+    with pytest.raises(ConfigError, match="network-policy"):
+        make_plan("pfl", nodes=2, subnet_mgr="kube", network_policy=True,
+                  flanneld={"n2": "/opt/up/flanneld"})
+
+
+def test_state_keeps_the_other_binaries_for_restarts(tmp_path: object) -> None:
+    state = LabState("pfl", 2, 1, "vxlan", flanneld={"n2": "/opt/up/flanneld"})
+    save(str(tmp_path), state)
+    loaded = load(str(tmp_path))
+    assert loaded == state
+    assert loaded is not None and loaded.plan().nodes[1].flanneld == "/opt/up/flanneld"
+    # a state file written before the option existed has no binaries
+    doc = state.to_json()
+    del doc["flanneld"]
+    assert LabState.from_json(doc).flanneld == {}
+
+
+def test_lab_up_parser_takes_repeated_flanneld_options() -> None:
+    args = build_parser().parse_args(
+        ["lab", "up", "--flanneld", "n2=/opt/a", "--flanneld", "n3=/opt/b"]
+    )
+    assert args.flanneld == ["n2=/opt/a", "n3=/opt/b"]
+    assert build_parser().parse_args(["lab", "up"]).flanneld == []
