@@ -20,6 +20,7 @@ from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS, parse_fla
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
 from flanneld.netconf_check import check, describe
+from flanneld.netpol.cli import add_netpol_commands
 from subnet.errors import ConfigError, FlannelError
 
 EXIT_OK = 0
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_commands(subparsers)
     add_lab_commands(subparsers)
     add_netconf_commands(subparsers)
+    add_netpol_commands(subparsers)
     return parser
 
 

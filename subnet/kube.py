@@ -562,25 +562,8 @@ class KubeSubnetManager:
                      watch=True, resource_version=rv, allow_watch_bookmarks=True,
                      timeout_seconds=int(t.watch_timeout), _preload_content=False,
                      _request_timeout=(t.request_timeout, t.watch_timeout + t.request_timeout))
-        with state.lock:
-            state.response = resp
-        try:
-            if stop.is_set():
-                return rv
-            for event in _events(resp):
-                rv = self._handle_event(cfg, event, rv, table, sink, state)
-                if stop.is_set():
-                    break
-            return rv
-        except StoreError:
-            if stop.is_set():
-                return rv
-            raise
-        finally:
-            with state.lock:
-                state.response = None
-            resp.close()
-            resp.release_conn()
+        return _consume(resp, state, stop, rv,
+                        lambda event, rv: self._handle_event(cfg, event, rv, table, sink, state))
 
     def _handle_event(
         self, cfg: NetConfig, event: JSON, rv: str, table: NodeLeaseTable, sink: Sink,
@@ -589,11 +572,7 @@ class KubeSubnetManager:
         kind = event.get("type")
         obj = event.get("object") or {}
         if kind == "ERROR":
-            code = int(obj.get("code") or 0)
-            message = f"node watch error: {code} {obj.get('message', '')}"
-            if code == 410:
-                raise WatchExpiredError(message)
-            raise KubeAPIError(message, code)
+            raise _watch_error("node", obj)
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if kind in ("ADDED", "MODIFIED"):
             for msg in table.set(node_name_of(obj), self._lease_of(cfg, obj, state)):
@@ -683,12 +662,16 @@ class ObjectWatch:
             state.done = True
             interrupter.join(timeout=2 * t.stop_poll + 1)
 
-    def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
+    def list_once(self) -> tuple[str, tuple[JSON, ...]]:
+        """(resourceVersion, every object of the kind): one list request."""
         timeout = self.timings.request_timeout
         doc = _json_response(f"failed to list {self.kind}", self._list,
                              _request_timeout=(timeout, timeout))
         rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        items = tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+        return rv, tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+
+    def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
+        rv, items = self.list_once()
         sink(ObjectEvent(self.kind, "SNAPSHOT", items))
         log.info("Listed %d %s at resourceVersion %s", len(items), self.kind, rv)
         return rv
@@ -700,34 +683,56 @@ class ObjectWatch:
                      allow_watch_bookmarks=True, timeout_seconds=int(t.watch_timeout),
                      _preload_content=False,
                      _request_timeout=(t.request_timeout, t.watch_timeout + t.request_timeout))
-        with state.lock:
-            state.response = resp
-        try:
-            for event in _events(resp):
-                if stop.is_set():
-                    break
-                kind, obj = event.get("type"), event.get("object")
-                if not isinstance(obj, dict):
-                    continue
-                if kind == "ERROR":
-                    code = int(obj.get("code") or 0)
-                    message = f"{self.kind} watch error: {code} {obj.get('message', '')}"
-                    if code == 410:
-                        raise WatchExpiredError(message)
-                    raise KubeAPIError(message, code)
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    sink(ObjectEvent(self.kind, str(kind), (obj,)))
+        return _consume(resp, state, stop, rv, lambda event, rv: self._handle(event, rv, sink))
+
+    def _handle(self, event: JSON, rv: str, sink: Callable[[ObjectEvent], None]) -> str:
+        kind, obj = event.get("type"), event.get("object")
+        if not isinstance(obj, dict):
             return rv
-        except StoreError:
+        if kind == "ERROR":
+            raise _watch_error(self.kind, obj)
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            sink(ObjectEvent(self.kind, str(kind), (obj,)))
+        return str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+
+
+def _watch_error(what: str, status: JSON) -> StoreError:
+    """The exception for a watch's ERROR event: WatchExpiredError for 410 Gone."""
+    code = int(status.get("code") or 0)
+    message = f"{what} watch error: {code} {status.get('message', '')}"
+    if code == 410:
+        return WatchExpiredError(message)
+    return KubeAPIError(message, code)
+
+
+def _consume(
+    resp: Any, state: _WatchState, stop: threading.Event, rv: str,
+    handle: Callable[[JSON, str], str],
+) -> str:
+    """Feed one open watch response to ``handle``; returns the last resourceVersion seen.
+
+    The response is registered in ``state`` so that stop can cut it; a stream
+    broken by stop is not an error.
+    """
+    with state.lock:
+        state.response = resp
+    try:
+        if stop.is_set():
+            return rv
+        for event in _events(resp):
+            rv = handle(event, rv)
             if stop.is_set():
-                return rv
-            raise
-        finally:
-            with state.lock:
-                state.response = None
-            resp.close()
-            resp.release_conn()
+                break
+        return rv
+    except StoreError:
+        if stop.is_set():
+            return rv
+        raise
+    finally:
+        with state.lock:
+            state.response = None
+        resp.close()
+        resp.release_conn()
 
 
 def connect_and_sync(

@@ -162,3 +162,21 @@ def test_bad_policy_is_logged_with_its_name_and_allows_nothing(
     assert last is not None
     pol_chains = [c for c in last.chains if c.name.startswith("pol_")]
     assert pol_chains and all(not c.rules for c in pol_chains)  # isolated, nothing allowed
+
+
+def test_flannelctl_netpol_explain_names_the_selecting_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flanneld import ctl
+
+    with KubeAPIDouble() as api:
+        api.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+        api.put_object(pod("x", "a", "10.244.1.2", "me", {"pod": "a"}))
+        api.put_object(policy("x", "deny", {"podSelector": {}}))
+        api.put_object(policy("x", "web", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                           "ingress": [{"ports": [{"port": 80}]}]}))
+        assert ctl.main(["netpol", "explain", "--api-url", api.url, "x/a"]) == 0
+    out = capsys.readouterr().out
+    assert "Ingress: isolated by 2 policies" in out
+    assert "x/deny: allows nothing" in out and "x/web: 1 rule" in out
+    assert "Egress: not isolated" in out

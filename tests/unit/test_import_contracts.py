@@ -117,6 +117,7 @@ def test_pure_modules_do_no_io_imports() -> None:
         "flanneld/peertable.py", "flanneld/loop_state.py", "flanneld/trafficmgr/rules.py",
         "flanneld/lab/layout.py", "flanneld/lab/podspec.py",
         "flanneld/netpol/model.py", "flanneld/netpol/ruleset.py", "flanneld/netpol/script.py",
+        "flanneld/netpol/explain.py",
         "flanneld/doctor/model.py", "flanneld/doctor/profile.py", "flanneld/doctor/checks.py",
         "flanneld/doctor/hostchecks.py", "flanneld/doctor/render.py",
     ]

@@ -199,3 +199,16 @@ def test_dual_stack_pod_ips_and_bad_ip_skipped() -> None:
                                                      {"ip": "nope"}]}})
     assert pod == Pod("x", "a", (), (IP("10.0.0.1"), IP("fd00::1")), phase="Pending")
     assert problems
+
+
+def test_explain_per_direction_and_why_not() -> None:
+    from flanneld.netpol.explain import explain
+
+    c = model(policy({"podSelector": {}, "policyTypes": ["Egress"]}))
+    text = explain(c, "x/a")
+    assert "Ingress: not isolated" in text and "x/p: allows nothing" in text
+    host, _ = parse_pod(pod_obj("x", "h", "10.0.0.9", {}, spec={"hostNetwork": True}))
+    assert host is not None
+    c2 = Cluster(c.policies, c.namespaces, (*c.pods, host))
+    assert "hostNetwork" in explain(c2, "x/h")
+    assert "no such pod" in explain(c, "x/zz")
