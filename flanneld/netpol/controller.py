@@ -43,7 +43,7 @@ from flanneld.netpol.model import (
     parse_pod,
     parse_policy,
 )
-from flanneld.netpol.ruleset import Desired, LocalNode, Ruleset, desired_ruleset
+from flanneld.netpol.ruleset import Desired, LocalNode, PeerCache, Ruleset, desired_ruleset
 from subnet.errors import DataplaneError, StoreError
 from subnet.kube_state import JSON, WATCHED_KINDS, ObjectEvent
 
@@ -118,8 +118,8 @@ class PolicyStore:
             for problem in problems:
                 log.warning("network policy: %s", problem)
         self._problems[(kind, key)] = tuple(problems)
-        if value is not None:
-            self._values[kind][key] = value
+        if value is not None and self._values[kind].get(key) != value:
+            self._values[kind][key] = value  # an equal value keeps its object (PeerCache)
 
     def cluster(self) -> Cluster:
         policies: list[Policy] = list(self._values["networkpolicies"].values())
@@ -173,7 +173,7 @@ class PolicyController:
         self._metrics = metrics
         self._stop = stop
         self._resync = resync
-        self._desired: Desired | None = None
+        self._cache = PeerCache()
 
     def put(self, event: ObjectEvent) -> None:
         self.events.put(event)
@@ -204,7 +204,7 @@ class PolicyController:
     def sync(self, changes: Mapping[str, int] | None = None, verify: bool = True) -> SyncOutcome:
         """Build the desired ruleset and apply it; failures are logged and retried next tick."""
         started = time.monotonic()
-        desired = desired_ruleset(self.store.cluster(), self._node())
+        desired = desired_ruleset(self.store.cluster(), self._node(), self._cache)
         try:
             result = self._table.apply(desired.ruleset, verify)
             kind, commands = str(result.kind), int(result.commands)
@@ -213,7 +213,6 @@ class PolicyController:
                       err, self._resync)
             kind, commands = "failed", 0
         seconds = time.monotonic() - started
-        self._desired = desired
         if kind != "none":
             what = ", ".join(f"{k} {n}" for k, n in sorted((changes or {}).items()))
             isolated = {d: sum(len(m.elements) for m in desired.ruleset.maps
