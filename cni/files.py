@@ -1,4 +1,4 @@
-"""Reading a small file the plugin trusts only as far as its type and size (pure I/O helper)."""
+"""Reading a small file the plugin trusts only as far as its type and size."""
 
 from __future__ import annotations
 

@@ -23,14 +23,17 @@ BASE_PACKAGES=python3,python3-venv,iproute2,nftables,iptables,wireguard-go,ca-ce
 # podman's default runtime (crun 1.8) refuses hybrid cgroup hierarchies; runc runs on both.
 PODMAN=(podman --runtime runc)
 PULL_TIMEOUT=${PULL_TIMEOUT:-60}
-WHEEL_CACHE=/var/cache/pyflannel
+WHEEL_CACHE=${WHEEL_CACHE:-/var/cache/pyflannel}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "build-image.sh: run as root (podman's root storage)" >&2
   exit 1
 fi
-for tool in podman runc mmdebstrap; do
-  command -v "$tool" >/dev/null || { echo "build-image.sh: $tool missing; run: bash scripts/install.sh --image" >&2; exit 1; }
+for tool in podman runc mmdebstrap openssl; do
+  if ! command -v "$tool" >/dev/null || [ ! -x .venv/bin/python ]; then
+    bash scripts/install.sh --image >&2  # a fresh machine: the packages and .venv first
+    break
+  fi
 done
 
 debian_base() {
@@ -83,7 +86,7 @@ if [ ! -d "$wheels" ]; then
     exit 1
   fi
   rm -f "$fresh"/pyflannel-*.whl "$fresh.log"  # the image builds pyflannel from the sources
-  mv "$fresh" "$wheels"
+  mv -T "$fresh" "$wheels" 2>/dev/null || rm -rf "$fresh"  # another build may have won
 fi
 
 echo "build-image.sh: building $TAG on $base" >&2

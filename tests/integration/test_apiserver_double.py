@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from kubernetes import client, watch
 
 from flanneld.lab.apiserver import KubeAPIDouble
 from flanneld.lab.apiserver.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from flanneld.lab.tls import make_server_cert
 
 pytestmark = pytest.mark.integration
 
@@ -356,6 +360,34 @@ def test_strategic_delete_directive_and_primitive_set() -> None:
                    "status": {"conditions": [{"type": "B"}]}}
     with pytest.raises(PatchError):
         strategic_merge_patch(node, {"status": {"conditions": [{"status": "no key"}]}})
+
+
+def test_https_and_service_account_tokens_as_a_pod_sees_them(tmp_path: Path) -> None:
+    """The in-cluster path: HTTPS verified against the lab's ca.crt, bearer tokens enforced
+    once one was issued (the image mode of the lab)."""
+    cert = make_server_cert(str(tmp_path), ipaddress.IPv4Address("127.0.0.1"))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert.cert, cert.key)
+    with KubeAPIDouble(tls=tls) as api:
+        api.add_node("n1", pod_cidr="10.244.1.0/24")
+        assert api.url.startswith("https://127.0.0.1:")
+
+        def nodes(token: str | None) -> list[str]:
+            cfg = client.Configuration()
+            cfg.host, cfg.ssl_ca_cert, cfg.retries = api.url, cert.cert, False
+            if token is not None:
+                cfg.api_key = {"authorization": f"Bearer {token}"}
+            with client.ApiClient(cfg) as api_client:
+                items = client.CoreV1Api(api_client).list_node().items
+            return [n.metadata.name for n in items]
+
+        assert nodes(None) == ["n1"]  # no token issued yet: nobody is asked for one
+        token = api.issue_token("kube-flannel", "flannel")
+        assert nodes(token) == ["n1"]
+        for wrong in (None, token + "x"):
+            with pytest.raises(client.ApiException) as refused:
+                nodes(wrong)
+            assert refused.value.status == 401
 
 
 # --- namespaces, pods and network policies through the official client ---------------
