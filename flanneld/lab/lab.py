@@ -318,6 +318,8 @@ class Lab:
         self._make_netns(ul)
         topology.add_bridge(ul, UNDERLAY_BRIDGE, UNDERLAY_MTU)
         topology.add_address(ul, UNDERLAY_BRIDGE, self._plan.gateway)
+        if self._plan.gateway6 is not None:
+            topology.add_address(ul, UNDERLAY_BRIDGE, self._plan.gateway6)
 
     def _build_node(self, node: NodePlan) -> None:
         ul = self._plan.underlay_netns
@@ -325,6 +327,9 @@ class Lab:
         topology.bridge_port(ul, UNDERLAY_BRIDGE, node.bridge_port,
                              node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
+        if node.address6 is not None:
+            topology.add_address(node.netns, NODE_UNDERLAY_IF, node.address6)
+            topology.write_sysctl(node.netns, "net.ipv6.conf.all.forwarding", "1")
         paths = node_paths(self._plan, node)
         if self._plan.image is not None:
             # flanneld without --iface takes the default route's interface, as on a real node
@@ -600,6 +605,11 @@ class Lab:
             if not addrs:
                 raise FlannelError(f"pod {pod.name} has no IPv4 address on {POD_IF}")
             found.append(Endpoint(pod.name, pod.netns, addrs[0].ip))
+            if self._plan.dual:
+                addrs6 = topology.global_ipv6_addresses(pod.netns, POD_IF)
+                if not addrs6:
+                    raise FlannelError(f"pod {pod.name} has no IPv6 address on {POD_IF}")
+                found.append(Endpoint(pod.name, pod.netns, addrs6[0].ip))
         return found
 
     def status(self) -> LabStatus:
@@ -737,6 +747,7 @@ def up(
     flanneld: Mapping[str, str] | None = None,
     network_policy: bool = False,
     netpol_model: bool = False,
+    ip_family: str = "ipv4",
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
@@ -759,7 +770,7 @@ def up(
     binaries = dict(flanneld or {})
     plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image,
                      network_policy=network_policy, netpol_model=netpol_model,
-                     flanneld=binaries)
+                     flanneld=binaries, ip_family=ip_family)
     for node, path in binaries.items():
         if not os.access(path, os.X_OK) or os.path.isdir(path):
             raise ConfigError(f"--flanneld {node}={path}: not an executable file")
@@ -776,7 +787,8 @@ def up(
         )
     lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
                        image=image, manifest=manifest, network_policy=network_policy,
-                       netpol_model=netpol_model, flanneld=binaries), python)
+                       netpol_model=netpol_model, flanneld=binaries, ip_family=ip_family),
+              python)
     lab.build()
     return lab
 
