@@ -115,6 +115,8 @@ def test_policy_enforces_bridged_traffic_and_relabel_updates_elements(
     assert table.apply(desired).kind == "full"
     assert observe(nft_json(ns)) == expected(desired)
     assert table.apply(desired).kind == "none"
+    restarted = PolicyTable(CommandRunner(prefix=tuple(topology.netns_argv(ns, []))))
+    assert restarted.apply(desired).kind == "none"  # a restart reads back: no window, no write
 
     assert connects(node["b"], PODS["a"])
     assert not connects(node["c"], PODS["a"])
