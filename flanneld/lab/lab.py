@@ -267,11 +267,6 @@ class Lab:
     def model_pods(self) -> tuple[netpolmodel.LabPod, ...]:
         return tuple(p for p in self.pod_objects if p.in_model)
 
-    @staticmethod
-    def protocols() -> tuple[str, ...]:
-        """What the model serves: TCP and UDP, and SCTP if this kernel can open it."""
-        return ("TCP", "UDP") + (("SCTP",) if netprobe.sctp_error() is None else ())
-
     def pod_ip(self, pod: netpolmodel.LabPod) -> str:
         ip = _pod_ip(pod.netns)
         if ip is None:
@@ -287,7 +282,7 @@ class Lab:
         for pod in self.pod_objects:
             host_ip = str(self._plan.node(pod.node).public_ip)
             api.put_object(netpolmodel.pod_object(pod, self.pod_ip(pod), host_ip,
-                                                  self.protocols()))
+                                                  netpolmodel.SERVED_PROTOCOLS))
             log.info("pod %s is %s on %s", pod.lab_pod, pod.key, pod.node)
 
     def _start_servers(self) -> None:
@@ -312,8 +307,9 @@ class Lab:
         """The model's reachability matrix for one port and protocol (72 probes)."""
         if not self._plan.netpol_model:
             raise ConfigError(f"lab {self._plan.prefix} has no e2e model (lab up --netpol-model)")
-        if protocol == "sctp" and netprobe.sctp_error() is not None:
-            raise ConfigError(str(netprobe.sctp_error()))
+        if protocol == "sctp":
+            raise ConfigError(netprobe.sctp_error() or "SCTP: the lab's pod servers serve TCP "
+                              "and UDP only")
         targets = [netprobe.Target(p.key, p.netns, self.pod_ip(p)) for p in self.model_pods]
         return netprobe.probe_matrix(targets, port, protocol, timeout)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ import pytest
 from flanneld.lab import procs
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import is_lab_netns
-from flanneld.lab.netprobe import ProbeResult, render
+from flanneld.lab.netprobe import ProbeResult, render, sctp_error
 from flanneld.lab.topology import list_netns
 from flanneld.netpol.model import Cluster, allowed, parse_namespace, parse_pod, parse_policy
 from tests.conftest import RUN_PREFIX, needs_root
@@ -459,6 +461,24 @@ def test_model_is_spread_over_two_nodes(lab: Lab) -> None:
 
 def test_without_policies_everything_is_reachable(env: Env) -> None:
     run_step(env, Step(nothing, lambda s, d, n, pr: True, (TCP80, TCP81, UDP80, UDP81)))
+
+
+def test_flannelctl_lab_probe_prints_the_matrix_and_refuses_sctp(lab: Lab) -> None:
+    ctl = [sys.executable, "-m", "flanneld.ctl", "lab", "probe", "--prefix", PREFIX]
+    done = subprocess.run([*ctl, "--protocol", "udp", "--port", "81", "--json"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads(done.stdout)
+    assert (doc["port"], doc["protocol"]) == (81, "udp")
+    assert sorted((p["from"], p["to"]) for p in doc["probes"]) == sorted(
+        (s, d) for s in KEYS for d in KEYS if s != d)
+    assert all(p["ok"] and p["detail"] == p["to"] for p in doc["probes"])
+    text = subprocess.run(ctl, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert text.splitlines()[2].split() == ["x/a", "-", *["."] * 8]
+    refused = subprocess.run([*ctl, "--protocol", "sctp"], capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert refused.returncode != 0 and "SCTP" in refused.stderr, refused
+    if sctp_error() is not None:
+        assert "cannot open SCTP sockets" in refused.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
