@@ -79,8 +79,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-py-spy", action="store_true", help="do not profile the daemon")
     parser.add_argument("--no-pure", action="store_true",
                         help="skip timing the backend's pure functions in this process")
-    parser.add_argument("--out", default=default_out("scale"))
-    return parser.parse_args()
+    parser.add_argument("--out", help="JSON results (default bench/results/scale.json, "
+                        "scale-kube.json in kube mode)")
+    args = parser.parse_args()
+    if args.out is None:
+        args.out = default_out("scale" if args.mode == "etcd" else "scale-kube")
+    return args
 
 
 def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[str, Any]:

@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from flanneld.doctor.cli import add_doctor_arguments, add_doctor_commands
 from flanneld.lab import lab as labmod
 from flanneld.lab import netprobe
-from flanneld.lab.layout import BACKENDS, DEFAULT_PREFIX, SUBNET_MGRS, parse_flanneld_binaries
+from flanneld.lab.layout import (
+    BACKENDS,
+    DEFAULT_PREFIX,
+    IP_FAMILIES,
+    SUBNET_MGRS,
+    parse_flanneld_binaries,
+)
 from flanneld.lab.leases import NodeLease
 from flanneld.lab.matrix import Cell
 from flanneld.netconf_check import check, describe
@@ -48,7 +54,17 @@ def render_leases(leases: Sequence[NodeLease]) -> str:
 
 
 def render_matrix(cells: Sequence[Cell]) -> str:
-    """A src x dst grid; each entry the average RTT in ms, or FAIL."""
+    """A src x dst grid per address family; each entry the average RTT in ms, or FAIL."""
+    families = sorted({c.family for c in cells})
+    if len(families) <= 1:
+        return _family_matrix(cells)
+    return "\n\n".join(
+        f"IPv{family}:\n" + _family_matrix([c for c in cells if c.family == family])
+        for family in families
+    )
+
+
+def _family_matrix(cells: Sequence[Cell]) -> str:
     names = sorted({c.src for c in cells} | {c.dst for c in cells})
     by_pair = {(c.src, c.dst): c for c in cells}
 
@@ -88,6 +104,7 @@ def _lab_up(args: argparse.Namespace) -> int:
             image=args.image,
             manifest=args.manifest,
             flanneld=parse_flanneld_binaries(args.flanneld),
+            ip_family=args.ip_family,
             network_policy=args.network_policy,
             netpol_model=args.netpol_model,
         )
@@ -259,6 +276,13 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     up.add_argument(
         "--manifest",
         help="with --image: the manifest (default: manifests/kube-flannel.yml of this checkout)",
+    )
+    up.add_argument(
+        "--ip-family",
+        choices=IP_FAMILIES,
+        default="ipv4",
+        help="ipv4 (default), or dual: an IPv6 underlay too, EnableIPv6 with IPv6Network "
+        "fd00:10:244::/56, pods with both families and a matrix per family (host-gw, etcd mode)",
     )
     up.add_argument(
         "--flanneld",

@@ -49,7 +49,7 @@ from subnet.errors import ConfigError, DataplaneError, StopRequested
 from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
-from subnet.netconf import NetConfig
+from subnet.netconf import IPStack, NetConfig, ip_stack
 from subnet.retry import Backoff
 
 if TYPE_CHECKING:
@@ -118,16 +118,20 @@ def check_br_netfilter(config: NetConfig) -> None:
         )
 
 
-def external_interface(flags: Flags, manager: SubnetManager, netlink: Netlink) -> ExternalInterface:
+def external_interface(
+    flags: Flags, manager: SubnetManager, netlink: Netlink, stack: IPStack = IPStack.IPV4
+) -> ExternalInterface:
     override = manager.public_ip_override()
     if override is not None:
         log.info("using public IP %s from the node annotation", override)
         flags = replace(flags, public_ip=str(override))
-    ext = iface.discover(netlink, flags)
+    ext = iface.discover(netlink, flags, stack)
     log.info(
         "using interface %s (index %d, MTU %d), address %s, public address %s",
         ext.name, ext.index, ext.mtu, ext.iface_addr, ext.ext_addr,
     )
+    if stack.ipv6:
+        log.info("IPv6 address %s, public IPv6 address %s", ext.iface_addr6, ext.ext_addr6)
     return ext
 
 
@@ -143,7 +147,7 @@ def make_backend(
     netlink: Netlink, stop: threading.Event, on_error: ErrorHook,
 ) -> Backend:
     """The backend, seeded with what this node advertised before."""
-    ext = external_interface(flags, manager, netlink)
+    ext = external_interface(flags, manager, netlink, ip_stack(config))
     previous = retry_until_stopped(
         "reading our previous lease", lambda: manager.previous_attrs(ext.ext_addr), stop,
         Backoff(1.0, 30.0), on_error,

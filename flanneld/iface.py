@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 from backends.base import ExternalInterface, InterfaceAddress, InterfaceInfo, RouteLookup
 from subnet.errors import ConfigError, DataplaneError, InterfaceError
 from subnet.lease import IPAddress
+from subnet.netconf import IPStack
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,14 @@ class _NoMatch(Exception):
     """One selection attempt failed; the text says why."""
 
 
-def _describe(interfaces: Sequence[InterfaceInfo]) -> str:
+def _describe(interfaces: Sequence[InterfaceInfo], version: int = 4) -> str:
     if not interfaces:
         return "no interfaces at all"
     parts = []
     for info in interfaces[:_DESCRIBE_MAX]:
-        v4 = [str(a.address) for a in info.addresses if a.address.version == 4]
+        found = [str(a.address) for a in info.addresses if a.address.version == version]
         state = "" if info.up else " down"
-        parts.append(f"{info.name}{state} [{', '.join(v4) or 'no IPv4'}]")
+        parts.append(f"{info.name}{state} [{', '.join(found) or f'no IPv{version}'}]")
     if len(interfaces) > _DESCRIBE_MAX:
         parts.append(f"... and {len(interfaces) - _DESCRIBE_MAX} more")
     return "available: " + "; ".join(parts)
@@ -269,9 +270,15 @@ def select_interface(
     public_ipv6: str = "",
     default_ifindex: int | None = None,
     route_lookup: RouteLookupFn = _no_route,
+    default_ifindex6: int | None = None,
+    stack: IPStack = IPStack.IPV4,
 ) -> ExternalInterface:
-    """Pick the external interface (IPv4) the way upstream does; see the module doc.
+    """Pick the external interface the way upstream does; see the module doc.
 
+    With an IPv6 ``stack`` the interface's IPv6 address is chosen too (the
+    interface itself comes from the IPv4 rules in dual stack, where the two
+    default routes must share it; from ``--public-ipv6`` or the IPv6 default
+    route ``default_ifindex6`` in an IPv6-only stack).
     ``default_ifindex`` is the IPv4 default route's interface; ``route_lookup``
     answers ``ip route get`` for ``--iface-can-reach`` (empty when unreachable;
     the first route counts) and may raise DataplaneError.  Raises ConfigError for malformed flag values and
@@ -287,10 +294,17 @@ def select_interface(
 
     if ifaces or regexes or target is not None:
         match = _explicit(interfaces, ifaces, regexes, target, route_lookup)
+    elif stack is IPStack.IPV6:
+        match = _implicit6(interfaces, public6, default_ifindex6)
     else:
         match = _implicit(interfaces, public4, default_ifindex)
+        if stack.ipv6 and public4 is None:
+            _check_default6(interfaces, match.info, default_ifindex6)
 
     info = match.info
+    addr6 = _ipv6_address(interfaces, match) if stack.ipv6 else None
+    if not stack.ipv4:
+        return _external(match, None, None, addr6, public6)
     addr = match.address
     if addr is None:
         chosen = choose_address(info, 4)
@@ -301,23 +315,96 @@ def select_interface(
                 f"{_describe(interfaces)}"
             )
         addr = chosen
+    return _external(match, addr, public4, addr6, public6)
+
+
+def _external(
+    match: _Match,
+    addr: ipaddress.IPv4Address | None,
+    public4: ipaddress.IPv4Address | None,
+    addr6: ipaddress.IPv6Address | None,
+    public6: ipaddress.IPv6Address | None,
+) -> ExternalInterface:
+    info = match.info
     if info.mtu == 0:
-        raise InterfaceError(f"failed to determine MTU for interface {info.name} ({addr})")
+        raise InterfaceError(f"failed to determine MTU for interface {info.name} ({addr or addr6})")
     if not info.up:
         log.warning("External interface %s is down", info.name)
-    log.info("Using interface with name %s and address %s (chosen by %s)", info.name, addr,
-             match.via)
-    ext = public4 if public4 is not None else addr
+    if addr is not None:
+        log.info("Using interface with name %s and address %s (chosen by %s)", info.name, addr,
+                 match.via)
     if public4 is not None:
-        log.info("Using %s as external address", ext)
+        log.info("Using %s as external address", public4)
+    if addr6 is not None:
+        log.info("Using IPv6 address %s of interface %s (chosen by %s)", addr6, info.name,
+                 match.via)
+    if public6 is not None and addr6 is not None:
+        log.info("Using %s as external IPv6 address", public6)
     return ExternalInterface(
         name=info.name, index=info.index, mtu=info.mtu,
-        iface_addr=addr, ext_addr=ext, iface_addr6=None, ext_addr6=public6,
+        iface_addr=addr, ext_addr=public4 if public4 is not None else addr,
+        iface_addr6=addr6, ext_addr6=public6 if public6 is not None else addr6,
     )
 
 
-def discover(netlink: NetlinkView, flags: InterfaceFlags) -> ExternalInterface:
-    """Read links and the default route through ``netlink``, then :func:`select_interface`."""
+def _ipv6_address(interfaces: Sequence[InterfaceInfo], match: _Match) -> ipaddress.IPv6Address:
+    chosen = choose_address(match.info, 6)
+    if not isinstance(chosen, ipaddress.IPv6Address):
+        raise InterfaceError(
+            f"failed to find IPv6 address for interface {match.info.name} (chosen by "
+            f"{match.via}): it has no global or link-local IPv6 address that is not deprecated; "
+            f"{_describe(interfaces, 6)}"
+        )
+    return chosen
+
+
+def _check_default6(
+    interfaces: Sequence[InterfaceInfo], chosen: InterfaceInfo, default_ifindex6: int | None
+) -> None:
+    """Dual stack without flags: the IPv6 default route must use the IPv4 one's interface."""
+    if default_ifindex6 is None:
+        raise InterfaceError(
+            "no IPv6 default route, so dual stack cannot check its interface; add one or pass "
+            f"--iface, --iface-regex or --iface-can-reach; {_describe(interfaces, 6)}"
+        )
+    if default_ifindex6 != chosen.index:
+        other = _by_index(interfaces, default_ifindex6)
+        raise InterfaceError(
+            f"dual stack needs the IPv4 and IPv6 default routes on the same interface: IPv4 uses "
+            f"{chosen.name}, IPv6 uses {other.name if other else default_ifindex6}; pass --iface"
+        )
+
+
+def _implicit6(
+    interfaces: Sequence[InterfaceInfo],
+    public_ipv6: ipaddress.IPv6Address | None,
+    default_ifindex6: int | None,
+) -> _Match:
+    """IPv6-only stack without flags: the owner of --public-ipv6, else the IPv6 default route."""
+    if public_ipv6 is not None:
+        owner = _owner_of(interfaces, public_ipv6)
+        if owner is None:
+            raise InterfaceError(
+                f"no interface with given IP found: --public-ipv6 {public_ipv6} is not "
+                f"configured on any local interface; {_describe(interfaces, 6)}"
+            )
+        return _Match(owner, None, f"--public-ipv6 {public_ipv6}")
+    if default_ifindex6 is None:
+        raise InterfaceError(
+            "no IPv6 default route, so no interface to pick; add a default route or pass "
+            f"--iface, --iface-regex or --iface-can-reach; {_describe(interfaces, 6)}"
+        )
+    info = _by_index(interfaces, default_ifindex6)
+    if info is None:
+        raise InterfaceError(f"the IPv6 default route uses interface index {default_ifindex6}, "
+                             f"which is not in the interface list; {_describe(interfaces, 6)}")
+    return _Match(info, None, "the IPv6 default route")
+
+
+def discover(
+    netlink: NetlinkView, flags: InterfaceFlags, stack: IPStack = IPStack.IPV4
+) -> ExternalInterface:
+    """Read links and the default route(s) through ``netlink``, then :func:`select_interface`."""
     return select_interface(
         netlink.interfaces(),
         ifaces=flags.iface,
@@ -327,4 +414,6 @@ def discover(netlink: NetlinkView, flags: InterfaceFlags) -> ExternalInterface:
         public_ipv6=flags.public_ipv6,
         default_ifindex=netlink.default_route_ifindex(socket.AF_INET),
         route_lookup=netlink.route_get,
+        default_ifindex6=netlink.default_route_ifindex(socket.AF_INET6) if stack.ipv6 else None,
+        stack=stack,
     )

@@ -267,11 +267,6 @@ class Lab:
     def model_pods(self) -> tuple[netpolmodel.LabPod, ...]:
         return tuple(p for p in self.pod_objects if p.in_model)
 
-    @staticmethod
-    def protocols() -> tuple[str, ...]:
-        """What the model serves: TCP and UDP, and SCTP if this kernel can open it."""
-        return ("TCP", "UDP") + (("SCTP",) if netprobe.sctp_error() is None else ())
-
     def pod_ip(self, pod: netpolmodel.LabPod) -> str:
         ip = _pod_ip(pod.netns)
         if ip is None:
@@ -287,7 +282,7 @@ class Lab:
         for pod in self.pod_objects:
             host_ip = str(self._plan.node(pod.node).public_ip)
             api.put_object(netpolmodel.pod_object(pod, self.pod_ip(pod), host_ip,
-                                                  self.protocols()))
+                                                  netpolmodel.SERVED_PROTOCOLS))
             log.info("pod %s is %s on %s", pod.lab_pod, pod.key, pod.node)
 
     def _start_servers(self) -> None:
@@ -312,8 +307,9 @@ class Lab:
         """The model's reachability matrix for one port and protocol (72 probes)."""
         if not self._plan.netpol_model:
             raise ConfigError(f"lab {self._plan.prefix} has no e2e model (lab up --netpol-model)")
-        if protocol == "sctp" and netprobe.sctp_error() is not None:
-            raise ConfigError(str(netprobe.sctp_error()))
+        if protocol == "sctp":
+            raise ConfigError(netprobe.sctp_error() or "SCTP: the lab's pod servers serve TCP "
+                              "and UDP only")
         targets = [netprobe.Target(p.key, p.netns, self.pod_ip(p)) for p in self.model_pods]
         return netprobe.probe_matrix(targets, port, protocol, timeout)
 
@@ -322,6 +318,8 @@ class Lab:
         self._make_netns(ul)
         topology.add_bridge(ul, UNDERLAY_BRIDGE, UNDERLAY_MTU)
         topology.add_address(ul, UNDERLAY_BRIDGE, self._plan.gateway)
+        if self._plan.gateway6 is not None:
+            topology.add_address(ul, UNDERLAY_BRIDGE, self._plan.gateway6)
 
     def _build_node(self, node: NodePlan) -> None:
         ul = self._plan.underlay_netns
@@ -329,6 +327,9 @@ class Lab:
         topology.bridge_port(ul, UNDERLAY_BRIDGE, node.bridge_port,
                              node.netns, NODE_UNDERLAY_IF, node.address, UNDERLAY_MTU)
         topology.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
+        if node.address6 is not None:
+            topology.add_address(node.netns, NODE_UNDERLAY_IF, node.address6)
+            topology.write_sysctl(node.netns, "net.ipv6.conf.all.forwarding", "1")
         paths = node_paths(self._plan, node)
         if self._plan.image is not None:
             # flanneld without --iface takes the default route's interface, as on a real node
@@ -604,6 +605,11 @@ class Lab:
             if not addrs:
                 raise FlannelError(f"pod {pod.name} has no IPv4 address on {POD_IF}")
             found.append(Endpoint(pod.name, pod.netns, addrs[0].ip))
+            if self._plan.dual:
+                addrs6 = topology.global_ipv6_addresses(pod.netns, POD_IF)
+                if not addrs6:
+                    raise FlannelError(f"pod {pod.name} has no IPv6 address on {POD_IF}")
+                found.append(Endpoint(pod.name, pod.netns, addrs6[0].ip))
         return found
 
     def status(self) -> LabStatus:
@@ -741,6 +747,7 @@ def up(
     flanneld: Mapping[str, str] | None = None,
     network_policy: bool = False,
     netpol_model: bool = False,
+    ip_family: str = "ipv4",
 ) -> Lab:
     """Build a lab and return it; ConfigError if one with ``prefix`` exists.
 
@@ -763,7 +770,7 @@ def up(
     binaries = dict(flanneld or {})
     plan = make_plan(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr, image=image,
                      network_policy=network_policy, netpol_model=netpol_model,
-                     flanneld=binaries)
+                     flanneld=binaries, ip_family=ip_family)
     for node, path in binaries.items():
         if not os.access(path, os.X_OK) or os.path.isdir(path):
             raise ConfigError(f"--flanneld {node}={path}: not an executable file")
@@ -780,7 +787,8 @@ def up(
         )
     lab = Lab(LabState(prefix, nodes, pods_per_node, backend, subnet_mgr=subnet_mgr,
                        image=image, manifest=manifest, network_policy=network_policy,
-                       netpol_model=netpol_model, flanneld=binaries), python)
+                       netpol_model=netpol_model, flanneld=binaries, ip_family=ip_family),
+              python)
     lab.build()
     return lab
 

@@ -27,7 +27,9 @@ STATE_ROOT = "/run/pyflannel-lab"
 DEFAULT_PREFIX = "pfl"
 DEFAULT_ETCD_PREFIX = "/coreos.com/network"
 DEFAULT_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+DEFAULT_NETWORK6 = ipaddress.IPv6Network("fd00:10:244::/56")  # kind's dual-stack pod range
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+UNDERLAY6 = ipaddress.IPv6Network("fd00:198:18::/64")  # a ULA twin of UNDERLAY
 UNDERLAY_BRIDGE = "ul0"
 NODE_UNDERLAY_IF = "ul0"
 POD_IF = "eth0"
@@ -43,6 +45,8 @@ MAX_PODS_PER_NODE = 32
 IFNAMSIZ = 15  # longest Linux interface name
 BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
 SUBNET_MGRS = ("etcd", "kube")
+IP_FAMILIES = ("ipv4", "dual")  # "ipv6" (IPv6-only) is not built yet
+IPV6_BACKENDS = ("host-gw",)  # the lab's backends that run IPv6 in pyflannel so far
 KUBE_API_PORT = 16443
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
@@ -68,6 +72,7 @@ class NodePlan:
     address: ipaddress.IPv4Interface
     pods: tuple[PodPlan, ...]
     flanneld: str | None = None  # another flanneld binary (e.g. upstream's), else ours
+    address6: ipaddress.IPv6Interface | None = None  # dual stack: the underlay IPv6 address
 
     @property
     def public_ip(self) -> ipaddress.IPv4Address:
@@ -89,6 +94,12 @@ class LabPlan:
     image: str | None = None  # kube mode: flanneld runs as the manifest's pod, from this image
     network_policy: bool = False  # kube mode: flanneld --network-policy, pods as Pod objects
     netpol_model: bool = False  # the e2e model: namespaces x, y, z with pods a, b, c and servers
+    ip_family: str = "ipv4"  # or "dual": an IPv6 underlay and IPv6Network too
+    gateway6: ipaddress.IPv6Interface | None = None  # dual: the underlay bridge's IPv6 address
+
+    @property
+    def dual(self) -> bool:
+        return self.ip_family == "dual"
 
     @property
     def state_dir(self) -> str:
@@ -128,10 +139,11 @@ class LabPlan:
 
     def net_conf(self) -> str:
         """The ``<etcd prefix>/config`` value."""
-        return json.dumps(
-            {"Network": str(self.network), "Backend": {"Type": self.backend}},
-            separators=(",", ":"),
-        )
+        conf: dict[str, object] = {"Network": str(self.network)}
+        if self.dual:
+            conf.update(EnableIPv6=True, IPv6Network=str(DEFAULT_NETWORK6))
+        conf["Backend"] = {"Type": self.backend}
+        return json.dumps(conf, separators=(",", ":"))
 
 
 def check_prefix(prefix: str) -> str:
@@ -165,6 +177,7 @@ def make_plan(
     flanneld: Mapping[str, str] | None = None,
     network_policy: bool = False,
     netpol_model: bool = False,
+    ip_family: str = "ipv4",
 ) -> LabPlan:
     """Lay out a lab; ConfigError on out-of-range input.
 
@@ -194,6 +207,7 @@ def make_plan(
         raise ConfigError(
             f"--flanneld names {', '.join(unknown)}, but the lab's nodes are n1..n{nodes}"
         )
+    check_ip_family(ip_family, backend, subnet_mgr, image)
     if binaries and (network_policy or netpol_model):
         raise ConfigError("--flanneld gives another binary upstream's flags only: "
                           "--network-policy is pyflannel's own")
@@ -225,6 +239,7 @@ def make_plan(
                 ),
                 pods=pods,
                 flanneld=binaries.get(name),
+                address6=_underlay6(FIRST_NODE_HOST + i) if ip_family == "dual" else None,
             )
         )
     plan = LabPlan(
@@ -239,11 +254,37 @@ def make_plan(
         image=image,
         network_policy=network_policy,
         netpol_model=netpol_model,
+        ip_family=ip_family,
+        gateway6=_underlay6(1) if ip_family == "dual" else None,
     )
     too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
     if too_long:
         raise ConfigError(f"interface names longer than {IFNAMSIZ}: {', '.join(too_long)}")
     return plan
+
+
+def _underlay6(host: int) -> ipaddress.IPv6Interface:
+    """Host ``host`` of UNDERLAY6, written like its IPv4 twin: 11 is ``fd00:198:18::11``."""
+    suffix = int(str(host), 16)
+    return ipaddress.IPv6Interface((int(UNDERLAY6.network_address) + suffix, UNDERLAY6.prefixlen))
+
+
+def check_ip_family(ip_family: str, backend: str, subnet_mgr: str, image: str | None) -> None:
+    """ConfigError for an address family the lab cannot run with these settings (yet)."""
+    if ip_family not in IP_FAMILIES:
+        raise ConfigError(f"--ip-family must be one of {', '.join(IP_FAMILIES)}, not "
+                          f"{ip_family!r} (IPv6-only labs are not built yet)")
+    if ip_family == "ipv4":
+        return
+    if backend == "udp":
+        raise ConfigError("the udp backend is IPv4-only, in upstream flannel too: use "
+                          "--ip-family ipv4")
+    if backend not in IPV6_BACKENDS:
+        raise ConfigError(f"--ip-family {ip_family} runs {', '.join(IPV6_BACKENDS)} so far: "
+                          f"pyflannel's {backend} backend is IPv4-only yet (upstream runs it "
+                          "dual-stack)")
+    if subnet_mgr != "etcd" or image is not None:
+        raise ConfigError(f"--ip-family {ip_family} runs in etcd mode so far")
 
 
 def interface_names(plan: LabPlan) -> tuple[str, ...]:

@@ -56,9 +56,11 @@ def node_lease(
 ) -> NodeLease:
     """Combine the node's subnet with its etcd lease; PeerDataError if it is missing."""
     key = f"{etcd_prefix.rstrip('/')}/subnets/{subnet_key(subnet, None)}"
-    if key not in kvs:
+    # a dual-stack lease's key goes on with "&<IPv6 subnet>"
+    found = [k for k in kvs if k == key or k.startswith(key + "&")]
+    if not found:
         raise PeerDataError(f"no lease {key} in etcd for node {name}")
-    attrs = decode_attrs(kvs[key])
+    attrs = decode_attrs(kvs[found[0]])
     return NodeLease(
         name=name,
         subnet=subnet,

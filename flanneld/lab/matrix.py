@@ -41,7 +41,7 @@ class Endpoint:
 
     name: str
     netns: str
-    ip: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +62,13 @@ class Cell:
     rtt_ms: float | None
     sent: int
     received: int
+    family: int = 4  # the IP version pinged
 
     def to_json(self) -> dict[str, object]:
         return {
             "src": self.src,
             "dst": self.dst,
+            "family": f"ipv{self.family}",
             "ok": self.ok,
             "rtt_ms": self.rtt_ms,
             "sent": self.sent,
@@ -89,7 +91,7 @@ def parse_ping(output: str) -> PingStats:
 
 
 def ping_argv(
-    dst: ipaddress.IPv4Address, count: int, interval: float, deadline: float | None
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address, count: int, interval: float, deadline: float | None
 ) -> tuple[str, ...]:
     """``ping -q -n``; with a deadline ping retries until ``count`` replies or time is up."""
     argv = [PING, "-q", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "1"]
@@ -101,12 +103,12 @@ def ping_argv(
 def matrix_jobs(
     endpoints: Sequence[Endpoint], count: int, interval: float, deadline: float
 ) -> list[PingJob]:
-    """Every ordered pair of distinct pods."""
+    """Every ordered pair of distinct pods, per address family both have."""
     return [
         PingJob(src, dst, ping_argv(dst.ip, count, interval, deadline), count)
         for src in endpoints
         for dst in endpoints
-        if src.name != dst.name
+        if src.name != dst.name and src.ip.version == dst.ip.version
     ]
 
 
@@ -118,6 +120,7 @@ def cell_from(job: PingJob, stats: PingStats) -> Cell:
         rtt_ms=stats.rtt_ms,
         sent=stats.sent,
         received=stats.received,
+        family=job.dst.ip.version,
     )
 
 

@@ -41,12 +41,13 @@ class LabState:
     flanneld: dict[str, str] = field(default_factory=dict)  # node -> another flanneld binary
     network_policy: bool = False
     netpol_model: bool = False
+    ip_family: str = "ipv4"
 
     def plan(self) -> LabPlan:
         return make_plan(
             self.prefix, self.nodes, self.pods_per_node, self.backend, subnet_mgr=self.subnet_mgr,
             image=self.image, network_policy=self.network_policy, netpol_model=self.netpol_model,
-            flanneld=self.flanneld,
+            flanneld=self.flanneld, ip_family=self.ip_family,
         )
 
     def with_namespace(self, name: str) -> LabState:
@@ -73,6 +74,7 @@ class LabState:
             "flanneld": dict(self.flanneld),
             "network_policy": self.network_policy,
             "netpol_model": self.netpol_model,
+            "ip_family": self.ip_family,
             "namespaces": list(self.namespaces),
             "processes": {
                 role: {"pid": rec.pid, "marker": rec.marker}
@@ -101,6 +103,7 @@ class LabState:
                 flanneld={str(k): str(v) for k, v in doc.get("flanneld", {}).items()},
                 network_policy=bool(doc.get("network_policy", False)),
                 netpol_model=bool(doc.get("netpol_model", False)),
+                ip_family=str(doc.get("ip_family", "ipv4")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed lab state: {err}") from err

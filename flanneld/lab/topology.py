@@ -22,6 +22,8 @@ from pyroute2 import IPRoute, NetlinkError, netns
 
 from subnet.errors import DataplaneError
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h: skip duplicate address detection
+
 NETNS_DIR = "/var/run/netns"
 NSENTER = "nsenter"
 
@@ -200,8 +202,14 @@ def set_master(name: str, ifname: str, bridge: str) -> None:
             raise DataplaneError(f"cannot attach {ifname} to {bridge} in {name}: {err}") from err
 
 
-def add_address(name: str, ifname: str, interface: ipaddress.IPv4Interface) -> None:
-    """Add ``interface`` (address/prefix) to ``ifname``; an existing equal address is fine."""
+def add_address(
+    name: str, ifname: str, interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+) -> None:
+    """Add ``interface`` (address/prefix) to ``ifname``; an existing equal address is fine.
+
+    An IPv6 address is added ``nodad``: usable at once, as the lab's addresses are unique.
+    """
+    flags = {"flags": IFA_F_NODAD} if interface.version == 6 else {}
     with _ipr(name) as ipr:
         try:
             ipr.addr(
@@ -209,6 +217,7 @@ def add_address(name: str, ifname: str, interface: ipaddress.IPv4Interface) -> N
                 index=_index(ipr, name, ifname),
                 address=str(interface.ip),
                 prefixlen=interface.network.prefixlen,
+                **flags,
             )
         except NetlinkError as err:
             if err.code != errno.EEXIST:
@@ -298,6 +307,19 @@ def link_address(name: str, ifname: str) -> str | None:
         (link,) = ipr.get_links(found[0])
         mac = link.get("IFLA_ADDRESS")
         return str(mac) if mac else None
+
+
+def global_ipv6_addresses(name: str, ifname: str) -> list[ipaddress.IPv6Interface]:
+    """The non-link-local IPv6 addresses on ``ifname`` in ``name`` (empty if no such link)."""
+    with _ipr(name) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return []
+        addrs = [
+            ipaddress.IPv6Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+            for msg in ipr.get_addr(family=socket.AF_INET6, index=found[0])
+        ]
+        return [a for a in addrs if not a.ip.is_link_local]
 
 
 def ipv4_addresses(name: str, ifname: str) -> list[ipaddress.IPv4Interface]:

@@ -226,6 +226,10 @@ class Cluster:
         found = self._labels.get(pod.key)
         return found if found is not None else pod.label_map
 
+    def pod_namespaces(self) -> list[str]:
+        """Namespaces that hold actionable pods."""
+        return list(self._pods_by_ns)
+
     def pods_in(self, namespace: str) -> list[Pod]:
         """Actionable pods of one namespace."""
         return self._pods_by_ns.get(namespace, [])
@@ -269,25 +273,15 @@ def applying(cluster: Cluster, pod: Pod, direction: Direction) -> list[Policy]:
     ]
 
 
-def peer_pods(cluster: Cluster, policy: Policy, peers: Iterable[Peer]) -> list[Pod]:
-    """Actionable pods any of the selector ``peers`` of ``policy`` matches.
-
-    Same answer as :func:`peer_selects_pod` over every pod, but namespace
-    selectors are evaluated once per namespace, not once per pod.
-    """
-    found: dict[str, Pod] = {}
-    for peer in peers:
-        if peer.ip_block is not None:
-            continue
-        if peer.namespace_selector is None:
-            namespaces = [policy.namespace]
-        else:
-            namespaces = cluster.namespaces_matching(peer.namespace_selector)
-        for ns in namespaces:
-            for pod in cluster.pods_in(ns):
-                if peer.pod_selector is None or peer.pod_selector.matches(cluster.labels_of(pod)):
-                    found[pod.key] = pod
-    return list(found.values())
+def peer_scopes(cluster: Cluster, policy: Policy, peers: Iterable[Peer]) -> tuple[
+    tuple[str, ...], ...
+]:
+    """Per selector peer, the namespaces whose pods it may select."""
+    return tuple(
+        (policy.namespace,) if peer.namespace_selector is None
+        else tuple(cluster.namespaces_matching(peer.namespace_selector))
+        for peer in peers if peer.ip_block is None
+    )
 
 
 def peer_selects_pod(cluster: Cluster, policy: Policy, peer: Peer, pod: Pod) -> bool:

@@ -1,8 +1,10 @@
 """The desired nftables ruleset for NetworkPolicy on one node (pure).
 
-Interface: :func:`desired_ruleset` ``(cluster, node) -> Desired`` where
+Interface: :func:`desired_ruleset` ``(cluster, node, cache=None) -> Desired`` where
 ``node`` is a :class:`LocalNode` (this node's name and pod CIDRs: a pod is
-local when its ``nodeName`` is ours or one of its IPs lies in our CIDRs).
+local when its ``nodeName`` is ours or one of its IPs lies in our CIDRs) and
+``cache`` an optional :class:`PeerCache` kept across builds (same result,
+less work: a pod change recomputes its own namespace only).
 :func:`render` gives the ``nft -f -`` script that replaces our table in one
 transaction; :func:`observe` + :func:`plan` give the smaller script that
 moves a table from what it is to what it should be (set and map elements
@@ -41,8 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flanneld.netpol.model import (
     Cluster,
@@ -54,8 +57,9 @@ from flanneld.netpol.model import (
     Policy,
     Problem,
     Rule,
+    Selector,
     applying,
-    peer_pods,
+    peer_scopes,
 )
 
 TABLE = "pyflannel-policy"
@@ -287,28 +291,92 @@ def named_port_element(addr: IPAddress, protocol: str, port: int) -> str:
 # --- building -------------------------------------------------------------------
 
 
+class PeerCache:
+    """Per-namespace work remembered across builds (the controller keeps one).
+
+    Entries are keyed by (pod selector, namespace) for peer pods and by
+    (port name, protocol, namespace) for named ports.  One is reused while the
+    namespace holds the very same Pod objects: the policy store replaces a Pod
+    value only when the object changes, so a pod relabel recomputes the
+    entries of its own namespace only (the entry holds the objects, so their
+    ids cannot be reused).  Entries no build used are dropped after each build.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, ...], tuple[tuple[Pod, ...], Any]] = {}
+        self._used: set[tuple[object, ...]] = set()
+
+    def _per_namespace(
+        self, cluster: Cluster, key: tuple[object, ...], ns: str, compute: Callable[[], Any]
+    ) -> Any:
+        self._used.add(key)
+        current = cluster.pods_in(ns)
+        hit = self._entries.get(key)
+        if hit is not None and len(hit[0]) == len(current) and all(
+            a is b for a, b in zip(hit[0], current, strict=True)
+        ):
+            return hit[1]
+        value = compute()
+        self._entries[key] = (tuple(current), value)
+        return value
+
+    def pods(self, cluster: Cluster, policy: Policy, peers: Sequence[Peer]) -> list[Pod]:
+        """Actionable pods any selector peer of ``policy`` matches."""
+        selector_peers = [p for p in peers if p.ip_block is None]
+        found: dict[str, Pod] = {}
+        for peer, namespaces in zip(selector_peers, peer_scopes(cluster, policy, selector_peers),
+                                    strict=True):
+            selector = peer.pod_selector
+            for ns in namespaces:
+                def match(ns: str = ns, selector: Selector | None = selector) -> list[Pod]:
+                    return [p for p in cluster.pods_in(ns)
+                            if selector is None or selector.matches(cluster.labels_of(p))]
+                for pod in self._per_namespace(cluster, ("sel", selector, ns), ns, match):
+                    found[pod.key] = pod
+        return list(found.values())
+
+    def named(self, cluster: Cluster, name: str, protocol: str) -> dict[int, set[str]]:
+        """Named-port set elements per family: every pod with ``name``/``protocol``."""
+        elements: dict[int, set[str]] = {4: set(), 6: set()}
+        for ns in cluster.pod_namespaces():
+            def resolve(ns: str = ns) -> list[tuple[int, str]]:
+                out: list[tuple[int, str]] = []
+                for pod in cluster.pods_in(ns):
+                    number = pod.resolve(name, protocol)
+                    if number is not None:
+                        out += [(ip.version, named_port_element(ip, protocol, number))
+                                for ip in pod.ips]
+                return out
+            for version, element in self._per_namespace(
+                cluster, ("np", name, protocol, ns), ns, resolve
+            ):
+                elements[version].add(element)
+        return elements
+
+    def end_build(self) -> None:
+        for key in set(self._entries) - self._used:
+            del self._entries[key]
+        self._used = set()
+
+
 class _Builder:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, cache: PeerCache) -> None:
         self.cluster = cluster
+        self.cache = cache
         self.sets: dict[str, NftSet] = {}
         self.problems: list[Problem] = []
 
     def peer_set(self, policy: Policy, peers: Sequence[Peer]) -> str:
         base = "peers_" + _hash(policy.namespace, peers)
         if base + "_4" not in self.sets:
-            pods = peer_pods(self.cluster, policy, peers)
+            pods = self.cache.pods(self.cluster, policy, peers)
             self._add_address_sets(base, (ip for pod in pods for ip in pod.ips))
         return base
 
     def named_set(self, policy: Policy, name: str, protocol: str) -> str:
         base = "np_" + _hash(name, protocol)
         if base + "_4" not in self.sets:
-            elements: dict[int, set[str]] = {4: set(), 6: set()}
-            for pod in self.cluster.actionable_pods():
-                number = pod.resolve(name, protocol)
-                if number is not None:
-                    for ip in pod.ips:
-                        elements[ip.version].add(named_port_element(ip, protocol, number))
+            elements = self.cache.named(self.cluster, name, protocol)
             for fam in FAMILIES:
                 self.sets[f"{base}_{fam}"] = NftSet(
                     f"{base}_{fam}", fam, True, frozenset(elements[fam])
@@ -421,9 +489,14 @@ def base_chains() -> tuple[NftChain, ...]:
     return tuple(chains)
 
 
-def desired_ruleset(cluster: Cluster, node: LocalNode) -> Desired:
-    """The whole ruleset this node should hold for ``cluster``."""
-    builder = _Builder(cluster)
+def desired_ruleset(cluster: Cluster, node: LocalNode, cache: PeerCache | None = None) -> Desired:
+    """The whole ruleset this node should hold for ``cluster``.
+
+    ``cache`` (kept by the caller across builds) only saves work: the result
+    is the same with or without it.
+    """
+    peer_cache = cache if cache is not None else PeerCache()
+    builder = _Builder(cluster, peer_cache)
     policy_chains: dict[str, NftChain] = {}
     iso_chains: dict[str, NftChain] = {}
     owners: dict[str, tuple[str, ...]] = {}
@@ -461,6 +534,7 @@ def desired_ruleset(cluster: Cluster, node: LocalNode) -> Desired:
         *base_chains(),
     )
     ruleset = Ruleset(tuple(sorted(builder.sets.values(), key=lambda s: s.name)), maps, chains)
+    peer_cache.end_build()
     return Desired(ruleset, tuple(dict.fromkeys(builder.problems)), owners, len(cluster.policies))
 
 

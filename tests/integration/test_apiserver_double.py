@@ -32,13 +32,18 @@ def double() -> Iterator[KubeAPIDouble]:
 
 
 @pytest.fixture
-def core(double: KubeAPIDouble) -> Iterator[Any]:
+def api_client(double: KubeAPIDouble) -> Iterator[Any]:
     cfg = client.Configuration()
     cfg.host = double.url
     cfg.retries = False
-    api_client = client.ApiClient(cfg)
-    yield client.CoreV1Api(api_client)
-    api_client.close()
+    made = client.ApiClient(cfg)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def core(api_client: Any) -> Any:
+    return client.CoreV1Api(api_client)
 
 
 def raw_watch(double: KubeAPIDouble, query: str, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -394,13 +399,8 @@ def test_https_and_service_account_tokens_as_a_pod_sees_them(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def netv1(double: KubeAPIDouble) -> Iterator[Any]:
-    cfg = client.Configuration()
-    cfg.host = double.url
-    cfg.retries = False
-    api_client = client.ApiClient(cfg)
-    yield client.NetworkingV1Api(api_client)
-    api_client.close()
+def netv1(api_client: Any) -> Any:
+    return client.NetworkingV1Api(api_client)
 
 
 def deny_ingress(name: str, pod_labels: dict[str, str] | None = None) -> Any:

@@ -74,6 +74,23 @@ def test_upstream_example_bytes_are_what_go_marshals() -> None:
     )
 
 
+def test_dual_stack_bytes_are_what_go_marshals() -> None:
+    # upstream's dual-stack case (flannel_linux_test.go), as Go's json.Marshal writes it
+    assert gojson.dumps(render(BASE, DUAL_ENV)) == (
+        b'{"ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.1.17.0/24"}],[{"subnet":"fc00::/64"}]],'
+        b'"routes":[{"dst":"10.1.0.0/16"},{"dst":"fc00::/48"}],"type":"host-local"},'
+        b'"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}'
+    )
+
+
+def test_ipv6_only_bytes_are_what_go_marshals() -> None:
+    assert gojson.dumps(render(BASE, V6_ENV)) == (
+        b'{"ipMasq":false,"ipam":{"ranges":[[{"subnet":"fc00::/64"}]],'
+        b'"routes":[{"dst":"fc00::/48"}],"type":"host-local"},"isGateway":true,'
+        b'"mtu":1472,"name":"cni-flannel","type":"bridge"}'
+    )
+
+
 def test_ipv6_only() -> None:
     ipam = as_json(render(BASE, V6_ENV))["ipam"]
     assert ipam == {

@@ -20,6 +20,7 @@ from flanneld.iface import (
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError
 from subnet.lease import IPAddress
+from subnet.netconf import IPStack
 
 V4 = ipaddress.IPv4Address
 
@@ -329,3 +330,75 @@ def test_error_listing_is_capped_on_busy_nodes() -> None:
 def test_can_reach_takes_the_first_route() -> None:
     lookup = routes({"8.8.8.8": [RouteLookup(4, None, None), RouteLookup(2, None, None)]})
     assert select_interface(LINKS, iface_can_reach="8.8.8.8", route_lookup=lookup).name == "ens5"
+
+
+# --- IPv6 address choice (dual-stack and IPv6-only) ------------------------------------
+
+V6 = ipaddress.IPv6Address
+ETH2 = link("eth2", 5, addr("fe80::2"), addr("fd00::2", deprecated=True), addr("2001:db8::2"))
+
+
+def test_ipv4_stack_leaves_ipv6_alone() -> None:
+    ext = select_interface(LINKS, ifaces=["eth0"])
+    assert (ext.iface_addr6, ext.ext_addr6) == (None, None)
+
+
+def test_dual_stack_takes_both_addresses_of_the_chosen_interface() -> None:
+    ext = select_interface(LINKS, ifaces=["eth0"], stack=IPStack.DUAL)
+    assert (ext.name, ext.iface_addr, ext.ext_addr) == ("eth0", V4("10.0.0.5"), V4("10.0.0.5"))
+    assert (ext.iface_addr6, ext.ext_addr6) == (V6("fd00::5"), V6("fd00::5"))
+
+
+def test_ipv6_address_choice_is_global_first_and_skips_deprecated() -> None:
+    eth2 = link("eth2", 5, addr("10.5.5.5"), *ETH2.addresses)
+    ext = select_interface((*LINKS, eth2), ifaces=["eth2"], stack=IPStack.DUAL)
+    assert ext.iface_addr6 == V6("2001:db8::2")
+
+
+def test_public_ipv6_is_advertised_in_place_of_the_interface_address() -> None:
+    ext = select_interface(LINKS, ifaces=["eth0"], public_ipv6="2001:db8::99",
+                           stack=IPStack.DUAL)
+    assert (ext.iface_addr6, ext.ext_addr6) == (V6("fd00::5"), V6("2001:db8::99"))
+
+
+def test_no_ipv6_address_lists_every_interface_and_its_ipv6_addresses() -> None:
+    with pytest.raises(InterfaceError) as exc:
+        select_interface(LINKS, ifaces=["ens5"], stack=IPStack.DUAL)
+    text = str(exc.value)
+    assert "failed to find IPv6 address for interface ens5 (chosen by --iface ens5)" in text
+    assert "eth0 [fd00::5]" in text and "ens5 [no IPv6]" in text and "lo [::1]" in text
+
+
+def test_ipv6_only_needs_no_ipv4_address() -> None:
+    v6_only = link("v6", 6, addr("fd00::66"))
+    ext = select_interface((*LINKS, v6_only), ifaces=["v6"], stack=IPStack.IPV6)
+    assert (ext.iface_addr, ext.ext_addr) == (None, None)
+    assert (ext.iface_addr6, ext.ext_addr6) == (V6("fd00::66"), V6("fd00::66"))
+
+
+def test_ipv6_only_default_route_is_the_ipv6_one() -> None:
+    ext = select_interface(LINKS, default_ifindex=4, default_ifindex6=2, stack=IPStack.IPV6)
+    assert ext.name == "eth0" and ext.iface_addr6 == V6("fd00::5")
+    with pytest.raises(InterfaceError, match="no IPv6 default route"):
+        select_interface(LINKS, default_ifindex=2, stack=IPStack.IPV6)
+
+
+def test_dual_stack_default_routes_must_share_the_interface() -> None:
+    ext = select_interface(LINKS, default_ifindex=2, default_ifindex6=2, stack=IPStack.DUAL)
+    assert (ext.iface_addr, ext.iface_addr6) == (V4("10.0.0.5"), V6("fd00::5"))
+    with pytest.raises(InterfaceError, match="same interface"):
+        select_interface(LINKS, default_ifindex=4, default_ifindex6=2, stack=IPStack.DUAL)
+    with pytest.raises(InterfaceError, match="no IPv6 default route"):
+        select_interface(LINKS, default_ifindex=2, stack=IPStack.DUAL)
+
+
+def test_ipv6_only_public_ipv6_picks_its_owner() -> None:
+    ext = select_interface(LINKS, public_ipv6="fd00::5", stack=IPStack.IPV6)
+    assert ext.name == "eth0" and ext.ext_addr6 == V6("fd00::5")
+
+
+def test_discover_asks_for_the_ipv6_default_route_for_an_ipv6_stack() -> None:
+    netlink = FakeNetlink(LINKS, 2, {})
+    ext = discover(netlink, parse_flags([], {}), IPStack.DUAL)
+    assert ext.iface_addr6 == V6("fd00::5")
+    assert netlink.families == [socket.AF_INET, socket.AF_INET6]

@@ -355,3 +355,77 @@ def test_lab_up_parser_takes_repeated_flanneld_options() -> None:
     )
     assert args.flanneld == ["n2=/opt/a", "n3=/opt/b"]
     assert build_parser().parse_args(["lab", "up"]).flanneld == []
+
+
+# --- dual stack (--ip-family dual) -------------------------------------------------------
+
+
+def test_dual_plan_has_an_ipv6_underlay_and_ipv6_network() -> None:
+    plan = make_plan("pfl", nodes=2, backend="host-gw", ip_family="dual")
+    assert str(plan.gateway6) == "fd00:198:18::1/64"
+    assert [str(n.address6) for n in plan.nodes] == ["fd00:198:18::11/64", "fd00:198:18::12/64"]
+    assert plan.net_conf() == (
+        '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",'
+        '"Backend":{"Type":"host-gw"}}'
+    )
+    ipv4 = make_plan("pfl", nodes=2, backend="host-gw")
+    assert ipv4.gateway6 is None and all(n.address6 is None for n in ipv4.nodes)
+    assert ipv4.net_conf() == '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}'
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ip_family": "ipv6", "backend": "host-gw"}, "IPv6-only labs are not built yet"),
+        ({"ip_family": "dual", "backend": "udp"}, "IPv4-only, in upstream flannel too"),
+        ({"ip_family": "dual", "backend": "vxlan"}, "vxlan backend is IPv4-only yet"),
+        ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube"}, "etcd mode"),
+    ],
+)
+def test_families_the_lab_cannot_run_are_config_errors(
+    kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_plan("pfl", nodes=2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_state_keeps_the_ip_family() -> None:
+    state = LabState("pfl", 2, 1, "host-gw", ip_family="dual")
+    again = LabState.from_json(state.to_json())
+    assert again == state and again.plan().dual
+    legacy = state.to_json()
+    del legacy["ip_family"]
+    assert LabState.from_json(legacy).ip_family == "ipv4"
+
+
+def test_matrix_pings_each_family_between_pods_that_have_it() -> None:
+    v4 = ipaddress.IPv4Address
+    v6 = ipaddress.IPv6Address
+    eps = [
+        Endpoint("n1p1", "x-n1p1", v4("10.244.1.2")),
+        Endpoint("n1p1", "x-n1p1", v6("fd00:10:244:1::2")),
+        Endpoint("n2p1", "x-n2p1", v4("10.244.2.2")),
+        Endpoint("n2p1", "x-n2p1", v6("fd00:10:244:2::2")),
+    ]
+    jobs = matrix_jobs(eps, count=3, interval=0.2, deadline=5)
+    assert sorted((j.src.name, j.dst.name, j.argv[-1]) for j in jobs) == [
+        ("n1p1", "n2p1", "10.244.2.2"), ("n1p1", "n2p1", "fd00:10:244:2::2"),
+        ("n2p1", "n1p1", "10.244.1.2"), ("n2p1", "n1p1", "fd00:10:244:1::2"),
+    ]
+
+
+def test_cells_say_their_family_and_the_table_splits_by_family() -> None:
+    cells = [*_cells(), Cell("n1p1", "n2p1", True, 0.5, 3, 3, family=6)]
+    assert [c.to_json()["family"] for c in cells] == ["ipv4", "ipv4", "ipv6"]
+    text = render_matrix(cells)
+    assert text.startswith("IPv4:\n") and "\n\nIPv6:\n" in text
+    assert "0.500 ms" in text.split("IPv6:")[1]
+    assert "IPv4" not in render_matrix(_cells())  # one family: the table as before
+
+
+def test_node_lease_finds_a_dual_stack_key() -> None:
+    subnet = ipaddress.IPv4Network("10.244.7.0/24")
+    kvs = {"/coreos.com/network/subnets/10.244.7.0-24&fd00:10:244:7::-64":
+           '{"PublicIP":"198.18.0.12","PublicIPv6":"fd00:198:18::12","BackendType":"host-gw"}'}
+    lease = node_lease("n2", subnet, "/coreos.com/network", kvs)
+    assert (lease.public_ip, lease.backend_type) == (ipaddress.IPv4Address("198.18.0.12"), "host-gw")

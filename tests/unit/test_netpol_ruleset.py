@@ -215,3 +215,35 @@ spec = st.builds(
 def test_ruleset_verdict_equals_oracle(specs: list[dict[str, Any]]) -> None:
     assert_matches_oracle(cluster(*specs))
 
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(spec, min_size=1, max_size=3),
+       st.lists(st.tuples(st.sampled_from(["relabel", "ns", "drop", "add"]),
+                          st.integers(0, 3), labels), min_size=1, max_size=8))
+def test_cached_build_equals_fresh_build(
+    specs: list[dict[str, Any]], steps: list[tuple[str, int, dict[str, str]]],
+) -> None:
+    from flanneld.netpol.model import Namespace
+    from flanneld.netpol.ruleset import PeerCache
+
+    c = cluster(*specs)
+    cache = PeerCache()
+    assert desired_ruleset(c, NODE1, cache) == desired_ruleset(c, NODE1)
+    for op, index, new_labels in steps:
+        pods_list, namespaces = list(c.pods), list(c.namespaces)
+        if op == "relabel" and index < len(pods_list):
+            p = pods_list[index]
+            pods_list[index] = Pod(p.namespace, p.name, tuple(sorted(new_labels.items())), p.ips,
+                                   node_name=p.node_name, ports=p.ports)
+        elif op == "ns":
+            ns = namespaces[index % len(namespaces)]
+            namespaces[index % len(namespaces)] = Namespace(
+                ns.name, tuple(sorted({**dict(ns.labels), **new_labels, "ns": ns.name}.items())))
+        elif op == "drop" and index < len(pods_list):
+            del pods_list[index]
+        else:
+            pods_list.append(Pod("z", f"new{index}", tuple(sorted(new_labels.items())),
+                                 (IP(f"10.0.9.{index + 1}"),), node_name="n1"))
+        c = Cluster(c.policies, tuple(namespaces), tuple(pods_list))
+        assert desired_ruleset(c, NODE1, cache) == desired_ruleset(c, NODE1)

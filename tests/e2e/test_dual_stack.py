@@ -1,0 +1,53 @@
+"""A dual-stack lab (``--ip-family dual``): host-gw, etcd mode, pods with both families,
+every cell of both families' ping matrices OK."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flanneld.lab.lab import Lab, down
+from flanneld.lab.layout import DEFAULT_NETWORK6, is_lab_netns
+from flanneld.lab.topology import list_netns
+from tests.conftest import RUN_PREFIX, needs_root
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+PREFIX = RUN_PREFIX + "ds"
+
+
+def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families() -> None:
+    needs_root()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flanneld.ctl", "lab", "up", "--nodes", "2",
+             "--backend", "host-gw", "--ip-family", "dual", "--prefix", PREFIX, "--json"],
+            capture_output=True, text=True, timeout=240, check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        matrix = json.loads(done.stdout)["matrix"]
+        assert sorted((c["src"], c["dst"], c["family"]) for c in matrix) == [
+            ("n1p1", "n2p1", "ipv4"), ("n1p1", "n2p1", "ipv6"),
+            ("n2p1", "n1p1", "ipv4"), ("n2p1", "n1p1", "ipv6"),
+        ]
+        assert all(c["ok"] for c in matrix), matrix
+
+        lab = Lab.attach(PREFIX)
+        for node in lab.plan.nodes:
+            env = lab.subnet_env(node.name)
+            assert f"FLANNEL_IPV6_NETWORK={DEFAULT_NETWORK6}\n" in env, env
+            line = next(x for x in env.splitlines() if x.startswith("FLANNEL_IPV6_SUBNET="))
+            subnet6 = ipaddress.IPv6Interface(line.partition("=")[2])
+            assert subnet6.network.subnet_of(DEFAULT_NETWORK6)
+            assert subnet6.network.prefixlen == 64
+        # the lease key is upstream's dual form: <v4>-<len>&<v6>-<len>
+        with lab.etcd_gateway() as gateway:
+            keys = sorted(gateway.get_prefix(lab.plan.etcd_prefix + "/subnets/"))
+        assert len(keys) == 2 and all("&fd00:10:244:" in k and k.endswith("-64") for k in keys)
+    finally:
+        down(PREFIX)
+    assert not [n for n in list_netns() if is_lab_netns(PREFIX, n)]
