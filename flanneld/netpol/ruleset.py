@@ -1,8 +1,10 @@
 """The desired nftables ruleset for NetworkPolicy on one node (pure).
 
-Interface: :func:`desired_ruleset` ``(cluster, node) -> Desired`` where
+Interface: :func:`desired_ruleset` ``(cluster, node, cache=None) -> Desired`` where
 ``node`` is a :class:`LocalNode` (this node's name and pod CIDRs: a pod is
-local when its ``nodeName`` is ours or one of its IPs lies in our CIDRs).
+local when its ``nodeName`` is ours or one of its IPs lies in our CIDRs) and
+``cache`` an optional :class:`PeerCache` kept across builds (same result,
+less work: a pod change recomputes its own namespace only).
 :func:`render` gives the ``nft -f -`` script that replaces our table in one
 transaction; :func:`observe` + :func:`plan` give the smaller script that
 moves a table from what it is to what it should be (set and map elements

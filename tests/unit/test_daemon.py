@@ -348,3 +348,25 @@ def test_store_failures_at_start_up_are_counted_and_shown_with_their_reason(
                for line in seen[2]), seen
     assert not any("subnet store" in line for line in daemon._health.details())  # cleared
     assert b"flannel_store_errors_total 2.0" in daemon._metrics.exposition()
+
+
+def test_kube_mode_without_network_policy_removes_a_left_over_policy_table(
+    flags: Flags, tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    removed: list[bool] = []
+
+    class LeftOver:
+        def remove(self) -> bool:
+            removed.append(True)
+            return True
+
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+    kube_flags = dataclasses.replace(flags, kube_subnet_mgr=True, net_config_path=str(conf))
+    rig = make_rig(kube_flags)
+    parts = dataclasses.replace(rig.parts(), policy_table=LeftOver)
+    rig.parts = lambda: parts  # type: ignore[method-assign]
+    rig.serve()
+    assert removed == [True]

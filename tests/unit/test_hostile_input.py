@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -12,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from cni.cache import ScratchCache
 from cni.errors import DECODING_FAILURE, IO_FAILURE, CniError
 from cni.plugin import _cached_type, run
 from cni.protocol import is_error_json
 from cni.subnetenv import MAX_SUBNET_FILE, load_subnet_env
 from flanneld.ctl import EXIT_FAILED
 from flanneld.ctl import main as ctl_main
-from flanneld.health import HealthState
-from flanneld.loop import Periodic
+from flanneld.daemon import StoreStatus
+from flanneld.health import HealthState, default_routes
+from flanneld.loop import Periodic, Watcher
+from flanneld.metrics import Metrics
 from flanneld.netconf_check import NetConfWatcher, check
-from subnet.errors import ConfigError
+from subnet.allocator import choose_subnet
+from subnet.errors import ConfigError, StoreError
+from subnet.manager import Sink, StoreReport
 from subnet.netconf import parse_net_config, subnet_ranges
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -200,10 +206,6 @@ def test_ipv6_with_an_ipv4_only_backend_is_refused_by_the_validator(
 
 
 def test_a_whole_network_lease_is_not_counted_as_taken() -> None:
-    import ipaddress
-
-    from subnet.allocator import choose_subnet
-
     rng = subnet_ranges(parse_net_config('{"Network": "10.244.0.0/28"}'))[0]
     assert rng is not None
     whole = ipaddress.ip_network("10.244.0.0/28")
@@ -214,8 +216,6 @@ def test_a_whole_network_lease_is_not_counted_as_taken() -> None:
 
 
 def test_a_fifo_in_the_cache_does_not_hang_del(tmp_path: Path) -> None:
-    from cni.cache import ScratchCache
-
     os.mkfifo(tmp_path / "ctr1")
     with pytest.raises(CniError) as caught:
         ScratchCache(str(tmp_path)).load("ctr1")
@@ -227,13 +227,6 @@ def test_a_fifo_in_the_cache_does_not_hang_del(tmp_path: Path) -> None:
 
 
 def test_a_failing_lease_watch_shows_on_readyz_and_in_metrics() -> None:
-    from flanneld.daemon import StoreStatus
-    from flanneld.health import default_routes
-    from flanneld.loop import Watcher
-    from flanneld.metrics import Metrics
-    from subnet.errors import StoreError
-    from subnet.manager import Sink, StoreReport
-
     now = [100.0]
     health, metrics = HealthState(), Metrics()
     health.mark_ready()
