@@ -31,7 +31,7 @@ from flanneld.netpol.model import (
     parse_policy,
     selects,
 )
-from flanneld.netpol.ruleset import LocalNode, PeerCache, desired_ruleset
+from flanneld.netpol.ruleset import LocalNode, PeerCache, Ruleset, desired_ruleset
 from flanneld.netpol.script import render
 from flanneld.trafficmgr.policy import PolicyTable
 from flanneld.trafficmgr.runner import CommandRunner
@@ -87,6 +87,62 @@ def relabel(cluster: Cluster, node: LocalNode, nth: int) -> Cluster:
     return Cluster(cluster.policies, cluster.namespaces, tuple(pods))
 
 
+def with_allow_all_to(cluster: Cluster, pod: Pod) -> Cluster:
+    """The cluster plus a policy letting everything reach ``pod`` (the measured path)."""
+    extra, _ = parse_policy({"metadata": {"name": "bench-allow", "namespace": pod.namespace},
+                             "spec": {"podSelector": {"matchLabels": dict(pod.labels)},
+                                      "ingress": [{}]}})
+    assert extra is not None
+    return Cluster((*cluster.policies, extra), cluster.namespaces, cluster.pods)
+
+
+def throughput(ns: str, table: PolicyTable, ruleset: Ruleset, client_ip: str, server_ip: str,
+               seconds: int) -> dict[str, float]:
+    """iperf3 between two pods bridged on the node, without and with the policy table."""
+    client, server = f"{ns}c", f"{ns}s"
+    gw = ipaddress.IPv4Interface("10.128.0.1/16")
+    topology.add_bridge(ns, "br0")
+    topology.add_address(ns, "br0", gw)
+    topology.set_up(ns, "br0")
+    made: list[str] = []
+    try:
+        for name, ip in ((client, client_ip), (server, server_ip)):
+            made.append(name)
+            topology.create_netns(name)
+            topology.bridge_port(ns, "br0", f"v{name[-1]}", name, "eth0",
+                                 ipaddress.IPv4Interface(f"{ip}/16"))
+        table.remove()
+        without = iperf(client, server, server_ip, seconds)
+        table.apply(ruleset)
+        with_table = iperf(client, server, server_ip, seconds)
+        return {"gbps_without_policy": round(without, 2), "gbps_with_policy": round(with_table, 2),
+                "ratio": round(with_table / without, 3)}
+    finally:
+        for name in made:
+            topology.delete_netns(name)
+
+
+def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
+    """Gbit/s received in one iperf3 TCP run from ``client_ns`` to ``server_ns``."""
+    server = subprocess.Popen(topology.netns_argv(server_ns, ["iperf3", "-s", "-1", "-B",
+                                                              server_ip]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            done = subprocess.run(topology.netns_argv(client_ns, [
+                "iperf3", "-c", server_ip, "-t", str(seconds), "-J"]),
+                capture_output=True, text=True, timeout=seconds + 60, check=False)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # the server was not listening yet
+        done.check_returncode()
+    finally:
+        server.kill()
+        server.wait(10)
+    return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     started = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -99,6 +155,8 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=500)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--throughput", type=int, default=0, metavar="SECONDS",
+                    help="also iperf3 between two local pods without and with the table")
     args = ap.parse_args()
     cluster = build_cluster(args.pods, args.policies, args.nodes)
     node = LocalNode("node0")
@@ -135,6 +193,12 @@ def main() -> None:
         summary.update(pods=args.pods, policies=args.policies, nodes=args.nodes,
                        rules=desired.ruleset.rule_count, sets=len(desired.ruleset.sets),
                        chains=len(desired.ruleset.chains), script_bytes=len(text))
+        if args.throughput:
+            local = [p for p in cluster.pods if node.owns(p)]
+            server, client = local[0], local[1]
+            loaded = desired_ruleset(with_allow_all_to(cluster, server), node).ruleset
+            summary.update(throughput(ns, table, loaded, str(client.ips[0]), str(server.ips[0]),
+                                      args.throughput))
         print(json.dumps(summary))
     finally:
         topology.delete_netns(ns)

@@ -282,7 +282,7 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         choices=IP_FAMILIES,
         default="ipv4",
         help="ipv4 (default), or dual: an IPv6 underlay too, EnableIPv6 with IPv6Network "
-        "fd00:10:244::/56, pods with both families and a matrix per family (host-gw, etcd mode)",
+        "fd00:10:244::/56, pods with both families and a matrix per family (host-gw)",
     )
     up.add_argument(
         "--flanneld",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flanneld.lab.layout import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, pod_cidr
+from flanneld.lab.layout import KUBE_API_PORT, LabPlan, kubeconfig, node_paths, node_pod_cidrs
 from flanneld.lab.tls import ServerCert
 from subnet.errors import FlannelError
 
@@ -136,9 +136,12 @@ class KubeApiControl:
             time.sleep(0.05)
 
     def add_node(
-        self, name: str, pod_cidr: str | None = None, annotations: dict[str, str] | None = None
+        self, name: str, pod_cidr: str | None = None, annotations: dict[str, str] | None = None,
+        pod_cidrs: list[str] | None = None,
     ) -> JSON:
-        result: JSON = self.call("add_node", name=name, pod_cidr=pod_cidr, annotations=annotations)
+        """A Node with ``spec.podCIDR`` (and ``spec.podCIDRs``, by default ``[pod_cidr]``)."""
+        result: JSON = self.call("add_node", name=name, pod_cidr=pod_cidr,
+                                 pod_cidrs=pod_cidrs, annotations=annotations)
         return result
 
     def node(self, name: str) -> JSON:
@@ -203,6 +206,8 @@ class KubeApiControl:
 
 
 def add_lab_nodes(plan: LabPlan, control: KubeApiControl) -> None:
-    """One Node per lab node, each with its ``spec.podCIDR``."""
+    """One Node per lab node, each with its ``spec.podCIDR`` (dual stack: and an IPv6
+    one in ``spec.podCIDRs``, as kubeadm's two ``--pod-network-cidr`` ranges give)."""
     for node in plan.nodes:
-        control.add_node(node.name, pod_cidr=str(pod_cidr(plan, node)))
+        cidrs = [str(c) for c in node_pod_cidrs(plan, node)]
+        control.add_node(node.name, pod_cidr=cidrs[0], pod_cidrs=cidrs)

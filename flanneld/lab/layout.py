@@ -283,8 +283,9 @@ def check_ip_family(ip_family: str, backend: str, subnet_mgr: str, image: str | 
         raise ConfigError(f"--ip-family {ip_family} runs {', '.join(IPV6_BACKENDS)} so far: "
                           f"pyflannel's {backend} backend is IPv4-only yet (upstream runs it "
                           "dual-stack)")
-    if subnet_mgr != "etcd" or image is not None:
-        raise ConfigError(f"--ip-family {ip_family} runs in etcd mode so far")
+    if image is not None:
+        raise ConfigError(f"--ip-family {ip_family} does not run with --image: the manifest's "
+                          "net-conf.json decides the families there")
 
 
 def interface_names(plan: LabPlan) -> tuple[str, ...]:
@@ -423,6 +424,18 @@ def pod_cidr(plan: LabPlan, node: NodePlan) -> ipaddress.IPv4Network:
     """The ``spec.podCIDR`` the lab gives ``node``'s Node object: /24 number ``index``."""
     first = int(plan.network.network_address)
     return ipaddress.IPv4Network((first + (node.index << 8), 24))
+
+
+def node_pod_cidrs(
+    plan: LabPlan, node: NodePlan
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``spec.podCIDRs``: :func:`pod_cidr`, and in dual stack /64 number ``index`` of
+    DEFAULT_NETWORK6 after it."""
+    v4 = pod_cidr(plan, node)
+    if not plan.dual:
+        return (v4,)
+    first = int(DEFAULT_NETWORK6.network_address)
+    return v4, ipaddress.IPv6Network((first + (node.index << 64), 64))
 
 
 def kubeconfig(plan: LabPlan) -> dict[str, object]:

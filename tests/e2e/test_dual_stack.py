@@ -1,5 +1,5 @@
-"""A dual-stack lab (``--ip-family dual``): host-gw, etcd mode, pods with both families,
-every cell of both families' ping matrices OK."""
+"""A dual-stack lab (``--ip-family dual``): host-gw in etcd and kube mode, pods with both
+families, every cell of both families' ping matrices OK."""
 
 from __future__ import annotations
 
@@ -15,17 +15,23 @@ from flanneld.lab.layout import DEFAULT_NETWORK6, is_lab_netns
 from flanneld.lab.topology import list_netns
 from tests.conftest import RUN_PREFIX, needs_root
 
+ANNOTATION = "flannel.alpha.coreos.com"
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-PREFIX = RUN_PREFIX + "ds"
 
 
-def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families() -> None:
+@pytest.mark.parametrize(("subnet_mgr", "suffix"), [("etcd", "ds"), ("kube", "dk")])
+def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families(
+    subnet_mgr: str, suffix: str
+) -> None:
     needs_root()
+    prefix = RUN_PREFIX + suffix
     try:
         done = subprocess.run(
             [sys.executable, "-m", "flanneld.ctl", "lab", "up", "--nodes", "2",
-             "--backend", "host-gw", "--ip-family", "dual", "--prefix", PREFIX, "--json"],
+             "--backend", "host-gw", "--ip-family", "dual", "--subnet-mgr", subnet_mgr,
+             "--prefix", prefix, "--json"],
             capture_output=True, text=True, timeout=240, check=False,
         )
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
@@ -36,7 +42,7 @@ def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families() -> None:
         ]
         assert all(c["ok"] for c in matrix), matrix
 
-        lab = Lab.attach(PREFIX)
+        lab = Lab.attach(prefix)
         for node in lab.plan.nodes:
             env = lab.subnet_env(node.name)
             assert f"FLANNEL_IPV6_NETWORK={DEFAULT_NETWORK6}\n" in env, env
@@ -44,10 +50,15 @@ def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families() -> None:
             subnet6 = ipaddress.IPv6Interface(line.partition("=")[2])
             assert subnet6.network.subnet_of(DEFAULT_NETWORK6)
             assert subnet6.network.prefixlen == 64
-        # the lease key is upstream's dual form: <v4>-<len>&<v6>-<len>
-        with lab.etcd_gateway() as gateway:
-            keys = sorted(gateway.get_prefix(lab.plan.etcd_prefix + "/subnets/"))
-        assert len(keys) == 2 and all("&fd00:10:244:" in k and k.endswith("-64") for k in keys)
+        if subnet_mgr == "etcd":  # the lease key is upstream's dual form: <v4>-<len>&<v6>-<len>
+            with lab.etcd_gateway() as gateway:
+                keys = sorted(gateway.get_prefix(lab.plan.etcd_prefix + "/subnets/"))
+            assert len(keys) == 2
+            assert all("&fd00:10:244:" in k and k.endswith("-64") for k in keys), keys
+        else:  # the v6 annotations upstream writes for host-gw with a public IPv6
+            for node in lab.plan.nodes:
+                annotations = lab.kube_api.node(node.name)["metadata"]["annotations"]
+                assert annotations[f"{ANNOTATION}/public-ipv6"] == str(node.address6.ip)
     finally:
-        down(PREFIX)
-    assert not [n for n in list_netns() if is_lab_netns(PREFIX, n)]
+        down(prefix)
+    assert not [n for n in list_netns() if is_lab_netns(prefix, n)]

@@ -20,6 +20,7 @@ from flanneld.lab.layout import (
     is_lab_netns,
     make_plan,
     node_paths,
+    node_pod_cidrs,
     parse_flanneld_binaries,
 )
 from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
@@ -379,7 +380,8 @@ def test_dual_plan_has_an_ipv6_underlay_and_ipv6_network() -> None:
         ({"ip_family": "ipv6", "backend": "host-gw"}, "IPv6-only labs are not built yet"),
         ({"ip_family": "dual", "backend": "udp"}, "IPv4-only, in upstream flannel too"),
         ({"ip_family": "dual", "backend": "vxlan"}, "vxlan backend is IPv4-only yet"),
-        ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube"}, "etcd mode"),
+        ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube", "image": "x:1"},
+         "--image"),
     ],
 )
 def test_families_the_lab_cannot_run_are_config_errors(
@@ -429,3 +431,13 @@ def test_node_lease_finds_a_dual_stack_key() -> None:
            '{"PublicIP":"198.18.0.12","PublicIPv6":"fd00:198:18::12","BackendType":"host-gw"}'}
     lease = node_lease("n2", subnet, "/coreos.com/network", kvs)
     assert (lease.public_ip, lease.backend_type) == (ipaddress.IPv4Address("198.18.0.12"), "host-gw")
+
+
+def test_dual_nodes_get_an_ipv6_pod_cidr_after_the_ipv4_one() -> None:
+    plan = make_plan("pfl", nodes=2, backend="host-gw", subnet_mgr="kube", ip_family="dual")
+    assert [[str(c) for c in node_pod_cidrs(plan, n)] for n in plan.nodes] == [
+        ["10.244.1.0/24", "fd00:10:244:1::/64"],
+        ["10.244.2.0/24", "fd00:10:244:2::/64"],
+    ]
+    ipv4 = make_plan("pfl", nodes=1, subnet_mgr="kube")
+    assert [str(c) for c in node_pod_cidrs(ipv4, ipv4.nodes[0])] == ["10.244.1.0/24"]
