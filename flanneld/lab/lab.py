@@ -8,6 +8,7 @@ exactly what the lab made.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -250,7 +251,8 @@ class Lab:
                     pods.add_from_node_config(plan, node, pod) if plan.image is not None
                     else pods.run_plugin(plan, node, pod, "ADD", self.bin_dir)
                 )
-                log.info("pod %s on %s has %s", pod.name, node.name, pods.result_ipv4(result))
+                log.info("pod %s on %s has %s", pod.name, node.name,
+                         ", ".join(str(a) for a in pods.result_addresses(result)))
         if plan.network_policy or plan.netpol_model:
             self._register_pods()
         if plan.netpol_model:
@@ -550,12 +552,14 @@ class Lab:
     def node_lease(self, node: str) -> NodeLease:
         """``node``'s lease: subnet from its subnet.env, the rest from etcd."""
         plan_node = self._plan.node(node)
-        subnet = subnet_from_env(self.subnet_env(node))
+        subnet = subnet_from_env(self.subnet_env(node), 4 if self._plan.ipv4 else 6)
         if subnet is None:
             raise FlannelError(f"node {plan_node.name} has no subnet in its subnet.env yet")
         if self._plan.kube:
             meta = self.kube_api.node(plan_node.name).get("metadata") or {}
             return node_lease_from_annotations(plan_node.name, subnet, meta.get("annotations") or {})
+        if not isinstance(subnet, ipaddress.IPv4Network):  # etcd mode always leases IPv4
+            raise FlannelError(f"node {plan_node.name} has no IPv4 subnet in its subnet.env")
         return node_lease(plan_node.name, subnet, self._plan.etcd_prefix, self._etcd_leases())
 
     def leases(self) -> list[NodeLease]:
@@ -601,11 +605,12 @@ class Lab:
         """Every pod with its address, read from the pod's namespace."""
         found = []
         for _, pod in self._plan.pods():
-            addrs = topology.ipv4_addresses(pod.netns, POD_IF)
-            if not addrs:
-                raise FlannelError(f"pod {pod.name} has no IPv4 address on {POD_IF}")
-            found.append(Endpoint(pod.name, pod.netns, addrs[0].ip))
-            if self._plan.dual:
+            if self._plan.ipv4:
+                addrs = topology.ipv4_addresses(pod.netns, POD_IF)
+                if not addrs:
+                    raise FlannelError(f"pod {pod.name} has no IPv4 address on {POD_IF}")
+                found.append(Endpoint(pod.name, pod.netns, addrs[0].ip))
+            if self._plan.ipv6:
                 addrs6 = topology.global_ipv6_addresses(pod.netns, POD_IF)
                 if not addrs6:
                     raise FlannelError(f"pod {pod.name} has no IPv6 address on {POD_IF}")

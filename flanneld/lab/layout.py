@@ -45,7 +45,7 @@ MAX_PODS_PER_NODE = 32
 IFNAMSIZ = 15  # longest Linux interface name
 BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
 SUBNET_MGRS = ("etcd", "kube")
-IP_FAMILIES = ("ipv4", "dual")  # "ipv6" (IPv6-only) is not built yet
+IP_FAMILIES = ("ipv4", "ipv6", "dual")
 IPV6_BACKENDS = ("host-gw",)  # the lab's backends that run IPv6 in pyflannel so far
 KUBE_API_PORT = 16443
 
@@ -94,12 +94,20 @@ class LabPlan:
     image: str | None = None  # kube mode: flanneld runs as the manifest's pod, from this image
     network_policy: bool = False  # kube mode: flanneld --network-policy, pods as Pod objects
     netpol_model: bool = False  # the e2e model: namespaces x, y, z with pods a, b, c and servers
-    ip_family: str = "ipv4"  # or "dual": an IPv6 underlay and IPv6Network too
+    # "dual": an IPv6 underlay and IPv6Network too; "ipv6": IPv6Network only (the
+    # underlay keeps its IPv4 addresses for the API server, as a real control plane may)
+    ip_family: str = "ipv4"
     gateway6: ipaddress.IPv6Interface | None = None  # dual: the underlay bridge's IPv6 address
 
     @property
-    def dual(self) -> bool:
-        return self.ip_family == "dual"
+    def ipv4(self) -> bool:
+        """Whether the cluster runs IPv4 (EnableIPv4)."""
+        return self.ip_family != "ipv6"
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether the cluster runs IPv6 (EnableIPv6)."""
+        return self.ip_family != "ipv4"
 
     @property
     def state_dir(self) -> str:
@@ -139,8 +147,10 @@ class LabPlan:
 
     def net_conf(self) -> str:
         """The ``<etcd prefix>/config`` value."""
-        conf: dict[str, object] = {"Network": str(self.network)}
-        if self.dual:
+        conf: dict[str, object] = (
+            {"Network": str(self.network)} if self.ipv4 else {"EnableIPv4": False}
+        )
+        if self.ipv6:
             conf.update(EnableIPv6=True, IPv6Network=str(DEFAULT_NETWORK6))
         conf["Backend"] = {"Type": self.backend}
         return json.dumps(conf, separators=(",", ":"))
@@ -239,7 +249,7 @@ def make_plan(
                 ),
                 pods=pods,
                 flanneld=binaries.get(name),
-                address6=_underlay6(FIRST_NODE_HOST + i) if ip_family == "dual" else None,
+                address6=_underlay6(FIRST_NODE_HOST + i) if ip_family != "ipv4" else None,
             )
         )
     plan = LabPlan(
@@ -255,7 +265,7 @@ def make_plan(
         network_policy=network_policy,
         netpol_model=netpol_model,
         ip_family=ip_family,
-        gateway6=_underlay6(1) if ip_family == "dual" else None,
+        gateway6=_underlay6(1) if ip_family != "ipv4" else None,
     )
     too_long = [name for name in interface_names(plan) if len(name) > IFNAMSIZ]
     if too_long:
@@ -273,7 +283,7 @@ def check_ip_family(ip_family: str, backend: str, subnet_mgr: str, image: str | 
     """ConfigError for an address family the lab cannot run with these settings (yet)."""
     if ip_family not in IP_FAMILIES:
         raise ConfigError(f"--ip-family must be one of {', '.join(IP_FAMILIES)}, not "
-                          f"{ip_family!r} (IPv6-only labs are not built yet)")
+                          f"{ip_family!r}")
     if ip_family == "ipv4":
         return
     if backend == "udp":
@@ -283,6 +293,9 @@ def check_ip_family(ip_family: str, backend: str, subnet_mgr: str, image: str | 
         raise ConfigError(f"--ip-family {ip_family} runs {', '.join(IPV6_BACKENDS)} so far: "
                           f"pyflannel's {backend} backend is IPv4-only yet (upstream runs it "
                           "dual-stack)")
+    if ip_family == "ipv6" and subnet_mgr != "kube":
+        raise ConfigError("upstream's etcd subnet manager always leases an IPv4 subnet: "
+                          "--ip-family ipv6 needs --subnet-mgr kube")
     if image is not None:
         raise ConfigError(f"--ip-family {ip_family} does not run with --image: the manifest's "
                           "net-conf.json decides the families there")
@@ -431,11 +444,11 @@ def node_pod_cidrs(
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """``spec.podCIDRs``: :func:`pod_cidr`, and in dual stack /64 number ``index`` of
     DEFAULT_NETWORK6 after it."""
-    v4 = pod_cidr(plan, node)
-    if not plan.dual:
-        return (v4,)
     first = int(DEFAULT_NETWORK6.network_address)
-    return v4, ipaddress.IPv6Network((first + (node.index << 64), 64))
+    v6 = ipaddress.IPv6Network((first + (node.index << 64), 64))
+    if not plan.ipv6:
+        return (pod_cidr(plan, node),)
+    return (pod_cidr(plan, node), v6) if plan.ipv4 else (v6,)
 
 
 def kubeconfig(plan: LabPlan) -> dict[str, object]:

@@ -19,8 +19,8 @@ KUBE_ANNOTATION_PREFIX = "flannel.alpha.coreos.com"
 @dataclass(frozen=True, slots=True)
 class NodeLease:
     name: str
-    subnet: ipaddress.IPv4Network
-    public_ip: ipaddress.IPv4Address
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network  # IPv6 in an IPv6-only lab
+    public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     backend_type: str
     vtep_mac: str | None  # vxlan only
 
@@ -40,15 +40,20 @@ def parse_env_file(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def subnet_from_env(text: str) -> ipaddress.IPv4Network | None:
-    """The node's own subnet (``FLANNEL_SUBNET`` with host bits masked)."""
-    value = parse_env_file(text).get("FLANNEL_SUBNET")
+def subnet_from_env(
+    text: str, version: int = 4
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The node's own subnet of one family (``FLANNEL_SUBNET``, ``FLANNEL_IPV6_SUBNET``),
+    host bits masked."""
+    key = "FLANNEL_SUBNET" if version == 4 else "FLANNEL_IPV6_SUBNET"
+    value = parse_env_file(text).get(key)
     if not value:
         return None
     try:
-        return ipaddress.IPv4Network(value, strict=False)
+        subnet = ipaddress.ip_network(value, strict=False)
     except ValueError:
         return None
+    return subnet if subnet.version == version else None
 
 
 def node_lease(
@@ -84,19 +89,22 @@ def _vtep_mac(backend_data: str | None) -> str | None:
 
 def node_lease_from_annotations(
     name: str,
-    subnet: ipaddress.IPv4Network,
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
     annotations: Mapping[str, str],
     prefix: str = KUBE_ANNOTATION_PREFIX,
 ) -> NodeLease:
     """Combine the node's subnet with its Node's flannel annotations; PeerDataError if
     they are missing or unreadable."""
-    public_ip = annotations.get(f"{prefix}/public-ip")
+    key = "public-ip" if subnet.version == 4 else "public-ipv6"  # an IPv6-only lab: its IPv6
+    public_ip = annotations.get(f"{prefix}/{key}")
     if annotations.get(f"{prefix}/kube-subnet-manager") != "true" or not public_ip:
         raise PeerDataError(f"node {name} carries no flannel annotations yet")
     try:
-        address = ipaddress.IPv4Address(public_ip)
+        address = ipaddress.ip_address(public_ip)
+        if address.version != subnet.version:
+            raise ValueError(f"not IPv{subnet.version}")
     except ValueError as err:
-        raise PeerDataError(f"node {name}: bad public-ip annotation {public_ip!r}") from err
+        raise PeerDataError(f"node {name}: bad {key} annotation {public_ip!r}") from err
     return NodeLease(
         name=name,
         subnet=subnet,

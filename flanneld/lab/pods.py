@@ -155,6 +155,19 @@ def _invoke(argv: list[str], netconf: Mapping[str, Any], env: Mapping[str, str],
     return result
 
 
+def result_addresses(
+    result: dict[str, Any],
+) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """Every address of a CNI ADD result, in its order."""
+    found = []
+    for entry in result.get("ips", []):
+        try:
+            found.append(ipaddress.ip_interface(str(entry.get("address", ""))))
+        except ValueError:
+            continue
+    return found
+
+
 def result_ipv4(result: dict[str, Any]) -> ipaddress.IPv4Interface:
     """The first IPv4 address of a CNI ADD result."""
     for entry in result.get("ips", []):

@@ -1,5 +1,5 @@
-"""A dual-stack lab (``--ip-family dual``): host-gw in etcd and kube mode, pods with both
-families, every cell of both families' ping matrices OK."""
+"""Dual-stack labs (``--ip-family dual``, host-gw in etcd and kube mode) and an IPv6-only
+one (``--ip-family ipv6``, kube mode): every cell of every family's ping matrix OK."""
 
 from __future__ import annotations
 
@@ -59,6 +59,33 @@ def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families(
             for node in lab.plan.nodes:
                 annotations = lab.kube_api.node(node.name)["metadata"]["annotations"]
                 assert annotations[f"{ANNOTATION}/public-ipv6"] == str(node.address6.ip)
+    finally:
+        down(prefix)
+    assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
+
+
+def test_ipv6_only_host_gw_kube_lab_reaches_every_pod() -> None:
+    needs_root()
+    prefix = RUN_PREFIX + "d6"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flanneld.ctl", "lab", "up", "--nodes", "2",
+             "--backend", "host-gw", "--ip-family", "ipv6", "--subnet-mgr", "kube",
+             "--prefix", prefix, "--json"],
+            capture_output=True, text=True, timeout=240, check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        doc = json.loads(done.stdout)
+        assert sorted((c["src"], c["dst"], c["family"]) for c in doc["matrix"]) == [
+            ("n1p1", "n2p1", "ipv6"), ("n2p1", "n1p1", "ipv6"),
+        ]
+        assert all(c["ok"] for c in doc["matrix"]), doc["matrix"]
+        assert [n["public_ip"] for n in doc["nodes"]] == ["fd00:198:18::11", "fd00:198:18::12"]
+        lab = Lab.attach(prefix)
+        for node in lab.plan.nodes:
+            env = lab.subnet_env(node.name)
+            assert "FLANNEL_NETWORK=" not in env and "FLANNEL_SUBNET=" not in env, env
+            assert f"FLANNEL_IPV6_NETWORK={DEFAULT_NETWORK6}\n" in env, env
     finally:
         down(prefix)
     assert not [n for n in list_netns() if is_lab_netns(prefix, n)]

@@ -182,8 +182,9 @@ class Rig:
         if self._done(network):
             self.stop.set()
 
-    def serve(self) -> Daemon:
-        daemon = Daemon(self.flags, self.stop, self.parts())
+    def serve(self, daemon: Daemon | None = None) -> Daemon:
+        """Run ``daemon`` (default: one over this rig's parts) until done; shut it down."""
+        daemon = daemon or Daemon(self.flags, self.stop, self.parts())
         guard = threading.Timer(GUARD_SECONDS, self.stop.set)
         guard.start()
         try:
@@ -335,14 +336,7 @@ def test_store_failures_at_start_up_are_counted_and_shown_with_their_reason(
 
     rig = Rig(flags, FlakyStore(CONFIG, "10.244.7.0/24"), lambda n: bool(n.calls))
     daemon = Daemon(flags, rig.stop, rig.parts())
-    guard = threading.Timer(GUARD_SECONDS, rig.stop.set)
-    guard.start()
-    try:
-        daemon.serve()
-    finally:
-        guard.cancel()
-        rig.stop.set()
-        daemon.shutdown()
+    rig.serve(daemon)
     assert seen[0] == ()
     assert any("subnet store failing for" in line and "198.18.0.9:2379" in line
                for line in seen[2]), seen

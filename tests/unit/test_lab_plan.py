@@ -23,7 +23,13 @@ from flanneld.lab.layout import (
     node_pod_cidrs,
     parse_flanneld_binaries,
 )
-from flanneld.lab.leases import NodeLease, node_lease, parse_env_file, subnet_from_env
+from flanneld.lab.leases import (
+    NodeLease,
+    node_lease,
+    node_lease_from_annotations,
+    parse_env_file,
+    subnet_from_env,
+)
 from flanneld.lab.matrix import Cell, Endpoint, matrix_jobs, parse_ping, ping_argv
 from flanneld.lab.state import LabState, ProcessRecord, load, save
 from subnet.errors import ConfigError, PeerDataError
@@ -377,7 +383,8 @@ def test_dual_plan_has_an_ipv6_underlay_and_ipv6_network() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ip_family": "ipv6", "backend": "host-gw"}, "IPv6-only labs are not built yet"),
+        ({"ip_family": "ipv6", "backend": "host-gw"}, "ipv6 needs --subnet-mgr kube"),
+        ({"ip_family": "ipv5", "backend": "host-gw"}, "must be one of ipv4, ipv6, dual"),
         ({"ip_family": "dual", "backend": "udp"}, "IPv4-only, in upstream flannel too"),
         ({"ip_family": "dual", "backend": "vxlan"}, "vxlan backend is IPv4-only yet"),
         ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube", "image": "x:1"},
@@ -394,7 +401,7 @@ def test_families_the_lab_cannot_run_are_config_errors(
 def test_state_keeps_the_ip_family() -> None:
     state = LabState("pfl", 2, 1, "host-gw", ip_family="dual")
     again = LabState.from_json(state.to_json())
-    assert again == state and again.plan().dual
+    assert again == state and again.plan().ipv4 and again.plan().ipv6
     legacy = state.to_json()
     del legacy["ip_family"]
     assert LabState.from_json(legacy).ip_family == "ipv4"
@@ -441,3 +448,33 @@ def test_dual_nodes_get_an_ipv6_pod_cidr_after_the_ipv4_one() -> None:
     ]
     ipv4 = make_plan("pfl", nodes=1, subnet_mgr="kube")
     assert [str(c) for c in node_pod_cidrs(ipv4, ipv4.nodes[0])] == ["10.244.1.0/24"]
+
+
+def test_ipv6_only_plan_leaves_ipv4_out_of_net_conf_and_pod_cidrs() -> None:
+    plan = make_plan("pfl", nodes=1, backend="host-gw", subnet_mgr="kube", ip_family="ipv6")
+    assert (plan.ipv4, plan.ipv6) == (False, True)
+    assert plan.net_conf() == (
+        '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",'
+        '"Backend":{"Type":"host-gw"}}'
+    )
+    assert [str(c) for c in node_pod_cidrs(plan, plan.nodes[0])] == ["fd00:10:244:1::/64"]
+    assert str(plan.nodes[0].address6) == "fd00:198:18::11/64"
+
+
+def test_ipv6_only_lease_reads_the_ipv6_subnet_and_public_ipv6() -> None:
+    env = "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"
+    subnet = subnet_from_env(env, 6)
+    assert subnet == ipaddress.IPv6Network("fd00:10:244:1::/64")
+    assert subnet_from_env(env) is None
+    annotations = {
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/public-ip": "0.0.0.0",
+        "flannel.alpha.coreos.com/public-ipv6": "fd00:198:18::11",
+        "flannel.alpha.coreos.com/backend-type": "host-gw",
+    }
+    lease = node_lease_from_annotations("n1", subnet, annotations)
+    assert lease.public_ip == ipaddress.IPv6Address("fd00:198:18::11")
+    with pytest.raises(PeerDataError, match="public-ipv6"):
+        node_lease_from_annotations(
+            "n1", subnet, {**annotations, "flannel.alpha.coreos.com/public-ipv6": "10.0.0.1"}
+        )
