@@ -522,3 +522,19 @@ def test_bad_selector_is_a_bad_request(core: Any) -> None:
     with pytest.raises(client.ApiException) as caught:
         core.list_namespace(label_selector="a b c")
     assert caught.value.status == 400 and status_of(caught.value)["reason"] == "BadRequest"
+
+
+def test_namespaced_watch_and_generate_name(core: Any) -> None:
+    for name in ("x", "y"):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    rv = rv_of(core)
+    for ns in ("x", "y"):
+        core.create_namespaced_pod(ns, client.V1Pod(
+            metadata=client.V1ObjectMeta(generate_name="p-", labels={"app": "s"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="i")])))
+    seen = [(e["type"], e["object"].metadata.namespace) for e in watch.Watch().stream(
+        core.list_namespaced_pod, "y", resource_version=str(rv), timeout_seconds=1)]
+    assert seen == [("ADDED", "y")]
+    names = [p.metadata.name for p in core.list_pod_for_all_namespaces(
+        label_selector="app=s").items]
+    assert len(names) == 2 and all(n.startswith("p-") and len(n) > 2 for n in names)
