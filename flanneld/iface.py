@@ -232,28 +232,34 @@ def _explicit(
 
 def _implicit(
     interfaces: Sequence[InterfaceInfo],
-    public_ip: ipaddress.IPv4Address | None,
+    public_ip: IPAddress | None,
     default_ifindex: int | None,
+    version: int = 4,
 ) -> _Match:
+    """No selection flags: the owner of the public IP, else the default route's interface
+    (IPv4's; IPv6's in an IPv6-only stack)."""
+    v6 = "" if version == 4 else "v6"
     if public_ip is not None:
         owner = _owner_of(interfaces, public_ip)
         if owner is None:
             raise InterfaceError(
-                f"no interface with given IP found: --public-ip {public_ip} is not configured on "
-                f"any local interface (for a NAT address add --iface, or use the "
-                f"public-ip-overwrite annotation); {_describe(interfaces)}"
+                f"no interface with given IP found: --public-ip{v6} {public_ip} is not configured "
+                f"on any local interface (for a NAT address add --iface, or use the "
+                f"public-ip{v6}-overwrite annotation); {_describe(interfaces, version)}"
             )
-        return _Match(owner, public_ip, f"--public-ip {public_ip}")
+        address = public_ip if isinstance(public_ip, ipaddress.IPv4Address) else None
+        return _Match(owner, address, f"--public-ip{v6} {public_ip}")
+    route = "the default route" if version == 4 else "the IPv6 default route"
     if default_ifindex is None:
         raise InterfaceError(
-            "no IPv4 default route, so no interface to pick; add a default route or pass "
-            f"--iface, --iface-regex or --iface-can-reach; {_describe(interfaces)}"
+            f"no IPv{version} default route, so no interface to pick; add a default route or "
+            f"pass --iface, --iface-regex or --iface-can-reach; {_describe(interfaces, version)}"
         )
     info = _by_index(interfaces, default_ifindex)
     if info is None:
-        raise InterfaceError(f"the default route uses interface index {default_ifindex}, which "
-                             f"is not in the interface list; {_describe(interfaces)}")
-    return _Match(info, None, "the default route")
+        raise InterfaceError(f"{route} uses interface index {default_ifindex}, which "
+                             f"is not in the interface list; {_describe(interfaces, version)}")
+    return _Match(info, None, route)
 
 
 def _no_route(target: IPAddress) -> Sequence[RouteLookup]:
@@ -295,7 +301,7 @@ def select_interface(
     if ifaces or regexes or target is not None:
         match = _explicit(interfaces, ifaces, regexes, target, route_lookup)
     elif stack is IPStack.IPV6:
-        match = _implicit6(interfaces, public6, default_ifindex6)
+        match = _implicit(interfaces, public6, default_ifindex6, 6)
     else:
         match = _implicit(interfaces, public4, default_ifindex)
         if stack.ipv6 and public4 is None:
@@ -373,32 +379,6 @@ def _check_default6(
             f"dual stack needs the IPv4 and IPv6 default routes on the same interface: IPv4 uses "
             f"{chosen.name}, IPv6 uses {other.name if other else default_ifindex6}; pass --iface"
         )
-
-
-def _implicit6(
-    interfaces: Sequence[InterfaceInfo],
-    public_ipv6: ipaddress.IPv6Address | None,
-    default_ifindex6: int | None,
-) -> _Match:
-    """IPv6-only stack without flags: the owner of --public-ipv6, else the IPv6 default route."""
-    if public_ipv6 is not None:
-        owner = _owner_of(interfaces, public_ipv6)
-        if owner is None:
-            raise InterfaceError(
-                f"no interface with given IP found: --public-ipv6 {public_ipv6} is not "
-                f"configured on any local interface; {_describe(interfaces, 6)}"
-            )
-        return _Match(owner, None, f"--public-ipv6 {public_ipv6}")
-    if default_ifindex6 is None:
-        raise InterfaceError(
-            "no IPv6 default route, so no interface to pick; add a default route or pass "
-            f"--iface, --iface-regex or --iface-can-reach; {_describe(interfaces, 6)}"
-        )
-    info = _by_index(interfaces, default_ifindex6)
-    if info is None:
-        raise InterfaceError(f"the IPv6 default route uses interface index {default_ifindex6}, "
-                             f"which is not in the interface list; {_describe(interfaces, 6)}")
-    return _Match(info, None, "the IPv6 default route")
 
 
 def discover(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from flanneld.lab.lab import Lab, down
 from flanneld.lab.layout import DEFAULT_NETWORK6, is_lab_netns
 from flanneld.lab.topology import list_netns
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.e2e.test_ctl import flannelctl
 
 ANNOTATION = "flannel.alpha.coreos.com"
 
@@ -28,12 +27,8 @@ def test_dual_stack_host_gw_lab_reaches_every_pod_in_both_families(
     needs_root()
     prefix = RUN_PREFIX + suffix
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "flanneld.ctl", "lab", "up", "--nodes", "2",
-             "--backend", "host-gw", "--ip-family", "dual", "--subnet-mgr", subnet_mgr,
-             "--prefix", prefix, "--json"],
-            capture_output=True, text=True, timeout=240, check=False,
-        )
+        done = flannelctl("lab", "up", "--nodes", "2", "--backend", "host-gw", "--ip-family",
+                          "dual", "--subnet-mgr", subnet_mgr, "--prefix", prefix, "--json")
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
         matrix = json.loads(done.stdout)["matrix"]
         assert sorted((c["src"], c["dst"], c["family"]) for c in matrix) == [
@@ -68,12 +63,8 @@ def test_ipv6_only_host_gw_kube_lab_reaches_every_pod() -> None:
     needs_root()
     prefix = RUN_PREFIX + "d6"
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "flanneld.ctl", "lab", "up", "--nodes", "2",
-             "--backend", "host-gw", "--ip-family", "ipv6", "--subnet-mgr", "kube",
-             "--prefix", prefix, "--json"],
-            capture_output=True, text=True, timeout=240, check=False,
-        )
+        done = flannelctl("lab", "up", "--nodes", "2", "--backend", "host-gw", "--ip-family",
+                          "ipv6", "--subnet-mgr", "kube", "--prefix", prefix, "--json")
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
         doc = json.loads(done.stdout)
         assert sorted((c["src"], c["dst"], c["family"]) for c in doc["matrix"]) == [

@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,20 +21,11 @@ from flanneld.lab.lab import Lab, down
 from flanneld.lab.layout import is_lab_netns
 from flanneld.lab.topology import list_netns
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.e2e.test_ctl import flannelctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 PREFIX = RUN_PREFIX + "mx"
-
-
-def flannelctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flanneld.ctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
 
 
 def _wrapper(tmp_path: Path) -> tuple[Path, Path]:
