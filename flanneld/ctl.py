@@ -120,7 +120,10 @@ def _lab_up(args: argparse.Namespace) -> int:
         raise
     ok = all(cell.ok for cell in cells) and all(p.ok for p in probes)
     if args.json:
-        print(json.dumps({**up_json(leases, cells), "probes": [p.to_json() for p in probes]}))
+        doc = up_json(leases, cells)
+        if args.netpol_model:
+            doc["probes"] = [p.to_json() for p in probes]
+        print(json.dumps(doc))
     else:
         print(
             f"lab {args.prefix}: {args.nodes} nodes, backend {args.backend}, "
