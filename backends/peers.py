@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections.abc import Hashable, Iterable, Sequence
 
 from backends.model import Skipped
@@ -90,6 +91,10 @@ def _reject_reason(
         return f"backend type {peer.attrs.backend_type!r}, not {backend_type!r}"
     if not subnets:
         return "no subnet in an enabled address family"
+    if any(sub.version == 6 for sub in subnets):
+        unusable = _unusable_ipv6(peer.attrs.public_ipv6)
+        if unusable:
+            return unusable
     for sub in subnets:
         if not any(sub.version == n.version and sub.subnet_of(n) for n in networks):  # type: ignore[arg-type]
             return f"subnet {sub} is outside the cluster network"
@@ -97,6 +102,22 @@ def _reject_reason(
         if other is not None:
             whose = "ours" if other in own_subnets else "another peer's"
             return f"subnet {sub} overlaps {whose} ({other})"
+    return ""
+
+
+def _unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
+    """Why a peer's PublicIPv6 cannot be a tunnel endpoint or next hop ('' if it can)."""
+    if addr is None:
+        return ""  # no IPv6 endpoint at all: each backend says what it needs
+    for bad, what in (
+        (addr.ipv4_mapped is not None, "an IPv4-mapped address"),
+        (addr.is_link_local, "link-local"),
+        (addr.is_loopback, "the loopback address"),
+        (addr.is_unspecified, "the unspecified address"),
+        (addr.is_multicast, "a multicast address"),
+    ):
+        if bad:
+            return f"PublicIPv6 {addr} is {what}, not a unicast address another node can reach"
     return ""
 
 

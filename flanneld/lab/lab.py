@@ -645,10 +645,15 @@ class Lab:
         return run_pings(jobs, timeout=timeout + 2.0)
 
     def ping(
-        self, src: str, dst: str, count: int, interval: float = 0.2, timeout: float = 30.0
+        self, src: str, dst: str, count: int, interval: float = 0.2, timeout: float = 30.0,
+        family: int | None = None,
     ) -> PingStats:
-        """``count`` pings from pod ``src`` to pod ``dst`` (no retries: losses show)."""
-        by_name = {ep.name: ep for ep in self.endpoints()}
+        """``count`` pings from pod ``src`` to pod ``dst`` (no retries: losses show), to its
+        address of IP version ``family`` (default: its first, IPv4 unless IPv6-only)."""
+        by_name: dict[str, Endpoint] = {}
+        for ep in self.endpoints():
+            if family is None or ep.ip.version == family:
+                by_name.setdefault(ep.name, ep)
         if src not in by_name or dst not in by_name:
             raise ConfigError(f"unknown pod {src if src not in by_name else dst!r}")
         argv = ping_argv(by_name[dst].ip, count, interval, deadline=None)

@@ -137,3 +137,39 @@ def test_the_index_refuses_overlaps_taken_tokens_and_other_backends() -> None:
     assert index.admit(peer("10.244.3.0/24"), ["0e:00:00:00:00:03"])
     assert index.release(peer("10.244.2.0/24").key)
     assert index.admit(peer("10.244.2.0/25"), ["0e:00:00:00:00:02"])  # freed by the release
+
+
+V6_NETWORK = ipaddress.IPv6Network("fd00:10:244::/56")
+OWN_DUAL = Lease(ipaddress.IPv4Network("10.244.1.0/24"), ipaddress.IPv6Network("fd00:10:244:1::/64"),
+                 LeaseAttrs(backend_type="host-gw"))
+
+
+def dual_peer(third: int, public_ipv6: str | None) -> Lease:
+    return Lease(
+        ipaddress.IPv4Network(f"10.244.{third}.0/24"),
+        ipaddress.IPv6Network(f"fd00:10:244:{third:x}::/64"),
+        LeaseAttrs(
+            public_ip=ipaddress.IPv4Address(f"198.18.0.{third}"),
+            public_ipv6=ipaddress.IPv6Address(public_ipv6) if public_ipv6 else None,
+            backend_type="host-gw",
+        ),
+    )
+
+
+def test_unusable_public_ipv6_is_skipped_with_the_reason_and_others_stay() -> None:
+    peers = [dual_peer(2, "fd00:198:18::12"), dual_peer(3, "::ffff:198.18.0.3"),
+             dual_peer(4, "fe80::4"), dual_peer(5, "::1"), dual_peer(6, None)]
+    usable, skipped = usable_peers(OWN_DUAL, peers, [NETWORK, V6_NETWORK], "host-gw")
+    assert [p.key for p in usable] == [peers[0].key, peers[4].key]
+    reasons = {s.key: s.reason for s in skipped}
+    assert "is an IPv4-mapped address" in reasons[peers[1].key]
+    assert "is link-local" in reasons[peers[2].key]
+    assert "is the loopback address" in reasons[peers[3].key]
+    # the per-event path decides the same
+    index = PeerIndex(OWN_DUAL, [NETWORK, V6_NETWORK], "host-gw")
+    assert not index.admit(peers[1]) and index.admit(peers[0])
+
+
+def test_ipv4_cluster_ignores_a_peers_ipv6_endpoint() -> None:
+    usable, skipped = usable_peers(OWN, [dual_peer(3, "fe80::3")], [NETWORK], None)
+    assert len(usable) == 1 and skipped == []
