@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -143,6 +144,48 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float
     return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+def unreclaimable_kib() -> int:
+    """The kernel's unreclaimable slab (``SUnreclaim`` in /proc/meminfo): where nf_tables
+    keeps tables, chains, rules, sets and their elements."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["SUnreclaim"].split()[0])
+
+
+def memory(text: str, tables: int) -> dict[str, float]:
+    """Load the rendered table into ``tables`` fresh namespaces one by one.
+
+    Per table: SUnreclaim after minus before (the median over the loads, as other
+    processes on a shared machine move it too), and the peak RSS of the ``nft -f``
+    process that loaded it (the userspace side, ru_maxrss from wait4).
+    """
+    deltas: list[int] = []
+    rss: list[int] = []
+    made: list[str] = []
+    try:
+        for _ in range(tables):
+            ns = f"npmem{uuid.uuid4().hex[:6]}"
+            topology.create_netns(ns)
+            made.append(ns)
+            before = unreclaimable_kib()
+            proc = subprocess.Popen(topology.netns_argv(ns, ["nft", "-f", "-"]),
+                                    stdin=subprocess.PIPE, text=True)
+            assert proc.stdin is not None
+            proc.stdin.write(text)
+            proc.stdin.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            assert proc.returncode == 0, proc.returncode
+            deltas.append(unreclaimable_kib() - before)
+            rss.append(usage.ru_maxrss)
+    finally:
+        for ns in made:
+            topology.delete_netns(ns)
+    return {"kernel_kib_per_table_median": statistics.median(deltas),
+            "kernel_kib_per_table_min": min(deltas), "kernel_kib_per_table_max": max(deltas),
+            "nft_peak_rss_kib": max(rss)}
+
+
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     started = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -155,6 +198,9 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=500)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--memory", type=int, default=0, metavar="TABLES",
+                    help="also load the full table into this many fresh namespaces and report "
+                         "the kernel memory (SUnreclaim delta) per table and nft's peak RSS")
     ap.add_argument("--throughput", type=int, default=0, metavar="SECONDS",
                     help="also iperf3 between two local pods without and with the table")
     args = ap.parse_args()
@@ -193,6 +239,8 @@ def main() -> None:
         summary.update(pods=args.pods, policies=args.policies, nodes=args.nodes,
                        rules=desired.ruleset.rule_count, sets=len(desired.ruleset.sets),
                        chains=len(desired.ruleset.chains), script_bytes=len(text))
+        if args.memory:
+            summary.update(memory(text, args.memory))
         if args.throughput:
             local = [p for p in cluster.pods if node.owns(p)]
             server, client = local[0], local[1]

@@ -294,30 +294,71 @@ def named_port_element(addr: IPAddress, protocol: str, port: int) -> str:
 class PeerCache:
     """Per-namespace work remembered across builds (the controller keeps one).
 
-    Entries are keyed by (pod selector, namespace) for peer pods and by
-    (port name, protocol, namespace) for named ports.  One is reused while the
-    namespace holds the very same Pod objects: the policy store replaces a Pod
-    value only when the object changes, so a pod relabel recomputes the
-    entries of its own namespace only (the entry holds the objects, so their
-    ids cannot be reused).  Entries no build used are dropped after each build.
+    Entries are keyed by (pod selector, namespace) for peer pods, by (port
+    name, protocol, namespace) for named ports and by (pod, direction) for the
+    policies isolating a local pod.  One is reused while its namespace holds
+    the very same Pod (and, for the last kind, Policy) objects as at the last
+    build: the policy store replaces a value only when the object changes, so
+    a pod relabel recomputes the entries of its own namespace and that pod's
+    own isolation only.  Each namespace is compared once per build, with the
+    objects the last build saw (kept here, so their ids cannot be reused).
+    Entries no build used are dropped after each build, so every entry left
+    was computed or confirmed by the last build.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[object, ...], tuple[tuple[Pod, ...], Any]] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._entries: dict[tuple[object, ...], Any] = {}
         self._used: set[tuple[object, ...]] = set()
+        # (pod key, direction) -> (that Pod object, the policies isolating it, sorted)
+        self._isolating: dict[tuple[str, Direction], tuple[Pod, tuple[Policy, ...]]] = {}
+        self._isolating_used: set[tuple[str, Direction]] = set()
+        self._seen: dict[tuple[str, str], tuple[object, ...]] = {}  # as of the last build
+        self._same: dict[tuple[str, str], bool] = {}  # compared in this build
+        self._building = False
+
+    def begin_build(self) -> None:
+        """Start a build; forget everything when the last one did not end (it raised)."""
+        if self._building:
+            self._reset()
+        self._building = True
+
+    def _unchanged(self, kind: str, ns: str, current: Sequence[object]) -> bool:
+        """Whether ``ns`` holds the very ``kind`` objects ("pods", "policies") of the
+        last build; records ``current`` for the next one."""
+        key = (kind, ns)
+        same = self._same.get(key)
+        if same is None:
+            before = self._seen.get(key)
+            same = before is not None and len(before) == len(current) and all(
+                a is b for a, b in zip(before, current, strict=True)
+            )
+            self._seen[key] = tuple(current)
+            self._same[key] = same
+        return same
+
+    def isolating(self, cluster: Cluster, pod: Pod, direction: Direction) -> tuple[Policy, ...]:
+        """:func:`applying`, sorted by policy key."""
+        key = (pod.key, direction)
+        self._isolating_used.add(key)
+        same = self._unchanged("policies", pod.namespace, cluster.policies_in(pod.namespace))
+        hit = self._isolating.get(key)
+        if same and hit is not None and hit[0] is pod:
+            return hit[1]
+        value = tuple(sorted(applying(cluster, pod, direction), key=lambda p: p.key))
+        self._isolating[key] = (pod, value)
+        return value
 
     def _per_namespace(
         self, cluster: Cluster, key: tuple[object, ...], ns: str, compute: Callable[[], Any]
     ) -> Any:
         self._used.add(key)
-        current = cluster.pods_in(ns)
-        hit = self._entries.get(key)
-        if hit is not None and len(hit[0]) == len(current) and all(
-            a is b for a, b in zip(hit[0], current, strict=True)
-        ):
-            return hit[1]
+        if self._unchanged("pods", ns, cluster.pods_in(ns)) and key in self._entries:
+            return self._entries[key]
         value = compute()
-        self._entries[key] = (tuple(current), value)
+        self._entries[key] = value
         return value
 
     def pods(self, cluster: Cluster, policy: Policy, peers: Sequence[Peer]) -> list[Pod]:
@@ -357,6 +398,12 @@ class PeerCache:
         for key in set(self._entries) - self._used:
             del self._entries[key]
         self._used = set()
+        for pod_key in set(self._isolating) - self._isolating_used:
+            del self._isolating[pod_key]
+        self._isolating_used = set()
+        self._seen = {key: self._seen[key] for key in self._same}
+        self._same = {}
+        self._building = False
 
 
 class _Builder:
@@ -496,6 +543,7 @@ def desired_ruleset(cluster: Cluster, node: LocalNode, cache: PeerCache | None =
     is the same with or without it.
     """
     peer_cache = cache if cache is not None else PeerCache()
+    peer_cache.begin_build()
     builder = _Builder(cluster, peer_cache)
     policy_chains: dict[str, NftChain] = {}
     iso_chains: dict[str, NftChain] = {}
@@ -507,7 +555,7 @@ def desired_ruleset(cluster: Cluster, node: LocalNode, cache: PeerCache | None =
         if not node.owns(pod):
             continue
         for direction in Direction:
-            policies = sorted(applying(cluster, pod, direction), key=lambda p: p.key)
+            policies = peer_cache.isolating(cluster, pod, direction)
             if not policies:
                 continue
             names = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -36,8 +37,10 @@ from flanneld.lab import procs
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import is_lab_netns
 from flanneld.lab.netprobe import ProbeResult, render, sctp_error
-from flanneld.lab.topology import list_netns
+from flanneld.lab.topology import list_netns, netns_argv
 from flanneld.netpol.model import Cluster, allowed, parse_namespace, parse_pod, parse_policy
+from flanneld.netpol.ruleset import FAMILY, TABLE, LocalNode, desired_ruleset
+from flanneld.netpol.script import Observed, expected, observe
 from tests.conftest import RUN_PREFIX, needs_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -489,3 +492,70 @@ def test_e2e_case(env: Env, case: Case) -> None:
             run_step(env, step)
     finally:
         env.cleanup()
+
+
+# --- a daemon killed while a policy is in force ---------------------------------------------
+
+
+def kernel_table(lab: Lab, node: str) -> Observed | None:
+    """``node``'s ``inet pyflannel-policy`` as the kernel holds it (None: no table)."""
+    done = subprocess.run(netns_argv(lab.plan.node(node).netns,
+                                     ["nft", "-j", "list", "table", FAMILY, TABLE]),
+                          capture_output=True, text=True, timeout=60, check=False)
+    return observe(json.loads(done.stdout)) if done.returncode == 0 else None
+
+
+def engine_table(env: Env, node: str) -> Observed:
+    """What reading back the pure function's ruleset for the API's objects gives on ``node``."""
+    return expected(desired_ruleset(env.cluster(), LocalNode(node)).ruleset)
+
+
+def matches_engine(env: Env, node: str) -> bool:
+    return kernel_table(env.lab, node) == engine_table(env, node)
+
+
+def test_sigkill_keeps_the_policy_enforced_and_restart_converges_on_the_engine(env: Env) -> None:
+    """SIGKILL n1's flanneld with x isolated: our table stays in n1's kernel, so
+    the x column stays blocked while the daemon is down; a policy created
+    meanwhile (y isolated) is enforced after the restart, and then the table
+    read back from the kernel equals the pure function's ruleset on both nodes."""
+    lab = env.lab
+    x_only: Expect = lambda s, d, n, pr: d.ns != "x"
+    try:
+        run_step(env, Step(pols(("x", "deny", ingress(ALL))), x_only))
+        assert matches_engine(env, "n1") and matches_engine(env, "n2")
+        pid = lab.flanneld_pid("n1")
+        assert pid is not None
+        lab.kill_flanneld("n1", signal.SIGKILL)
+        assert lab.flanneld_pid("n1") is None
+        assert kernel_table(lab, "n1") is not None, "the table went with the daemon"
+        wanted = table(x_only, *TCP80)
+        denied = {cell for cell, ok in wanted.items() if not ok}
+        # Down: no denied cell may ever answer; allowed ones may time out under load, so
+        # probe until they all answer too (three full tables at least).
+        rounds, deadline = 0, time.monotonic() + ENFORCE_TIMEOUT
+        while True:
+            got = observed(lab.probe(*TCP80))
+            leaked = sorted(c for c in denied if got.get(c))
+            assert not leaked, f"reachable while n1's flanneld was down: {leaked}"
+            rounds += 1
+            if rounds >= 3 and got == wanted:
+                break
+            assert time.monotonic() < deadline, f"allowed cells unreachable:\n{show(got, *TCP80)}"
+        assert lab.flanneld_pid("n1") is None, "something restarted n1's flanneld early"
+        env.policy("y", "deny", ingress(ALL))  # while n1's daemon cannot see it
+        lab.start_flanneld("n1")
+        run_step(env, Step(nothing, lambda s, d, n, pr: d.ns not in ("x", "y")))
+        wait_for(lambda: matches_engine(env, "n1"), "n1's table equals the engine's")
+        wait_for(lambda: matches_engine(env, "n2"), "n2's table equals the engine's")
+    finally:
+        if lab.flanneld_pid("n1") is None:
+            lab.start_flanneld("n1")
+        env.cleanup()
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + ENFORCE_TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, f"not reached in {ENFORCE_TIMEOUT:g}s: {what}"
+        time.sleep(0.5)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from flanneld.netpol.model import (
     Cluster,
+    Direction,
     Pod,
     allowed,
     parse_namespace,
@@ -219,7 +220,7 @@ def test_ruleset_verdict_equals_oracle(specs: list[dict[str, Any]]) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(spec, min_size=1, max_size=3),
-       st.lists(st.tuples(st.sampled_from(["relabel", "ns", "drop", "add"]),
+       st.lists(st.tuples(st.sampled_from(["relabel", "ns", "drop", "add", "policy", "unpolicy"]),
                           st.integers(0, 3), labels), min_size=1, max_size=8))
 def test_cached_build_equals_fresh_build(
     specs: list[dict[str, Any]], steps: list[tuple[str, int, dict[str, str]]],
@@ -231,7 +232,7 @@ def test_cached_build_equals_fresh_build(
     cache = PeerCache()
     assert desired_ruleset(c, NODE1, cache) == desired_ruleset(c, NODE1)
     for op, index, new_labels in steps:
-        pods_list, namespaces = list(c.pods), list(c.namespaces)
+        pods_list, namespaces, policies = list(c.pods), list(c.namespaces), list(c.policies)
         if op == "relabel" and index < len(pods_list):
             p = pods_list[index]
             pods_list[index] = Pod(p.namespace, p.name, tuple(sorted(new_labels.items())), p.ips,
@@ -242,8 +243,37 @@ def test_cached_build_equals_fresh_build(
                 ns.name, tuple(sorted({**dict(ns.labels), **new_labels, "ns": ns.name}.items())))
         elif op == "drop" and index < len(pods_list):
             del pods_list[index]
+        elif op == "policy":  # a new policy isolating pods whose labels it names
+            made, _ = parse_policy({"metadata": {"name": f"q{len(policies)}", "namespace": "x"},
+                                    "spec": {"podSelector": {"matchLabels": new_labels}}})
+            assert made is not None
+            policies.append(made)
+        elif op == "unpolicy":
+            if policies:
+                del policies[index % len(policies)]
         else:
             pods_list.append(Pod("z", f"new{index}", tuple(sorted(new_labels.items())),
                                  (IP(f"10.0.9.{index + 1}"),), node_name="n1"))
-        c = Cluster(c.policies, tuple(namespaces), tuple(pods_list))
+        c = Cluster(tuple(policies), tuple(namespaces), tuple(pods_list))
         assert desired_ruleset(c, NODE1, cache) == desired_ruleset(c, NODE1)
+
+
+def test_a_build_that_did_not_end_leaves_no_stale_cache_entry() -> None:
+    from flanneld.netpol.ruleset import PeerCache
+
+    deny = {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"]}
+    allow_b = {"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {
+        "pod": "b"}}}]}]}
+    first = cluster(deny, allow_b)
+    cache = PeerCache()
+    desired_ruleset(first, NODE1, cache)
+    cache.begin_build()  # a build of the same objects that raised half way
+    for pod in first.pods:
+        for direction in Direction:
+            cache.isolating(first, pod, direction)
+    allowing = next(p for p in first.policies if p.ingress)
+    cache.pods(first, allowing, allowing.ingress[0].peers)
+    moved = Cluster(first.policies, first.namespaces, tuple(
+        Pod(p.namespace, p.name, (("pod", "b" if p.label_map.get("pod") == "a" else "a"),),
+            p.ips, node_name=p.node_name, ports=p.ports) for p in first.pods))
+    assert desired_ruleset(moved, NODE1, cache) == desired_ruleset(moved, NODE1)
