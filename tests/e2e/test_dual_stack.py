@@ -81,6 +81,11 @@ def test_ipv6_only_host_gw_kube_lab_reaches_every_pod() -> None:
             env = lab.subnet_env(node.name)
             assert "FLANNEL_NETWORK=" not in env and "FLANNEL_SUBNET=" not in env, env
             assert f"FLANNEL_IPV6_NETWORK={DEFAULT_NETWORK6}\n" in env, env
+        status = lab.status()  # what `flannelctl lab status` shows
+        pod_ips = [ipaddress.ip_address(p.ip or "") for n in status.nodes for p in n.pods]
+        assert all(ip in DEFAULT_NETWORK6 for ip in pod_ips), pod_ips
+        assert [str(n.lease.public_ip) for n in status.nodes if n.lease] == [
+            "fd00:198:18::11", "fd00:198:18::12"]
     finally:
         down(prefix)
     assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
