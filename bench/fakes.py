@@ -52,6 +52,9 @@ class FakeSubnetManager:
     def public_ip_override(self) -> ipaddress.IPv4Address | None:
         return None
 
+    def public_ipv6_override(self) -> ipaddress.IPv6Address | None:
+        return None
+
     def mark_network_available(self) -> None:
         self.marked_available.set()
 

@@ -125,6 +125,10 @@ def external_interface(
     if override is not None:
         log.info("using public IP %s from the node annotation", override)
         flags = replace(flags, public_ip=str(override))
+    override6 = manager.public_ipv6_override() if stack.ipv6 else None
+    if override6 is not None:
+        log.info("using public IPv6 %s from the node annotation", override6)
+        flags = replace(flags, public_ipv6=str(override6))
     ext = iface.discover(netlink, flags, stack)
     log.info(
         "using interface %s (index %d, MTU %d), address %s, public address %s",

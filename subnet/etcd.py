@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -320,6 +320,10 @@ class EtcdSubnetManager:
 
     def public_ip_override(self) -> IPv4Address | None:
         """etcd has no per-node override; ``--public-ip`` is the only way."""
+        return None
+
+    def public_ipv6_override(self) -> IPv6Address | None:
+        """Nor for IPv6: ``--public-ipv6`` is the only way."""
         return None
 
     def mark_network_available(self) -> None:

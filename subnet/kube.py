@@ -435,6 +435,10 @@ class KubeSubnetManager:
         """Our Node's ``node-public-ip`` annotation (acts as --public-ip)."""
         return self.node_public_ip_override()[0]
 
+    def public_ipv6_override(self) -> ipaddress.IPv6Address | None:
+        """Our Node's ``node-public-ipv6`` annotation (acts as --public-ipv6)."""
+        return self.node_public_ip_override()[1]
+
     def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
         """What our Node's annotations advertised (``public_ip`` is not needed here:
         the Node is ours by name)."""

@@ -74,6 +74,10 @@ class SubnetManager(Protocol):
         """A public IP set for this node in the store (kube: node-public-ip)."""
         ...
 
+    def public_ipv6_override(self) -> ipaddress.IPv6Address | None:
+        """A public IPv6 set for this node in the store (kube: node-public-ipv6)."""
+        ...
+
     def mark_network_available(self) -> None:
         """Tell the cluster this node's network is up (kube: NetworkUnavailable=False)."""
         ...

@@ -148,12 +148,16 @@ def http_status(url: str) -> int | None:
 
 
 def _pod_ip(netns: str) -> str | None:
-    """The pod's address; None if it has none or its namespace is missing (half-built lab)."""
+    """The pod's address (IPv4, else IPv6 in an IPv6-only lab); None if it has none or its
+    namespace is missing (half-built lab)."""
     try:
-        addrs = topology.ipv4_addresses(netns, POD_IF)
+        v4 = topology.ipv4_addresses(netns, POD_IF)
+        if v4:
+            return str(v4[0].ip)
+        v6 = topology.global_ipv6_addresses(netns, POD_IF)
     except DataplaneError:
         return None
-    return str(addrs[0].ip) if addrs else None
+    return str(v6[0].ip) if v6 else None
 
 
 def log_tail(path: str, lines: int = 20) -> str:

@@ -324,10 +324,12 @@ def test_previous_attrs_and_public_ip_override_for_the_daemon(
     api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
 ) -> None:
     api.add_node("me", pod_cidr="10.244.7.0/24",
-                 annotations={P + "node-public-ip": "198.51.100.4"})
+                 annotations={P + "node-public-ip": "198.51.100.4",
+                              P + "node-public-ipv6": "2001:db8::4"})
     manager: SubnetManager = make_manager()  # the daemon's view: the protocol
     assert manager.previous_attrs(None) is None
     assert manager.public_ip_override() == ipaddress.IPv4Address("198.51.100.4")
+    assert manager.public_ipv6_override() == ipaddress.IPv6Address("2001:db8::4")
     manager.acquire_lease(OWN_ATTRS)
     assert manager.previous_attrs(ipaddress.IPv4Address("192.168.50.1")) == OWN_ATTRS
     api.annotate_node("me", {P + "backend-data": "{garbage", P + "public-ip": "nonsense"})

@@ -8,6 +8,7 @@ its assertions instead of hanging.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 import threading
@@ -364,3 +365,54 @@ def test_kube_mode_without_network_policy_removes_a_left_over_policy_table(
     rig.parts = lambda: parts  # type: ignore[method-assign]
     rig.serve()
     assert removed == [True]
+
+
+DUAL_CONFIG = parse_net_config(
+    '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56",'
+    ' "Backend": {"Type": "fake"}}'
+)
+OUR_ADDRESS6 = ipaddress.IPv6Address("fd00:198:18::1")
+
+
+class DualNetlink(FakeNetlink):
+    """The uplink with an IPv6 address too, and both default routes on it."""
+
+    def interfaces(self) -> list[InterfaceInfo]:
+        lo, uplink = super().interfaces()
+        return [lo, InterfaceInfo("uplink0", 2, 1500, True,
+                                  (*uplink.addresses, InterfaceAddress(OUR_ADDRESS6, 64)))]
+
+    def default_route_ifindex(self, family: int) -> int | None:
+        return 2
+
+
+class AnnotatedStore(FakeSubnetManager):
+    """A store whose Node carries node-public-ipv6."""
+
+    def public_ipv6_override(self) -> ipaddress.IPv6Address | None:
+        return ipaddress.IPv6Address("2001:db8::77")
+
+
+@pytest.mark.parametrize(
+    ("store", "advertised"),
+    [(FakeSubnetManager, OUR_ADDRESS6), (AnnotatedStore, ipaddress.IPv6Address("2001:db8::77"))],
+)
+def test_dual_stack_start_up_takes_the_interface_ipv6_or_the_node_override(
+    flags: Flags, store: type[FakeSubnetManager], advertised: ipaddress.IPv6Address
+) -> None:
+    rig = Rig(flags, store(DUAL_CONFIG, "10.244.7.0/24", "fd00:10:244:7::/64"),
+              lambda n: bool(n.calls))
+    parts = rig.parts()
+
+    def netlink() -> FakeNetlink:
+        rig.netlinks.append(DualNetlink())
+        return rig.netlinks[-1]
+
+    rig.serve(Daemon(flags, rig.stop, dataclasses.replace(parts, netlink=netlink)))
+    ext = rig.backends[0].ctx.ext
+    assert (ext.iface_addr, ext.iface_addr6, ext.ext_addr6) == (OUR_ADDRESS, OUR_ADDRESS6, advertised)
+    assert Path(flags.subnet_file).read_text() == (
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+        "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )

@@ -125,3 +125,16 @@ def test_pure_modules_do_no_io_imports() -> None:
     for rel in pure:
         used = imported_roots(ROOT / rel) & io_libraries
         assert not used, f"{rel} is meant to be pure but imports {sorted(used)}"
+
+
+def test_test_module_names_are_unique() -> None:
+    """pytest imports test modules by basename (no packages under tests/): a clash breaks
+    collection of the whole suite, so it is caught here, in the fast unit run."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        rel = str(path.relative_to(ROOT))
+        if path.name in seen:
+            clashes.append(f"{seen[path.name]} and {rel}")
+        seen.setdefault(path.name, rel)
+    assert not clashes, "test modules share a basename: " + "; ".join(clashes)
