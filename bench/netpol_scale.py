@@ -141,7 +141,10 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float
     finally:
         server.kill()
         server.wait(10)
-    return float(json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+    end = json.loads(done.stdout)["end"]
+    if "sum_received" not in end:
+        raise RuntimeError(f"iperf3 gave no result: {done.stdout[-2000:]}")
+    return float(end["sum_received"]["bits_per_second"]) / 1e9
 
 
 def unreclaimable_kib() -> int:
