@@ -76,6 +76,7 @@ def image() -> Iterator[str]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run bash scripts/install.sh --image")
+    root_links = _root_links()
     started = time.monotonic()
     done = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), TAG],
                           capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
@@ -86,6 +87,17 @@ def image() -> Iterator[str]:
         yield TAG
     finally:
         podman("rmi", TAG)  # the tag only: the cached base and layers stay for the next run
+    # podman's default bridge network (cni-podman0) must never appear: every container of
+    # ours runs with --network=none, --network=host (build) or in a lab node's namespace
+    added = _root_links() - root_links
+    assert not added, f"devices added to the root network namespace: {sorted(added)}"
+
+
+def _root_links() -> set[str]:
+    """The names of the links in the root network namespace."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
 
 
 def no_leftovers(prefix: str, records: list[ProcessRecord]) -> None:
