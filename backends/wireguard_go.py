@@ -158,7 +158,9 @@ class WireguardGo:
     def ensure_device(self) -> bool:
         """wireguard-go running with its socket up; True when a new one had to be started."""
         if self._alive():
-            return False
+            if UapiClient(self.socket_path).listening():
+                return False
+            self._end_dying()
         if not self._adopt_tried:
             self._adopt_tried = True
             if self._adopt():
@@ -187,6 +189,25 @@ class WireguardGo:
         if self._pid is None:
             raise DataplaneError(f"wireguard-go for {self._ifname} is not running")
         return UapiClient(self.socket_path)
+
+    def _end_dying(self) -> None:
+        """End our wireguard-go that still runs but no longer listens, and wait until it is gone.
+
+        A killed wireguard-go closes its TUN device and its socket before it can be reaped,
+        so for a moment it looks alive with no device: restarting it needs it gone first.
+        """
+        pid = self._pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)  # ours, by the PID we started or adopted
+        except ProcessLookupError:
+            pass
+        deadline = self._clock() + START_TIMEOUT
+        while self._alive():
+            if self._clock() > deadline:
+                raise DataplaneError(f"wireguard-go (pid {pid}) for {self._ifname} does not end")
+            time.sleep(POLL)
 
     def _alive(self) -> bool:
         """Whether wireguard-go still runs (our child is reaped here when it has exited)."""

@@ -138,6 +138,16 @@ class UapiClient:
     def get(self) -> DeviceState:
         return decode_get(self._exchange(GET_REQUEST))
 
+    def listening(self) -> bool:
+        """Whether something accepts connections on the socket (no request is sent)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self._timeout)
+                sock.connect(self.path)
+        except OSError:
+            return False
+        return True
+
     def set(self, request: bytes) -> None:
         answer = self._exchange(request)
         for line in answer.splitlines():
