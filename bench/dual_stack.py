@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 import checkout  # noqa: F401 - this checkout's pyflannel first
-from report import finish_facts, machine_facts
+from report import emit_table, finish_facts, machine_facts
 from throughput import iperf, ping_stats
 
 from flanneld.lab.lab import Lab, down, up
@@ -89,15 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(lab, args.runs, args.seconds)
     finally:
         down(prefix)
-    facts = finish_facts(facts)
-    text = table(rows) + (
-        f"\nhost-gw, {args.subnet_mgr} mode; load average at start {facts['loadavg_at_start']}, "
-        f"at end {facts['loadavg_at_end']} ({facts['nproc']} CPUs, shared)\n"
-    )
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    emit_table(table(rows), finish_facts(facts), args.out, f"host-gw, {args.subnet_mgr} mode; ")
     return 0
 
 

@@ -97,3 +97,15 @@ def write_json(path: str, doc: Mapping[str, Any]) -> None:
 
 def default_out(name: str) -> str:
     return os.path.join(RESULTS, f"{name}.json")
+
+
+def emit_table(text: str, facts: Mapping[str, Any], out: str | None, what: str = "") -> None:
+    """Print a Markdown table with the load it was measured under; also to ``out`` if given."""
+    text += (
+        f"\n{what}load average at start {facts['loadavg_at_start']}, "
+        f"at end {facts['loadavg_at_end']} ({facts['nproc']} CPUs, shared)\n"
+    )
+    sys.stdout.write(text)
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(text)

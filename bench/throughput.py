@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection
 import checkout  # noqa: F401 - this checkout's pyflannel first
 from daemon_proc import cpu_seconds
 from fakes import FakeSubnetManager
-from report import finish_facts, machine_facts
+from report import emit_table, finish_facts, machine_facts
 
 from backends.base import ExternalInterface, Network
 from backends.hostgw import HostGwBackend
@@ -365,15 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [
         run_backend(kind, prefix, args.runs, args.seconds) for kind in args.backends.split(",")
     ]
-    facts = finish_facts(facts)
-    text = table(results) + (
-        f"\nload average at start {facts['loadavg_at_start']}, at end {facts['loadavg_at_end']}"
-        f" ({facts['nproc']} CPUs, shared)\n"
-    )
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    emit_table(table(results), finish_facts(facts), args.out)
     return 0
 
 
