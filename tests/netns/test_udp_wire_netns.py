@@ -56,7 +56,14 @@ def check(dgram):
     if hasattr(rebuilt.payload, "chksum"):
         del rebuilt.payload.chksum
     kind = pkt.payload.name
-    if pkt.version != 4 or pkt.len != len(dgram) or len(dgram) > 1472 or bytes(rebuilt) != dgram:
+    same = bytes(rebuilt) == dgram
+    if not same and getattr(pkt.payload, "chksum", None) == 0xFFFF:
+        # 0xffff and 0x0000 are the two one's-complement zeros (RFC 1624): a receiver's check
+        # accepts both, scapy writes 0x0000; every other byte must still match
+        zero = IP(dgram)
+        zero.payload.chksum = 0
+        same = bytes(zero) == bytes(rebuilt)
+    if pkt.version != 4 or pkt.len != len(dgram) or len(dgram) > 1472 or not same:
         bad.append(f"{kind} {len(dgram)} {dgram[:64].hex()}")
     seen[kind] = seen.get(kind, 0) + 1
 
