@@ -8,8 +8,9 @@ shares an L2 segment; the lease carries no BackendData (``null``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from backends.base import ExternalInterface
 from backends.model import DataplaneState, Route, Skipped
@@ -65,17 +66,29 @@ def hostgw_peers(
     versions = {net.version for net in networks}
     result: list[HostGwPeer] = []
     for peer in usable:
-        found = []
-        if 4 in versions and peer.subnet is not None and peer.attrs.public_ip != UNSPECIFIED_V4:
-            found.append(HostGwPeer(peer.key, peer.subnet, peer.attrs.public_ip))
-        if 6 in versions and peer.ipv6_subnet is not None and peer.attrs.public_ipv6 is not None:
-            found.append(HostGwPeer(peer.key, peer.ipv6_subnet, peer.attrs.public_ipv6))
+        found = peer_routes(peer, versions)
         if not found:
             skipped.append(Skipped(peer.key, "no public address for any family we route"))
         result.extend(found)
     return result, skipped
 
 
+def peer_routes(peer: Lease, versions: Collection[int]) -> list[HostGwPeer]:
+    """The routes of one peer: per family in ``versions`` where it has a subnet and a
+    public address (empty: it has none we can route)."""
+    found = []
+    if 4 in versions and peer.subnet is not None and peer.attrs.public_ip != UNSPECIFIED_V4:
+        found.append(HostGwPeer(peer.key, peer.subnet, peer.attrs.public_ip))
+    if 6 in versions and peer.ipv6_subnet is not None and peer.attrs.public_ipv6 is not None:
+        found.append(HostGwPeer(peer.key, peer.ipv6_subnet, peer.attrs.public_ipv6))
+    return found
+
+
 def desired_state(peers: Sequence[HostGwPeer], ifindex: int) -> DataplaneState:
     """One route per peer subnet through its public address on the external interface."""
-    return DataplaneState(frozenset(Route(p.subnet, p.gateway, ifindex) for p in peers))
+    return DataplaneState(frozenset(map(partial(route, ifindex=ifindex), peers)))
+
+
+def route(peer: HostGwPeer, ifindex: int) -> Route:
+    """The route to one peer subnet through its public address on ``ifindex``."""
+    return Route(peer.subnet, peer.gateway, ifindex)

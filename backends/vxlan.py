@@ -16,10 +16,16 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
+from backends.base import (
+    ExternalInterface,
+    KernelProbe,
+    ReconcileReport,
+    ipv4_network,
+    summarize,
+)
 from backends.model import DataplaneState, KernelObject, Skipped
 from backends.netlink import LinkState, Netlink, VxlanSpec
 from backends.peers import PeerIndex
@@ -159,6 +165,7 @@ class VxlanNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         if full or self._ifindex is None:
             ifindex, recreated = self._ensure_device()
@@ -171,12 +178,12 @@ class VxlanNetwork:
         skipped: Sequence[Skipped] = ()
         if delta is None:
             skipped = self._compute_all(peers, ifindex)
-        result = None
-        if delta is not None and not full:
-            result = self._netlink.sync_delta(*delta, [ifindex], [socket.AF_INET])
-        if result is None:
             result = self._netlink.sync(
                 self._desired_state(), [ifindex], [socket.AF_INET], fresh=full or recreated
+            )
+        else:
+            result = self._netlink.sync_changes(
+                *delta, self._desired_state, [ifindex], [socket.AF_INET], fresh=full, probe=probe
             )
         return summarize(
             result.applied, result.failed, skipped=skipped, peers=len(self._objects),
@@ -243,6 +250,11 @@ class VxlanNetwork:
         for lease in peers:
             index.hold(lease, (mac[lease.key],))
         return index
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """The kernel read of a full pass (not with DirectRouting: its full pass looks
+        every peer's route up again on the loop thread)."""
+        return None if self._direct_routing else self._netlink.begin_probe()
 
     def close(self) -> None:
         """Nothing runs in the background; the device and routes stay for a restart."""

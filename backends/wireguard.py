@@ -5,7 +5,8 @@ Design: like vxlan, one path serves every event and every resync tick.
 driver recreates it, or restarts wireguard-go, when it is gone), gives it
 our MTU, address and route, computes the desired peers from the leases
 (pure, :mod:`backends.wireguard_state`), reads the device's peers back and
-applies only the difference.  So a peer whose lease is gone is removed, a
+applies only the difference (an event writes only its own peers, planned
+against what the last pass left).  So a peer whose lease is gone is removed, a
 rotated key replaces the old peer, a restart changes nothing, and a device
 lost to a crash comes back with the same key and every peer.
 
@@ -33,9 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from backends.base import ExternalInterface, ReconcileReport, ipv4_network
+from backends.base import ExternalInterface, KernelProbe, ReconcileReport, ipv4_network
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
+from backends.peers import PeerEntries, PeerIndex
 from backends.plan import Delete, Put
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
@@ -50,16 +52,19 @@ from backends.wireguard_state import (
     PeerPlan,
     WgPeer,
     WireguardOptions,
+    apply_plan,
     clamp,
     device_address,
     encode_backend_data,
     key_b64,
     parse_options,
+    plan_changes,
     plan_peers,
     public_key,
+    wg_peer,
     wireguard_peers,
 )
-from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
+from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError, PeerDataError
 from subnet.lease import IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
 from subnet.netconf import BackendConfig, NetConfig
@@ -261,6 +266,9 @@ class WireguardNetwork:
         self._mtu = options.device_mtu(ext_mtu)
         self._address = device_address(lease.subnet)
         self._skips = SkipLog(log)
+        self._peers: PeerEntries[WgPeer] = PeerEntries()
+        self._device: DeviceState | None = None  # as the last pass left it (None: read it)
+        self._link: LinkState | None = None
 
     @property
     def lease(self) -> Lease:
@@ -294,16 +302,47 @@ class WireguardNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
-        recreated, link = self._ensure_link()
-        usable, skipped = wireguard_peers(
-            self._lease, self._public_key, peers, [self._network], self._options
-        )
-        self._skips.report(skipped)
-        plan, failed = self._reconcile_peers(usable)
+        recreated, link = False, self._link
+        if full or link is None:
+            recreated, link = self._ensure_link()
+            self._link = link
+        delta = None
+        if changes is not None and not recreated and self._device is not None:
+            delta = self._peers.change(changes, self._peer_view)
+        skipped: Sequence[Skipped] = ()
+        if delta is None:
+            usable, skipped = wireguard_peers(
+                self._lease, self._public_key, peers, [self._network], self._options
+            )
+            self._skips.report(skipped)
+            self._peers.reset(None if skipped else self._index(peers, usable),
+                              {p.lease_key: [p] for p in usable})
+            plan, failed = self._reconcile_peers(usable)
+        else:
+            plan, failed = self._apply(plan_changes(self._device or DeviceState(), *delta))
         routes = self._sync_route(link, fresh=full or recreated)
         return _report(plan, routes.applied, failed + [str(f) for f in routes.failed],
-                       skipped, len(usable), recreated)
+                       skipped, len(self._peers), recreated)
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """None: a full pass reads the device's peers on the loop thread."""
+        return None
+
+    def _index(self, peers: Sequence[Lease], usable: Sequence[WgPeer]) -> PeerIndex:
+        keys = {p.lease_key: p.public_key for p in usable}
+        index = PeerIndex(self._lease, [self._network], BACKEND_TYPE, [self._public_key])
+        for lease in peers:
+            index.hold(lease, (keys[lease.key],))
+        return index
+
+    def _peer_view(self, lease: Lease) -> tuple[list[WgPeer], tuple[bytes]] | None:
+        try:
+            peer = wg_peer(lease, self._options)
+        except PeerDataError:
+            return None
+        return [peer], (peer.public_key,)
 
     def _ensure_link(self) -> tuple[bool, LinkState]:
         recreated = self._driver.ensure_device()
@@ -324,18 +363,34 @@ class WireguardNetwork:
     def _reconcile_peers(self, usable: Sequence[WgPeer], remove: bool = True,
                          ) -> tuple[PeerPlan, list[str]]:
         """Read the device, apply the difference to ``usable`` (keeping others unless ``remove``)."""
-        plan = PeerPlan()
+        self._device = None
         try:
-            plan = plan_peers(self._driver.read(), usable, self._private_key,
-                              self._options.listen_port)
-            if not remove:
-                plan = replace(plan, remove=())
-            if plan:
-                self._driver.apply(plan, self._private_key, self._options.listen_port)
-                self._log_plan(plan)
+            observed = self._driver.read()
         except DataplaneError as err:
             log.warning("programming %s failed: %s (retried on the next pass)", DEVICE, err)
-            return plan, [str(err)]
+            return PeerPlan(), [str(err)]
+        plan = plan_peers(observed, usable, self._private_key, self._options.listen_port)
+        if not remove:
+            plan = replace(plan, remove=())
+        result = self._apply(plan, observed)
+        if not remove:
+            self._device = None
+        return result
+
+    def _apply(self, plan: PeerPlan, observed: DeviceState | None = None,
+               ) -> tuple[PeerPlan, list[str]]:
+        """Apply ``plan`` to the device as the last pass left it (or as ``observed``)."""
+        before = observed or self._device
+        self._device = None
+        if plan:
+            try:
+                self._driver.apply(plan, self._private_key, self._options.listen_port)
+            except DataplaneError as err:
+                log.warning("programming %s failed: %s (retried on the next pass)", DEVICE, err)
+                return plan, [str(err)]
+            self._log_plan(plan)
+        if before is not None:
+            self._device = apply_plan(before, plan, self._private_key, self._options.listen_port)
         return plan, []
 
     def close(self) -> None:

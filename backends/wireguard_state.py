@@ -317,7 +317,7 @@ def wireguard_peers(
     result: list[WgPeer] = []
     for peer in usable:
         try:
-            found = _wg_peer(peer, options)
+            found = wg_peer(peer, options)
             owner = keys.get(found.public_key)
             if owner is not None:
                 raise PeerDataError(f"PublicKey {key_b64(found.public_key)} is already used ({owner})")
@@ -329,7 +329,8 @@ def wireguard_peers(
     return result, skipped
 
 
-def _wg_peer(peer: Lease, options: WireguardOptions) -> WgPeer:
+def wg_peer(peer: Lease, options: WireguardOptions) -> WgPeer:
+    """The WireGuard peer of one lease; PeerDataError when it lacks what we need."""
     if peer.subnet is None:
         raise PeerDataError("no IPv4 subnet")
     if peer.attrs.public_ip == UNSPECIFIED_V4:
@@ -382,3 +383,17 @@ def apply_plan(observed: DeviceState, plan: PeerPlan, private_key: bytes, listen
     if plan.configure_device:
         return DeviceState(private_key, listen_port, peers)
     return DeviceState(observed.private_key, observed.listen_port, peers)
+
+
+def plan_changes(observed: DeviceState, old: Sequence[WgPeer], new: Sequence[WgPeer]) -> PeerPlan:
+    """The changes that replace the peers ``old`` by ``new`` on a device in state
+    ``observed``, leaving every other peer as it is (an event's plan)."""
+    keep = {p.public_key for p in new}
+    remove = tuple(sorted(
+        p.public_key for p in old if p.public_key not in keep and p.public_key in observed.peers
+    ))
+    put = tuple(sorted(
+        (p for p in new if observed.peers.get(p.public_key) != p.state()),
+        key=lambda p: p.public_key,
+    ))
+    return PeerPlan(remove=remove, put=put)
