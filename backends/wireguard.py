@@ -309,7 +309,7 @@ class WireguardNetwork:
             recreated, link = self._ensure_link()
             self._link = link
         delta = None
-        if changes is not None and not recreated and self._device is not None:
+        if changes is not None and not full and self._device is not None:
             delta = self._peers.change(changes, self._peer_view)
         skipped: Sequence[Skipped] = ()
         if delta is None:
