@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TypeAlias
 
-from backends import hostgw
+from backends import hostgw, vxlan
 from backends.base import Backend, ExternalInterface, ipv4_network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
@@ -24,9 +24,10 @@ from subnet.netconf import BackendConfig, NetConfig
 class BackendContext:
     """What a backend is built from.
 
-    ``previous_data`` is this node's BackendData from before (its previous
-    lease in etcd mode, its ``backend-data`` annotation in kube mode): opaque
-    JSON that only the backend decodes, e.g. to keep its VTEP MAC.
+    ``previous_data`` / ``previous_v6_data`` are this node's BackendData /
+    BackendV6Data from before (its previous lease in etcd mode, its
+    ``backend-data`` / ``backend-v6-data`` annotations in kube mode): opaque
+    JSON that only the backend decodes, e.g. to keep its VTEP MACs.
     ``environ`` is flanneld's environment, for the variables a backend reads
     (``WIREGUARD_KEY_FILE``).
     """
@@ -36,6 +37,7 @@ class BackendContext:
     config: BackendConfig
     previous_data: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
+    previous_v6_data: str | None = None
 
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
@@ -60,9 +62,7 @@ class BackendEntry:
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(
-            _vxlan, lambda c: asdict(parse_options(c)), partial(ipv4_network, backend="vxlan")
-        ),
+        "vxlan": BackendEntry(_vxlan, lambda c: asdict(parse_options(c)), vxlan.check_config),
         "host-gw": BackendEntry(_hostgw, lambda c: {}, hostgw.check_config),
         "udp": BackendEntry(
             _udp, lambda c: {"port": parse_port(c)}, partial(ipv4_network, backend="udp")
@@ -86,9 +86,9 @@ def lookup(backend_type: str) -> BackendEntry:
 
 
 def _vxlan(ctx: BackendContext) -> Backend:
-    return VxlanBackend(
-        ctx.ext, ctx.netlink, ctx.config, previous_mac=previous_vtep_mac(ctx.previous_data)
-    )
+    previous = {4: previous_vtep_mac(ctx.previous_data),
+                6: previous_vtep_mac(ctx.previous_v6_data)}
+    return VxlanBackend(ctx.ext, ctx.netlink, ctx.config, previous_macs=previous)
 
 
 def _hostgw(ctx: BackendContext) -> Backend:
