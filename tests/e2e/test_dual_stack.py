@@ -49,6 +49,11 @@ def _ip_json(netns: str, *args: str) -> list[dict[str, object]]:
     return json.loads(out) if out.strip() else []  # type: ignore[no-any-return]
 
 
+def _has_link(netns: str, name: str) -> bool:
+    return subprocess.run(["ip", "-n", netns, "link", "show", "dev", name], capture_output=True,
+                          timeout=10, check=False).returncode == 0
+
+
 def _v6_device(lab: Lab, node: str) -> dict[str, object]:
     return _ip_json(lab.plan.node(node).netns, "-d", "link", "show", "flannel-v6.1")[0]
 
@@ -201,11 +206,24 @@ def test_deleted_flannel_v6_device_and_entries_are_repaired_and_ipv4_keeps_worki
         wait_until(lambda: len(neighbours()) == 1, 60.0, "n1's IPv6 neighbour entry again")
         subprocess.run(["ip", "-n", n1, "link", "del", "flannel-v6.1"], timeout=10, check=True)
         assert lab.ping("n1p1", "n2p1", 3, family=4).received == 3  # IPv4 untouched
-        wait_until(lambda: _ip_json(n1, "link", "show", "dev", "flannel-v6.1") != [], 60.0,
+        wait_until(lambda: _has_link(n1, "flannel-v6.1"), 60.0,
                    "flannel-v6.1 to be recreated on n1")
         assert _v6_device(lab, "n1")["address"] == mac
         _wait_ipv6(lab, "n1p1", "n2p1")
         assert lab.ping("n1p1", "n2p1", 3, family=6).received == 3
+
+        # etcd mode: both VTEP MACs survive a restart that finds no device (a reboot)
+        mac4 = _ip_json(n1, "link", "show", "dev", "flannel.1")[0]["address"]
+        lab.kill_flanneld("n1", signal.SIGKILL)
+        for dev in ("flannel.1", "flannel-v6.1"):
+            subprocess.run(["ip", "-n", n1, "link", "del", dev], timeout=10, check=True)
+        lab.start_flanneld("n1")
+        wait_until(lambda: _has_link(n1, "flannel-v6.1"), 60.0,
+                   "flanneld to create flannel-v6.1 again on n1")
+        assert _v6_device(lab, "n1")["address"] == mac
+        assert _ip_json(n1, "link", "show", "dev", "flannel.1")[0]["address"] == mac4
+        _wait_ipv6(lab, "n2p1", "n1p1")
+        assert lab.ping("n2p1", "n1p1", 3, family=4).received == 3
     finally:
         down(prefix)
     assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
