@@ -29,6 +29,7 @@ from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
     BACKEND_TYPE,
     VxlanPeer,
+    check_config,
     family_peers,
     lease_attrs,
     own_vtep_mac,
@@ -39,7 +40,6 @@ from backends.vxlan_state import (
     vxlan_peer,
 )
 from subnet.errors import (
-    ConfigError,
     DataplaneError,
     InterfaceError,
     LeaseError,
@@ -113,12 +113,6 @@ class VxlanBackend:
             mac=self._previous.get(version) or vtep_mac(os.urandom(6)),
             mtu=opts.device_mtu(self._ext.mtu, version),
         )
-
-
-def check_config(config: NetConfig) -> None:
-    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
-    if not config.networks():
-        raise ConfigError("the vxlan backend needs an IPv4 or IPv6 Network")
 
 
 class _Device:

@@ -33,7 +33,7 @@ from subnet.lease import (
     LeaseAttrs,
     compact_json,
 )
-from subnet.netconf import BackendConfig
+from subnet.netconf import BackendConfig, NetConfig
 
 BACKEND_TYPE = "vxlan"
 # Bytes the kernel adds around a pod packet (outer IPv4 + UDP + VXLAN + Ethernet).
@@ -98,6 +98,13 @@ class VxlanPeer:
 
 
 # --- options -----------------------------------------------------------------------------
+
+
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the vxlan backend needs an IPv4 or IPv6 Network")
+
 
 
 def parse_options(backend: BackendConfig) -> VxlanOptions:
