@@ -15,6 +15,13 @@ Design, and where it departs from upstream on purpose:
   peer is missed or left stale.  An update produces an event exactly when the
   node's lease changes, podCIDR included; a lease whose key changes is
   reported as removed and added.
+* Lists are paginated (``limit``/``continue``, 500 Nodes a page, as
+  client-go's pager) and each page is turned into leases before the next is
+  fetched: only the leases stay in memory, never the whole NodeList.  The
+  daemon's first list starts right after :meth:`KubeSubnetManager.wait_for_sync`
+  (which lists one Node) and runs while the daemon sets up its devices.
+* Requests go through the official client's ``ApiClient`` (configuration,
+  authentication, token refresh, urllib3 pool) as raw JSON; see :class:`Rest`.
 * A node with garbage annotations is logged once (until it changes) and
   skipped; its previous lease, if any, is kept, as upstream does.
 * Annotations are compared with what we would write and only the differing

@@ -100,6 +100,7 @@ class _Fault:
     path_suffix: str | None
     code: int
     remaining: int
+    query_key: str | None = None
 
 
 class ApiError(Exception):
@@ -503,11 +504,12 @@ class KubeAPIDouble:
 
     def fail_next(
         self, count: int = 1, code: int = 500, *, method: str | None = None,
-        path_suffix: str | None = None,
+        path_suffix: str | None = None, query_key: str | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with error ``code``."""
+        """Answer the next ``count`` matching requests with error ``code``
+        (``query_key``: only requests with that query parameter, e.g. ``continue``)."""
         with self._cond:
-            self._faults.append(_Fault(method, path_suffix, code, count))
+            self._faults.append(_Fault(method, path_suffix, code, count, query_key))
 
     def requests_matching(self, method: str, path_suffix: str = "") -> list[Request]:
         with self._cond:
@@ -563,13 +565,15 @@ class KubeAPIDouble:
             self._compacted = self._history.pop(0).rv
         self._cond.notify_all()
 
-    def _take_fault(self, method: str, path: str) -> int | None:
+    def _take_fault(self, method: str, path: str, query: Mapping[str, str]) -> int | None:
         for fault in self._faults:
             if fault.remaining <= 0:
                 continue
             if fault.method is not None and fault.method != method:
                 continue
             if fault.path_suffix is not None and not path.endswith(fault.path_suffix):
+                continue
+            if fault.query_key is not None and fault.query_key not in query:
                 continue
             fault.remaining -= 1
             return fault.code
@@ -587,10 +591,11 @@ class KubeAPIDouble:
             with self._cond:
                 self._authenticate(handler.headers.get("Authorization", ""))
                 self.requests.append(Request(method, path, query, content_type, body))
-                fault = self._take_fault(method, path)
+                fault = self._take_fault(method, path, query)
             if fault is not None:
-                raise ApiError(fault, "InternalError" if fault >= 500 else "BadRequest",
-                               f"injected failure {fault}")
+                reason = {410: "Expired"}.get(fault, "InternalError" if fault >= 500 else
+                                              "BadRequest")
+                raise ApiError(fault, reason, f"injected failure {fault}")
             target = _route(path)
             if target.name is None:
                 self._collection(handler, method, target, query, body)
@@ -647,7 +652,7 @@ class KubeAPIDouble:
                  query.get("fieldSelector", ""))
         with self._cond:
             if token:
-                paged = self._pages.pop(token, None)
+                paged = self._pages.get(token)
                 if paged is None or paged.scope != scope:
                     raise ApiError(400, "BadRequest", "continue key is not valid")
                 if paged.rv < self._compacted:
@@ -657,7 +662,9 @@ class KubeAPIDouble:
                 rv, items = paged.rv, paged.rest
             else:
                 rv = self._rv
-                items = [copy.deepcopy(obj) for _, obj in
+                # shallow copies: a stored object is never changed in place (every write
+                # stores a new one), so the snapshot stays as it was
+                items = [dict(obj) for _, obj in
                          sorted(self._objects[resource.plural].items()) if selected.accepts(obj)]
             rest: list[JSON] = []
             if 0 < limit < len(items):
