@@ -357,7 +357,7 @@ def main() -> int:
         "bursts and idle (seconds after the last write; idle CPU in % of one core over whole"
         " resync periods; targets: full pass <= 0.5 s, idle CPU <= 1 %)",
         ["peers", "100 added s", "100 deleted s", "N more added s", "full pass s",
-         "idle CPU %", "of it full passes %", "idle window s", "VmRSS end MiB"],
+         "idle CPU %", "in full passes, % of time", "idle window s", "VmRSS end MiB"],
         [(r["peers"], r.get("hundred_add_after_last_s"), r.get("hundred_delete_after_last_s"),
           r.get("burst_last_write_to_all_s", "-"), r.get("last_full_pass_s"),
           r.get("idle_cpu_percent"), r.get("idle_full_pass_percent"),
