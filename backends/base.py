@@ -107,6 +107,8 @@ class KernelProbe:
     the kernel differed from what the passes before it had left; ``generation`` ties
     it to the writes the netlink layer has counted since the read began, so that the
     loop thread can tell a difference its own later writes explain from damage.
+    ``seconds`` is the read's CPU time (its thread's: on a busy node its wall time
+    would mostly be waiting for a core).
     """
 
     generation: int

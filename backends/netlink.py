@@ -650,7 +650,7 @@ class Netlink:
     ) -> KernelProbe:
         """(The probe's thread.)  Per scope, the slots where the kernel differs from the view
         the probe began with; DataplaneError when the kernel cannot be read."""
-        started = time.monotonic()
+        started = time.thread_time()
         if self._probe_rtnl is None:
             try:
                 self._probe_rtnl = Rtnl(_in_netns(self._netns, open_rtnl_socket))
@@ -664,7 +664,7 @@ class Netlink:
                 self._probe_views[scope] = cached
             kernel = self.signatures(*scope, sock=self._probe_rtnl)
             differing[scope] = frozenset(map(rtnl.slot, kernel ^ cached[1]))
-        return KernelProbe(generation, differing, time.monotonic() - started)
+        return KernelProbe(generation, differing, time.thread_time() - started)
 
     def verify(self, probe: KernelProbe, ifindexes: Iterable[int], families: Iterable[int]) -> bool:
         """Whether the kernel holds exactly what the syncs of this scope left, by ``probe``:

@@ -178,7 +178,7 @@ class Flags:
                                   name="log_backtrace_at")
     resync_interval: float = _flag(10.0, "pyflannel: seconds between full data-plane "
                                    "reconciles", parser=_parse_seconds)
-    resync_max_cpu: float = _flag(1.0, "pyflannel: percent of one core that periodic full "
+    resync_max_cpu: float = _flag(0.5, "pyflannel: percent of one core that periodic full "
                                   "passes may take (slow ones are spaced further apart)",
                                   parser=_parse_percent)
     network_policy: bool = _flag(False, "pyflannel: enforce Kubernetes NetworkPolicy with "

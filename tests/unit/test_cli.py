@@ -316,8 +316,8 @@ def test_bad_resync_max_cpu(text: str) -> None:
     assert code == 2
 
 
-def test_resync_max_cpu_defaults_to_one_percent() -> None:
-    assert parse().resync_max_cpu == 1.0
+def test_resync_max_cpu_defaults_to_half_a_percent() -> None:
+    assert parse().resync_max_cpu == 0.5
     assert parse("--resync-max-cpu=100").resync_max_cpu == 100.0
 
 

@@ -101,14 +101,14 @@ def test_due_resync_is_a_quiet_full_pass_and_restarts_the_clock() -> None:
     assert state.next_resync == 120.0
 
 
-def test_slow_full_pass_stretches_the_resync_to_a_hundred_times_its_duration() -> None:
+def test_slow_full_pass_stretches_the_resync_to_two_hundred_times_its_duration() -> None:
     state = synced_at(100.0)
     state, _ = run_pass(state, [], 110.0, seconds=0.25)
-    assert state.next_resync == 110.0 + 25.0  # a 0.25 s pass: 1 % of 25 s
-    assert step(state, [], 134.9)[1] == ()
-    state, actions = run_pass(state, [], 135.0, seconds=0.0625)
-    assert reconciles(actions) == [full_pass(135.0)]
-    assert state.next_resync == 145.0  # fast again: back to the configured interval
+    assert state.next_resync == 110.0 + 50.0  # a 0.25 s pass: 0.5 % of 50 s
+    assert step(state, [], 159.9)[1] == ()
+    state, actions = run_pass(state, [], 160.0, seconds=0.03125)
+    assert reconciles(actions) == [full_pass(160.0)]
+    assert state.next_resync == 170.0  # fast again: back to the configured interval
 
 
 def test_an_incremental_pass_does_not_move_the_resync() -> None:
@@ -185,10 +185,10 @@ def test_snapshot_without_our_lease_means_reacquire() -> None:
 
 def test_resync_interval_stretches_only_for_slow_full_passes() -> None:
     assert resync_interval(10.0, 0.05) == 10.0
-    assert resync_interval(10.0, 0.5) == 50.0
+    assert resync_interval(10.0, 0.5) == 100.0
 
 
-PROBE = KernelProbe(generation=1, differing={}, seconds=0.05)
+PROBE = KernelProbe(generation=1, differing={}, seconds=0.01)
 
 
 def test_a_due_full_pass_reads_the_kernel_elsewhere_and_events_are_served_meanwhile() -> None:
@@ -206,7 +206,7 @@ def test_a_due_full_pass_reads_the_kernel_elsewhere_and_events_are_served_meanwh
         Reconcile(full=True, resync=True, resync_only=True, probe=PROBE, since=110.0),
     ]
     assert not state.probing
-    state, _ = settle(state, Reconciled(reconciles(actions)[-1], NO_CHANGE, 110.3), 110.35)
+    state, _ = settle(state, Reconciled(reconciles(actions)[-1], NO_CHANGE, 110.3), 110.32)
     assert state.next_resync == 120.0  # counted from the read's start
 
 
@@ -216,7 +216,7 @@ def test_a_slow_read_stretches_the_resync_from_its_start() -> None:
     slow = KernelProbe(generation=1, differing={}, seconds=0.45)
     state, actions = step(state, [Probed(slow)], 113.0)  # waited behind events: not counted
     state, _ = settle(state, Reconciled(reconciles(actions)[0], NO_CHANGE, 113.0), 113.05)
-    assert abs(state.next_resync - (110.0 + 50.0)) < 1e-6  # 0.5 s of work: 1 % of 50 s
+    assert abs(state.next_resync - (110.0 + 100.0)) < 1e-6  # 0.5 s of work: 0.5 % of 100 s
 
 
 def test_the_budget_sets_the_stretch() -> None:
