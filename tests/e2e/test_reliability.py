@@ -848,10 +848,19 @@ def test_fifty_daemons_start_at_once_and_converge(backend: str, ip_family: str) 
         ready = time.monotonic() - started
         names = [node.name for node in fleet.plan.nodes]
 
-        def all_programmed() -> bool:
-            return all(len(observe(fleet, n).routes) == per_peer * (nodes - 1) for n in names)
+        want = per_peer * (nodes - 1)
+        counts: dict[str, int] = {}
 
-        wait_until(all_programmed, 180.0 - ready, "every node programs 49 peers", step=0.5)
+        def all_programmed() -> bool:
+            counts.update({n: len(observe(fleet, n).routes) for n in names})
+            return all(c == want for c in counts.values())
+
+        try:
+            wait_until(all_programmed, 180.0 - ready, "every node programs 49 peers", step=0.5)
+        except pytest.fail.Exception:
+            short = {n: c for n, c in counts.items() if c != want}
+            pytest.fail(f"after {time.monotonic() - started:.0f} s (ready after {ready:.0f} s) "
+                        f"{len(short)} nodes lack some of their {want} routes: {short}")
         converged_after = time.monotonic() - started
         leases = fleet.leases()
         pids = [fleet.flanneld_pid(n) for n in names]

@@ -586,8 +586,8 @@ def test_dual_stack_node_without_an_ipv6_pod_cidr_is_kept_for_ipv4_and_reported_
     w.wait_for_keys({"10.244.1.0-24&fd00:10:244:1::-64", "10.244.2.0-24",
                      "10.244.3.0-24&fd00:10:244:3::-64"})
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["Node 'v4only' is reached over one address family only: no IPv6 pod "
-                     "CIDR: not reached over IPv6"], lines
+    assert lines == [("Node 'v4only' is reached over one address family only: no IPv6 pod "
+                      "CIDR: not reached over IPv6")], lines
 
 
 @pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
