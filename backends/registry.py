@@ -1,23 +1,22 @@
-"""The explicit table of backends: type name (net-conf.json ``Backend.Type``) -> factory."""
+"""The explicit table of backends: type name (net-conf.json ``Backend.Type``) -> factory.
+
+Each entry imports its backend's modules when it is used, so a daemon loads
+only the backend net-conf.json names (start-up time and memory).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from backends import hostgw
 from backends.base import Backend, ExternalInterface, ipv4_network
-from backends.hostgw import HostGwBackend
-from backends.netlink import Netlink
-from backends.udp import UdpBackend, parse_port
-from backends.vxlan import VxlanBackend
-from backends.vxlan_state import parse_options, previous_vtep_mac
-from backends.wireguard import WireguardBackend, key_file_path
-from backends.wireguard_state import parse_options as parse_wireguard_options
 from subnet.errors import ConfigError
 from subnet.netconf import BackendConfig, NetConfig
+
+if TYPE_CHECKING:
+    from backends.netlink import Netlink
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +59,11 @@ class BackendEntry:
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(
-            _vxlan, lambda c: asdict(parse_options(c)), partial(ipv4_network, backend="vxlan")
-        ),
-        "host-gw": BackendEntry(_hostgw, lambda c: {}, hostgw.check_config),
-        "udp": BackendEntry(
-            _udp, lambda c: {"port": parse_port(c)}, partial(ipv4_network, backend="udp")
-        ),
+        "vxlan": BackendEntry(_vxlan, _vxlan_options, partial(ipv4_network, backend="vxlan")),
+        "host-gw": BackendEntry(_hostgw, lambda c: {}, _hostgw_check),
+        "udp": BackendEntry(_udp, _udp_options, partial(ipv4_network, backend="udp")),
         "wireguard": BackendEntry(
-            _wireguard, lambda c: parse_wireguard_options(c).summary(),
-            partial(ipv4_network, backend="wireguard"),
+            _wireguard, _wireguard_options, partial(ipv4_network, backend="wireguard")
         ),
     }
 
@@ -86,18 +80,51 @@ def lookup(backend_type: str) -> BackendEntry:
 
 
 def _vxlan(ctx: BackendContext) -> Backend:
+    from backends.vxlan import VxlanBackend
+    from backends.vxlan_state import previous_vtep_mac
+
     return VxlanBackend(
         ctx.ext, ctx.netlink, ctx.config, previous_mac=previous_vtep_mac(ctx.previous_data)
     )
 
 
+def _vxlan_options(config: BackendConfig) -> dict[str, object]:
+    from backends.vxlan_state import parse_options
+
+    return asdict(parse_options(config))
+
+
 def _hostgw(ctx: BackendContext) -> Backend:
+    from backends.hostgw import HostGwBackend
+
     return HostGwBackend(ctx.ext, ctx.netlink)
 
 
+def _hostgw_check(config: NetConfig) -> None:
+    from backends.hostgw import check_config
+
+    check_config(config)
+
+
 def _udp(ctx: BackendContext) -> Backend:
+    from backends.udp import UdpBackend
+
     return UdpBackend(ctx.ext, ctx.netlink, ctx.config)
 
 
+def _udp_options(config: BackendConfig) -> dict[str, object]:
+    from backends.udp import parse_port
+
+    return {"port": parse_port(config)}
+
+
 def _wireguard(ctx: BackendContext) -> Backend:
+    from backends.wireguard import WireguardBackend, key_file_path
+
     return WireguardBackend(ctx.ext, ctx.netlink, ctx.config, key_file_path(ctx.environ))
+
+
+def _wireguard_options(config: BackendConfig) -> dict[str, object]:
+    from backends.wireguard_state import parse_options
+
+    return parse_options(config).summary()
