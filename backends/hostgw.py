@@ -80,7 +80,7 @@ class HostGwNetwork:
         self._families = sorted(
             {socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in networks}
         )
-        self._versions = {n.version for n in networks}
+        self._versions = sorted({n.version for n in networks})
         self._skips = SkipLog(log)
         self._routes: PeerEntries[KernelObject] = PeerEntries()
         self._desired: DataplaneState | None = None
@@ -137,8 +137,8 @@ class HostGwNetwork:
         return skipped
 
     def _peer_routes(self, lease: Lease) -> tuple[list[KernelObject], tuple[()]] | None:
-        found = peer_routes(lease, self._versions)
-        if not found:
+        found, missing = peer_routes(lease, self._versions)
+        if not found or missing:  # the full computation reports what it lacks
             return None
         return [route(p, self._ext.index) for p in found], ()
 
