@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TypeAlias
 
-from backends import hostgw
+from backends import hostgw, wireguard
 from backends.base import Backend, ExternalInterface, ipv4_network
 from backends.hostgw import HostGwBackend
 from backends.netlink import Netlink
@@ -68,8 +68,7 @@ def backends() -> dict[str, BackendEntry]:
             _udp, lambda c: {"port": parse_port(c)}, partial(ipv4_network, backend="udp")
         ),
         "wireguard": BackendEntry(
-            _wireguard, lambda c: parse_wireguard_options(c).summary(),
-            partial(ipv4_network, backend="wireguard"),
+            _wireguard, lambda c: parse_wireguard_options(c).summary(), wireguard.check_config,
         ),
     }
 

@@ -248,10 +248,13 @@ class FakeNetlink:
 class FakeUserspace:
     name = "userspace"
 
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
 
-def choose(driver: str, err: int | None) -> str:
+
+def choose(driver: str, err: int | None, device: str = "flannel-wg") -> str:
     chosen = choose_driver(WireguardOptions(driver=driver), FakeNetlink(err),  # type: ignore[arg-type]
-                           FakeUserspace)  # type: ignore[arg-type]
+                           FakeUserspace, device)  # type: ignore[arg-type]
     return str(chosen.name)
 
 
@@ -262,6 +265,8 @@ def test_auto_picks_userspace_without_the_module(caplog: Any) -> None:
     assert "no wireguard module" in caplog.text
     assert choose("auto", None) == "kernel"
     assert choose("userspace", None) == "userspace"
+    assert choose("auto", errno.EOPNOTSUPP, "flannel-wg-v6") == "userspace"
+    assert "using wireguard-go (userspace) for flannel-wg-v6" in caplog.text
 
 
 def test_kernel_forced_without_the_module_names_the_fix() -> None:
