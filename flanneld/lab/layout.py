@@ -46,7 +46,7 @@ IFNAMSIZ = 15  # longest Linux interface name
 BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
 SUBNET_MGRS = ("etcd", "kube")
 IP_FAMILIES = ("ipv4", "ipv6", "dual")
-IPV6_BACKENDS = ("host-gw",)  # the lab's backends that run IPv6 in pyflannel so far
+IPV6_BACKENDS = ("host-gw", "wireguard")  # the lab's backends that run IPv6 in pyflannel so far
 KUBE_API_PORT = 16443
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
