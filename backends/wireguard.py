@@ -51,6 +51,7 @@ from backends.wireguard_state import (
     Tunnel,
     WgPeer,
     WireguardOptions,
+    check_config,
     clamp,
     device_address,
     key_b64,
@@ -184,12 +185,6 @@ def choose_driver(
         return userspace(name)
     log.info("wireguard: using the kernel module for %s", name)
     return kernel
-
-
-def check_config(config: NetConfig) -> None:
-    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
-    if not config.networks():
-        raise ConfigError("the wireguard backend needs an IPv4 or IPv6 Network")
 
 
 # --- backend and network ---------------------------------------------------------------------

@@ -35,7 +35,7 @@ from backends.model import Skipped
 from backends.peers import usable_peers
 from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs, compact_json
-from subnet.netconf import BackendConfig
+from subnet.netconf import BackendConfig, NetConfig
 
 BACKEND_TYPE = "wireguard"
 DEVICE = "flannel-wg"
@@ -303,6 +303,12 @@ def decode_backend_data(text: str | None) -> WireguardData:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise PeerDataError(f"Port {port!r} is not a UDP port")
     return WireguardData(key, port or None)
+
+
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the wireguard backend needs an IPv4 or IPv6 Network")
 
 
 # --- devices and our lease -------------------------------------------------------------------

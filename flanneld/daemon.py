@@ -40,20 +40,19 @@ from flanneld.loop import (
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
-from flanneld.netpol.controller import ObjectSource, policy_threads
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
-from flanneld.trafficmgr.policy import PolicyTable, ensure_bridge_netfilter
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
 from flanneld.trafficmgr.runner import CommandRunner
 from subnet.errors import ConfigError, DataplaneError, StopRequested
-from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
 from subnet.lease import Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import IPStack, NetConfig, ip_stack
 from subnet.retry import Backoff
 
 if TYPE_CHECKING:
+    from flanneld.trafficmgr.policy import PolicyTable
     from subnet.etcd import EtcdSettings
+    from subnet.kube_state import KubeSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,8 @@ def etcd_settings(flags: Flags) -> EtcdSettings:
 
 def kube_settings(flags: Flags, environ: Mapping[str, str]) -> KubeSettings:
     """KubeSettings from flanneld's flags and EVENT_QUEUE_DEPTH/CONT_WHEN_CACHE_NOT_READY."""
+    from subnet.kube_state import KubeSettings, parse_env_bool, parse_event_queue_depth
+
     return KubeSettings(
         api_url=flags.kube_api_url,
         kubeconfig_file=flags.kubeconfig_file,
@@ -158,7 +159,7 @@ def make_backend(
     )
     return entry.build(
         BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None,
-                       os.environ)
+                       os.environ, previous.backend_v6_data if previous else None)
     )
 
 
@@ -188,6 +189,20 @@ def traffic_rules(config: NetConfig, flags: Flags) -> TrafficManager:
     return traffic_manager(config.enable_nftables, flags.ip_masq_fully_random_disable)
 
 
+# The policy modules load only where policy is in play (kube mode): etcd mode's
+# start does not pay for importing them.
+def make_policy_table() -> PolicyTable:
+    from flanneld.trafficmgr.policy import PolicyTable
+
+    return PolicyTable(CommandRunner())
+
+
+def enable_bridge_netfilter() -> None:
+    from flanneld.trafficmgr.policy import ensure_bridge_netfilter
+
+    ensure_bridge_netfilter(CommandRunner())
+
+
 KernelWatchFactory = Callable[
     [Callable[[], None], threading.Event, OwnDeletions], threading.Thread
 ]
@@ -204,8 +219,8 @@ class Parts:
     netlink: Callable[[], Netlink] = Netlink  # one per thread that programs the kernel
     rules: Callable[[NetConfig, Flags], TrafficManager] = traffic_rules
     kernel_watch: KernelWatchFactory = KernelWatch
-    policy_table: Callable[[], PolicyTable] = lambda: PolicyTable(CommandRunner())
-    bridge_netfilter: Callable[[], None] = lambda: ensure_bridge_netfilter(CommandRunner())
+    policy_table: Callable[[], PolicyTable] = make_policy_table
+    bridge_netfilter: Callable[[], None] = enable_bridge_netfilter
 
 
 def rule_nets(config: NetConfig, lease: Lease) -> list[FamilyNets]:
@@ -309,6 +324,8 @@ class Daemon:
 
     def _policy_threads(self, manager: SubnetManager, holder: LeaseHolder) -> list[threading.Thread]:
         """``--network-policy``: informers and the policy reconciler (table kept on shutdown)."""
+        from flanneld.netpol.controller import ObjectSource, policy_threads
+
         if not isinstance(manager, ObjectSource):
             raise ConfigError("--network-policy needs the Kubernetes subnet manager")
         _, threads = policy_threads(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -138,3 +139,39 @@ def test_test_module_names_are_unique() -> None:
             clashes.append(f"{seen[path.name]} and {rel}")
         seen.setdefault(path.name, rel)
     assert not clashes, "test modules share a basename: " + "; ".join(clashes)
+
+
+def test_etcd_mode_start_imports_only_what_it_runs() -> None:
+    """``flanneld.daemon`` loads no opt-in part (network policy, the Kubernetes side, the
+    backends net-conf.json does not name) and not pyroute2's whole package: each costs
+    start-up time and resident memory on every node (issue 13)."""
+    script = (
+        "import sys, flanneld.daemon\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       check=True, timeout=60).stdout.split()
+    )
+    unwanted = [
+        "flanneld.netpol.controller", "flanneld.netpol.model", "flanneld.trafficmgr.policy",
+        "subnet.kube", "subnet.kube_state", "kubernetes", "backends.udp",
+        "backends.wireguard", "backends.hostgw", "backends.vxlan", "pyroute2.ndb",
+        "pyroute2.ipdb", "pyroute2.conntrack",
+    ]
+    assert "backends.netlink" in loaded
+    assert not [name for name in unwanted if name in loaded]
+
+
+def test_pyroute2_whole_package_still_imports_after_the_seam() -> None:
+    """The seam defers pyroute2's package ``__init__``; ``from pyroute2 import X`` elsewhere
+    (the lab, tests) still gets X, and a subpackage alone stays cheap."""
+    script = (
+        "import sys, backends.netlink\n"
+        "from pyroute2 import netns\n"
+        "assert 'pyroute2.ndb' not in sys.modules, 'a subpackage ran the whole __init__'\n"
+        "from pyroute2 import IPRoute, NDB\n"
+        "from backends.netlink import IPRoute as Ours\n"
+        "assert IPRoute is Ours and NDB.__name__ == 'NDB' and netns.setns\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)
