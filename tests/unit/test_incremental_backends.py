@@ -1,6 +1,6 @@
-"""Events cost what they change in the host-gw, udp and wireguard backends.
+"""Events cost what they change in the host-gw and udp backends.
 
-Each backend is driven with a recording fake of its kernel side: a full pass
+The backend is driven with a recording fake of its kernel side: a full pass
 programs everything, an event only the peers it changed (and the result is
 what a full pass over the same leases gives); a peer that conflicts with
 another falls back to the full computation.
@@ -17,22 +17,8 @@ from backends.hostgw import HostGwNetwork
 from backends.hostgw_state import BACKEND_TYPE as HOSTGW
 from backends.hostgw_state import desired_state, hostgw_peers
 from backends.model import DataplaneState, KernelObject, Route
-from backends.netlink import ApplyResult, LinkState
+from backends.netlink import ApplyResult
 from backends.udp_packet import RouteTable
-from backends.wireguard import WireguardNetwork
-from backends.wireguard_state import (
-    BACKEND_TYPE as WIREGUARD,
-)
-from backends.wireguard_state import (
-    DeviceState,
-    PeerPlan,
-    WireguardOptions,
-    apply_plan,
-    encode_backend_data,
-    plan_peers,
-    public_key,
-    wireguard_peers,
-)
 from subnet.lease import Lease, LeaseAttrs
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
@@ -40,12 +26,12 @@ EXT = ExternalInterface("eth1", 3, 1500, ipaddress.IPv4Address("192.168.0.1"),
                         ipaddress.IPv4Address("192.168.0.1"))
 
 
-def lease(third: int, backend: str = HOSTGW, data: str | None = None) -> Lease:
+def lease(third: int) -> Lease:
     return Lease(
         subnet=ipaddress.IPv4Network(f"10.244.{third}.0/24"),
         ipv6_subnet=None,
         attrs=LeaseAttrs(public_ip=ipaddress.IPv4Address(f"192.168.0.{third}"),
-                         backend_type=backend, backend_data=data),
+                         backend_type=HOSTGW),
     )
 
 
@@ -69,15 +55,6 @@ class RecordingNetlink:
         if fresh:
             self.full.append(desired())
         return ApplyResult()
-
-    def link(self, name: str) -> LinkState:
-        return LinkState(9, name, "wireguard", 1420, "", True)
-
-    def set_link(self, index: int, **_: object) -> None:
-        pass
-
-    def sync_addresses(self, *_: object) -> None:
-        pass
 
 
 def routes(*thirds: int) -> list[KernelObject]:
@@ -143,61 +120,3 @@ def test_udp_route_table_changes_equal_a_table_built_afresh() -> None:
         assert changed.knows_source(f"192.168.0.{last}") == fresh.knows_source(f"192.168.0.{last}")
     assert table.lookup(int(ipaddress.IPv4Address("10.244.3.9"))) is not None  # untouched
     assert len(table) == len(start)
-
-
-PRIVATE = bytes(range(1, 33))
-
-
-def wg_lease(third: int) -> Lease:
-    key = public_key(bytes([third]) * 32)
-    return lease(third, WIREGUARD, encode_backend_data(key, 51820))
-
-
-@dataclass
-class RecordingDriver:
-    """A WireGuard device that takes every plan; counts the reads."""
-
-    name: str = "fake"
-    device: DeviceState = field(default_factory=DeviceState)
-    reads: int = 0
-    plans: list[PeerPlan] = field(default_factory=list)
-
-    def ensure_device(self) -> bool:
-        return False
-
-    def read(self) -> DeviceState:
-        self.reads += 1
-        return self.device
-
-    def apply(self, plan: PeerPlan, private_key: bytes, listen_port: int) -> None:
-        self.plans.append(plan)
-        self.device = apply_plan(self.device, plan, private_key, listen_port)
-
-    def close(self) -> None:
-        pass
-
-
-def test_wireguard_event_programs_only_the_changed_peer_without_reading_the_device() -> None:
-    driver = RecordingDriver()
-    options = WireguardOptions()
-    own = wg_lease(1)
-    network = WireguardNetwork(RecordingNetlink(), driver, options, own,  # type: ignore[arg-type]
-                               NETWORK, PRIVATE, public_key(PRIVATE), 1500)
-    peers = {t: wg_lease(t) for t in range(2, 30)}
-    network.reconcile(list(peers.values()))
-    assert driver.reads == 1 and len(driver.plans[-1].put) == 28
-    peers[40] = wg_lease(40)
-    network.reconcile(list(peers.values()), full=False, changes={peers[40].key: peers[40]})
-    assert driver.reads == 1
-    assert [p.lease_key for p in driver.plans[-1].put] == [peers[40].key]
-    assert driver.plans[-1].remove == ()
-    gone = peers.pop(5)
-    network.reconcile(list(peers.values()), full=False, changes={gone.key: None})
-    assert driver.reads == 1 and driver.plans[-1].put == ()
-    assert len(driver.plans[-1].remove) == 1
-    # the device is what a full pass over the same leases wants
-    usable, _ = wireguard_peers(own, public_key(PRIVATE), list(peers.values()), [NETWORK],
-                                options)
-    assert not plan_peers(driver.device, usable, PRIVATE, options.listen_port)
-    network.reconcile(list(peers.values()), full=True, changes={})  # the safety net reads
-    assert driver.reads == 2 and len(driver.plans) == 3  # and nothing to write
