@@ -317,9 +317,10 @@ class MainLoop:
         probe = None
         try:
             probe = read()
-        except Exception as err:
-            log.error("the full pass's kernel read failed: %r (reading on the loop thread)",
-                      err, exc_info=not isinstance(err, FlannelError))
+        except Exception as err:  # the loop then reads on its own thread
+            if not self._stop.is_set():  # at shutdown its socket may close under it
+                log.error("the full pass's kernel read failed: %r (reading on the loop thread)",
+                          err, exc_info=not isinstance(err, FlannelError))
         self.messages.put(Probed(probe))
 
     def _reconcile(self, network: Network, table: PeerTable, action: Reconcile) -> Outcome | None:
