@@ -8,8 +8,9 @@ shares an L2 segment; the lease carries no BackendData (``null``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from backends.base import ExternalInterface
 from backends.model import DataplaneState, Route, Skipped
@@ -59,23 +60,44 @@ def hostgw_peers(
     """Routes to program per family, and the peers skipped with reasons.
 
     A family of a usable peer is programmed when the peer has both a
-    subnet and a public address of that family and we run that family.
+    subnet and a public address of that family and we run that family.  A
+    peer routed for one family only is also reported, with what the other
+    lacks.
     """
     usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
-    versions = {net.version for net in networks}
+    versions = sorted({net.version for net in networks})
     result: list[HostGwPeer] = []
     for peer in usable:
-        found = []
-        if 4 in versions and peer.subnet is not None and peer.attrs.public_ip != UNSPECIFIED_V4:
-            found.append(HostGwPeer(peer.key, peer.subnet, peer.attrs.public_ip))
-        if 6 in versions and peer.ipv6_subnet is not None and peer.attrs.public_ipv6 is not None:
-            found.append(HostGwPeer(peer.key, peer.ipv6_subnet, peer.attrs.public_ipv6))
+        found, missing = peer_routes(peer, versions)
         if not found:
             skipped.append(Skipped(peer.key, "no public address for any family we route"))
+        elif missing:
+            skipped.append(Skipped(peer.key, "; ".join(missing)))
         result.extend(found)
     return result, skipped
 
 
+def peer_routes(peer: Lease, versions: Collection[int]) -> tuple[list[HostGwPeer], list[str]]:
+    """The routes of one peer, per family in ``versions`` where it has a subnet and a
+    public address, and what each other family lacks."""
+    found, missing = [], []
+    for version in versions:
+        subnet = peer.subnet if version == 4 else peer.ipv6_subnet
+        gateway = peer.attrs.public_ipv6 if version == 6 else (
+            None if peer.attrs.public_ip == UNSPECIFIED_V4 else peer.attrs.public_ip)
+        if subnet is not None and gateway is not None:
+            found.append(HostGwPeer(peer.key, subnet, gateway))
+        else:
+            what = "subnet" if subnet is None else "public address"
+            missing.append(f"IPv{version} not routed: the lease has no IPv{version} {what}")
+    return found, missing
+
+
 def desired_state(peers: Sequence[HostGwPeer], ifindex: int) -> DataplaneState:
     """One route per peer subnet through its public address on the external interface."""
-    return DataplaneState(frozenset(Route(p.subnet, p.gateway, ifindex) for p in peers))
+    return DataplaneState(frozenset(map(partial(route, ifindex=ifindex), peers)))
+
+
+def route(peer: HostGwPeer, ifindex: int) -> Route:
+    """The route to one peer subnet through its public address on ``ifindex``."""
+    return Route(peer.subnet, peer.gateway, ifindex)

@@ -96,6 +96,7 @@ from subnet.kube_state import (
     annotations_of,
     attrs_from_annotations,
     desired_annotations,
+    missing_families,
     network_available_patch,
     node_name_of,
     node_to_lease,
@@ -695,7 +696,14 @@ class KubeSubnetManager:
                 log.warning("Skipping node %r: cannot turn it into a lease: %s", name, err)
                 state.bad[name] = str(err)
             return None
-        state.bad.pop(name, None)
+        note = "" if lease is None else missing_families(
+            node, self.keys, lease, enable_ipv4=cfg.enable_ipv4, enable_ipv6=cfg.enable_ipv6)
+        if note and state.bad.get(name) != note:
+            log.warning("Node %r is reached over one address family only: %s", name, note)
+        if note:
+            state.bad[name] = note
+        else:
+            state.bad.pop(name, None)
         return lease
 
     def _list_and_watch(

@@ -614,6 +614,30 @@ def test_garbage_nodes_are_skipped_and_logged_once(
     w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"})
 
 
+def test_dual_stack_node_without_an_ipv6_pod_cidr_is_kept_for_ipv4_and_reported_once(
+    api: KubeAPIDouble, watch: Callable[[], Watcher], net_conf: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subnet.kube")
+    net_conf.write_text('{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                        '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+    dual = {**peer_annotations("192.168.50.11"), P + "public-ipv6": "fd99::11",
+            P + "backend-v6-data": '{"VNI":1,"VtepMAC":"aa:bb:cc:00:01:01"}'}
+    api.add_node("dual", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"], annotations=dual)
+    api.add_node("v4only", pod_cidrs=["10.244.2.0/24"],
+                 annotations={**dual, P + "public-ip": "192.168.50.12"})
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24&fd00:10:244:1::-64", "10.244.2.0-24"})
+    api.annotate_node("v4only", {"unrelated/x": "1"})  # the same gap: no second line
+    api.add_node("later", pod_cidrs=["10.244.3.0/24", "fd00:10:244:3::/64"],
+                 annotations={**dual, P + "public-ip": "192.168.50.13"})
+    w.wait_for_keys({"10.244.1.0-24&fd00:10:244:1::-64", "10.244.2.0-24",
+                     "10.244.3.0-24&fd00:10:244:3::-64"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [("Node 'v4only' is reached over one address family only: no IPv6 pod "
+                      "CIDR: not reached over IPv6")], lines
+
+
 @pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])
 def test_gone_relists_to_the_correct_set(
     api: KubeAPIDouble, watch: Callable[[], Watcher], as_http_status: bool
