@@ -65,7 +65,7 @@ def backends() -> dict[str, BackendEntry]:
         "host-gw": BackendEntry(_hostgw, lambda c: {}, _hostgw_check),
         "udp": BackendEntry(_udp, _udp_options, partial(ipv4_network, backend="udp")),
         "wireguard": BackendEntry(
-            _wireguard, _wireguard_options, partial(ipv4_network, backend="wireguard")
+            _wireguard, _wireguard_options, _wireguard_check
         ),
     }
 
@@ -136,3 +136,9 @@ def _wireguard_options(config: BackendConfig) -> dict[str, object]:
     from backends.wireguard_state import parse_options
 
     return parse_options(config).summary()
+
+
+def _wireguard_check(config: NetConfig) -> None:
+    from backends.wireguard_state import check_config
+
+    check_config(config)

@@ -386,7 +386,7 @@ def test_dual_plan_has_an_ipv6_underlay_and_ipv6_network() -> None:
         ({"ip_family": "ipv6", "backend": "host-gw"}, "ipv6 needs --subnet-mgr kube"),
         ({"ip_family": "ipv5", "backend": "host-gw"}, "must be one of ipv4, ipv6, dual"),
         ({"ip_family": "dual", "backend": "udp"}, "IPv4-only, in upstream flannel too"),
-        ({"ip_family": "dual", "backend": "wireguard"}, "wireguard backend is IPv4-only yet"),
+        ({"ip_family": "ipv6", "backend": "wireguard"}, "ipv6 needs --subnet-mgr kube"),
         ({"ip_family": "ipv6", "backend": "vxlan"}, "ipv6 needs --subnet-mgr kube"),
         ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube", "image": "x:1"},
          "--image"),
