@@ -56,6 +56,7 @@ from backends.wireguard_state import (
     device_address,
     key_b64,
     lease_attrs,
+    merge_skipped,
     parse_options,
     plan_peers,
     public_key,
@@ -324,7 +325,7 @@ class WireguardNetwork:
         links: list[LinkState] = []
         plans: list[PeerPlan] = []
         failed: list[str] = []
-        skipped: dict[str, list[str]] = {}
+        skipped: list[Skipped] = []
         programmed: set[str] = set()
         any_recreated = False
         for tunnel, driver in self._devices:
@@ -333,15 +334,12 @@ class WireguardNetwork:
             links.append(link)
             usable, refused = wireguard_peers(
                 self._lease, self._public_key, peers, self._networks, self._options, tunnel)
-            for skip in refused:
-                reasons = skipped.setdefault(skip.key, [])
-                if skip.reason not in reasons:
-                    reasons.append(skip.reason)
+            skipped += refused
             programmed.update(p.lease_key for p in usable)
             plan, errors = self._reconcile_peers(tunnel, driver, usable)
             plans.append(plan)
             failed += errors
-        merged = [Skipped(key, "; ".join(reasons)) for key, reasons in skipped.items()]
+        merged = merge_skipped(skipped)
         self._skips.report(merged)
         routes = self._sync_routes(links, fresh=full or any_recreated)
         return ReconcileReport(
