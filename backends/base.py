@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +95,27 @@ def summarize(
     )
 
 
+# The devices and address families one sync covers (what its kernel dumps are filtered to).
+Scope = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelProbe:
+    """A full pass's kernel read, made on another thread while the loop serves events.
+
+    ``differing`` holds, per scope, the slots (see :func:`backends.rtnl.slot`) where
+    the kernel differed from what the passes before it had left; ``generation`` ties
+    it to the writes the netlink layer has counted since the read began, so that the
+    loop thread can tell a difference its own later writes explain from damage.
+    ``seconds`` is the read's CPU time (its thread's: on a busy node its wall time
+    would mostly be waiting for a core).
+    """
+
+    generation: int
+    differing: Mapping[Scope, frozenset[Hashable]]
+    seconds: float
+
+
 class Network(Protocol):
     """A registered network: our lease plus the kernel state that serves it."""
 
@@ -116,6 +137,7 @@ class Network(Protocol):
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         """Make the kernel match ``peers`` (every known lease except ours).
 
@@ -126,7 +148,15 @@ class Network(Protocol):
         ``changes`` (key -> new lease, None when removed; None when unknown)
         are the leases changed since the last pass: a backend may then program
         only those peers, when that gives what a pass over all would.
+        A full pass given the ``probe`` from :meth:`begin_probe` trusts its kernel
+        read instead of reading the kernel again, when that read is still good.
         """
+        ...
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """Start a full pass: what reads the kernel for it, to run on another thread
+        (and hand to :meth:`reconcile`), so that events are served meanwhile; None
+        when this network's full pass reads the kernel on the loop thread only."""
         ...
 
     def close(self) -> None:

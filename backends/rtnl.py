@@ -256,6 +256,12 @@ def signature(obj: KernelObject) -> Signature:
     return ("fdb", obj.ifindex, mac_bytes(obj.lladdr), obj.dst.packed)
 
 
+def slot(sig: Signature) -> Signature:
+    """The kernel slot a signature fills (its kind, then what identifies it, as an
+    object's ``key`` does): two signatures with one slot replace each other."""
+    return sig[:3]
+
+
 def route_signature(payload: bytes, rtype: int = RTN_UNICAST) -> RouteSignature | None:
     """Our route (protocol id, main table, ``rtype``) in an RTM_NEWROUTE payload, as plain
     values; None for anybody else's."""

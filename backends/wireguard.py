@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from backends.base import ExternalInterface, ReconcileReport
+from backends.base import ExternalInterface, KernelProbe, ReconcileReport
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
 from backends.plan import Delete, Put
@@ -319,6 +319,7 @@ class WireguardNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         links: list[LinkState] = []
         plans: list[PeerPlan] = []
@@ -352,6 +353,10 @@ class WireguardNetwork:
             device_recreated=any_recreated,
             peers=len(programmed),
         )
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """None: a full pass reads the devices' peers on the loop thread."""
+        return None
 
     def _ensure_link(self, tunnel: Tunnel, driver: WgDriver) -> tuple[bool, LinkState]:
         recreated = driver.ensure_device()

@@ -311,8 +311,8 @@ class Daemon:
         node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
                                                      strict=True)))
         holder = LeaseHolder(network.lease)
-        loop = MainLoop(node.reregister, node.on_lease, node.on_synced,
-                        LoopSettings(flags.resync_interval), stop, metrics)
+        settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
+        loop = MainLoop(node.reregister, node.on_lease, node.on_synced, settings, stop, metrics)
         policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy
