@@ -316,8 +316,10 @@ class Daemon:
         policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy
-        if not flags.network_policy and flags.kube_subnet_mgr:
-            remove_policy_table(parts.policy_table())
+        if not flags.network_policy and flags.kube_subnet_mgr:  # beside the first pass
+            self._threads.append(threading.Thread(
+                target=lambda: remove_policy_table(parts.policy_table()),
+                name="policy-table-cleanup", daemon=True))
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)
