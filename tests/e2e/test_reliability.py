@@ -628,6 +628,22 @@ def test_own_lease_deleted_is_reacquired_without_exiting(lab: Lab) -> None:
 # --- 10. malformed leases written straight into etcd --------------------------------------
 
 
+def put_until_logged(lab: Lab, bad: dict[str, str]) -> tuple[dict[str, int | None],
+                                                             dict[str, int]]:
+    """Write ``bad`` leases; wait until every daemon's log names each.  The daemons' PIDs
+    before, and where each log stood."""
+    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
+    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
+    for key, value in bad.items():
+        etcd_put(lab, key, value)
+    for node in lab.plan.nodes:
+        for key in bad:
+            short = key if len(key) < 60 else key[:30]
+            wait_until(logged(lab, node.name, key, starts[node.name]), RESYNC,
+                       f"{node.name} logs {short}", step=0.2)
+    return pids, starts
+
+
 def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> None:
     own = lab.node_lease("n1")
     other = lab.node_lease("n2")
@@ -658,20 +674,8 @@ def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> No
         dup_mac_key(lab, lease_key(other.subnet)): good("198.18.0.253", str(other.vtep_mac)),
         "10.244.254.0-24": good("198.18.0.254", "0e:00:00:00:01:09", vni=2),
     }
-    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
-    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
-    for key, value in bad.items():
-        etcd_put(lab, key, value)
     # Everything bad is named in every daemon's log, nothing bad is programmed.
-    for node in lab.plan.nodes:
-        for key in bad:
-            short = key if len(key) < 60 else key[:30]
-            wait_until(
-                logged(lab, node.name, key, starts[node.name]),
-                RESYNC,
-                f"{node.name} logs {short}",
-                step=0.2,
-            )
+    pids, _ = put_until_logged(lab, bad)
     for node in lab.plan.nodes:
         assert observe(lab, node.name) == expected(lab, node.name, valid), node.name
     assert {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes} == pids
@@ -716,14 +720,7 @@ def test_dual_stack_bad_leases_are_logged_once_and_both_families_keep_working(
     }
     reasons = ["outside the cluster network", "PublicIPv6 is not a valid address",
                "IPv4-mapped", "link-local", "loopback"]
-    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
-    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
-    for key, value in bad.items():
-        etcd_put(lab, key, value)
-    for node in lab.plan.nodes:
-        for key in bad:
-            wait_until(logged(lab, node.name, key, starts[node.name]), RESYNC,
-                       f"{node.name} logs {key}", step=0.2)
+    pids, starts = put_until_logged(lab, bad)
     # Two more passes on every node (a valid peer comes and goes): nothing is said again.
     canary = fake_peer(lab, 9)
     for node in lab.plan.nodes:
