@@ -93,7 +93,7 @@ def _reject_reason(
     if not subnets:
         return "no subnet in an enabled address family"
     if any(sub.version == 6 for sub in subnets):
-        unusable = _unusable_ipv6(peer.attrs.public_ipv6)
+        unusable = unusable_ipv6(peer.attrs.public_ipv6)
         if unusable:
             return unusable
     for sub in subnets:
@@ -106,7 +106,7 @@ def _reject_reason(
     return ""
 
 
-def _unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
+def unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
     """Why a peer's PublicIPv6 cannot be a tunnel endpoint or next hop ('' if it can)."""
     if addr is None:
         return ""  # no IPv6 endpoint at all: each backend says what it needs
