@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from backends.model import Skipped
 from backends.plan import Change, Delete, Put
+from backends.rtnl import Signature
 from backends.udp_packet import ForwardStats
 from subnet.errors import ConfigError
 from subnet.lease import Lease
@@ -103,16 +104,17 @@ Scope = tuple[tuple[int, ...], tuple[int, ...]]
 class KernelProbe:
     """A full pass's kernel read, made on another thread while the loop serves events.
 
-    ``differing`` holds, per scope, the slots (see :func:`backends.rtnl.slot`) where
-    the kernel differed from what the passes before it had left; ``generation`` ties
-    it to the writes the netlink layer has counted since the read began, so that the
-    loop thread can tell a difference its own later writes explain from damage.
+    ``differing`` holds, per scope, the objects (as :func:`backends.rtnl.signature`
+    tuples) the passes before it had left that the kernel lacked, and those the kernel
+    had that they had not left; ``generation`` ties it to the writes the netlink layer
+    has counted since the read began, so that the loop thread can tell a difference its
+    own later writes explain from damage.
     ``seconds`` is the read's CPU time (its thread's: on a busy node its wall time
     would mostly be waiting for a core).
     """
 
     generation: int
-    differing: Mapping[Scope, frozenset[Hashable]]
+    differing: Mapping[Scope, tuple[frozenset[Signature], frozenset[Signature]]]
     seconds: float
 
 

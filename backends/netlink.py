@@ -616,15 +616,21 @@ class Netlink:
     ) -> ApplyResult:
         """The changed peers' objects ``old`` replaced by ``new`` (:meth:`sync_delta`);
         on a ``fresh`` pass every object is checked too: by ``probe`` when that kernel
-        read still holds (:meth:`verify`), else by reading the kernel (:meth:`sync`).
+        read still holds (:meth:`repairs`), else by reading the kernel (:meth:`sync`).
         ``desired`` (all objects) is only asked for when needed."""
         ifindexes, families = tuple(ifindexes), tuple(families)
         result = self.sync_delta(old, new, ifindexes, families)
-        if result is not None and (
-            not fresh or (probe is not None and self.verify(probe, ifindexes, families))
-        ):
-            return result
-        rest = self.sync(desired(), ifindexes, families, fresh=fresh)
+        repairs = None
+        if result is not None and fresh and probe is not None:
+            repairs = self.repairs(probe, ifindexes, families)
+        if result is not None and (not fresh or repairs is not None):
+            if not repairs:
+                return result
+            log.info("the full pass found %d kernel objects of ours missing or changed",
+                     len(repairs))
+            rest = self._apply_in(_scope(ifindexes, families), repairs)
+        else:
+            rest = self.sync(desired(), ifindexes, families, fresh=fresh)
         if result is None:
             return rest
         return ApplyResult(result.applied + rest.applied, result.failed + rest.failed)
@@ -634,7 +640,7 @@ class Netlink:
     def begin_probe(self) -> Callable[[], KernelProbe] | None:
         """Start a kernel read of every scope synced so far without failure; returns the
         read, to run on another thread (it has a socket of its own).  From now on the
-        slots this thread writes are counted, for :meth:`verify`.  None: nothing to read."""
+        slots this thread writes are counted, for :meth:`repairs`.  None: nothing to read."""
         scopes = {
             scope: (self._versions.get(scope, 0), tuple(self._views[scope].values()))
             for scope in sorted(self._exact) if scope in self._views
@@ -648,36 +654,44 @@ class Netlink:
     def _read_probe(
         self, generation: int, scopes: dict[Scope, tuple[int, tuple[KernelObject, ...]]]
     ) -> KernelProbe:
-        """(The probe's thread.)  Per scope, the slots where the kernel differs from the view
-        the probe began with; DataplaneError when the kernel cannot be read."""
+        """(The probe's thread.)  Per scope, what the view the probe began with has and the
+        kernel lacks, and the reverse; DataplaneError when the kernel cannot be read."""
         started = time.thread_time()
         if self._probe_rtnl is None:
             try:
                 self._probe_rtnl = Rtnl(_in_netns(self._netns, open_rtnl_socket))
             except (NetlinkError, OSError) as err:
                 raise _dataplane_error("netlink socket for the full pass", err) from err
-        differing: dict[Scope, frozenset[Signature]] = {}
+        differing: dict[Scope, tuple[frozenset[Signature], frozenset[Signature]]] = {}
         for scope, (version, objects) in scopes.items():
             cached = self._probe_views.get(scope)
             if cached is None or cached[0] != version:
                 cached = version, frozenset(map(rtnl.signature, objects))
                 self._probe_views[scope] = cached
             kernel = self.signatures(*scope, sock=self._probe_rtnl)
-            differing[scope] = frozenset(map(rtnl.slot, kernel ^ cached[1]))
+            differing[scope] = cached[1] - kernel, kernel - cached[1]
         return KernelProbe(generation, differing, time.thread_time() - started)
 
-    def verify(self, probe: KernelProbe, ifindexes: Iterable[int], families: Iterable[int]) -> bool:
-        """Whether the kernel holds exactly what the syncs of this scope left, by ``probe``:
-        every slot where its read differed was written by this thread since the read
-        began (so the read may have seen it before or after), no write failed, and the
-        probe is the latest.  Reads nothing from the kernel; ends the count of writes."""
+    def repairs(
+        self, probe: KernelProbe, ifindexes: Iterable[int], families: Iterable[int]
+    ) -> list[Change] | None:
+        """What makes the kernel hold exactly what the syncs of this scope left, by ``probe``
+        (empty: it does), leaving out every slot this thread wrote since the read began
+        (the read may have seen it before or after); None when the probe cannot tell: a
+        write failed meanwhile, or it is not the latest.  Reads nothing from the kernel;
+        ends the count of writes.  A slot the read got wrong (a dump the kernel
+        interrupted) is only written again: every write is idempotent."""
         scope = _scope(ifindexes, families)
         written = self._written.pop(scope, None)
-        differing = probe.differing.get(scope)
-        if (probe.generation != self._probe_generation or written is None or differing is None
+        reading = probe.differing.get(scope)
+        if (probe.generation != self._probe_generation or written is None or reading is None
                 or scope not in self._exact):
-            return False
-        return differing <= written
+            return None
+        lacking, extra = ([rtnl.object_of(sig) for sig in sigs if rtnl.slot(sig) not in written]
+                          for sigs in reading)
+        if not lacking and not extra:
+            return []
+        return plan(DataplaneState.of(extra), DataplaneState.of(lacking))
 
     def _apply_in(self, scope: Scope, changes: Sequence[Change]) -> ApplyResult:
         """:meth:`apply` for one scope's sync: counts its written slots for a probe in

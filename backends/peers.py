@@ -229,5 +229,8 @@ class PeerEntries(Generic[T]):
     def all(self) -> list[T]:
         return [entry for entries in self._entries.values() for entry in entries]
 
+    def peer_keys(self) -> Iterable[str]:
+        return self._entries.keys()
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -628,6 +628,22 @@ def test_own_lease_deleted_is_reacquired_without_exiting(lab: Lab) -> None:
 # --- 10. malformed leases written straight into etcd --------------------------------------
 
 
+def put_until_logged(lab: Lab, bad: dict[str, str]) -> tuple[dict[str, int | None],
+                                                             dict[str, int]]:
+    """Write ``bad`` leases; wait until every daemon's log names each.  The daemons' PIDs
+    before, and where each log stood."""
+    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
+    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
+    for key, value in bad.items():
+        etcd_put(lab, key, value)
+    for node in lab.plan.nodes:
+        for key in bad:
+            short = key if len(key) < 60 else key[:30]
+            wait_until(logged(lab, node.name, key, starts[node.name]), RESYNC,
+                       f"{node.name} logs {short}", step=0.2)
+    return pids, starts
+
+
 def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> None:
     own = lab.node_lease("n1")
     other = lab.node_lease("n2")
@@ -658,20 +674,8 @@ def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> No
         dup_mac_key(lab, lease_key(other.subnet)): good("198.18.0.253", str(other.vtep_mac)),
         "10.244.254.0-24": good("198.18.0.254", "0e:00:00:00:01:09", vni=2),
     }
-    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
-    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
-    for key, value in bad.items():
-        etcd_put(lab, key, value)
     # Everything bad is named in every daemon's log, nothing bad is programmed.
-    for node in lab.plan.nodes:
-        for key in bad:
-            short = key if len(key) < 60 else key[:30]
-            wait_until(
-                logged(lab, node.name, key, starts[node.name]),
-                RESYNC,
-                f"{node.name} logs {short}",
-                step=0.2,
-            )
+    pids, _ = put_until_logged(lab, bad)
     for node in lab.plan.nodes:
         assert observe(lab, node.name) == expected(lab, node.name, valid), node.name
     assert {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes} == pids
@@ -716,14 +720,7 @@ def test_dual_stack_bad_leases_are_logged_once_and_both_families_keep_working(
     }
     reasons = ["outside the cluster network", "PublicIPv6 is not a valid address",
                "IPv4-mapped", "link-local", "loopback"]
-    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
-    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
-    for key, value in bad.items():
-        etcd_put(lab, key, value)
-    for node in lab.plan.nodes:
-        for key in bad:
-            wait_until(logged(lab, node.name, key, starts[node.name]), RESYNC,
-                       f"{node.name} logs {key}", step=0.2)
+    pids, starts = put_until_logged(lab, bad)
     # Two more passes on every node (a valid peer comes and goes): nothing is said again.
     canary = fake_peer(lab, 9)
     for node in lab.plan.nodes:
@@ -743,6 +740,56 @@ def test_dual_stack_bad_leases_are_logged_once_and_both_families_keep_working(
     assert {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes} == pids
     cells = lab.matrix(count=3, timeout=10.0)
     assert {c.family for c in cells} == {4, 6} and all(c.ok for c in cells), cells
+
+
+def test_kube_dual_stack_node_with_one_pod_cidr_family_is_reached_over_it_and_reported_once(
+) -> None:
+    """A dual-stack kube lab gets two Nodes with a pod CIDR of one family each: every
+    daemon programs each over the family it has, says once what the other lacks, and
+    the lab's pods keep both families."""
+    needs_root()
+    prefix = RUN_PREFIX + "rk"
+    ann = "flannel.alpha.coreos.com/"
+
+    def annotations(host: int) -> dict[str, str]:
+        mac4, mac6 = f"0e:00:00:00:02:{host:02x}", f"0e:00:00:00:03:{host:02x}"
+        return {ann + "kube-subnet-manager": "true", ann + "backend-type": "vxlan",
+                ann + "backend-data": '{"VNI":1,"VtepMAC":"' + mac4 + '"}',
+                ann + "public-ip": f"198.18.0.{host}",
+                ann + "backend-v6-data": '{"VNI":1,"VtepMAC":"' + mac6 + '"}',
+                ann + "public-ipv6": f"fd00:198:18::{host:x}"}
+
+    try:
+        lab = up(nodes=2, backend="vxlan", pods_per_node=1, prefix=prefix, ip_family="dual",
+                 subnet_mgr="kube")
+        starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
+        lab.kube_api.add_node("v4only", pod_cidrs=["10.244.201.0/24"],
+                              annotations=annotations(201))
+        lab.kube_api.add_node("v6only", pod_cidrs=["fd00:10:244:ca::/64"],
+                              annotations=annotations(202))
+        for node in lab.plan.nodes:
+            for net in ("10.244.201.0/24", "fd00:10:244:ca::/64"):
+                wait_until(routed(lab, node.name, net), RESYNC, f"{node.name} routes {net}")
+        lab.kube_api.annotate_node("v4only", {"unrelated/x": "1"})  # same gap: not said again
+        lab.kube_api.add_node("canary", pod_cidrs=["10.244.203.0/24", "fd00:10:244:cb::/64"],
+                              annotations=annotations(203))
+        for node in lab.plan.nodes:
+            for net in ("10.244.203.0/24", "fd00:10:244:cb::/64"):
+                wait_until(routed(lab, node.name, net), RESYNC, f"{node.name} routes {net}")
+        for node in lab.plan.nodes:
+            state = observe(lab, node.name)
+            assert ("0e:00:00:00:02:c9", "198.18.0.201") in state.fdb  # v4only over IPv4
+            assert ("0e:00:00:00:03:ca", "fd00:198:18::ca") in state.fdb  # v6only over IPv6
+            assert not {f for f in state.fdb if f[0] in ("0e:00:00:00:03:c9",
+                                                        "0e:00:00:00:02:ca")}
+            log = lab.logs(node.name)[starts[node.name]:]
+            for name, missing in (("v4only", "no IPv6 pod CIDR"), ("v6only", "no IPv4 pod CIDR")):
+                said = [line for line in log.splitlines() if f"Node '{name}'" in line]
+                assert len(said) == 1 and missing in said[0], (node.name, said)
+        cells = lab.matrix(count=3, timeout=10.0)
+        assert {c.family for c in cells} == {4, 6} and all(c.ok for c in cells), cells
+    finally:
+        down(prefix)
 
 
 def test_large_lease_values_stop_neither_a_restart_nor_new_peers(lab: Lab) -> None:

@@ -164,8 +164,8 @@ def test_a_kernel_read_off_the_loop_thread_confirms_an_intact_kernel(
     assert read is not None
     probe = read_in_thread(read)
     assert isinstance(probe, KernelProbe)
-    assert netlink.verify(probe, [dev], [2])
-    assert not netlink.verify(probe, [dev], [2])  # one probe checks one pass
+    assert netlink.repairs(probe, [dev], [2]) == []
+    assert netlink.repairs(probe, [dev], [2]) is None  # one probe checks one pass
 
 
 def test_writes_made_while_the_kernel_is_read_are_not_taken_for_damage(
@@ -184,25 +184,41 @@ def test_writes_made_while_the_kernel_is_read_are_not_taken_for_damage(
         if not write_before_read:
             netlink.sync_delta(added, changed, [dev], [2])
         assert isinstance(probe, KernelProbe)
-        assert netlink.verify(probe, [dev], [2])
+        assert netlink.repairs(probe, [dev], [2]) == []
 
 
-def test_damage_found_by_the_read_is_repaired_by_a_kernel_read_on_the_loop_thread(
+def test_damage_found_by_the_read_is_repaired_object_by_object(
     node: tuple[str, Netlink, int],
 ) -> None:
     ns, netlink, dev = node
     objects = peer_objects(PEERS, dev)
     desired = DataplaneState.of(objects)
     assert not netlink.sync(desired, [dev], [2]).failed
-    read = netlink.begin_probe()
-    assert read is not None
+    foreign = "10.99.0.0"  # a route of ours nobody wanted, and a changed neighbour
+    changed_mac = "0e:00:00:00:99:99"
     ip(ns, "route", "del", "10.200.0.0/24")
-    probe = read_in_thread(read)
-    assert isinstance(probe, KernelProbe)
-    assert not netlink.verify(probe, [dev], [2])
-    result = netlink.sync_changes([], [], lambda: desired, [dev], [2], fresh=True, probe=probe)
-    assert [c.obj for c in result.applied] == [objects[2]]
-    assert netlink.observe([dev], [2]) == desired
+    ip(ns, "route", "add", f"{foreign}/24", "via", "198.18.0.2", "proto", "44")
+    ip(ns, "neigh", "replace", "10.200.1.0", "lladdr", changed_mac, "dev", "vx-ours",
+       "nud", "permanent")
+    for round_ in range(2):
+        read = netlink.begin_probe()
+        assert read is not None
+        probe = read_in_thread(read)
+        assert isinstance(probe, KernelProbe)
+        if round_ == 0:
+            repairs = netlink.repairs(probe, [dev], [2])
+            assert repairs is not None
+            assert {(type(c).__name__, c.obj) for c in repairs} == {
+                ("Delete", Route(ipaddress.IPv4Network(f"{foreign}/24"),
+                                 ipaddress.IPv4Address("198.18.0.2"), netlink.link("ul0").index)),  # type: ignore[union-attr]
+                ("Put", objects[2]), ("Put", objects[3]),
+            }
+            continue
+        # the full pass, with the probe: repairs only those objects
+        result = netlink.sync_changes([], [], lambda: desired, [dev], [2], fresh=True,
+                                      probe=probe)
+        assert len(result.applied) == 3 and not result.failed
+        assert netlink.observe([dev], [2]) == desired
 
 
 def test_a_failed_write_keeps_the_read_from_vouching_for_the_kernel(
@@ -218,5 +234,5 @@ def test_a_failed_write_keeps_the_read_from_vouching_for_the_kernel(
     assert netlink.sync_delta([], [unreachable], [dev], [2]).failed  # type: ignore[union-attr]
     probe = read_in_thread(read)
     assert isinstance(probe, KernelProbe)
-    assert not netlink.verify(probe, [dev], [2])
+    assert netlink.repairs(probe, [dev], [2]) is None
     assert netlink.begin_probe() is None  # until a full pass succeeds again

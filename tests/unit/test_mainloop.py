@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from backends.base import KernelProbe, ReconcileReport
 from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
 from flanneld.loop_state import Kick
+from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
 from tests.waiting import wait_until
@@ -282,3 +284,43 @@ def test_an_event_is_served_while_a_full_pass_reads_the_kernel() -> None:
         thread.join(5)
     assert not thread.is_alive()
     assert network.calls[network.probes.index(network.probe)] == ["10.244.2.0-24", "10.244.3.0-24"]
+
+
+class FailingReadNetwork(FakeNetwork):
+    """A network whose full pass's kernel read fails."""
+
+    def __init__(self, own: Lease) -> None:
+        super().__init__(own)
+        self.fulls: list[bool] = []
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        def read() -> KernelProbe:
+            raise DataplaneError("netlink socket for the full pass: no buffer space", 105)
+
+        return read
+
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
+    ) -> ReconcileReport:
+        self.fulls.append(full)
+        return super().reconcile(peers, full, changes, probe)
+
+
+def test_a_failed_kernel_read_gives_the_full_pass_to_the_loop_thread(caplog: Any) -> None:
+    stop = threading.Event()
+    network = FailingReadNetwork(lease(1))
+    loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
+                    LoopSettings(resync_interval=0.05), stop)
+    thread = run_loop(loop, network, stop)
+    try:
+        loop.messages.put(Snapshot((lease(1), lease(2))))
+        wait_until(lambda: len(network.fulls) >= 2, WAIT, "a full pass after the failed read")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert network.fulls[1] is True and network.probes[1] is None
+    assert "the full pass's kernel read failed" in caplog.text
