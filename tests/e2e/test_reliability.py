@@ -742,6 +742,56 @@ def test_dual_stack_bad_leases_are_logged_once_and_both_families_keep_working(
     assert {c.family for c in cells} == {4, 6} and all(c.ok for c in cells), cells
 
 
+def test_kube_dual_stack_node_with_one_pod_cidr_family_is_reached_over_it_and_reported_once(
+) -> None:
+    """A dual-stack kube lab gets two Nodes with a pod CIDR of one family each: every
+    daemon programs each over the family it has, says once what the other lacks, and
+    the lab's pods keep both families."""
+    needs_root()
+    prefix = RUN_PREFIX + "rk"
+    ann = "flannel.alpha.coreos.com/"
+
+    def annotations(host: int) -> dict[str, str]:
+        mac4, mac6 = f"0e:00:00:00:02:{host:02x}", f"0e:00:00:00:03:{host:02x}"
+        return {ann + "kube-subnet-manager": "true", ann + "backend-type": "vxlan",
+                ann + "backend-data": '{"VNI":1,"VtepMAC":"' + mac4 + '"}',
+                ann + "public-ip": f"198.18.0.{host}",
+                ann + "backend-v6-data": '{"VNI":1,"VtepMAC":"' + mac6 + '"}',
+                ann + "public-ipv6": f"fd00:198:18::{host:x}"}
+
+    try:
+        lab = up(nodes=2, backend="vxlan", pods_per_node=1, prefix=prefix, ip_family="dual",
+                 subnet_mgr="kube")
+        starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
+        lab.kube_api.add_node("v4only", pod_cidrs=["10.244.201.0/24"],
+                              annotations=annotations(201))
+        lab.kube_api.add_node("v6only", pod_cidrs=["fd00:10:244:ca::/64"],
+                              annotations=annotations(202))
+        for node in lab.plan.nodes:
+            for net in ("10.244.201.0/24", "fd00:10:244:ca::/64"):
+                wait_until(routed(lab, node.name, net), RESYNC, f"{node.name} routes {net}")
+        lab.kube_api.annotate_node("v4only", {"unrelated/x": "1"})  # same gap: not said again
+        lab.kube_api.add_node("canary", pod_cidrs=["10.244.203.0/24", "fd00:10:244:cb::/64"],
+                              annotations=annotations(203))
+        for node in lab.plan.nodes:
+            for net in ("10.244.203.0/24", "fd00:10:244:cb::/64"):
+                wait_until(routed(lab, node.name, net), RESYNC, f"{node.name} routes {net}")
+        for node in lab.plan.nodes:
+            state = observe(lab, node.name)
+            assert ("0e:00:00:00:02:c9", "198.18.0.201") in state.fdb  # v4only over IPv4
+            assert ("0e:00:00:00:03:ca", "fd00:198:18::ca") in state.fdb  # v6only over IPv6
+            assert not {f for f in state.fdb if f[0] in ("0e:00:00:00:03:c9",
+                                                        "0e:00:00:00:02:ca")}
+            log = lab.logs(node.name)[starts[node.name]:]
+            for name, missing in (("v4only", "no IPv6 pod CIDR"), ("v6only", "no IPv4 pod CIDR")):
+                said = [line for line in log.splitlines() if f"Node '{name}'" in line]
+                assert len(said) == 1 and missing in said[0], (node.name, said)
+        cells = lab.matrix(count=3, timeout=10.0)
+        assert {c.family for c in cells} == {4, 6} and all(c.ok for c in cells), cells
+    finally:
+        down(prefix)
+
+
 def test_large_lease_values_stop_neither_a_restart_nor_new_peers(lab: Lab) -> None:
     # Three values of 1.4 MB: each within etcd's default request limit, 4.2 MB together,
     # more than gRPC's default 4 MiB receive limit (issue 9).
