@@ -59,19 +59,28 @@ def hostgw_peers(
     """Routes to program per family, and the peers skipped with reasons.
 
     A family of a usable peer is programmed when the peer has both a
-    subnet and a public address of that family and we run that family.
+    subnet and a public address of that family and we run that family.  A
+    peer routed for one family only is also reported, with what the other
+    lacks.
     """
     usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
-    versions = {net.version for net in networks}
+    versions = sorted({net.version for net in networks})
     result: list[HostGwPeer] = []
     for peer in usable:
-        found = []
-        if 4 in versions and peer.subnet is not None and peer.attrs.public_ip != UNSPECIFIED_V4:
-            found.append(HostGwPeer(peer.key, peer.subnet, peer.attrs.public_ip))
-        if 6 in versions and peer.ipv6_subnet is not None and peer.attrs.public_ipv6 is not None:
-            found.append(HostGwPeer(peer.key, peer.ipv6_subnet, peer.attrs.public_ipv6))
+        found, missing = [], []
+        for version in versions:
+            subnet = peer.subnet if version == 4 else peer.ipv6_subnet
+            gateway = peer.attrs.public_ipv6 if version == 6 else (
+                None if peer.attrs.public_ip == UNSPECIFIED_V4 else peer.attrs.public_ip)
+            if subnet is not None and gateway is not None:
+                found.append(HostGwPeer(peer.key, subnet, gateway))
+            else:
+                what = "subnet" if subnet is None else "public address"
+                missing.append(f"IPv{version} not routed: the lease has no IPv{version} {what}")
         if not found:
             skipped.append(Skipped(peer.key, "no public address for any family we route"))
+        elif missing:
+            skipped.append(Skipped(peer.key, "; ".join(missing)))
         result.extend(found)
     return result, skipped
 

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 class BackendContext:
     """What a backend is built from.
 
-    ``previous_data`` is this node's BackendData from before (its previous
-    lease in etcd mode, its ``backend-data`` annotation in kube mode): opaque
-    JSON that only the backend decodes, e.g. to keep its VTEP MAC.
+    ``previous_data`` / ``previous_v6_data`` are this node's BackendData /
+    BackendV6Data from before (its previous lease in etcd mode, its
+    ``backend-data`` / ``backend-v6-data`` annotations in kube mode): opaque
+    JSON that only the backend decodes, e.g. to keep its VTEP MACs.
     ``environ`` is flanneld's environment, for the variables a backend reads
     (``WIREGUARD_KEY_FILE``).
     """
@@ -35,6 +36,7 @@ class BackendContext:
     config: BackendConfig
     previous_data: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
+    previous_v6_data: str | None = None
 
 
 BackendFactory: TypeAlias = Callable[[BackendContext], Backend]
@@ -59,11 +61,11 @@ class BackendEntry:
 def backends() -> dict[str, BackendEntry]:
     """Every backend this build has, by lower-case type name."""
     return {
-        "vxlan": BackendEntry(_vxlan, _vxlan_options, partial(ipv4_network, backend="vxlan")),
+        "vxlan": BackendEntry(_vxlan, _vxlan_options, _vxlan_check),
         "host-gw": BackendEntry(_hostgw, lambda c: {}, _hostgw_check),
         "udp": BackendEntry(_udp, _udp_options, partial(ipv4_network, backend="udp")),
         "wireguard": BackendEntry(
-            _wireguard, _wireguard_options, partial(ipv4_network, backend="wireguard")
+            _wireguard, _wireguard_options, _wireguard_check
         ),
     }
 
@@ -83,15 +85,21 @@ def _vxlan(ctx: BackendContext) -> Backend:
     from backends.vxlan import VxlanBackend
     from backends.vxlan_state import previous_vtep_mac
 
-    return VxlanBackend(
-        ctx.ext, ctx.netlink, ctx.config, previous_mac=previous_vtep_mac(ctx.previous_data)
-    )
+    previous = {4: previous_vtep_mac(ctx.previous_data),
+                6: previous_vtep_mac(ctx.previous_v6_data)}
+    return VxlanBackend(ctx.ext, ctx.netlink, ctx.config, previous_macs=previous)
 
 
 def _vxlan_options(config: BackendConfig) -> dict[str, object]:
     from backends.vxlan_state import parse_options
 
     return asdict(parse_options(config))
+
+
+def _vxlan_check(config: NetConfig) -> None:
+    from backends.vxlan_state import check_config
+
+    check_config(config)
 
 
 def _hostgw(ctx: BackendContext) -> Backend:
@@ -128,3 +136,9 @@ def _wireguard_options(config: BackendConfig) -> dict[str, object]:
     from backends.wireguard_state import parse_options
 
     return parse_options(config).summary()
+
+
+def _wireguard_check(config: NetConfig) -> None:
+    from backends.wireguard_state import check_config
+
+    check_config(config)

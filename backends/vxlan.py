@@ -1,13 +1,13 @@
 """The vxlan backend: a VXLAN device per address family and per-peer kernel state.
 
 Design: every event and every resync tick runs one path, :meth:`VxlanNetwork.reconcile`:
-make sure ``flannel.<VNI>`` exists with our MAC, MTU and address (recreating
-it if somebody deleted it), compute the desired neighbours, FDB entries and
-routes from the peer leases (a pure function), observe what the kernel has
-of ours, and apply the difference.  So a restart flushes nothing, manual
+make sure each family's device (``flannel.<VNI>`` for IPv4, ``flannel-v6.<VNI>``
+for IPv6, over the underlay address of that family) exists with our MAC, MTU
+and address (recreating it if somebody deleted it), compute the desired
+neighbours, FDB entries and routes of each family from the peer leases (a
+pure function), observe what the kernel has of ours, and apply the
+difference, one family at a time.  So a restart flushes nothing, manual
 damage is repaired on the next pass, and a removed peer's entries go.
-
-Only IPv4 is wired up for now; the pure parts already take the family.
 """
 
 from __future__ import annotations
@@ -19,23 +19,25 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
+from backends.base import ExternalInterface, ReconcileReport, summarize
 from backends.model import DataplaneState, KernelObject, Skipped
-from backends.netlink import LinkState, Netlink, VxlanSpec
+from backends.netlink import ApplyFailure, HostAddress, LinkState, Netlink, VxlanSpec
 from backends.peers import PeerIndex
+from backends.plan import Change
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
     BACKEND_TYPE,
     VxlanPeer,
-    encode_backend_data,
+    check_config,
+    family_peers,
+    lease_attrs,
     own_vtep_mac,
     parse_mac,
     parse_options,
     peer_objects,
     vtep_mac,
     vxlan_peer,
-    vxlan_peers,
 )
 from subnet.errors import (
     DataplaneError,
@@ -43,7 +45,7 @@ from subnet.errors import (
     LeaseError,
     PeerDataError,
 )
-from subnet.lease import IPAddress, IPNetwork, Lease, LeaseAttrs
+from subnet.lease import IPAddress, IPNetwork, Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import BackendConfig, NetConfig
 
@@ -53,9 +55,10 @@ log = logging.getLogger(__name__)
 class VxlanBackend:
     """Builds the vxlan :class:`VxlanNetwork`.
 
-    ``previous_mac`` is the VTEP MAC this node advertised before (from its
-    node annotation in kube mode, or its previous lease in etcd mode); it is
-    used when the device has to be created, so peers keep a valid entry.
+    ``previous_macs`` (IP version -> MAC) are the VTEP MACs this node
+    advertised before (from its node annotations in kube mode, or its previous
+    lease in etcd mode); they are used when a device has to be created, so
+    peers keep a valid entry.
     """
 
     def __init__(
@@ -63,74 +66,126 @@ class VxlanBackend:
         ext: ExternalInterface,
         netlink: Netlink,
         backend_config: BackendConfig,
-        previous_mac: str | None = None,
+        previous_macs: Mapping[int, str | None] | None = None,
     ) -> None:
         self._ext = ext
         self._netlink = netlink
         self._options = parse_options(backend_config)
-        self._previous_mac = _valid_mac(previous_mac)
+        self._previous = {v: _valid_mac(m) for v, m in (previous_macs or {}).items()}
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> VxlanNetwork:
-        ipv4_network(config, "vxlan")
-        if self._ext.ext_addr is None:
-            raise InterfaceError(f"interface {self._ext.name} has no IPv4 address to advertise")
-        opts = self._options
-        spec = VxlanSpec(
-            name=opts.device_name(4),
-            vni=opts.vni,
-            port=opts.port,
-            local=self._ext.ext_addr,
-            underlay=self._ext.index,
-            learning=opts.learning,
-            gbp=opts.gbp,
-            mac=self._previous_mac or vtep_mac(os.urandom(6)),
-            mtu=opts.device_mtu(self._ext.mtu),
-        )
-        link = self._netlink.ensure_vxlan(spec)
-        spec = replace(spec, mac=link.mac)  # a reused device keeps its MAC
-        attrs = LeaseAttrs(
-            public_ip=self._ext.ext_addr,
-            backend_type=BACKEND_TYPE,
-            backend_data=encode_backend_data(opts.vni, link.mac),
+        check_config(config)
+        versions = sorted({net.version for net in config.networks()})
+        self._options.check_mtu(self._ext.mtu, versions)
+        specs = [self._spec(version) for version in versions]
+        links = [self._netlink.ensure_vxlan(spec) for spec in specs]
+        specs = [replace(spec, mac=link.mac) for spec, link in zip(specs, links, strict=True)]
+        attrs = lease_attrs(
+            self._ext.ext_addr, self._ext.ext_addr6, self._options.vni,
+            {spec.local.version: link.mac for spec, link in zip(specs, links, strict=True)
+             if spec.local is not None},
         )
         lease = manager.acquire_lease(attrs)
         network = VxlanNetwork(
-            self._netlink, spec, lease, config.networks(), direct_routing=opts.direct_routing
+            self._netlink, specs, lease, config.networks(),
+            direct_routing=self._options.direct_routing,
         )
-        network.configure_device(link)
+        for link in links:
+            network.configure_device(link, new=True)
         return network
+
+    def _spec(self, version: int) -> VxlanSpec:
+        """The device of one family, on the underlay address of that family."""
+        local = self._ext.ext_addr if version == 4 else self._ext.ext_addr6
+        if local is None:
+            raise InterfaceError(
+                f"interface {self._ext.name} has no IPv{version} address to advertise"
+            )
+        opts = self._options
+        return VxlanSpec(
+            name=opts.device_name(version),
+            vni=opts.vni,
+            port=opts.port,
+            local=local,
+            underlay=self._ext.index,
+            learning=opts.learning,
+            gbp=opts.gbp,
+            mac=self._previous.get(version) or vtep_mac(os.urandom(6)),
+            mtu=opts.device_mtu(self._ext.mtu, version),
+        )
+
+
+class _Device:
+    """One family's VXLAN device and the kernel objects it serves, per peer."""
+
+    def __init__(self, spec: VxlanSpec, address: HostAddress) -> None:
+        if spec.mtu is None or spec.mac is None or spec.local is None:
+            raise ValueError("the device spec needs its MTU, MAC and local address")
+        self.spec = spec
+        self.version: int = spec.local.version
+        self.family = socket.AF_INET if self.version == 4 else socket.AF_INET6
+        self.mtu = spec.mtu
+        self.mac = spec.mac
+        self.address = address
+        self.ifindex: int | None = None
+        self.objects: dict[str, list[KernelObject]] = {}
+        self._desired: DataplaneState | None = None
+
+    def set_objects(self, key: str, objects: list[KernelObject]) -> None:
+        self.objects[key] = objects
+        self._desired = None
+
+    def drop_objects(self, key: str) -> list[KernelObject]:
+        self._desired = None
+        return self.objects.pop(key, [])
+
+    def reset(self, ifindex: int) -> None:
+        self.ifindex = ifindex
+        self.objects = {}
+        self._desired = None
+
+    def desired_state(self) -> DataplaneState:
+        """All peers' objects (the same object while nothing changes: cheap to compare)."""
+        if self._desired is None:
+            self._desired = DataplaneState.of(
+                [obj for objs in self.objects.values() for obj in objs]
+            )
+        return self._desired
 
 
 class VxlanNetwork:
-    """Our lease and ``flannel.<VNI>``; :meth:`reconcile` programs the peers."""
+    """Our lease and a VXLAN device per family; :meth:`reconcile` programs the peers."""
 
     def __init__(
         self,
         netlink: Netlink,
-        spec: VxlanSpec,
+        specs: Sequence[VxlanSpec],
         lease: Lease,
         networks: Sequence[IPNetwork],
         *,
         direct_routing: bool = False,
     ) -> None:
-        if lease.subnet is None:
-            raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
-        if spec.mtu is None or spec.mac is None:
-            raise ValueError("the device spec needs its MTU and MAC")
+        if not specs:
+            raise ValueError("at least one device")
         self._netlink = netlink
-        self._spec = spec
         self._lease = lease
         self._networks = tuple(networks)
         self._direct_routing = direct_routing
-        self._device_mtu = spec.mtu
-        self._address = ipaddress.ip_interface(f"{lease.subnet.network_address}/32")
+        self._vni = specs[0].vni
+        self._devices = tuple(_Device(spec, self._own_address(spec)) for spec in specs)
         self._skips = SkipLog(log)
-        self._ifindex: int | None = None
         # The last pass's usable peers, for events that touch only their own peers
         # (None after a pass that skipped a peer: then every event is a full pass).
         self._index: PeerIndex | None = None
-        self._objects: dict[str, list[KernelObject]] = {}
-        self._desired: DataplaneState | None = None
+
+    def _own_address(self, spec: VxlanSpec) -> HostAddress:
+        """The device's host address: our subnet's network address (/32, /128)."""
+        version = spec.local.version if spec.local is not None else 4
+        subnet = self._lease.subnet if version == 4 else self._lease.ipv6_subnet
+        if subnet is None:
+            raise LeaseError(f"IPv{version} is enabled but the lease {self._lease.key} has no "
+                             f"IPv{version} subnet")
+        return ipaddress.ip_interface(f"{subnet.network_address}/{subnet.max_prefixlen}")
 
     @property
     def lease(self) -> Lease:
@@ -138,21 +193,32 @@ class VxlanNetwork:
 
     @property
     def mtu(self) -> int:
-        return self._device_mtu
+        """The smallest device MTU: pods of every family fit through their device."""
+        return min(dev.mtu for dev in self._devices)
 
     @property
     def forward_stats(self) -> ForwardStats | None:
         return None  # the kernel forwards
 
-    def configure_device(self, link: LinkState) -> None:
-        """Give ``link`` our MAC, MTU, up state and (only) our address in the cluster networks."""
+    def configure_device(self, link: LinkState, new: bool = False) -> None:
+        """Give ``link`` our MAC, MTU, up state and (only) our address in the cluster networks;
+        a ``new`` IPv6 device also stops accepting router advertisements, as upstream's."""
+        dev = self._device(link.name)
         self._netlink.set_link(
             link.index,
-            mtu=None if link.mtu == self._device_mtu else self._device_mtu,
-            mac=None if link.mac == self._spec.mac else self._spec.mac,
+            mtu=None if link.mtu == dev.mtu else dev.mtu,
+            mac=None if link.mac == dev.mac else dev.mac,
             up=None if link.up else True,
         )
-        self._netlink.sync_addresses(link.index, [self._address], self._networks)
+        if new and dev.version == 6:
+            self._netlink.disable_accept_ra(link.name)
+        self._netlink.sync_addresses(link.index, [dev.address], self._networks)
+
+    def _device(self, name: str) -> _Device:
+        for dev in self._devices:
+            if dev.spec.name == name:
+                return dev
+        raise ValueError(f"{name} is none of our devices")
 
     def reconcile(
         self,
@@ -160,105 +226,125 @@ class VxlanNetwork:
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
     ) -> ReconcileReport:
-        if full or self._ifindex is None:
-            ifindex, recreated = self._ensure_device()
-        else:
-            ifindex, recreated = self._ifindex, False
+        recreated: set[int] = set()
+        same = True
+        ifindexes: dict[int, int] = {}
+        for dev in self._devices:
+            if full or dev.ifindex is None:
+                ifindex, was_recreated = self._ensure_device(dev)
+                if was_recreated:
+                    recreated.add(dev.version)
+            else:
+                ifindex = dev.ifindex
+            same = same and ifindex == dev.ifindex
+            ifindexes[dev.version] = ifindex
         delta = None
-        if (changes is not None and self._index is not None and ifindex == self._ifindex
+        if (changes is not None and self._index is not None and same
                 and not (full and self._direct_routing)):
-            delta = self._apply_changes(changes, ifindex)
+            delta = self._apply_changes(changes)
         skipped: Sequence[Skipped] = ()
         if delta is None:
-            skipped = self._compute_all(peers, ifindex)
-        result = None
-        if delta is not None and not full:
-            result = self._netlink.sync_delta(*delta, [ifindex], [socket.AF_INET])
-        if result is None:
-            result = self._netlink.sync(
-                self._desired_state(), [ifindex], [socket.AF_INET], fresh=full or recreated
-            )
+            skipped = self._compute_all(peers, ifindexes)
+        applied: list[Change] = []
+        failed: list[ApplyFailure] = []
+        for dev in self._devices:
+            scope = ([ifindexes[dev.version]], [dev.family])
+            result = None
+            if delta is not None and not full:
+                result = self._netlink.sync_delta(*delta[dev.version], *scope)
+            if result is None:
+                result = self._netlink.sync(
+                    dev.desired_state(), *scope, fresh=full or dev.version in recreated
+                )
+            applied += result.applied
+            failed += result.failed
         return summarize(
-            result.applied, result.failed, skipped=skipped, peers=len(self._objects),
-            device_recreated=recreated,
+            applied, failed, skipped=skipped,
+            peers=len({key for dev in self._devices for key in dev.objects}),
+            device_recreated=bool(recreated),
         )
 
-    def _compute_all(self, peers: Sequence[Lease], ifindex: int) -> list[Skipped]:
+    def _compute_all(self, peers: Sequence[Lease], ifindexes: Mapping[int, int]) -> list[Skipped]:
         """Every peer's objects from scratch; keeps the index when no peer was skipped."""
-        usable, skipped = vxlan_peers(self._lease, peers, self._networks, self._spec.vni)
+        versions = [dev.version for dev in self._devices]
+        found, skipped = family_peers(self._lease, peers, self._networks, self._vni, versions)
         self._skips.report(skipped)
-        direct = self._direct_peers([p.public_ip for p in usable])
-        self._objects = {
-            p.key: peer_objects(p, ifindex, direct.get(p.public_ip)) for p in usable
-        }
-        self._ifindex = ifindex
-        self._desired = None
-        self._index = None if skipped else self._peer_index(peers, usable)
+        for dev in self._devices:
+            usable = found[dev.version]
+            direct = self._direct_peers([p.public_ip for p in usable])
+            dev.reset(ifindexes[dev.version])
+            for p in usable:
+                dev.set_objects(p.key, peer_objects(p, dev.ifindex or 0, direct.get(p.public_ip)))
+        self._index = None if skipped else self._peer_index(peers, found)
         return skipped
 
     def _apply_changes(
-        self, changes: Mapping[str, Lease | None], ifindex: int
-    ) -> tuple[list[KernelObject], list[KernelObject]] | None:
-        """The changed peers' old and new objects, when none of them conflicts with
-        anything (see :class:`PeerIndex`); None when every peer must be looked at."""
+        self, changes: Mapping[str, Lease | None]
+    ) -> dict[int, tuple[list[KernelObject], list[KernelObject]]] | None:
+        """Per family, the changed peers' old and new objects, when none of them conflicts
+        with anything (see :class:`PeerIndex`); None when every peer must be looked at."""
         index = self._index
         if index is None:
             return None
-        added: list[VxlanPeer] = []
-        old: list[KernelObject] = []
+        added: list[dict[int, VxlanPeer]] = []
+        old: dict[int, list[KernelObject]] = {dev.version: [] for dev in self._devices}
         for key, lease in changes.items():
             if index.release(key):
-                old += self._objects.pop(key, ())
+                for dev in self._devices:
+                    old[dev.version] += dev.drop_objects(key)
             if lease is None:
                 continue
             try:
-                peer = vxlan_peer(lease, self._spec.vni)
+                found = {dev.version: vxlan_peer(lease, self._vni, dev.version)
+                         for dev in self._devices}
             except PeerDataError:
-                peer = None
-            if peer is None or not index.admit(lease, (peer.vtep_mac,)):
+                found = {}
+            tokens = [(version, peer.vtep_mac) for version, peer in found.items()]
+            if not found or not index.admit(lease, tokens):
                 self._index = None  # a full computation sorts out who keeps what, and says why
                 return None
-            added.append(peer)
-        direct = self._direct_peers([p.public_ip for p in added])
-        new: list[KernelObject] = []
-        for peer in added:
-            self._objects[peer.key] = peer_objects(peer, ifindex, direct.get(peer.public_ip))
-            new += self._objects[peer.key]
-        if old or new:
-            self._desired = None
-        return old, new
+            added.append(found)
+        delta = {}
+        for dev in self._devices:
+            peers = [found[dev.version] for found in added]
+            direct = self._direct_peers([p.public_ip for p in peers])
+            new: list[KernelObject] = []
+            for peer in peers:
+                objects = peer_objects(peer, dev.ifindex or 0, direct.get(peer.public_ip))
+                dev.set_objects(peer.key, objects)
+                new += objects
+            delta[dev.version] = (old[dev.version], new)
+        return delta
 
-    def _desired_state(self) -> DataplaneState:
-        """All peers' objects (the same object while nothing changes: cheap to compare)."""
-        if self._desired is None:
-            self._desired = DataplaneState.of(
-                [obj for objs in self._objects.values() for obj in objs]
-            )
-        return self._desired
-
-    def _peer_index(self, peers: Sequence[Lease], usable: Sequence[VxlanPeer]) -> PeerIndex:
-        mac = {p.key: p.vtep_mac for p in usable}
-        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE,
-                          [m for m in (own_vtep_mac(self._lease),) if m])
+    def _peer_index(
+        self, peers: Sequence[Lease], found: Mapping[int, Sequence[VxlanPeer]]
+    ) -> PeerIndex:
+        tokens: dict[str, list[tuple[int, str]]] = {}
+        for version, usable in found.items():
+            for p in usable:
+                tokens.setdefault(p.key, []).append((version, p.vtep_mac))
+        own = [(dev.version, mac) for dev in self._devices
+               for mac in (own_vtep_mac(self._lease, dev.version),) if mac]
+        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE, own)
         for lease in peers:
-            index.hold(lease, (mac[lease.key],))
+            index.hold(lease, tokens.get(lease.key, ()))
         return index
 
     def close(self) -> None:
-        """Nothing runs in the background; the device and routes stay for a restart."""
+        """Nothing runs in the background; the devices and routes stay for a restart."""
 
-    def _ensure_device(self) -> tuple[int, bool]:
-        """Check the device each pass: its index, and whether it had to be (re)created."""
-        link = self._netlink.link(self._spec.name)
-        recreated = link is None or bool(self._spec.incompatibility(link))
+    def _ensure_device(self, dev: _Device) -> tuple[int, bool]:
+        """Check a device each pass: its index, and whether it had to be (re)created."""
+        link = self._netlink.link(dev.spec.name)
+        recreated = link is None or bool(dev.spec.incompatibility(link))
         if link is None or recreated:
             log.warning(
                 "device %s is missing or was replaced; recreating it with MAC %s",
-                self._spec.name,
-                self._spec.mac,
+                dev.spec.name,
+                dev.mac,
             )
-            link = self._netlink.ensure_vxlan(self._spec)
-        self.configure_device(link)
+            link = self._netlink.ensure_vxlan(dev.spec)
+        self.configure_device(link, new=recreated)
         return link.index, recreated
 
     def _direct_peers(self, addrs: Sequence[IPAddress]) -> dict[IPAddress, int]:

@@ -1,14 +1,16 @@
 """The vxlan backend's pure parts: options, lease data, and the desired kernel state.
 
-Per usable peer the kernel needs three objects on ``flannel.<VNI>`` (the same
-as upstream flannel, so Go and Python nodes interoperate):
+Per usable peer and address family the kernel needs three objects on the
+family's device, ``flannel.<VNI>`` (IPv4) or ``flannel-v6.<VNI>`` (IPv6), the
+same as upstream flannel, so Go and Python nodes interoperate:
 
 * neighbour: the peer subnet's network address -> the peer's VTEP MAC;
-* FDB entry: the peer's VTEP MAC -> the peer's public IP;
+* FDB entry: the peer's VTEP MAC -> the peer's public IP of that family;
 * route: the peer subnet via its network address, on the device, ``onlink``.
 
-With DirectRouting, a peer on our own L2 segment gets a plain route via its
-public IP instead.  Nothing here touches the kernel.
+Each family has its own device, VTEP MAC (``BackendData`` / ``BackendV6Data``)
+and underlay address.  With DirectRouting, a peer on our own L2 segment gets a
+plain route via its public IP instead.  Nothing here touches the kernel.
 """
 
 from __future__ import annotations
@@ -17,19 +19,31 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route, Skipped
 from backends.peers import usable_peers
 from subnet.errors import ConfigError, PeerDataError
-from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, compact_json
-from subnet.netconf import BackendConfig
+from subnet.lease import (
+    UNSPECIFIED_V4,
+    IPAddress,
+    IPNetwork,
+    Lease,
+    LeaseAttrs,
+    compact_json,
+)
+from subnet.netconf import BackendConfig, NetConfig
 
 BACKEND_TYPE = "vxlan"
 # Bytes the kernel adds around a pod packet (outer IPv4 + UDP + VXLAN + Ethernet).
 ENCAP_OVERHEAD = 50
+# The same over an IPv6 underlay (the outer IPv6 header is 20 bytes longer).  Upstream
+# uses 50 there too, which leaves full-size packets 20 bytes too big for the underlay.
+ENCAP_OVERHEAD_V6 = 70
 MAX_VNI = (1 << 24) - 1
 MIN_DEVICE_MTU = 68
+MIN_DEVICE_MTU_V6 = 1280  # below this the kernel turns IPv6 off on the device
 
 _MAC_RE = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
 
@@ -48,8 +62,21 @@ class VxlanOptions:
     def device_name(self, version: int = 4) -> str:
         return f"flannel.{self.vni}" if version == 4 else f"flannel-v6.{self.vni}"
 
-    def device_mtu(self, ext_mtu: int) -> int:
-        return (self.mtu if self.mtu is not None else ext_mtu) - ENCAP_OVERHEAD
+    def device_mtu(self, ext_mtu: int, version: int = 4) -> int:
+        """The MTU of the family's device: the underlay's less that family's encapsulation."""
+        overhead = ENCAP_OVERHEAD if version == 4 else ENCAP_OVERHEAD_V6
+        return (self.mtu if self.mtu is not None else ext_mtu) - overhead
+
+    def check_mtu(self, ext_mtu: int, versions: Sequence[int]) -> None:
+        """ConfigError when a device would get an MTU its family cannot run on."""
+        for version in versions:
+            low = MIN_DEVICE_MTU if version == 4 else MIN_DEVICE_MTU_V6
+            mtu = self.device_mtu(ext_mtu, version)
+            if mtu < low:
+                raise ConfigError(
+                    f"vxlan backend: {self.device_name(version)} would get MTU {mtu}, below "
+                    f"the IPv{version} minimum {low} (underlay MTU {self.mtu or ext_mtu})"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +98,13 @@ class VxlanPeer:
 
 
 # --- options -----------------------------------------------------------------------------
+
+
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the vxlan backend needs an IPv4 or IPv6 Network")
+
 
 
 def parse_options(backend: BackendConfig) -> VxlanOptions:
@@ -174,30 +208,58 @@ def vxlan_peers(
     vni: int,
     version: int = 4,
 ) -> tuple[list[VxlanPeer], list[Skipped]]:
-    """The peers whose ``version`` family we can program, and the skipped ones with reasons.
+    """The peers whose ``version`` family we can program, and the skipped ones with reasons."""
+    found, skipped = family_peers(own, peers, networks, vni, (version,))
+    return found[version], skipped
 
-    On top of :func:`backends.peers.usable_peers`: the peer needs a subnet and
-    public address of this family and vxlan data with our VNI and a VTEP MAC
-    nobody else (ourselves included) uses.
+
+def family_peers(
+    own: Lease,
+    peers: Sequence[Lease],
+    networks: Sequence[IPNetwork],
+    vni: int,
+    versions: Sequence[int],
+) -> tuple[dict[int, list[VxlanPeer]], list[Skipped]]:
+    """Per family in ``versions``, the peers we can program; and the skipped ones with reasons.
+
+    On top of :func:`backends.peers.usable_peers`: a family of a peer needs a
+    subnet and public address of that family and vxlan data of that family
+    with our VNI and a VTEP MAC nobody else (ourselves included) uses on that
+    family's device.  A peer usable for one family but not the other is
+    programmed for the one and listed as skipped for the other, with a reason
+    that names the family.
     """
     usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
-    macs: dict[str, str] = {}
-    own_mac = own_vtep_mac(own, version)
-    if own_mac is not None:
-        macs[own_mac] = "ours"
-    result: list[VxlanPeer] = []
+    macs: dict[int, dict[str, str]] = {}
+    for version in versions:
+        own_mac = own_vtep_mac(own, version)
+        macs[version] = {own_mac: "ours"} if own_mac is not None else {}
+    result: dict[int, list[VxlanPeer]] = {version: [] for version in versions}
     for peer in usable:
-        try:
-            found = vxlan_peer(peer, vni, version)
-            owner = macs.get(found.vtep_mac)
-            if owner is not None:
-                raise PeerDataError(f"VtepMAC {found.vtep_mac} is already used ({owner})")
-        except PeerDataError as err:
-            skipped.append(Skipped(peer.key, str(err)))
-            continue
-        macs[found.vtep_mac] = f"by {peer.key}"
-        result.append(found)
+        reasons = []
+        for version in versions:
+            try:
+                found = vxlan_peer(peer, vni, version)
+                owner = macs[version].get(found.vtep_mac)
+                if owner is not None:
+                    raise PeerDataError(f"VtepMAC {found.vtep_mac} is already used ({owner})")
+            except PeerDataError as err:
+                reasons.append((version, str(err)))
+                continue
+            macs[version][found.vtep_mac] = f"by {peer.key}"
+            result[version].append(found)
+        if reasons:
+            skipped.append(Skipped(peer.key, _family_reasons(reasons, len(versions))))
     return result, skipped
+
+
+def _family_reasons(reasons: Sequence[tuple[int, str]], families: int) -> str:
+    if families == 1:
+        return reasons[0][1]
+    text = "; ".join(f"IPv{version} not programmed: {why}" for version, why in reasons)
+    if len(reasons) < families:
+        text += " (the other family is)"
+    return text
 
 
 def vxlan_peer(peer: Lease, vni: int, version: int = 4) -> VxlanPeer:
@@ -212,6 +274,23 @@ def vxlan_peer(peer: Lease, vni: int, version: int = 4) -> VxlanPeer:
     if data.vni != vni:
         raise PeerDataError(f"VNI {data.vni}, not {vni}")
     return VxlanPeer(peer.key, subnet, public_ip, data.vtep_mac)
+
+
+def lease_attrs(
+    public_ip: IPv4Address | None,
+    public_ipv6: IPv6Address | None,
+    vni: int,
+    macs: Mapping[int, str],
+) -> LeaseAttrs:
+    """Our lease attributes as upstream writes them: per family in ``macs`` (version ->
+    VTEP MAC) its public address and vxlan data; ``PublicIP`` 0.0.0.0 without IPv4."""
+    return LeaseAttrs(
+        public_ip=public_ip if 4 in macs and public_ip is not None else UNSPECIFIED_V4,
+        public_ipv6=public_ipv6 if 6 in macs else None,
+        backend_type=BACKEND_TYPE,
+        backend_data=encode_backend_data(vni, macs[4]) if 4 in macs else None,
+        backend_v6_data=encode_backend_data(vni, macs[6]) if 6 in macs else None,
+    )
 
 
 def own_vtep_mac(own: Lease, version: int = 4) -> str | None:

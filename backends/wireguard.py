@@ -15,9 +15,11 @@ through generic netlink (:class:`backends.netlink.WireGuardKernel`), and
 ``Driver: auto`` (the default) probes the kernel once by adding the link and
 falls back to wireguard-go when the kernel has no module.
 
-Unlike upstream, the device is neither deleted at start-up nor at shutdown:
-a flanneld restart keeps pod traffic flowing.  Only IPv4 is wired up for now
-(``flannel-wg-v6`` and the dual-stack modes wait for the dual-stack work).
+Dual stack follows upstream's ``Mode`` (:func:`backends.wireguard_state.tunnels`):
+``separate`` runs IPv6 on a second device ``flannel-wg-v6`` (``ListenPortV6``),
+the other modes carry both families on ``flannel-wg``.  Every device goes
+through the same pass.  Unlike upstream, a device is neither deleted at
+start-up nor at shutdown: a flanneld restart keeps pod traffic flowing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from backends.base import ExternalInterface, ReconcileReport, ipv4_network
+from backends.base import ExternalInterface, ReconcileReport
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
 from backends.plan import Delete, Put
@@ -41,26 +43,27 @@ from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.wireguard_go import WireguardGo, find_binary
 from backends.wireguard_state import (
-    BACKEND_TYPE,
     DEFAULT_KEY_FILE,
-    DEVICE,
     KEY_FILE_ENV,
     KEY_LEN,
     DeviceState,
     PeerPlan,
+    Tunnel,
     WgPeer,
     WireguardOptions,
+    check_config,
     clamp,
     device_address,
-    encode_backend_data,
     key_b64,
+    lease_attrs,
     parse_options,
     plan_peers,
     public_key,
+    tunnels,
     wireguard_peers,
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
-from subnet.lease import IPNetwork, Lease, LeaseAttrs
+from subnet.lease import IPNetwork, Lease
 from subnet.manager import SubnetManager
 from subnet.netconf import BackendConfig, NetConfig
 
@@ -154,32 +157,33 @@ def _create_key(path: str, random: Callable[[int], bytes]) -> bytes:
 def choose_driver(
     options: WireguardOptions,
     netlink: Netlink,
-    userspace: Callable[[], WgDriver],
+    userspace: Callable[[str], WgDriver],
+    name: str,
 ) -> WgDriver:
-    """The driver ``options.driver`` asks for; ``auto`` probes the kernel module once."""
+    """The driver ``options.driver`` asks for device ``name``; ``auto`` probes the kernel module."""
     if options.driver == "userspace":
-        log.info("wireguard: using wireguard-go (userspace), as Driver asks")
-        return userspace()
-    kernel = WireGuardKernel(netlink, DEVICE)
-    existing = netlink.link(DEVICE)
+        log.info("wireguard: using wireguard-go (userspace) for %s, as Driver asks", name)
+        return userspace(name)
+    kernel = WireGuardKernel(netlink, name)
+    existing = netlink.link(name)
     if options.driver == "auto" and existing is not None and existing.kind != "wireguard":
         # wireguard-go's TUN from before a restart: keep it and its peers
-        log.info("wireguard: %s is a userspace device; using wireguard-go (userspace)", DEVICE)
-        return userspace()
+        log.info("wireguard: %s is a userspace device; using wireguard-go (userspace)", name)
+        return userspace(name)
     try:
         kernel.ensure_device()
     except DataplaneError as err:
         if options.driver == "kernel" or err.errno not in NO_MODULE:
             raise DataplaneError(
-                f"cannot create the kernel WireGuard device {DEVICE}: {err}"
+                f"cannot create the kernel WireGuard device {name}: {err}"
                 + ("; load the module (modprobe wireguard) or set Driver to auto"
                    if err.errno in NO_MODULE else ""),
                 err.errno,
             ) from err
         log.info("wireguard: the kernel has no wireguard module (errno %s); "
-                 "using wireguard-go (userspace)", err.errno)
-        return userspace()
-    log.info("wireguard: using the kernel module")
+                 "using wireguard-go (userspace) for %s", err.errno, name)
+        return userspace(name)
+    log.info("wireguard: using the kernel module for %s", name)
     return kernel
 
 
@@ -189,7 +193,8 @@ def choose_driver(
 class WireguardBackend:
     """Builds the wireguard :class:`WireguardNetwork`.
 
-    ``userspace`` makes the wireguard-go driver (tests point it at a namespace).
+    ``userspace`` makes the wireguard-go driver for a device name (tests
+    point it at a namespace).
     """
 
     def __init__(
@@ -198,7 +203,7 @@ class WireguardBackend:
         netlink: Netlink,
         backend_config: BackendConfig,
         key_file: str,
-        userspace: Callable[[], WgDriver] | None = None,
+        userspace: Callable[[str], WgDriver] | None = None,
     ) -> None:
         self._ext = ext
         self._netlink = netlink
@@ -207,59 +212,70 @@ class WireguardBackend:
         self._public_key = public_key(self._private_key)
         state_dir = os.path.dirname(key_file) or "."
         self._userspace = userspace or (
-            lambda: WireguardGo(DEVICE, state_dir, find_binary())
+            lambda name: WireguardGo(name, state_dir, find_binary())
         )
-        self._driver: WgDriver | None = None
+        self._drivers: dict[str, WgDriver] = {}
 
     @property
     def public_key(self) -> bytes:
         return self._public_key
 
     def register_network(self, manager: SubnetManager, config: NetConfig) -> WireguardNetwork:
-        cluster_network = ipv4_network(config, "wireguard")
-        if self._ext.ext_addr is None:
-            raise InterfaceError(f"interface {self._ext.name} has no IPv4 address to advertise")
-        if self._driver is None:
-            self._driver = choose_driver(self._options, self._netlink, self._userspace)
-        attrs = LeaseAttrs(
-            public_ip=self._ext.ext_addr,
-            backend_type=BACKEND_TYPE,
-            backend_data=encode_backend_data(self._public_key, self._options.listen_port),
-        )
+        check_config(config)
+        networks = config.networks()
+        versions = [n.version for n in networks]
+        for version in versions:
+            if (self._ext.ext_addr if version == 4 else self._ext.ext_addr6) is None:
+                raise InterfaceError(
+                    f"interface {self._ext.name} has no IPv{version} address to advertise")
+        devices = tunnels(self._options, versions)
+        for tunnel in devices:
+            if tunnel.name not in self._drivers:
+                self._drivers[tunnel.name] = choose_driver(
+                    self._options, self._netlink, self._userspace, tunnel.name)
+        attrs = lease_attrs(self._ext.ext_addr if 4 in versions else None,
+                            self._ext.ext_addr6 if 6 in versions else None,
+                            self._public_key, devices)
         lease = manager.acquire_lease(attrs)
         network = WireguardNetwork(
-            self._netlink, self._driver, self._options, lease, cluster_network,
-            self._private_key, self._public_key, self._ext.mtu,
+            self._netlink, [(t, self._drivers[t.name]) for t in devices], self._options, lease,
+            networks, self._private_key, self._public_key, self._ext.mtu,
         )
         network.prepare()
         return network
 
 
 class WireguardNetwork:
-    """Our lease and ``flannel-wg``; :meth:`reconcile` programs the peers."""
+    """Our lease and its WireGuard device(s); :meth:`reconcile` programs the peers."""
 
     def __init__(
         self,
         netlink: Netlink,
-        driver: WgDriver,
+        devices: Sequence[tuple[Tunnel, WgDriver]],
         options: WireguardOptions,
         lease: Lease,
-        network: IPNetwork,
+        networks: Sequence[IPNetwork],
         private_key: bytes,
         own_public_key: bytes,
         ext_mtu: int,
     ) -> None:
-        if lease.subnet is None:
-            raise LeaseError(f"lease {lease.key} has no IPv4 subnet")
+        own: dict[int, IPNetwork] = {s.version: s for s in lease.subnets()}
+        missing = sorted({n.version for n in networks} - set(own))
+        if missing:
+            raise LeaseError(f"lease {lease.key} has no IPv{missing[0]} subnet")
         self._netlink = netlink
-        self._driver = driver
+        self._devices = tuple(devices)
         self._options = options
         self._lease = lease
-        self._network = network
+        self._networks = tuple(networks)
         self._private_key = private_key
         self._public_key = own_public_key
         self._mtu = options.device_mtu(ext_mtu)
-        self._address = device_address(lease.subnet)
+        self._addresses = {
+            t.name: [device_address(own[v]) for v in sorted(t.versions)] for t, _ in devices
+        }
+        self._families = sorted(
+            {socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in networks})
         self._skips = SkipLog(log)
 
     @property
@@ -276,18 +292,27 @@ class WireguardNetwork:
 
     @property
     def driver(self) -> WgDriver:
-        return self._driver
+        """The first device's driver (``flannel-wg``, or ``flannel-wg-v6`` when IPv6-only)."""
+        return self._devices[0][1]
+
+    @property
+    def drivers(self) -> dict[str, WgDriver]:
+        """Each device's driver, by device name."""
+        return {t.name: d for t, d in self._devices}
 
     def prepare(self) -> None:
-        """Device, MTU, address and route, without touching the peers.
+        """Devices, MTU, addresses and routes, without touching the peers.
 
         Start-up runs this before the first lease snapshot arrives, so the
         peers a previous flanneld programmed keep carrying traffic meanwhile.
         """
-        recreated, link = self._ensure_link()
-        self._sync_route(link, fresh=True)
-        if recreated:
-            self._reconcile_peers([], remove=False)
+        links = []
+        for tunnel, driver in self._devices:
+            recreated, link = self._ensure_link(tunnel, driver)
+            links.append(link)
+            if recreated:
+                self._reconcile_peers(tunnel, driver, [], remove=False)
+        self._sync_routes(links, fresh=True)
 
     def reconcile(
         self,
@@ -295,74 +320,92 @@ class WireguardNetwork:
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
     ) -> ReconcileReport:
-        recreated, link = self._ensure_link()
-        usable, skipped = wireguard_peers(
-            self._lease, self._public_key, peers, [self._network], self._options
+        links: list[LinkState] = []
+        plans: list[PeerPlan] = []
+        failed: list[str] = []
+        skipped: dict[str, list[str]] = {}
+        programmed: set[str] = set()
+        any_recreated = False
+        for tunnel, driver in self._devices:
+            recreated, link = self._ensure_link(tunnel, driver)
+            any_recreated |= recreated
+            links.append(link)
+            usable, refused = wireguard_peers(
+                self._lease, self._public_key, peers, self._networks, self._options, tunnel)
+            for skip in refused:
+                reasons = skipped.setdefault(skip.key, [])
+                if skip.reason not in reasons:
+                    reasons.append(skip.reason)
+            programmed.update(p.lease_key for p in usable)
+            plan, errors = self._reconcile_peers(tunnel, driver, usable)
+            plans.append(plan)
+            failed += errors
+        merged = [Skipped(key, "; ".join(reasons)) for key, reasons in skipped.items()]
+        self._skips.report(merged)
+        routes = self._sync_routes(links, fresh=full or any_recreated)
+        return ReconcileReport(
+            added=sum(len(p.put) for p in plans) + sum(isinstance(c, Put) for c in routes.applied),
+            removed=sum(len(p.remove) for p in plans)
+            + sum(isinstance(c, Delete) for c in routes.applied),
+            failed=tuple(failed + [str(f) for f in routes.failed]),
+            skipped=tuple(merged),
+            device_recreated=any_recreated,
+            peers=len(programmed),
         )
-        self._skips.report(skipped)
-        plan, failed = self._reconcile_peers(usable)
-        routes = self._sync_route(link, fresh=full or recreated)
-        return _report(plan, routes.applied, failed + [str(f) for f in routes.failed],
-                       skipped, len(usable), recreated)
 
-    def _ensure_link(self) -> tuple[bool, LinkState]:
-        recreated = self._driver.ensure_device()
-        link = self._netlink.link(DEVICE)
+    def _ensure_link(self, tunnel: Tunnel, driver: WgDriver) -> tuple[bool, LinkState]:
+        recreated = driver.ensure_device()
+        link = self._netlink.link(tunnel.name)
         if link is None:
-            raise DataplaneError(f"device {DEVICE} is missing right after it was ensured")
+            raise DataplaneError(f"device {tunnel.name} is missing right after it was ensured")
         self._netlink.set_link(
             link.index, mtu=None if link.mtu == self._mtu else self._mtu,
             up=None if link.up else True,
         )
-        self._netlink.sync_addresses(link.index, [self._address], [self._network])
+        self._netlink.sync_addresses(link.index, self._addresses[tunnel.name], self._networks)
         return recreated, link
 
-    def _sync_route(self, link: LinkState, fresh: bool) -> ApplyResult:
-        desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
-        return self._netlink.sync(desired, [], [socket.AF_INET], fresh=fresh)
+    def _sync_routes(self, links: Sequence[LinkState], fresh: bool) -> ApplyResult:
+        """One route per cluster Network through the device that carries its family."""
+        routes = {
+            Route(network, None, link.index)
+            for (tunnel, _), link in zip(self._devices, links, strict=True)
+            for network in self._networks
+            if network.version in tunnel.versions
+        }
+        return self._netlink.sync(DataplaneState(frozenset(routes)), [], self._families,
+                                  fresh=fresh)
 
-    def _reconcile_peers(self, usable: Sequence[WgPeer], remove: bool = True,
-                         ) -> tuple[PeerPlan, list[str]]:
+    def _reconcile_peers(self, tunnel: Tunnel, driver: WgDriver, usable: Sequence[WgPeer],
+                         remove: bool = True) -> tuple[PeerPlan, list[str]]:
         """Read the device, apply the difference to ``usable`` (keeping others unless ``remove``)."""
         plan = PeerPlan()
         try:
-            plan = plan_peers(self._driver.read(), usable, self._private_key,
-                              self._options.listen_port)
+            plan = plan_peers(driver.read(), usable, self._private_key, tunnel.listen_port)
             if not remove:
                 plan = replace(plan, remove=())
             if plan:
-                self._driver.apply(plan, self._private_key, self._options.listen_port)
-                self._log_plan(plan)
+                driver.apply(plan, self._private_key, tunnel.listen_port)
+                _log_plan(tunnel, plan)
         except DataplaneError as err:
-            log.warning("programming %s failed: %s (retried on the next pass)", DEVICE, err)
+            log.warning("programming %s failed: %s (retried on the next pass)", tunnel.name, err)
             return plan, [str(err)]
         return plan, []
 
     def close(self) -> None:
-        """The device (and wireguard-go) stay, so a restart keeps pod traffic flowing."""
-        self._driver.close()
-
-    def _log_plan(self, plan: PeerPlan) -> None:
-        if plan.configure_device:
-            log.info("%s: private key and listen port %d set", DEVICE, self._options.listen_port)
-        for key in plan.remove:
-            log.info("%s peer %s: removed", DEVICE, key_b64(key))
-        for peer in plan.put:
-            addr, port = peer.endpoint
-            log.info("%s peer %s (%s) endpoint %s:%d allowed-ips %s: added",
-                     DEVICE, key_b64(peer.public_key), peer.lease_key, addr, port,
-                     ",".join(sorted(str(n) for n in peer.allowed_ips)))
+        """The devices (and wireguard-go) stay, so a restart keeps pod traffic flowing."""
+        for _, driver in self._devices:
+            driver.close()
 
 
-def _report(
-    plan: PeerPlan, route_changes: Sequence[object], failed: list[str],
-    skipped: Sequence[Skipped], peers: int, recreated: bool,
-) -> ReconcileReport:
-    return ReconcileReport(
-        added=len(plan.put) + sum(isinstance(c, Put) for c in route_changes),
-        removed=len(plan.remove) + sum(isinstance(c, Delete) for c in route_changes),
-        failed=tuple(failed),
-        skipped=tuple(skipped),
-        device_recreated=recreated,
-        peers=peers,
-    )
+def _log_plan(tunnel: Tunnel, plan: PeerPlan) -> None:
+    if plan.configure_device:
+        log.info("%s: private key and listen port %d set", tunnel.name, tunnel.listen_port)
+    for key in plan.remove:
+        log.info("%s peer %s: removed", tunnel.name, key_b64(key))
+    for peer in plan.put:
+        addr, port = peer.endpoint
+        host = f"[{addr}]" if addr.version == 6 else str(addr)
+        log.info("%s peer %s (%s) endpoint %s:%d allowed-ips %s: added",
+                 tunnel.name, key_b64(peer.public_key), peer.lease_key, host, port,
+                 ",".join(sorted(str(n) for n in peer.allowed_ips)))

@@ -1,12 +1,21 @@
-"""The wireguard backend's pure parts: options, keys, lease data, desired peers and the peer plan.
+"""The wireguard backend's pure parts: options, keys, lease data, devices, peers and the peer plan.
 
-Per usable peer the device ``flannel-wg`` needs one WireGuard peer, as
-upstream programs it: the peer's public key (from its lease), endpoint
-``PublicIP:Port``, AllowedIPs = the peer's subnet, our PSK and keepalive.
-Beside the peers, the device carries our subnet's network address as a /32
-and one route for the whole Network.  Nothing here touches the kernel or
-a socket; :func:`plan_peers` turns (observed, desired) into the few
-changes a driver applies.
+The devices (:func:`tunnels`) follow upstream's ``Mode``: ``separate`` (the
+default) gives IPv4 ``flannel-wg`` on ``ListenPort`` and IPv6
+``flannel-wg-v6`` on ``ListenPortV6``; ``auto``, ``ipv4`` and ``ipv6`` give
+one ``flannel-wg`` on ``ListenPort`` carrying every enabled family.  Both
+devices use the one private key; BackendData and BackendV6Data each carry
+it with the port of the device serving that family.
+
+Per usable peer a device needs one WireGuard peer, as upstream programs it:
+the peer's public key (from its lease), endpoint ``PublicIP:Port`` (or
+``[PublicIPv6]:Port``), AllowedIPs = the peer's subnet(s) of the families
+the device carries, our PSK and keepalive.  A one-device peer's endpoint
+family follows the mode (:func:`endpoint_family`).  Beside the peers, a
+device carries our subnet's network address as a /32 (/128) and one route
+per cluster Network it serves.  Nothing here touches the kernel or a
+socket; :func:`plan_peers` turns (observed, desired) into the few changes
+a driver applies.
 
 Keys are 32 raw bytes here; leases carry them in base64, the userspace
 UAPI in hex.  A key is never part of a ``repr`` or a log line.
@@ -18,18 +27,19 @@ import base64
 import binascii
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from backends.model import Skipped
 from backends.peers import usable_peers
 from subnet.errors import ConfigError, PeerDataError
-from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, compact_json
-from subnet.netconf import BackendConfig
+from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs, compact_json
+from subnet.netconf import BackendConfig, NetConfig
 
 BACKEND_TYPE = "wireguard"
 DEVICE = "flannel-wg"
+DEVICE_V6 = "flannel-wg-v6"
 DEFAULT_PORT = 51820
 DEFAULT_PORT_V6 = 51821
 # Outer IPv6 header (40) + UDP (8) + WireGuard header (16) + auth tag (16): upstream's figure.
@@ -295,6 +305,100 @@ def decode_backend_data(text: str | None) -> WireguardData:
     return WireguardData(key, port or None)
 
 
+def check_config(config: NetConfig) -> None:
+    """The address families this backend runs (shared with ``flannelctl netconf validate``)."""
+    if not config.networks():
+        raise ConfigError("the wireguard backend needs an IPv4 or IPv6 Network")
+
+
+# --- devices and our lease -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """One WireGuard device: its name, the pod address families it carries, its UDP port."""
+
+    name: str
+    versions: frozenset[int]
+    listen_port: int
+
+
+def tunnels(options: WireguardOptions, versions: Iterable[int]) -> tuple[Tunnel, ...]:
+    """The devices ``options.mode`` asks for when the cluster runs ``versions`` (4 and/or 6)."""
+    enabled = frozenset(versions)
+    if options.mode != "separate":
+        return (Tunnel(DEVICE, enabled, options.listen_port),)
+    found = []
+    if 4 in enabled:
+        found.append(Tunnel(DEVICE, frozenset({4}), options.listen_port))
+    if 6 in enabled:
+        found.append(Tunnel(DEVICE_V6, frozenset({6}), options.listen_port_v6))
+    return tuple(found)
+
+
+def device_names(options: WireguardOptions, versions: Iterable[int]) -> tuple[str, ...]:
+    return tuple(t.name for t in tunnels(options, versions))
+
+
+def lease_attrs(
+    public_ip: ipaddress.IPv4Address | None,
+    public_ipv6: ipaddress.IPv6Address | None,
+    public: bytes,
+    devices: Sequence[Tunnel],
+) -> LeaseAttrs:
+    """Our lease's attributes: BackendData for IPv4, BackendV6Data for IPv6, each with the
+    port of the device that serves the family (upstream's two JSON objects share the key)."""
+    port = {v: t.listen_port for t in devices for v in t.versions}
+    return LeaseAttrs(
+        public_ip=public_ip if public_ip is not None else UNSPECIFIED_V4,
+        public_ipv6=public_ipv6,
+        backend_type=BACKEND_TYPE,
+        backend_data=encode_backend_data(public, port[4]) if 4 in port else None,
+        backend_v6_data=encode_backend_data(public, port[6]) if 6 in port else None,
+    )
+
+
+_PRIVATE_V4 = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")
+
+
+def is_private(addr: IPAddress) -> bool:
+    """Go's ``net.IP.IsPrivate``: RFC 1918 for IPv4, unique local fc00::/7 for IPv6."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return any(addr in net for net in _PRIVATE_V4)
+    return addr in _PRIVATE_V6
+
+
+def endpoint_family(mode: str, own: LeaseAttrs, peer: LeaseAttrs) -> int:
+    """Which of a peer's public addresses a one-device tunnel sends to (4 or 6).
+
+    ``ipv4``/``ipv6`` say it; ``auto`` follows upstream: IPv4 when the peer
+    has no IPv6; else IPv4 when the peer's IPv4 is public (not RFC 1918) and
+    we advertise an IPv4; else IPv6 when both ends' IPv6 are public (not
+    unique local); else IPv4 (IPv6 if the peer has no IPv4 at all).  ``own``
+    is our lease's attributes: the addresses we advertise.
+    """
+    if mode in ("ipv4", "ipv6"):
+        return 4 if mode == "ipv4" else 6
+    peer_v4, peer_v6 = _public(peer, 4), peer.public_ipv6
+    if peer_v6 is None:
+        return 4
+    if peer_v4 is not None and not is_private(peer_v4) and _public(own, 4) is not None:
+        return 4
+    if not is_private(peer_v6) and own.public_ipv6 is not None and not is_private(
+            own.public_ipv6):
+        return 6
+    return 4 if peer_v4 is not None else 6
+
+
+def _public(attrs: LeaseAttrs, version: int) -> IPAddress | None:
+    if version == 4:
+        return attrs.public_ip if attrs.public_ip != UNSPECIFIED_V4 else None
+    return attrs.public_ipv6
+
+
 # --- peers and desired state ------------------------------------------------------------------
 
 
@@ -304,50 +408,106 @@ def wireguard_peers(
     peers: Sequence[Lease],
     networks: Sequence[IPNetwork],
     options: WireguardOptions,
+    tunnel: Tunnel | None = None,
 ) -> tuple[list[WgPeer], list[Skipped]]:
-    """The IPv4 peers to program on ``flannel-wg``, and the skipped ones with reasons.
+    """The peers to program on ``tunnel``'s device, and the skipped ones with reasons.
 
-    On top of :func:`backends.peers.usable_peers`: the peer needs an IPv4
-    subnet, a public address and wireguard data with a valid public key that
-    nobody else (ourselves included) uses.  A peer without a port (old
-    upstream leases) is reached at our own listen port, as upstream does.
+    ``tunnel`` defaults to the device carrying IPv4 (or the only one).  On
+    top of :func:`backends.peers.usable_peers`, each family the device
+    carries needs the peer's subnet and wireguard data (BackendData for
+    IPv4, BackendV6Data for IPv6) with a valid key, and the endpoint needs
+    the peer's public address of its family.  A family that fails is
+    reported alone (prefixed ``IPv6:`` or ``IPv4:`` in a dual-stack
+    cluster) while the peer's other families are still programmed.  A key
+    nobody else (ourselves included) may use is checked per device.  A peer
+    without a port (old upstream leases) is reached at the device's own
+    listen port, as upstream does.
     """
+    versions = sorted({n.version for n in networks})
+    device = tunnel or tunnels(options, versions)[0]
+    carried = [v for v in versions if v in device.versions]
     usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
     keys: dict[bytes, str] = {own_public_key: "ours"}
+    tag = len(versions) > 1
     result: list[WgPeer] = []
     for peer in usable:
-        try:
-            found = _wg_peer(peer, options)
+        found, reasons = _wg_peer(peer, own.attrs, options, device, carried, tag)
+        if found is not None:
             owner = keys.get(found.public_key)
-            if owner is not None:
-                raise PeerDataError(f"PublicKey {key_b64(found.public_key)} is already used ({owner})")
-        except PeerDataError as err:
-            skipped.append(Skipped(peer.key, str(err)))
-            continue
-        keys[found.public_key] = f"by {peer.key}"
-        result.append(found)
+            if owner is None:
+                keys[found.public_key] = f"by {peer.key}"
+                result.append(found)
+            else:
+                reasons = [f"PublicKey {key_b64(found.public_key)} is already used ({owner})"]
+        if reasons:
+            skipped.append(Skipped(peer.key, "; ".join(reasons)))
     return result, skipped
 
 
-def _wg_peer(peer: Lease, options: WireguardOptions) -> WgPeer:
-    if peer.subnet is None:
-        raise PeerDataError("no IPv4 subnet")
-    if peer.attrs.public_ip == UNSPECIFIED_V4:
-        raise PeerDataError("no IPv4 public address")
-    data = decode_backend_data(peer.attrs.backend_data)
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """What a peer lease gives for one address family."""
+
+    subnet: IPNetwork
+    data: WireguardData
+
+
+def _family(peer: Lease, version: int) -> _Family:
+    """The peer's subnet and wireguard data of ``version``; PeerDataError if unusable."""
+    if version == 4:
+        if peer.subnet is None:
+            raise PeerDataError("no IPv4 subnet")
+        return _Family(peer.subnet, decode_backend_data(peer.attrs.backend_data))
+    if peer.ipv6_subnet is None:
+        raise PeerDataError("no IPv6 subnet")
+    try:
+        return _Family(peer.ipv6_subnet, decode_backend_data(peer.attrs.backend_v6_data))
+    except PeerDataError as err:
+        raise PeerDataError(f"BackendV6Data: {err}") from err
+
+
+def _wg_peer(
+    peer: Lease,
+    own: LeaseAttrs,
+    options: WireguardOptions,
+    device: Tunnel,
+    carried: Sequence[int],
+    tag: bool,
+) -> tuple[WgPeer | None, list[str]]:
+    """The peer for ``device`` (None if no family is usable) and why families were left out."""
+    families: dict[int, _Family] = {}
+    reasons: list[str] = []
+    for version in carried:
+        try:
+            families[version] = _family(peer, version)
+        except PeerDataError as err:
+            reasons.append(f"IPv{version}: {err}" if tag else str(err))
+    if len(carried) == 1:
+        via = carried[0]
+    else:
+        via = endpoint_family(options.mode, own, peer.attrs)
+    address = _public(peer.attrs, via)
+    if address is None:
+        missing = f"no IPv{via} public address"
+        reasons.append(f"IPv{via}: {missing}" if tag and len(carried) == 1 else missing)
+        return None, reasons
+    if not families:
+        return None, reasons
+    chosen = families.get(via)
     return WgPeer(
         lease_key=peer.key,
-        public_key=data.public_key,
-        endpoint=(peer.attrs.public_ip, data.port or options.listen_port),
-        allowed_ips=frozenset({peer.subnet}),
+        # upstream: the IPv6 data's key wins where the peer has both
+        public_key=(families[6] if 6 in families else families[4]).data.public_key,
+        endpoint=(address, (chosen.data.port if chosen else None) or device.listen_port),
+        allowed_ips=frozenset(f.subnet for f in families.values()),
         psk=options.psk,
         keepalive=options.keepalive,
-    )
+    ), reasons
 
 
-def device_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
-    """The device's own address: our subnet's network address as a /32."""
-    return ipaddress.IPv4Interface(f"{subnet.network_address}/32")
+def device_address(subnet: IPNetwork) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """A device's own address: our subnet's network address as a /32 (IPv6: /128)."""
+    return ipaddress.ip_interface(f"{subnet.network_address}/{subnet.max_prefixlen}")
 
 
 def plan_peers(

@@ -1,5 +1,11 @@
 """Convergence of one flanneld (etcd subnet manager, vxlan backend) on single peer changes.
 
+``--ip-family dual`` runs the dual-stack host-gw cluster instead: every peer
+lease has an IPv4 /24 and an IPv6 /64 with an address of each family, and an
+add counts when BOTH routes are in the kernel (a delete: when both are gone).
+With ``--peers 1000`` its cold start is the "1000 dual-stack leases from cold
+start" figure (time, and the daemon's RSS once everything is programmed).
+
 With ``--peers`` leases already in etcd, flanneld is started in a node
 namespace (start -> /readyz 200, and start -> every route/neighbour/FDB
 entry programmed).  Then ``--samples`` times: put ONE new peer lease and
@@ -13,7 +19,7 @@ Kernel changes are observed with an rtnetlink socket opened in the node
 namespace (notifications, timestamped on arrival), not by polling.
 
 Usage (root): ``python3 bench/convergence.py [--peers 10] [--samples 50]
-[--restarts 2] [--out bench/results/convergence.json]``.
+[--restarts 2] [--ip-family ipv4|dual] [--out bench/results/convergence.json]``.
 """
 
 from __future__ import annotations
@@ -52,17 +58,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", help="run flanneld under cProfile, write stats here")
     parser.add_argument("--py-spy", action="store_true",
                         help="sample the daemon with py-spy during the add/delete samples")
-    parser.add_argument("--out", default=default_out("convergence"))
-    return parser.parse_args()
+    parser.add_argument("--ip-family", choices=("ipv4", "dual"), default="ipv4",
+                        help="ipv4: vxlan (route, neighbour, FDB entry per peer); "
+                        "dual: host-gw, an IPv4 and an IPv6 route per peer")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.out is None:
+        args.out = default_out("convergence" if args.ip_family == "ipv4" else "convergence-dual")
+    return args
+
+
+def expected_counts(peers: int, dual: bool) -> tuple[int, int, int]:
+    """(routes, neighbours, FDB entries) the node holds for ``peers`` peers."""
+    return (2 * peers, 0, 0) if dual else (peers, peers, peers)
 
 
 def start_and_time(lab: Lab, monitor: KernelMonitor, peers: int, timeout: float,
-                   *, cold: bool, profile: str | None = None) -> tuple[Flanneld, dict[str, Any]]:
+                   *, cold: bool, profile: str | None = None,
+                   dual: bool = False) -> tuple[Flanneld, dict[str, Any]]:
     daemon = lab.flanneld(profile=profile)
     daemon.start()
     ready = daemon.wait_ready(lab.node_thread, timeout)
     # on a warm restart everything is programmed already: nothing to time
-    programmed = monitor.wait_counts(peers, peers, peers, timeout) if cold else None
+    programmed = monitor.wait_counts(*expected_counts(peers, dual), timeout) if cold else None
     if ready is None:
         raise RuntimeError(f"flanneld not ready after {timeout}s:\n{daemon.log_tail()}")
     return daemon, {
@@ -76,19 +94,20 @@ def start_and_time(lab: Lab, monitor: KernelMonitor, peers: int, timeout: float,
 def main() -> int:
     args = parse_args()
     facts = machine_facts()
-    base = [Peer(i) for i in range(args.peers)]
+    dual = args.ip_family == "dual"
+    base = [Peer(i, dual=dual) for i in range(args.peers)]
     adds: list[Sample] = []
     deletes: list[Sample] = []
     timeouts = 0
     restarts: list[dict[str, Any]] = []
     profile: dict[str, Any] = {}
-    with running_lab() as lab:
+    with running_lab(dual) as lab:
         put_peers(lab.gateway, base)
         monitor = lab.monitor()
         daemon: Flanneld | None = None
         try:
             daemon, cold = start_and_time(lab, monitor, args.peers, args.ready_timeout,
-                                          cold=True, profile=args.profile)
+                                          cold=True, profile=args.profile, dual=dual)
             cpu_at_ready = cpu_seconds(daemon.pid)
             status_ready = proc_status(daemon.pid)
             spy = None
@@ -97,7 +116,8 @@ def main() -> int:
                 os.makedirs(profile_dir, exist_ok=True)
                 spy = PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
             adds, deletes, timeouts = peer_samples(
-                lab, monitor, args.peers, args.samples, args.timeout, args.settle, args.budget
+                lab, monitor, args.peers, args.samples, args.timeout, args.settle, args.budget,
+                dual,
             )
             if spy is not None:
                 spy.stop()
@@ -110,7 +130,7 @@ def main() -> int:
             daemon = None
             for _ in range(args.restarts):
                 daemon, warm = start_and_time(lab, monitor, args.peers, args.ready_timeout,
-                                              cold=False)
+                                              cold=False, dual=dual)
                 restarts.append(warm)
                 daemon.stop()
                 daemon = None
@@ -125,25 +145,29 @@ def main() -> int:
     put_rtt = summary([s.put_ms for s in adds])
     del_rtt = summary([s.put_ms for s in deletes])
     rows = [
-        ("add: put -> route+neigh+fdb", add_e2e),
-        ("delete: del -> route gone", del_route),
-        ("delete: del -> all 3 gone", del_all),
+        ("add: put -> IPv4 and IPv6 routes" if dual else "add: put -> route+neigh+fdb", add_e2e),
+        ("delete: del -> both routes gone" if dual else "delete: del -> route gone", del_route),
+        *([] if dual else [("delete: del -> all 3 gone", del_all)]),
         ("etcd put round trip", put_rtt),
         ("etcd delete round trip", del_rtt),
     ]
     print_table(
-        f"flanneld convergence, vxlan, etcd, {args.peers} existing peers, "
+        f"flanneld convergence, {'dual-stack host-gw' if dual else 'vxlan'}, etcd, "
+        f"{args.peers} existing peers, "
         f"{len(adds)} samples ({timeouts} timed out) [ms]",
         ["measure", "n", "p50", "p99", "max", "mean"],
         [(name, s["n"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), fmt_ms(s["max"]),
           fmt_ms(s["mean"])) for name, s in rows],
     )
-    start_rows = [("cold", cold["start_to_ready_ms"], cold["start_to_programmed_ms"])]
-    start_rows += [(f"warm restart {i + 1}", r["start_to_ready_ms"], r["start_to_programmed_ms"])
-                   for i, r in enumerate(restarts)]
+    routes = expected_counts(args.peers, dual)[0]
+    start_rows = [("cold", cold["start_to_ready_ms"], cold["start_to_programmed_ms"],
+                   _mib(status_ready.get("VmRSS")), _mib(status_ready.get("VmHWM")))]
+    start_rows += [(f"warm restart {i + 1}", r["start_to_ready_ms"], r["start_to_programmed_ms"],
+                    "-", "-") for i, r in enumerate(restarts)]
     print_table(
-        f"flanneld start with {args.peers} peers [ms]",
-        ["start", "start -> /readyz 200", "start -> all programmed"],
+        f"flanneld start with {args.peers} {'dual-stack ' if dual else ''}peers "
+        f"({routes} routes) [ms; RSS once programmed]",
+        ["start", "start -> /readyz 200", "start -> all programmed", "VmRSS MiB", "VmHWM MiB"],
         start_rows,
     )
     if profile:
@@ -178,6 +202,10 @@ def main() -> int:
                 "delete_route_ms": [round(s.latency_ms, 3) for s in deletes]},
     })
     return 0 if timeouts == 0 and not any(final.values()) else 1
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f}"
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Dual-stack lab figures: IPv4 and IPv6 pod-to-pod TCP throughput and ping on host-gw,
-each next to the underlay of the same family.
+"""Dual-stack lab figures: IPv4 and IPv6 pod-to-pod TCP throughput and ping on vxlan and
+host-gw, each next to the underlay of the same family, in one run.
 
-A two-node lab (``flannelctl lab up --backend host-gw --ip-family dual``, prefix
-``pfd<hex>``, torn down afterwards, also on failure) with one pod per node.  Per
-family: iperf3 TCP node n1 -> node n2 over the underlay (the baseline) and pod
-n1p1 -> pod n2p1 through the overlay (``--runs`` runs of ``-t --seconds``,
-median), and ping RTT p50/p99 for both paths.
+Per backend a two-node lab (``flannelctl lab up --backend <b> --ip-family dual``,
+prefix ``pfd<hex>``, torn down afterwards, also on failure) with one pod per node.
+Per family: iperf3 TCP node n1 -> node n2 over the underlay (the baseline) and pod
+n1p1 -> pod n2p1 through the overlay (``--runs`` runs of ``-t --seconds``, median),
+and ping RTT p50/p99 for both paths.  The ratio is pod-to-pod over the underlay of
+the same family (IPv6 pods over the IPv6 underlay).
 
-Usage (root): ``python3 bench/dual_stack.py [--subnet-mgr etcd|kube] [--runs 3]
-[--seconds 3] [--out results.md]``.  Every external command has a timeout.
+Usage (root): ``python3 bench/dual_stack.py [--backends vxlan,host-gw]
+[--subnet-mgr etcd|kube] [--runs 3] [--seconds 3] [--out results.md]``.  Every
+external command has a timeout.
 """
 
 from __future__ import annotations
@@ -59,15 +61,16 @@ def run(lab: Lab, runs: int, seconds: int) -> list[tuple[int, Path, Path]]:
     return rows
 
 
-def table(rows: list[tuple[int, Path, Path]]) -> str:
+def table(rows: list[tuple[str, int, Path, Path]]) -> str:
     lines = [
-        ("| family | underlay Gbit/s | pod-to-pod Gbit/s | ratio | ping p50/p99 underlay ms "
-         "| ping p50/p99 pod-to-pod ms |"),
-        "|---|---|---|---|---|---|",
+        ("| backend | family | underlay Gbit/s | pod-to-pod Gbit/s | ratio "
+         "| ping p50/p99 underlay ms | ping p50/p99 pod-to-pod ms |"),
+        "|---|---|---|---|---|---|---|",
     ]
-    for version, under, over in rows:
+    for backend, version, under, over in rows:
         lines.append(
-            f"| IPv{version} | {under.gbps:.2f} | {over.gbps:.2f} | {over.gbps / under.gbps:.2f} "
+            f"| {backend} | IPv{version} | {under.gbps:.2f} | {over.gbps:.2f} "
+            f"| {over.gbps / under.gbps:.2f} "
             f"| {under.ping_p50_ms:.3f}/{under.ping_p99_ms:.3f} "
             f"| {over.ping_p50_ms:.3f}/{over.ping_p99_ms:.3f} |"
         )
@@ -76,20 +79,26 @@ def table(rows: list[tuple[int, Path, Path]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="vxlan,host-gw",
+                        help="comma-separated backends, one dual-stack lab each")
     parser.add_argument("--subnet-mgr", choices=("etcd", "kube"), default="etcd")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
-    prefix = "pfd" + uuid.uuid4().hex[:5]
+    backends = [b for b in args.backends.split(",") if b]
     facts = machine_facts()
-    try:
-        lab = up(nodes=2, backend="host-gw", pods_per_node=1, prefix=prefix,
-                 subnet_mgr=args.subnet_mgr, ip_family="dual")
-        rows = run(lab, args.runs, args.seconds)
-    finally:
-        down(prefix)
-    emit_table(table(rows), finish_facts(facts), args.out, f"host-gw, {args.subnet_mgr} mode; ")
+    rows: list[tuple[str, int, Path, Path]] = []
+    for backend in backends:
+        prefix = "pfd" + uuid.uuid4().hex[:5]
+        try:
+            lab = up(nodes=2, backend=backend, pods_per_node=1, prefix=prefix,
+                     subnet_mgr=args.subnet_mgr, ip_family="dual")
+            rows += [(backend, *row) for row in run(lab, args.runs, args.seconds)]
+        finally:
+            down(prefix)
+    emit_table(table(rows), finish_facts(facts), args.out,
+               f"{', '.join(backends)}, {args.subnet_mgr} mode; ")
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from daemon_proc import Flanneld
 from kernel_view import KernelMonitor
 from nsthread import UNDERLAY_IP, NsThread, node_and_underlay
-from peer_leases import CONFIG_KEY, NET_CONF, Peer
+from peer_leases import CONFIG_KEY, NET_CONF, NET_CONF_DUAL, Peer
 
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
 from flanneld.lab.etcdgw import EtcdGateway
@@ -65,9 +65,10 @@ class Lab:
 
 
 @contextmanager
-def running_lab() -> Iterator[Lab]:
-    """Namespaces, underlay and etcd with the vxlan net-conf; everything removed afterwards."""
-    with node_and_underlay() as spaces:
+def running_lab(dual: bool = False) -> Iterator[Lab]:
+    """Namespaces, underlay and etcd with the vxlan net-conf (``dual``: the dual-stack
+    host-gw one); everything removed afterwards."""
+    with node_and_underlay(dual) as spaces:
         etcd: EtcdProcess | None = None
         gateway: EtcdGateway | None = None
         try:
@@ -76,7 +77,7 @@ def running_lab() -> Iterator[Lab]:
             etcd = EtcdProcess(spec, os.path.join(spaces.workdir, "etcd.log"))
             spaces.underlay_thread.run(etcd.start)  # forked from a thread inside the namespace
             gateway = EtcdGateway(ETCD_URL, netns=spaces.underlay_ns, timeout=30)
-            gateway.put(CONFIG_KEY, json.dumps(NET_CONF))
+            gateway.put(CONFIG_KEY, json.dumps(NET_CONF_DUAL if dual else NET_CONF))
             yield Lab(spaces.prefix, spaces.underlay_ns, spaces.node_ns, spaces.workdir,
                       spaces.underlay_thread, spaces.node_thread, etcd, gateway)
         finally:
@@ -126,7 +127,7 @@ def delete_peer_sample(lab_: Any, monitor: KernelMonitor, peer: Peer,
 
 def peer_samples(
     lab: Any, monitor: Any, first: int, count: int, timeout: float, settle: float,
-    budget: float,
+    budget: float, dual: bool = False,
 ) -> tuple[list[Sample], list[Sample], int]:
     """Add then delete one new peer ``count`` times (within ``budget`` seconds).
 
@@ -140,7 +141,7 @@ def peer_samples(
         if time.monotonic() > deadline:
             print(f"budget of {budget}s used up after {k} samples")
             break
-        peer = Peer(first + k)
+        peer = Peer(first + k, dual=dual)
         added = add_peer_sample(lab, monitor, peer, timeout)
         time.sleep(settle)
         removed = delete_peer_sample(lab, monitor, peer, timeout)

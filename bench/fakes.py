@@ -23,11 +23,11 @@ class FakeSubnetManager:
     """
 
     def __init__(
-        self, config: NetConfig, subnet: str, ipv6_subnet: str | None = None,
+        self, config: NetConfig, subnet: str | None, ipv6_subnet: str | None = None,
         peers: tuple[Lease, ...] = (),
     ) -> None:
         self._config = config
-        self._subnet = ipaddress.IPv4Network(subnet)
+        self._subnet = ipaddress.IPv4Network(subnet) if subnet else None
         self._ipv6_subnet = ipaddress.IPv6Network(ipv6_subnet) if ipv6_subnet else None
         self._peers = peers
         self._leases: list[Lease] = []

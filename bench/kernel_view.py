@@ -30,6 +30,7 @@ VXLAN_DEV = "flannel.1"
 NETLINK_ROUTE = 0
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RTA_DST = 1
@@ -55,7 +56,7 @@ class KernelView:
 class KernelMonitor:
     """rtnetlink notifications from the node namespace, timestamped on arrival.
 
-    Tracks proto-44 IPv4 routes, permanent IPv4 neighbours and permanent FDB
+    Tracks proto-44 IPv4 and IPv6 routes, permanent IPv4 neighbours and permanent FDB
     entries of MACs we generate (``0e:``), so waiters can ask "is X there yet"
     and get the arrival time of the notification that made it so.
     """
@@ -67,7 +68,7 @@ class KernelMonitor:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
+            sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH))
             sock.settimeout(0.5)  # so the reader notices close()
             return sock
 
@@ -113,12 +114,12 @@ class KernelMonitor:
         if kind in (RTM_NEWROUTE, RTM_DELROUTE):
             family, dst_len = body[0], body[1]
             protocol = body[5]
-            if family != socket.AF_INET or protocol != ROUTE_PROTOCOL:
+            if family not in (socket.AF_INET, socket.AF_INET6) or protocol != ROUTE_PROTOCOL:
                 return
             attrs = _attrs(body, 12)
             if RTA_DST not in attrs:
                 return
-            dst = f"{socket.inet_ntoa(attrs[RTA_DST])}/{dst_len}"
+            dst = f"{socket.inet_ntop(family, attrs[RTA_DST])}/{dst_len}"
             self.route_log.append((now, kind == RTM_NEWROUTE, dst))
             if kind == RTM_NEWROUTE:
                 self.view.routes.setdefault(dst, now)
@@ -164,13 +165,16 @@ class KernelMonitor:
                 self._cond.wait(min(left, 0.5))
 
     def wait_peer_added(self, peer: Peer, timeout: float) -> float | None:
-        """Arrival time of the route for ``peer`` once its neighbour and FDB entry exist too."""
-        dst = str(peer.subnet)
+        """Arrival time of the route for ``peer`` once its neighbour and FDB entry exist too
+        (a dual-stack host-gw peer: of the later of its two routes)."""
 
         def ready(mon: KernelMonitor) -> float | None:
-            at = mon.view.routes.get(dst)
-            if at is None:
+            times = [mon.view.routes.get(dst) for dst in peer.routes]
+            if None in times:
                 return None
+            at = max(t for t in times if t is not None)
+            if peer.dual:
+                return at
             if mon.view.neighbours.get(peer.gateway) != peer.mac:
                 return None
             if mon.view.fdb.get(peer.mac) != peer.public_ip:
@@ -180,23 +184,24 @@ class KernelMonitor:
         return self.wait(ready, timeout)
 
     def wait_peer_removed(self, peer: Peer, timeout: float) -> tuple[float, float] | None:
-        """(route gone, all three gone) arrival times for ``peer``."""
-        dst = str(peer.subnet)
+        """(route gone, all three gone) arrival times for ``peer`` (a dual-stack host-gw
+        peer: its two routes)."""
 
         def gone(mon: KernelMonitor) -> float | None:
-            if dst in mon.view.routes or peer.gateway in mon.view.neighbours:
+            if any(dst in mon.view.routes for dst in peer.routes):
                 return None
-            if peer.mac in mon.view.fdb:
-                return None
-            times = [mon.route_gone.get(dst), mon.neigh_gone.get(peer.gateway),
-                     mon.fdb_gone.get(peer.mac)]
+            times = [mon.route_gone.get(dst) for dst in peer.routes]
+            if not peer.dual:
+                if peer.gateway in mon.view.neighbours or peer.mac in mon.view.fdb:
+                    return None
+                times += [mon.neigh_gone.get(peer.gateway), mon.fdb_gone.get(peer.mac)]
             return max(t for t in times if t is not None) if any(times) else time.monotonic()
 
         done = self.wait(gone, timeout)
         if done is None:
             return None
         with self._cond:
-            route_at = self.route_gone.get(dst, done)
+            route_at = max(self.route_gone.get(dst, done) for dst in peer.routes)
         return route_at, done
 
     def wait_counts(self, routes: int, neighbours: int, fdb: int,
@@ -244,10 +249,11 @@ def _attrs(body: bytes, offset: int) -> dict[int, bytes]:
 def dump_kernel(ns: str) -> KernelView:
     """Our objects as ``ip``/``bridge`` list them right now (independent of the monitor)."""
     view = KernelView()
-    for route in _ip_json(["ip", "-n", ns, "-j", "-4", "route", "show", "proto",
-                           str(ROUTE_PROTOCOL)]):
-        dst = str(route.get("dst", ""))
-        view.routes[dst if "/" in dst else f"{dst}/32"] = 0.0
+    for family, host in (("-4", "/32"), ("-6", "/128")):
+        for route in _ip_json(["ip", "-n", ns, "-j", family, "route", "show", "proto",
+                               str(ROUTE_PROTOCOL)]):
+            dst = str(route.get("dst", ""))
+            view.routes[dst if "/" in dst else dst + host] = 0.0
     for neigh in _ip_json(["ip", "-n", ns, "-j", "-4", "neigh", "show", "dev", VXLAN_DEV,
                            "nud", "permanent"]):
         view.neighbours[str(neigh.get("dst"))] = str(neigh.get("lladdr"))
@@ -271,7 +277,10 @@ def _ip_json(argv: list[str]) -> list[dict[str, Any]]:
 def expected_view(peers: Sequence[Peer]) -> KernelView:
     view = KernelView()
     for peer in peers:
-        view.routes[str(peer.subnet)] = 0.0
+        for dst in peer.routes:
+            view.routes[dst] = 0.0
+        if peer.dual:
+            continue
         view.neighbours[peer.gateway] = peer.mac
         view.fdb[peer.mac] = peer.public_ip
     return view

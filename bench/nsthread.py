@@ -3,6 +3,10 @@
     <prefix>-ul  the store's side (etcd or the API double), 198.18.0.1 on veth ``ul0``
     <prefix>-n1  the node under test, 198.18.0.2 on ``ul0``
 
+Dual stack (``dual=True``): the IPv4 prefix is /15, so that the fake peers'
+addresses in 198.19.0.0/16 are on-link (host-gw routes through them), and
+``ul0`` also carries fd00:198:18::1/64 and ::2/64.
+
 Names carry a unique ``pfb<6 hex>`` prefix; everything is removed afterwards,
 also on failure or Ctrl-C.
 """
@@ -22,12 +26,20 @@ from typing import TypeVar
 
 import checkout  # noqa: F401 - this checkout's pyflannel first
 
-from flanneld.lab.topology import create_netns, delete_netns, enter_netns, veth_link
+from flanneld.lab.topology import (
+    add_address,
+    create_netns,
+    delete_netns,
+    enter_netns,
+    veth_link,
+)
 
 T = TypeVar("T")
 
 UNDERLAY_IP = "198.18.0.1"
 NODE_IP = "198.18.0.2"
+UNDERLAY_IP6 = "fd00:198:18::1"
+NODE_IP6 = "fd00:198:18::2"
 
 
 class NsThread:
@@ -76,7 +88,7 @@ class Namespaces:
 
 
 @contextmanager
-def node_and_underlay() -> Iterator[Namespaces]:
+def node_and_underlay(dual: bool = False) -> Iterator[Namespaces]:
     """The two namespaces joined by ``ul0``, a worker thread in each, and a work directory."""
     prefix = unique_prefix()
     underlay_ns, node_ns = f"{prefix}-ul", f"{prefix}-n1"
@@ -87,8 +99,12 @@ def node_and_underlay() -> Iterator[Namespaces]:
         for ns in (underlay_ns, node_ns):
             create_netns(ns)
             created.append(ns)
-        veth_link(underlay_ns, "ul0", ipaddress.IPv4Interface(f"{UNDERLAY_IP}/24"),
-                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/24"))
+        plen = 15 if dual else 24
+        veth_link(underlay_ns, "ul0", ipaddress.IPv4Interface(f"{UNDERLAY_IP}/{plen}"),
+                  node_ns, "ul0", ipaddress.IPv4Interface(f"{NODE_IP}/{plen}"))
+        if dual:
+            add_address(underlay_ns, "ul0", ipaddress.IPv6Interface(f"{UNDERLAY_IP6}/64"))
+            add_address(node_ns, "ul0", ipaddress.IPv6Interface(f"{NODE_IP6}/64"))
         underlay_thread, node_thread = NsThread(underlay_ns), NsThread(node_ns)
         threads += [underlay_thread, node_thread]
         yield Namespaces(prefix, underlay_ns, node_ns, workdir, underlay_thread, node_thread)

@@ -2,6 +2,9 @@
 
 Peers live in 10.64.0.0 upwards; the node under test is confined to
 10.127.0.0/16 by SubnetMin/SubnetMax, so it never takes a peer's subnet.
+Dual-stack peers (host-gw, ``Peer(i, dual=True)``) also hold fd00:64:0:<i>::/64;
+the node's IPv6 subnet is confined to fd00:64:0:ff00::/56.  Their public
+addresses lie in the node's on-link underlay prefixes, as host-gw needs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,18 @@ NET_CONF = {
 }
 MAX_PEERS = (1 << 16) - 256  # peer subnets 10.64.0.0 .. below 10.127.0.0
 PEER_PUBLIC_BASE = int(ipaddress.IPv4Address("198.19.0.0"))
+NETWORK6 = ipaddress.IPv6Network("fd00:64::/48")
+NET_CONF_DUAL = {
+    "Network": str(NETWORK),
+    "SubnetMin": "10.127.0.0",
+    "SubnetMax": "10.127.255.0",
+    "EnableIPv6": True,
+    "IPv6Network": str(NETWORK6),
+    "IPv6SubnetMin": "fd00:64:0:ff00::",
+    "IPv6SubnetMax": "fd00:64:0:ffff::",
+    "Backend": {"Type": "host-gw"},
+}
+PEER_PUBLIC6_BASE = int(ipaddress.IPv6Address("fd00:198:18::1:0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +45,7 @@ class Peer:
 
     index: int
     generation: int = 0
+    dual: bool = False  # a dual-stack host-gw peer; else an IPv4 vxlan one
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -42,8 +58,18 @@ class Peer:
         return str(self.subnet.network_address)
 
     @property
+    def subnet6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network((int(NETWORK6.network_address) + (self.index << 64), 64))
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The destinations of the routes the node programs for this peer."""
+        return (str(self.subnet), str(self.subnet6)) if self.dual else (str(self.subnet),)
+
+    @property
     def key(self) -> str:
-        return f"{SUBNETS}{self.subnet.network_address}-24"
+        v6 = f"&{self.subnet6.network_address}-64" if self.dual else ""
+        return f"{SUBNETS}{self.subnet.network_address}-24{v6}"
 
     @property
     def public_ip(self) -> str:
@@ -55,7 +81,14 @@ class Peer:
         raw = bytes([0x0E, self.generation & 0xFF]) + self.index.to_bytes(4, "big")
         return ":".join(f"{b:02x}" for b in raw)
 
+    @property
+    def public_ipv6(self) -> str:
+        return str(ipaddress.IPv6Address(PEER_PUBLIC6_BASE + self.index))
+
     def value(self) -> str:
+        if self.dual:
+            return json.dumps({"PublicIP": self.public_ip, "PublicIPv6": self.public_ipv6,
+                               "BackendType": "host-gw"}, separators=(",", ":"))
         return json.dumps(
             {
                 "PublicIP": self.public_ip,

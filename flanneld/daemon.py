@@ -160,7 +160,7 @@ def make_backend(
     )
     return entry.build(
         BackendContext(ext, netlink, config.backend, previous.backend_data if previous else None,
-                       os.environ)
+                       os.environ, previous.backend_v6_data if previous else None)
     )
 
 

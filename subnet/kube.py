@@ -15,6 +15,13 @@ Design, and where it departs from upstream on purpose:
   peer is missed or left stale.  An update produces an event exactly when the
   node's lease changes, podCIDR included; a lease whose key changes is
   reported as removed and added.
+* Lists are paginated (``limit``/``continue``, 500 Nodes a page, as
+  client-go's pager) and each page is turned into leases before the next is
+  fetched: only the leases stay in memory, never the whole NodeList.  The
+  daemon's first list starts right after :meth:`KubeSubnetManager.wait_for_sync`
+  (which lists one Node) and runs while the daemon sets up its devices.
+* Requests go through the official client's ``ApiClient`` (configuration,
+  authentication, token refresh, urllib3 pool) as raw JSON; see :class:`Rest`.
 * A node with garbage annotations is logged once (until it changes) and
   skipped; its previous lease, if any, is kept, as upstream does.
 * Annotations are compared with what we would write and only the differing
@@ -59,7 +66,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -89,6 +96,7 @@ from subnet.kube_state import (
     annotations_of,
     attrs_from_annotations,
     desired_annotations,
+    missing_families,
     network_available_patch,
     node_name_of,
     node_to_lease,
@@ -131,6 +139,7 @@ class KubeTimings:
     backoff_initial: float = 0.2  # watch reconnects: exponential, with jitter
     backoff_max: float = 5.0
     stop_poll: float = 0.2  # how often the watch interrupter checks for stop
+    list_page: int = 500  # objects per list request (client-go's pager uses the same)
 
     def backoff(self) -> Backoff:
         return Backoff(self.backoff_initial, self.backoff_max)
@@ -196,45 +205,123 @@ class _HostPin:
         configuration.host = self.host
 
 
-def _status_message(err: Any) -> str:
+NODES = "/api/v1/nodes"
+NODE = "/api/v1/nodes/{name}"
+NODE_STATUS = "/api/v1/nodes/{name}/status"
+POD = "/api/v1/namespaces/{namespace}/pods/{name}"
+LIST_PATHS = {  # WATCHED_KINDS, across all namespaces
+    "pods": "/api/v1/pods",
+    "namespaces": "/api/v1/namespaces",
+    "networkpolicies": "/apis/networking.k8s.io/v1/networkpolicies",
+}
+
+
+class Rest:
+    """The REST calls of this module, made with the official client's ``ApiClient``.
+
+    ``ApiClient.param_serialize`` builds each request (server, path quoting,
+    the bearer token and its refresh hook) and ``ApiClient.call_api`` sends it
+    through the client's urllib3 pool; the answer is read as raw JSON.  The
+    generated ``CoreV1Api`` is not used: importing it loads the model classes
+    of every kind it serves (about 0.5 s and 21 MiB of RSS), for typed
+    results this module would throw away.
+    """
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+
+    def open(
+        self, what: str, method: str, path: str, timeout: tuple[float, float], *,
+        path_params: Mapping[str, str] | None = None, query: Sequence[tuple[str, Any]] = (),
+        body: JSON | None = None, content_type: str = "",
+    ) -> Any:
+        """Send one request; the urllib3 response (2xx), unread.
+
+        Raises WatchExpiredError for 410, KubeAPIError for other HTTP errors
+        and StoreError for transport failures.
+        """
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            request = self.api_client.param_serialize(
+                method=method, resource_path=path, path_params=dict(path_params or {}),
+                query_params=list(query), header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api_client.call_api(*request, _request_timeout=timeout).response
+        except client.ApiException as err:  # TLS failures reach us this way (status 0)
+            raise StoreError(f"{what}: {err.reason}") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise StoreError(f"{what}: {err}") from err
+        if 200 <= resp.status < 300:
+            return resp
+        try:
+            data = resp.data
+        except (urllib3.exceptions.HTTPError, OSError):
+            data = b""
+        finally:
+            resp.release_conn()
+        message = f"{what}: {resp.status} {_status_message(data, resp.reason)}".rstrip()
+        if resp.status == 410:
+            raise WatchExpiredError(message)
+        raise KubeAPIError(message, resp.status)
+
+    def json(self, what: str, method: str, path: str, timeout: tuple[float, float],
+             **options: Any) -> JSON:
+        """One request whose answer is a JSON object."""
+        resp = self.open(what, method, path, timeout, **options)
+        try:
+            doc = json.loads(resp.data)
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise StoreError(f"{what}: {err}") from err
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
+            raise StoreError(f"{what}: the response is not JSON: {err}") from err
+        finally:
+            resp.release_conn()
+        if not isinstance(doc, dict):
+            raise StoreError(f"{what}: the response is not a JSON object")
+        return doc
+
+    def list_pages(
+        self, what: str, path: str, timeout: tuple[float, float], page: int,
+    ) -> Iterator[tuple[str, list[JSON]]]:
+        """A paginated list (``limit``/``continue``): (resourceVersion, objects) per page.
+
+        The server answers every page from one snapshot; a continue token
+        that expired is a 410 (WatchExpiredError): list again from the start.
+        Only one page is held at a time.
+        """
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", page)]
+            if token:
+                query.append(("continue", token))
+            doc = self.json(what, "GET", path, timeout, query=query)
+            meta = doc.get("metadata") or {}
+            items = doc.get("items") or []
+            yield str(meta.get("resourceVersion") or ""), [i for i in items if isinstance(i, dict)]
+            token = str(meta.get("continue") or "")
+            if not token:
+                return
+
+    def watch(self, what: str, path: str, rv: str, timings: KubeTimings) -> Any:
+        """Open a watch from ``rv`` (bookmarks on): the streaming urllib3 response."""
+        query = [("watch", True), ("resourceVersion", rv), ("allowWatchBookmarks", True),
+                 ("timeoutSeconds", int(timings.watch_timeout))]
+        timeout = (timings.request_timeout, timings.watch_timeout + timings.request_timeout)
+        return self.open(what, "GET", path, timeout, query=query)
+
+
+def _status_message(body: bytes | None, reason: str | None) -> str:
+    """The ``message`` of an error answer's Status object, else the HTTP reason."""
     try:
-        doc = json.loads(err.body or "")
+        doc = json.loads(body or b"")
     except (TypeError, ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
-    return str(err.reason or "")
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the API; translate its failures into our exception tree."""
-    try:
-        return fn(*args, **kwargs)
-    except client.ApiException as err:
-        status = int(err.status or 0)
-        message = f"{what}: {status} {_status_message(err)}".rstrip()
-        if status == 410:
-            raise WatchExpiredError(message) from err
-        if status == 0:
-            raise StoreError(message) from err
-        raise KubeAPIError(message, status) from err
-    except (urllib3.exceptions.HTTPError, OSError) as err:
-        raise StoreError(f"{what}: {err}") from err
-
-
-def _json_response(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
-    resp = _call(what, fn, *args, _preload_content=False, **kwargs)
-    try:
-        doc = json.loads(resp.data)
-    except (urllib3.exceptions.HTTPError, OSError) as err:
-        raise StoreError(f"{what}: {err}") from err
-    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
-        raise StoreError(f"{what}: the response is not JSON: {err}") from err
-    finally:
-        resp.release_conn()
-    if not isinstance(doc, dict):
-        raise StoreError(f"{what}: the response is not a JSON object")
-    return doc
+    return str(reason or "")
 
 
 def _retryable(err: StoreError) -> bool:
@@ -244,11 +331,9 @@ def _retryable(err: StoreError) -> bool:
     return True
 
 
-def resolve_node_name(environ: Mapping[str, str], api: Any, request_timeout: float = 30.0) -> str:
-    """NODE_NAME, else the ``spec.nodeName`` of pod POD_NAMESPACE/POD_NAME.
-
-    ``api`` is a ``kubernetes.client.CoreV1Api``.
-    """
+def resolve_node_name(environ: Mapping[str, str], rest: Rest, request_timeout: float = 30.0
+                      ) -> str:
+    """NODE_NAME, else the ``spec.nodeName`` of pod POD_NAMESPACE/POD_NAME."""
     name = environ.get("NODE_NAME", "")
     if name:
         return name
@@ -257,10 +342,8 @@ def resolve_node_name(environ: Mapping[str, str], api: Any, request_timeout: flo
     if not pod or not namespace:
         raise ConfigError("env variables POD_NAME and POD_NAMESPACE must be set")
     what = f"error retrieving pod spec for '{namespace}/{pod}'"
-    doc = _json_response(
-        what, api.read_namespaced_pod, pod, namespace,
-        _request_timeout=(request_timeout, request_timeout),
-    )
+    doc = rest.json(what, "GET", POD, (request_timeout, request_timeout),
+                    path_params={"namespace": namespace, "name": pod})
     node_name = (doc.get("spec") or {}).get("nodeName") or ""
     if not node_name:
         raise ConfigError(f"node name not present in pod spec '{namespace}/{pod}'")
@@ -268,6 +351,42 @@ def resolve_node_name(environ: Mapping[str, str], api: Any, request_timeout: flo
 
 
 # --- the manager ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """One full Node list as leases: where the watch goes on from."""
+
+    rv: str
+    table: NodeLeaseTable
+    nodes: int
+
+
+class _Prefetch:
+    """The first Node list, made by a thread of its own (see prefetch_leases)."""
+
+    def __init__(self, list_leases: Callable[[_WatchState], _Listed]) -> None:
+        self._state = _WatchState()
+        self._listed: _Listed | None = None
+        self._thread = threading.Thread(target=self._run, args=(list_leases,),
+                                        name="kube-node-list", daemon=True)
+        self._thread.start()
+
+    def _run(self, list_leases: Callable[[_WatchState], _Listed]) -> None:
+        try:
+            self._listed = list_leases(self._state)
+        except FlannelError as err:  # the watch lists again and reports what fails
+            log.debug("listing nodes ahead of the watch failed: %s", err)
+
+    def take(self, stop: threading.Event, state: _WatchState, poll: float) -> _Listed | None:
+        """The list once done (None if it failed or stop came first); its logged bad nodes
+        move to ``state``."""
+        while self._thread.is_alive():
+            if stop.is_set():
+                return None
+            self._thread.join(poll)
+        state.bad.update(self._state.bad)
+        return self._listed
 
 
 @dataclass(slots=True)
@@ -296,9 +415,10 @@ class KubeSubnetManager:
         self.node_name = node_name
         self.timings = timings or KubeTimings()
         self._api_client = api_client
-        self._api = client.CoreV1Api(api_client)
+        self._rest = Rest(api_client)
         self._config: NetConfig | None = None
         self._config_lock = threading.Lock()
+        self._prefetch: _Prefetch | None = None
 
     @classmethod
     def connect(
@@ -313,7 +433,7 @@ class KubeSubnetManager:
         timings = timings or KubeTimings()
         try:
             name = settings.node_name or resolve_node_name(
-                environ, client.CoreV1Api(api_client), timings.request_timeout
+                environ, Rest(api_client), timings.request_timeout
             )
         except FlannelError:
             api_client.close()
@@ -410,7 +530,8 @@ class KubeSubnetManager:
         backoff = self.timings.backoff()
         while True:
             try:
-                self._list_nodes()
+                self._rest.json("failed to list nodes", "GET", NODES, self._timeout(),
+                                query=[("limit", 1)])
                 return
             except StoreError as err:
                 left = deadline - time.monotonic()
@@ -429,7 +550,7 @@ class KubeSubnetManager:
 
     def nodes(self) -> list[JSON]:
         """Every Node object, listed once (diagnostics; the daemon watches instead)."""
-        return self._list_nodes()[1]
+        return [node for _, page in self._node_pages() for node in page]
 
     def public_ip_override(self) -> ipaddress.IPv4Address | None:
         """Our Node's ``node-public-ip`` annotation (acts as --public-ip)."""
@@ -480,16 +601,17 @@ class KubeSubnetManager:
 
     # --- internals -------------------------------------------------------------
 
+    def _timeout(self) -> tuple[float, float]:
+        return (self.timings.request_timeout, self.timings.request_timeout)
+
     def _read_own_node(self) -> JSON:
-        timeout = self.timings.request_timeout
-        return _json_response("GET node", self._api.read_node,
-                              self.node_name, _request_timeout=(timeout, timeout))
+        return self._rest.json("GET node", "GET", NODE, self._timeout(),
+                               path_params={"name": self.node_name})
 
     def _patch_status(self, body: JSON) -> None:
-        timeout = self.timings.request_timeout
-        _json_response("PATCH node status", self._api.patch_node_status,
-                       self.node_name, body, _content_type=STRATEGIC_MERGE_PATCH,
-                       _request_timeout=(timeout, timeout))
+        self._rest.json("PATCH node status", "PATCH", NODE_STATUS, self._timeout(),
+                        path_params={"name": self.node_name}, body=body,
+                        content_type=STRATEGIC_MERGE_PATCH)
 
     def _retrying(
         self, what: str, fn: Callable[..., T], *args: Any,
@@ -515,13 +637,45 @@ class KubeSubnetManager:
                 log.debug("%s failed (%s); retrying", what, err)
                 time.sleep(self.timings.retry_interval)
 
-    def _list_nodes(self) -> tuple[str, list[JSON]]:
-        timeout = self.timings.request_timeout
-        doc = _json_response("failed to list nodes", self._api.list_node,
-                             _request_timeout=(timeout, timeout))
-        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        items = doc.get("items") or []
-        return rv, [item for item in items if isinstance(item, dict)]
+    def _node_pages(self) -> Iterator[tuple[str, list[JSON]]]:
+        return self._rest.list_pages("failed to list nodes", NODES, self._timeout(),
+                                     self.timings.list_page)
+
+    def _list_leases(self, state: _WatchState) -> _Listed:
+        """Every Node, page by page, turned into leases (the JSON is not kept)."""
+        cfg = self.get_network_config()
+        table = NodeLeaseTable()
+        rv, count = "", 0
+        for rv, nodes in self._node_pages():
+            for node in nodes:
+                table.set(node_name_of(node), self._lease_of(cfg, node, state))
+            count += len(nodes)
+        return _Listed(rv, table, count)
+
+    def _with_own_node(self, cfg: NetConfig, listed: _Listed, state: _WatchState
+                       ) -> _Listed | None:
+        """A list made ahead of acquire_lease, with our own Node as it is now.
+
+        Without this the snapshot would lack the lease we have just annotated
+        and the daemon would acquire it again.  None (list again) if our Node
+        cannot be read.
+        """
+        try:
+            own = self._read_own_node()
+        except StoreError as err:
+            log.debug("reading our node after the early list failed: %s", err)
+            return None
+        listed.table.set(self.node_name, self._lease_of(cfg, own, state))
+        return listed
+
+    def prefetch_leases(self) -> None:
+        """Start the first Node list in the background; the first watch_leases uses it.
+
+        The daemon calls this right after wait_for_sync, so the list runs while
+        it sets up its interface, devices and annotations.  Any changes made
+        after that list are replayed by the watch from its resourceVersion.
+        """
+        self._prefetch = _Prefetch(self._list_leases)
 
     def _lease_of(self, cfg: NetConfig, node: JSON, state: _WatchState) -> Lease | None:
         """The Node's lease; None for an unmanaged Node or garbage (logged once per content).
@@ -538,21 +692,33 @@ class KubeSubnetManager:
                 log.warning("Skipping node %r: cannot turn it into a lease: %s", name, err)
                 state.bad[name] = str(err)
             return None
-        state.bad.pop(name, None)
+        note = "" if lease is None else missing_families(
+            node, self.keys, lease, enable_ipv4=cfg.enable_ipv4, enable_ipv6=cfg.enable_ipv6)
+        if note and state.bad.get(name) != note:
+            log.warning("Node %r is reached over one address family only: %s", name, note)
+        if note:
+            state.bad[name] = note
+        else:
+            state.bad.pop(name, None)
         return lease
 
     def _list_and_watch(
         self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
         report: StoreReport,
     ) -> None:
-        rv, nodes = self._list_nodes()
-        table = NodeLeaseTable()
-        for node in nodes:
-            table.set(node_name_of(node), self._lease_of(cfg, node, state))
-        sink(Snapshot(table.leases()))
+        prefetch, self._prefetch = self._prefetch, None
+        listed = prefetch.take(stop, state, self.timings.stop_poll) if prefetch else None
+        if listed is not None:
+            listed = self._with_own_node(cfg, listed, state)
+        if listed is None:
+            listed = self._list_leases(state)
+        table, rv = listed.table, listed.rv
+        leases = table.leases()
+        sink(Snapshot(leases))
         report(None)
         log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
-                 len(nodes), len(table.leases()), rv)
+                 listed.nodes, len(leases), rv)
+        del leases, listed
         while not stop.is_set():
             rv = self._follow(cfg, rv, table, sink, stop, state)
 
@@ -561,11 +727,7 @@ class KubeSubnetManager:
         stop: threading.Event, state: _WatchState,
     ) -> str:
         """One watch request from ``rv``; returns the last resourceVersion seen."""
-        t = self.timings
-        resp = _call("failed to watch nodes", self._api.list_node,
-                     watch=True, resource_version=rv, allow_watch_bookmarks=True,
-                     timeout_seconds=int(t.watch_timeout), _preload_content=False,
-                     _request_timeout=(t.request_timeout, t.watch_timeout + t.request_timeout))
+        resp = self._rest.watch("failed to watch nodes", NODES, rv, self.timings)
         return _consume(resp, state, stop, rv,
                         lambda event, rv: self._handle_event(cfg, event, rv, table, sink, state))
 
@@ -624,13 +786,8 @@ class ObjectWatch:
             raise ConfigError(f"cannot watch {kind!r}: one of {', '.join(WATCHED_KINDS)}")
         self.kind = kind
         self.timings = timings or KubeTimings()
-        core, net = client.CoreV1Api(api_client), client.NetworkingV1Api(api_client)
-        lists: dict[str, Any] = {
-            "pods": core.list_pod_for_all_namespaces,
-            "namespaces": core.list_namespace,
-            "networkpolicies": net.list_network_policy_for_all_namespaces,
-        }
-        self._list: Callable[..., Any] = lists[kind]
+        self._rest = Rest(api_client)
+        self._path = LIST_PATHS[kind]
 
     def run(
         self, sink: Callable[[ObjectEvent], None], stop: threading.Event,
@@ -668,11 +825,12 @@ class ObjectWatch:
 
     def list_once(self) -> tuple[str, tuple[JSON, ...]]:
         """(resourceVersion, every object of the kind): one list request."""
-        timeout = self.timings.request_timeout
-        doc = _json_response(f"failed to list {self.kind}", self._list,
-                             _request_timeout=(timeout, timeout))
-        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        return rv, tuple(i for i in doc.get("items") or [] if isinstance(i, dict))
+        timeout = (self.timings.request_timeout, self.timings.request_timeout)
+        rv, items = "", []
+        for rv, page in self._rest.list_pages(f"failed to list {self.kind}", self._path, timeout,
+                                              self.timings.list_page):
+            items += page
+        return rv, tuple(items)
 
     def _relist(self, sink: Callable[[ObjectEvent], None]) -> str:
         rv, items = self.list_once()
@@ -682,11 +840,7 @@ class ObjectWatch:
 
     def _follow(self, rv: str, sink: Callable[[ObjectEvent], None], stop: threading.Event,
                 state: _WatchState) -> str:
-        t = self.timings
-        resp = _call(f"failed to watch {self.kind}", self._list, watch=True, resource_version=rv,
-                     allow_watch_bookmarks=True, timeout_seconds=int(t.watch_timeout),
-                     _preload_content=False,
-                     _request_timeout=(t.request_timeout, t.watch_timeout + t.request_timeout))
+        resp = self._rest.watch(f"failed to watch {self.kind}", self._path, rv, self.timings)
         return _consume(resp, state, stop, rv, lambda event, rv: self._handle(event, rv, sink))
 
     def _handle(self, event: JSON, rv: str, sink: Callable[[ObjectEvent], None]) -> str:
@@ -750,6 +904,7 @@ def connect_and_sync(
     except FlannelError:
         manager.close()
         raise
+    manager.prefetch_leases()
     return manager
 
 

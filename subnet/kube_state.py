@@ -199,19 +199,28 @@ def node_to_lease(
 
     Raises PeerDataError when the node is managed but its annotations or pod
     CIDRs cannot be used (bad public IP, non-JSON backend data, no pod CIDR
-    of an enabled family).
+    of an enabled family).  In dual stack a family whose pod CIDR or public
+    address annotation is absent is left out of the lease, so the node is
+    still reached over the other one (upstream skips the whole node);
+    :func:`missing_families` says why.
     """
     ann = annotations_of(node)
     if ann.get(keys.kube_subnet_manager) != "true":
         return None
     v4, v6 = pod_cidrs(node)
+    use4, use6 = enable_ipv4, enable_ipv6
+    if enable_ipv4 and enable_ipv6:
+        use4 = v4 is not None and bool(ann.get(keys.public_ip))
+        use6 = v6 is not None and bool(ann.get(keys.public_ipv6))
+        if not (use4 or use6):
+            use4 = use6 = True  # neither family is usable: say why in upstream's words
     public_ip = ipaddress.IPv4Address("0.0.0.0")
     public_ipv6 = None
-    if enable_ipv4:
+    if use4:
         public_ip = _parse_ip(ann, keys.public_ip, ipaddress.IPv4Address)
         if v4 is None:
             raise PeerDataError("missing IPv4 address on n.Spec.PodCIDRs")
-    if enable_ipv6:
+    if use6:
         public_ipv6 = _parse_ip(ann, keys.public_ipv6, ipaddress.IPv6Address)
         if v6 is None:
             raise PeerDataError("missing IPv6 address on n.Spec.PodCIDRs")
@@ -219,16 +228,33 @@ def node_to_lease(
         public_ip=public_ip,
         public_ipv6=public_ipv6,
         backend_type=ann.get(keys.backend_type, ""),
-        backend_data=_backend_json(ann, keys.backend_data) if enable_ipv4 else None,
-        backend_v6_data=_backend_json(ann, keys.backend_v6_data) if enable_ipv6 else None,
+        backend_data=_backend_json(ann, keys.backend_data) if use4 else None,
+        backend_v6_data=_backend_json(ann, keys.backend_v6_data) if use6 else None,
     )
     return Lease(
-        subnet=v4 if enable_ipv4 else None,
-        ipv6_subnet=v6 if enable_ipv6 else None,
+        subnet=v4 if use4 else None,
+        ipv6_subnet=v6 if use6 else None,
         attrs=attrs,
         expiration=None,
         claim_order=_created(node),
     )
+
+
+def missing_families(
+    node: Mapping[str, Any], keys: AnnotationKeys, lease: Lease, *, enable_ipv4: bool,
+    enable_ipv6: bool,
+) -> str:
+    """Why ``lease`` (from :func:`node_to_lease`) lacks a family the config enables ('' if not)."""
+    v4, v6 = pod_cidrs(node)
+    reasons = []
+    for version, enabled, have, cidr, key in (
+        (4, enable_ipv4, lease.subnet, v4, keys.public_ip),
+        (6, enable_ipv6, lease.ipv6_subnet, v6, keys.public_ipv6),
+    ):
+        if enabled and have is None:
+            why = f"no IPv{version} pod CIDR" if cidr is None else f"no {key} annotation"
+            reasons.append(f"{why}: not reached over IPv{version}")
+    return "; ".join(reasons)
 
 
 def _created(node: Mapping[str, Any]) -> float | None:

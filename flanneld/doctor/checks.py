@@ -179,12 +179,14 @@ def check_subnet_env(obs: Observations, ctx: Context) -> CheckResult:
 
 
 def _overlay_mtu(obs: Observations, prof: Profile | None) -> int | None:
-    """The MTU pods should get: the overlay device's, or the underlay's for host-gw."""
+    """The MTU pods should get: the overlay devices' smallest (vxlan: ``flannel.1`` and,
+    with IPv6, ``flannel-v6.1``), or the underlay's for host-gw."""
     if prof is None:
         return None
     if prof.device:
-        device = obs.kernel.link(prof.device)
-        return device.mtu if device is not None else None
+        devices = [obs.kernel.link(name) for name in (prof.device, prof.device6) if name]
+        mtus = [device.mtu for device in devices if device is not None]
+        return min(mtus) if mtus else None
     return obs.external.mtu if obs.external is not None else None
 
 

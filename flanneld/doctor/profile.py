@@ -33,6 +33,7 @@ class Profile:
     overhead: int  # bytes of encapsulation
     port: int  # UDP port of the encapsulation (0: none)
     configured_mtu: int | None = None  # vxlan Backend.MTU: the underlay MTU to assume
+    device6: str = ""  # vxlan: the IPv6 device (flannel-v6.<VNI>), there when IPv6 is enabled
 
     @property
     def encap(self) -> str:
@@ -66,6 +67,7 @@ def profile(config: NetConfig) -> Profile:
             vxlan_state.ENCAP_OVERHEAD,
             options.port or VXLAN_KERNEL_PORT,
             options.mtu,
+            options.device_name(6),
         )
     if kind == hostgw_state.BACKEND_TYPE:
         return Profile(kind, "", 0, 0)

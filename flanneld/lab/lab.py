@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from backends.wireguard_go import running_pid, stop_recorded
 from backends.wireguard_state import DEVICE as WIREGUARD_DEVICE
+from backends.wireguard_state import DEVICE_V6 as WIREGUARD_DEVICE_V6
 from flanneld.lab import (
     etcdgw,
     kubeapi,
@@ -70,6 +71,7 @@ from flanneld.lab.leases import (
 from flanneld.lab.matrix import (
     Cell,
     Endpoint,
+    PingJob,
     PingStats,
     matrix_jobs,
     ping_argv,
@@ -644,8 +646,15 @@ class Lab:
         )
 
     def matrix(self, count: int = 3, timeout: float = 10.0) -> list[Cell]:
-        """Ping every pod from every other pod; each cell bounded by ``timeout`` seconds."""
-        jobs = matrix_jobs(self.endpoints(), count, interval=0.2, deadline=timeout)
+        """Ping every pod from every other pod; each cell bounded by ``timeout`` seconds.
+
+        With the wireguard backend, each node pair first gets one ping in one direction
+        (:func:`_first_contacts`).
+        """
+        endpoints = self.endpoints()
+        if self._plan.backend == "wireguard":
+            run_pings(_first_contacts(endpoints, timeout), timeout=timeout + 2.0)
+        jobs = matrix_jobs(endpoints, count, interval=0.2, deadline=timeout)
         return run_pings(jobs, timeout=timeout + 2.0)
 
     def ping(
@@ -707,10 +716,11 @@ class Lab:
             self._wait_ready(plan_node, timeout)
         return record.pid
 
-    def wireguard_go_pid(self, node: str) -> int | None:
-        """The PID of ``node``'s wireguard-go (wireguard backend, userspace driver) if it runs."""
+    def wireguard_go_pid(self, node: str, device: str = WIREGUARD_DEVICE) -> int | None:
+        """The PID of ``node``'s wireguard-go for ``device`` (wireguard backend, userspace
+        driver; ``flannel-wg-v6`` serves IPv6 in the default dual-stack mode) if it runs."""
         root = node_paths(self._plan, self._plan.node(node)).root
-        return running_pid(root, WIREGUARD_DEVICE)
+        return running_pid(root, device)
 
     def etcd_pid(self) -> int | None:
         """The PID of the lab's etcd if it is running."""
@@ -818,13 +828,33 @@ def _deletion_order(name: str) -> tuple[int, str]:
     return rank, name
 
 
+def _first_contacts(endpoints: Sequence[Endpoint], timeout: float) -> list[PingJob]:
+    """One ping per node pair and address family, from one end only.
+
+    A WireGuard handshake that both ends start at the same instant fails on
+    both (each answers the other's initiation and then drops the answer to its
+    own) and is retried 5 s later, when it may cross again.  The matrix pings
+    every pair both ways at once, so a fresh lab's tunnels are opened one way first.
+    """
+    first: dict[tuple[str, int], Endpoint] = {}
+    for ep in endpoints:
+        first.setdefault((ep.name.rsplit("p", 1)[0], ep.ip.version), ep)
+    return [
+        PingJob(src, dst, ping_argv(dst.ip, 1, 0.2, timeout), 1)
+        for (node, version), src in first.items()
+        for (other, version2), dst in first.items()
+        if version == version2 and node < other
+    ]
+
+
 def _stop_wireguard_go(directory: str) -> list[str]:
     """End each node's wireguard-go (flanneld leaves it running across restarts), by PID."""
     stopped = []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
         root = os.path.join(directory, name)
-        if os.path.isdir(root) and stop_recorded(root, WIREGUARD_DEVICE) is not None:
-            stopped.append(f"wireguard-go-{name}")
+        for device in (WIREGUARD_DEVICE, WIREGUARD_DEVICE_V6) if os.path.isdir(root) else ():
+            if stop_recorded(root, device) is not None:
+                stopped.append(f"wireguard-go-{name}" + ("-v6" if device != WIREGUARD_DEVICE else ""))
     return stopped
 
 

@@ -46,7 +46,6 @@ IFNAMSIZ = 15  # longest Linux interface name
 BACKENDS = ("vxlan", "host-gw", "udp", "wireguard")
 SUBNET_MGRS = ("etcd", "kube")
 IP_FAMILIES = ("ipv4", "ipv6", "dual")
-IPV6_BACKENDS = ("host-gw",)  # the lab's backends that run IPv6 in pyflannel so far
 KUBE_API_PORT = 16443
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
@@ -287,12 +286,8 @@ def check_ip_family(ip_family: str, backend: str, subnet_mgr: str, image: str | 
     if ip_family == "ipv4":
         return
     if backend == "udp":
-        raise ConfigError("the udp backend is IPv4-only, in upstream flannel too: use "
-                          "--ip-family ipv4")
-    if backend not in IPV6_BACKENDS:
-        raise ConfigError(f"--ip-family {ip_family} runs {', '.join(IPV6_BACKENDS)} so far: "
-                          f"pyflannel's {backend} backend is IPv4-only yet (upstream runs it "
-                          "dual-stack)")
+        raise ConfigError("the udp backend is IPv4-only, in upstream flannel too (it leases "
+                          "IPv4 only and carries no IPv6 pod traffic): use --ip-family ipv4")
     if ip_family == "ipv6" and subnet_mgr != "kube":
         raise ConfigError("upstream's etcd subnet manager always leases an IPv4 subnet: "
                           "--ip-family ipv6 needs --subnet-mgr kube")

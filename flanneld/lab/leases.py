@@ -22,7 +22,7 @@ class NodeLease:
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network  # IPv6 in an IPv6-only lab
     public_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     backend_type: str
-    vtep_mac: str | None  # vxlan only
+    vtep_mac: str | None  # vxlan only (flannel-v6.1's in an IPv6-only lab)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -71,7 +71,7 @@ def node_lease(
         subnet=subnet,
         public_ip=attrs.public_ip,
         backend_type=attrs.backend_type,
-        vtep_mac=_vtep_mac(attrs.backend_data),
+        vtep_mac=_vtep_mac(attrs.backend_data) or _vtep_mac(attrs.backend_v6_data),
     )
 
 
@@ -110,5 +110,6 @@ def node_lease_from_annotations(
         subnet=subnet,
         public_ip=address,
         backend_type=annotations.get(f"{prefix}/backend-type", ""),
-        vtep_mac=_vtep_mac(annotations.get(f"{prefix}/backend-data")),
+        vtep_mac=(_vtep_mac(annotations.get(f"{prefix}/backend-data"))
+                  or _vtep_mac(annotations.get(f"{prefix}/backend-v6-data"))),
     )

@@ -42,11 +42,11 @@ def in_netns(ns: str, *argv: str, **kwargs: object) -> subprocess.CompletedProce
         ('{"Network": "10.244.0.0/16", "SubnetMin": "10.244.9.0", "SubnetMax": "10.244.2.0"}',
          "SubnetMin 10.244.9.0 is above SubnetMax 10.244.2.0"),
         (('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56",'
-          ' "Backend": {"Type": "vxlan"}}'),
-         "the vxlan backend supports IPv4 only, not IPv6"),
+          ' "Backend": {"Type": "udp"}}'),
+         "the udp backend supports IPv4 only, not IPv6"),
     ],
     ids=["too-small", "subnetlen", "backend", "truncated", "wg-mode", "wg-psk", "deep",
-         "min-above-max", "ipv6-vxlan"],
+         "min-above-max", "ipv6-udp"],
 )
 def test_bad_net_conf_exits_non_zero_with_the_reason(
     netns_factory, tmp_path: Path, net_conf: str, message: str  # type: ignore[no-untyped-def]

@@ -7,7 +7,9 @@ README's reliability table can be regenerated from one run.
 
 Most cases share one 3-node vxlan lab; a function fixture puts it back into
 shape after each case (daemons running, etcd up, test-made keys deleted).
-The device/route cases also run on 2-node host-gw and udp labs.
+The device/route cases also run on 2-node host-gw and udp labs.  The restart,
+etcd outage, compaction and fifty-daemon cases also run dual-stack (host-gw,
+``--ip-family dual``), where IPv6 pings and routes count as well as IPv4 ones.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 from flanneld.lab.lab import Lab, down, up
 from flanneld.lab.layout import HEALTHZ_PORT
 from flanneld.lab.topology import link_address, netns_argv, run_in_netns
+from subnet.lease import parse_subnet_key, subnet_key
 from tests.conftest import RUN_PREFIX, needs_root
 from tests.waiting import assert_backs_off, klog_gaps, wait_pinging, wait_until
 
@@ -127,18 +130,24 @@ def http_get(lab: Lab, node: str, path: str) -> str:
 @dataclass(frozen=True)
 class Kernel:
     device: bool
-    routes: frozenset[str]  # destinations of our (proto 44) routes
+    routes: frozenset[str]  # destinations of our (proto 44) routes, both families
     neighbours: frozenset[tuple[str, str]]  # (address, MAC), permanent, on the vxlan device
     fdb: frozenset[tuple[str, str]]  # (MAC, remote) on the vxlan device
+    gateways: frozenset[tuple[str, str]] = frozenset()  # (destination, via): host-gw
 
 
 def observe(lab: Lab, node: str) -> Kernel:
     netns = lab.plan.node(node).netns
-    routes = frozenset(str(r["dst"]) for r in ip_json(netns, "route", "show", "proto", PROTO))
+    found = ip_json(netns, "route", "show", "proto", PROTO)
+    if lab.plan.ipv6:
+        found += ip_json(netns, "-6", "route", "show", "proto", PROTO)
+    routes = frozenset(str(r["dst"]) for r in found)
     links = {str(link.get("ifname")) for link in ip_json(netns, "link", "show")}
     if lab.plan.backend != "vxlan":
         present = lab.plan.backend == "host-gw" or UDP_DEV in links
-        return Kernel(present, routes, frozenset(), frozenset())
+        gateways = frozenset((str(r["dst"]), str(r.get("gateway"))) for r in found)
+        return Kernel(present, routes, frozenset(), frozenset(),
+                      gateways if lab.plan.backend == "host-gw" else frozenset())
     if VXLAN_DEV not in links:
         return Kernel(False, routes, frozenset(), frozenset())
     neigh = frozenset(
@@ -161,30 +170,39 @@ def lease_key(net: ipaddress.IPv4Network) -> str:
 
 
 def key_net(key: str) -> ipaddress.IPv4Network:
-    addr, length = key.split("-")
-    return ipaddress.IPv4Network(f"{addr}/{length}")
+    return parse_subnet_key(key)[0]
+
+
+def key_nets(key: str) -> list[str]:
+    """Both subnets of a dual-stack key, the IPv4 one of an IPv4 key."""
+    return [str(net) for net in parse_subnet_key(key) if net is not None]
 
 
 def expected(lab: Lab, node: str, leases: dict[str, str] | None = None) -> Kernel:
     """What ``node`` should program for the (all valid) leases in etcd."""
     own = lab.node_lease(node).subnet
     leases = etcd_leases(lab) if leases is None else leases
-    routes, neigh, fdb = set(), set(), set()
+    routes, neigh, fdb, gateways = set(), set(), set(), set()
     for key, value in leases.items():
-        net = key_net(key)
+        net, net6 = parse_subnet_key(key)
         if net == own:
             continue
         if lab.plan.backend == "udp":
             continue
         routes.add(str(net))
+        doc = json.loads(value)
         if lab.plan.backend == "vxlan":
-            doc = json.loads(value)
             mac = doc["BackendData"]["VtepMAC"]
             neigh.add((str(net.network_address), mac))
             fdb.add((mac, doc["PublicIP"]))
+        if lab.plan.backend == "host-gw":
+            gateways.add((str(net), doc["PublicIP"]))
+            if lab.plan.ipv6 and net6 is not None and doc.get("PublicIPv6"):
+                routes.add(str(net6))
+                gateways.add((str(net6), doc["PublicIPv6"]))
     if lab.plan.backend == "udp":
         routes.add(str(lab.plan.network))
-    return Kernel(True, frozenset(routes), frozenset(neigh), frozenset(fdb))
+    return Kernel(True, frozenset(routes), frozenset(neigh), frozenset(fdb), frozenset(gateways))
 
 
 def converged(lab: Lab, node: str) -> Callable[[], bool]:
@@ -210,12 +228,26 @@ def vxlan_value(public_ip: str, mac: str, vni: int = 1, backend: str = "vxlan") 
     )
 
 
+def hostgw_value(public_ip: str, public_ipv6: str | None) -> str:
+    return json.dumps({"PublicIP": public_ip, "PublicIPv6": public_ipv6,
+                       "BackendType": "host-gw"}, separators=(",", ":"))
+
+
+def peer_value(lab: Lab, index: int, host: int) -> str:
+    """A valid lease value of the lab's backend for underlay host ``host`` (and MAC ``index``)."""
+    if lab.plan.backend == "host-gw":
+        return hostgw_value(f"198.18.0.{host}", f"fd00:198:18::{host:x}" if lab.plan.ipv6 else None)
+    return vxlan_value(f"198.18.0.{host}", f"0e:00:00:00:00:{index:02x}")
+
+
 def fake_peer(lab: Lab, index: int) -> str:
-    """Write a valid, TTL-less vxlan lease for a node that does not exist; its key."""
+    """Write a valid, TTL-less lease (both families in a dual-stack lab) for a node that
+    does not exist; its key."""
     net = ipaddress.IPv4Network(f"10.244.{200 + index}.0/24")
-    key = lease_key(net)
+    net6 = ipaddress.IPv6Network(f"fd00:10:244:{200 + index:x}::/64") if lab.plan.ipv6 else None
+    key = subnet_key(net, net6)
     assert key not in etcd_leases(lab), key
-    etcd_put(lab, key, vxlan_value(f"198.18.0.{200 + index}", f"0e:00:00:00:00:{index:02x}"))
+    etcd_put(lab, key, peer_value(lab, index, 200 + index))
     return key
 
 
@@ -247,7 +279,7 @@ def restore(lab: Lab) -> None:
             mine = json.loads(value).get("PublicIP") in node_ips(lab)
         except (ValueError, AttributeError, RecursionError):
             mine = False
-        if not mine or not re.fullmatch(r"10\.244\.\d+\.0-24", key):
+        if not mine or not re.fullmatch(r"10\.244\.\d+\.0-24(&fd00:10:244:[0-9a-f]*::-64)?", key):
             etcd_del(lab, key)
     for node in lab.plan.nodes:
         if lab.flanneld_pid(node.name) is None:
@@ -272,15 +304,50 @@ def vxlan_lab() -> Iterator[Lab]:
         down(PREFIX)
 
 
+@pytest.fixture(scope="module")
+def dual_lab() -> Iterator[Lab]:
+    """Three dual-stack host-gw nodes, pinging in both families before any case starts."""
+    needs_root()
+    prefix = RUN_PREFIX + "rd"
+    try:
+        shared = up(nodes=3, backend="host-gw", pods_per_node=1, prefix=prefix, ip_family="dual")
+        # a fresh pod's first IPv6 packets wait for duplicate address detection (~1 s)
+        wait_until(lambda: all(c.ok for c in shared.matrix(count=1, timeout=5.0)), 60.0,
+                   "every pod reaching every other in both families")
+        yield shared
+    finally:
+        down(prefix)
+
+
+def _restored(shared: Lab) -> Iterator[Lab]:
+    try:
+        yield shared
+    finally:
+        restore(shared)
+    for node in shared.plan.nodes:
+        wait_until(converged(shared, node.name), RESYNC, f"{node.name} converged after restore")
+
+
 @pytest.fixture
 def lab(vxlan_lab: Lab) -> Iterator[Lab]:
     """The shared vxlan lab, restored after the case whatever it did."""
-    try:
-        yield vxlan_lab
-    finally:
-        restore(vxlan_lab)
-    for node in vxlan_lab.plan.nodes:
-        wait_until(converged(vxlan_lab, node.name), RESYNC, f"{node.name} converged after restore")
+    yield from _restored(vxlan_lab)
+
+
+@pytest.fixture
+def dual(dual_lab: Lab) -> Iterator[Lab]:
+    """The shared dual-stack lab, restored after the case."""
+    yield from _restored(dual_lab)
+
+
+@pytest.fixture(params=["ipv4", "dual"])
+def family_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The case on the IPv4 vxlan lab, then on the dual-stack host-gw lab."""
+    yield request.getfixturevalue("lab" if request.param == "ipv4" else "dual")
+
+
+def families(lab: Lab) -> tuple[int, ...]:
+    return (4, 6) if lab.plan.ipv6 else (4,)
 
 
 def _small_lab(backend: str) -> Iterator[Lab]:
@@ -305,39 +372,50 @@ def udp_lab() -> Iterator[Lab]:
 # --- 1. SIGKILL and restart under traffic ---------------------------------------------
 
 
-def test_sigkill_restart_loses_no_packet_to_or_from_the_node(lab: Lab) -> None:
-    before = lab.node_lease("n1")
-    count = 600  # 100 pps for 6 s, in both directions across the restart
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outbound = pool.submit(lab.ping, "n1p1", "n2p1", count, 0.01, 40.0)
-        inbound = pool.submit(lab.ping, "n3p1", "n1p1", count, 0.01, 40.0)
+def test_sigkill_restart_loses_no_packet_to_or_from_the_node(family_lab: Lab) -> None:
+    lab = family_lab
+    before, before_env = lab.node_lease("n1"), lab.subnet_env("n1")
+    count = 600  # 100 pps for 6 s, in both directions (and families) across the restart
+    streams = [(src, dst, family) for family in families(lab)
+               for src, dst in (("n1p1", "n2p1"), ("n3p1", "n1p1"))]
+    with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+        pings = [pool.submit(lab.ping, src, dst, count, 0.01, 40.0, family)
+                 for src, dst, family in streams]
         wait_pinging(lab, "n1p1")
         wait_pinging(lab, "n3p1")
         started = time.monotonic()
         lab.kill_flanneld("n1", signal.SIGKILL)
         lab.start_flanneld("n1")
         restart = time.monotonic() - started
-        out_stats, in_stats = outbound.result(timeout=60), inbound.result(timeout=60)
-    figure("sigkill restart to ready (s)", f"{restart:.2f}")
-    figure("sigkill packets lost out/in", f"{out_stats.lost}/{out_stats.sent}, "
-           f"{in_stats.lost}/{in_stats.sent}")
-    assert out_stats.sent == in_stats.sent == count
-    assert out_stats.lost == 0 and in_stats.lost == 0, (out_stats, in_stats)
+        stats = [p.result(timeout=60) for p in pings]
+    tag = "dual-stack " if lab.plan.ipv6 else ""
+    figure(f"{tag}sigkill restart to ready (s)", f"{restart:.2f}")
+    figure(f"{tag}sigkill packets lost out/in per family", ", ".join(
+        f"IPv{family} {src}->{dst} {s.lost}/{s.sent}" for (src, dst, family), s in zip(
+            streams, stats, strict=True)))
+    assert all(s.sent == count for s in stats), stats
+    assert all(s.lost == 0 for s in stats), stats
     after = lab.node_lease("n1")
     assert after.subnet == before.subnet
+    assert lab.subnet_env("n1") == before_env  # the IPv6 subnet too
     assert after.vtep_mac == before.vtep_mac
-    assert link_address(lab.plan.node("n1").netns, VXLAN_DEV) == before.vtep_mac
+    if lab.plan.backend == "vxlan":
+        assert link_address(lab.plan.node("n1").netns, VXLAN_DEV) == before.vtep_mac
 
 
 # --- 2. etcd down for 10 s --------------------------------------------------------
 
 
-def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(lab: Lab) -> None:
+def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(
+    family_lab: Lab,
+) -> None:
+    lab = family_lab
     names = [node.name for node in lab.plan.nodes]
     before = {name: observe(lab, name) for name in names}
     outage = 10.0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pinging = pool.submit(lab.ping, "n1p1", "n3p1", int((outage + 3) / 0.05), 0.05, 40.0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pinging = [pool.submit(lab.ping, "n1p1", "n3p1", int((outage + 3) / 0.05), 0.05, 40.0,
+                               family) for family in families(lab)]
         wait_pinging(lab, "n1p1")
         lab.stop_etcd(signal.SIGKILL)
         changed: list[str] = []
@@ -349,16 +427,18 @@ def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(lab: La
         # Written as soon as etcd is back: the daemons' watches are still reconnecting.
         put_at = time.monotonic()
         key = fake_peer(lab, 1)
-        net = str(key_net(key))
         for name in names:
-            wait_until(routed(lab, name, net), ETCD_BACK_BOUND, f"{key} programmed on {name}")
+            for net in key_nets(key):
+                wait_until(routed(lab, name, net), ETCD_BACK_BOUND, f"{net} programmed on {name}")
         took = time.monotonic() - put_at
-        stats = pinging.result(timeout=60)
+        stats = [p.result(timeout=60) for p in pinging]
     assert not changed, f"kernel state changed during the outage on {sorted(set(changed))}"
     assert all(lab.flanneld_pid(n) is not None for n in names), "a daemon exited"
-    figure("etcd outage ping loss", f"{stats.lost}/{stats.sent}")
-    assert stats.lost == 0, stats
-    figure("peer added after etcd restart programmed on all nodes (s)", f"{took:.2f}")
+    tag = "dual-stack " if lab.plan.ipv6 else ""
+    figure(f"{tag}etcd outage ping loss", ", ".join(
+        f"IPv{family} {s.lost}/{s.sent}" for family, s in zip(families(lab), stats, strict=True)))
+    assert all(s.lost == 0 for s in stats), stats
+    figure(f"{tag}peer added after etcd restart programmed on all nodes (s)", f"{took:.2f}")
     assert took <= ETCD_BACK_BOUND
     for name in names:
         assert observe(lab, name) == expected(lab, name)
@@ -367,7 +447,8 @@ def test_etcd_outage_keeps_routes_and_a_later_peer_is_programmed_quickly(lab: La
 # --- 3. watch history compacted while the daemon was away ------------------------------
 
 
-def test_compacted_watch_relists_without_missed_or_stale_peers(lab: Lab) -> None:
+def test_compacted_watch_relists_without_missed_or_stale_peers(family_lab: Lab) -> None:
+    lab = family_lab
     gone, changed = fake_peer(lab, 2), fake_peer(lab, 3)
     wait_until(converged(lab, "n1"), RESYNC, "fake peers programmed")
     log_start = len(lab.logs("n1"))
@@ -379,18 +460,23 @@ def test_compacted_watch_relists_without_missed_or_stale_peers(lab: Lab) -> None
         lab.stop_etcd(signal.SIGKILL)
         lab.start_etcd()
         etcd_del(lab, gone)
-        etcd_put(lab, changed, vxlan_value("198.18.0.233", "0e:00:00:00:00:33"))
+        etcd_put(lab, changed, peer_value(lab, 0x33, 233))
         added = fake_peer(lab, 4)
         etcdctl(lab, "compact", str(etcd_revision(lab)), "--physical")
         etcdctl(lab, "defrag")
     finally:
         os.kill(pid, signal.SIGCONT)
     took = wait_until(converged(lab, "n1"), 2 * RESYNC, "n1 equals the lease set")
-    figure("re-list after compaction converged (s)", f"{took:.2f}")
+    figure(f"{'dual-stack ' if lab.plan.ipv6 else ''}re-list after compaction converged (s)",
+           f"{took:.2f}")
     state = observe(lab, "n1")
-    assert str(key_net(gone)) not in state.routes
-    assert str(key_net(added)) in state.routes
-    assert ("0e:00:00:00:00:33", "198.18.0.233") in state.fdb
+    assert not set(key_nets(gone)) & state.routes
+    assert set(key_nets(added)) <= state.routes
+    if lab.plan.backend == "vxlan":
+        assert ("0e:00:00:00:00:33", "198.18.0.233") in state.fdb
+    else:  # the changed peer is routed through its new addresses, in both families
+        assert {(net, via) for net, via in zip(key_nets(changed), ("198.18.0.233",
+                                                                  "fd00:198:18::e9"))} <= state.gateways
     assert "fell behind etcd compaction" in lab.logs("n1")[log_start:]
     assert lab.flanneld_pid("n1") == pid
 
@@ -606,6 +692,50 @@ def test_malformed_leases_are_logged_and_skipped_by_every_daemon(lab: Lab) -> No
     assert_matrix(lab)
 
 
+def test_dual_stack_bad_leases_are_logged_once_and_both_families_keep_working(
+    dual: Lab,
+) -> None:
+    lab = dual
+    valid = etcd_leases(lab)
+    v6 = "&fd00:10:244:{:x}::-64".format
+    bad = {  # each is skipped whole: its IPv4 part is not routed either
+        "10.244.220.0-24&fd99:1::-64": hostgw_value("198.18.0.220", "fd00:198:18::dc"),
+        "10.244.221.0-24" + v6(221): hostgw_value("198.18.0.221", "10.0.0.1"),
+        "10.244.222.0-24" + v6(222): hostgw_value("198.18.0.222", "::ffff:198.18.0.222"),
+        "10.244.223.0-24" + v6(223): hostgw_value("198.18.0.223", "fe80::df"),
+        "10.244.224.0-24" + v6(224): hostgw_value("198.18.0.224", "::1"),
+    }
+    reasons = ["outside the cluster network", "PublicIPv6 is not a valid address",
+               "IPv4-mapped", "link-local", "loopback"]
+    pids = {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes}
+    starts = {n.name: len(lab.logs(n.name)) for n in lab.plan.nodes}
+    for key, value in bad.items():
+        etcd_put(lab, key, value)
+    for node in lab.plan.nodes:
+        for key in bad:
+            wait_until(logged(lab, node.name, key, starts[node.name]), RESYNC,
+                       f"{node.name} logs {key}", step=0.2)
+    # Two more passes on every node (a valid peer comes and goes): nothing is said again.
+    canary = fake_peer(lab, 9)
+    for node in lab.plan.nodes:
+        for net in key_nets(canary):
+            wait_until(routed(lab, node.name, net), RESYNC, f"{node.name} routes {net}")
+    etcd_del(lab, canary)
+    for node in lab.plan.nodes:
+        gone = routed(lab, node.name, key_nets(canary)[1])
+        wait_until(lambda gone=gone: not gone(), RESYNC, f"{node.name} drops {canary}")
+    for node in lab.plan.nodes:
+        lines = lab.logs(node.name)[starts[node.name]:].splitlines()
+        for key, reason in zip(bad, reasons, strict=True):
+            said = [line for line in lines if key in line]
+            assert len(said) == 1 and reason in said[0], (node.name, key, said)
+        assert observe(lab, node.name) == expected(lab, node.name, valid), node.name
+    figure("dual-stack bad leases: log lines per lease and node", 1)
+    assert {n.name: lab.flanneld_pid(n.name) for n in lab.plan.nodes} == pids
+    cells = lab.matrix(count=3, timeout=10.0)
+    assert {c.family for c in cells} == {4, 6} and all(c.ok for c in cells), cells
+
+
 def test_large_lease_values_stop_neither_a_restart_nor_new_peers(lab: Lab) -> None:
     # Three values of 1.4 MB: each within etcd's default request limit, 4.2 MB together,
     # more than gRPC's default 4 MiB receive limit (issue 9).
@@ -702,28 +832,43 @@ def _peak_rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
-def test_fifty_daemons_start_at_once_and_converge() -> None:
-    """slow: 50 node namespaces with flanneld only (no pods), ~40 s on 2 cores."""
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize(("backend", "ip_family"), [("vxlan", "ipv4"), ("host-gw", "dual")],
+                         ids=["ipv4", "dual"])
+def test_fifty_daemons_start_at_once_and_converge(backend: str, ip_family: str) -> None:
+    """slow: 50 node namespaces with flanneld only (no pods), ~40 s on 2 cores (each)."""
     needs_root()
     nodes = 50
-    prefix = RUN_PREFIX + "f"
+    prefix = RUN_PREFIX + ("f" if ip_family == "ipv4" else "fd")
+    per_peer = 2 if ip_family == "dual" else 1  # a route per family
     try:
         started = time.monotonic()
-        fleet = up(nodes=nodes, backend="vxlan", pods_per_node=0, prefix=prefix)
+        fleet = up(nodes=nodes, backend=backend, pods_per_node=0, prefix=prefix,
+                   ip_family=ip_family)
         ready = time.monotonic() - started
         names = [node.name for node in fleet.plan.nodes]
 
-        def all_programmed() -> bool:
-            return all(len(observe(fleet, n).routes) == nodes - 1 for n in names)
+        want = per_peer * (nodes - 1)
+        counts: dict[str, int] = {}
 
-        wait_until(all_programmed, 180.0 - ready, "every node programs 49 peers", step=0.5)
+        def all_programmed() -> bool:
+            counts.update({n: len(observe(fleet, n).routes) for n in names})
+            return all(c == want for c in counts.values())
+
+        try:
+            wait_until(all_programmed, 180.0 - ready, "every node programs 49 peers", step=0.5)
+        except pytest.fail.Exception:
+            short = {n: c for n, c in counts.items() if c != want}
+            pytest.fail(f"after {time.monotonic() - started:.0f} s (ready after {ready:.0f} s) "
+                        f"{len(short)} nodes lack some of their {want} routes: {short}")
         converged_after = time.monotonic() - started
         leases = fleet.leases()
         pids = [fleet.flanneld_pid(n) for n in names]
         peaks = [_peak_rss_kib(pid) for pid in pids if pid is not None]
-        figure("50 daemons: all ready (s)", f"{ready:.1f}")
-        figure("50 daemons: full convergence (s)", f"{converged_after:.1f}")
-        figure("50 daemons: peak RSS per daemon max/mean (MiB)",
+        tag = f"50 daemons ({ip_family})"
+        figure(f"{tag}: all ready (s)", f"{ready:.1f}")
+        figure(f"{tag}: full convergence (s)", f"{converged_after:.1f}")
+        figure(f"{tag}: peak RSS per daemon max/mean (MiB)",
                f"{max(peaks) / 1024:.0f}/{sum(peaks) / len(peaks) / 1024:.0f}")
         assert len({lease.subnet for lease in leases}) == nodes
         assert len(etcd_leases(fleet)) == nodes

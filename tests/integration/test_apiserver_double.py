@@ -79,6 +79,42 @@ def test_list_carries_resource_version_and_deserialises(double: KubeAPIDouble, c
     assert nodes.items[1].status.conditions[0].type == "Ready"
 
 
+def test_paginated_list_pages_come_from_one_snapshot(double: KubeAPIDouble, core: Any) -> None:
+    for name in "abcde":
+        double.add_node(name, pod_cidr="10.1.1.0/24")
+    first = core.list_node(limit=2)
+    assert [n.metadata.name for n in first.items] == ["a", "b"]
+    assert first.metadata.remaining_item_count == 3
+    rv = first.metadata.resource_version
+    double.delete_node("c")  # written between pages: not seen by this list
+    double.add_node("bb", pod_cidr="10.1.2.0/24")
+    second = core.list_node(limit=2, _continue=first.metadata._continue)
+    third = core.list_node(limit=2, _continue=second.metadata._continue)
+    assert [n.metadata.name for n in second.items + third.items] == ["c", "d", "e"]
+    assert second.metadata.resource_version == third.metadata.resource_version == rv
+    assert not third.metadata._continue
+    assert [n.metadata.name for n in core.list_node(limit=10).items] == ["a", "b", "bb", "d", "e"]
+    assert not core.list_node(limit=10).metadata._continue
+
+
+def test_continue_token_errors(double: KubeAPIDouble, core: Any) -> None:
+    for name in "abc":
+        double.add_node(name, pod_cidr="10.1.1.0/24")
+    with pytest.raises(client.ApiException) as bad:
+        core.list_node(limit=1, _continue="made-up")
+    assert bad.value.status == 400 and status_of(bad.value)["reason"] == "BadRequest"
+    token = core.list_node(limit=1).metadata._continue
+    with pytest.raises(client.ApiException) as other_kind:  # a token is for its own list
+        core.list_namespace(limit=1, _continue=token)
+    assert other_kind.value.status == 400
+    token = core.list_node(limit=1).metadata._continue
+    double.annotate_node("a", {"x": "1"})
+    double.compact()
+    with pytest.raises(client.ApiException) as gone:
+        core.list_node(limit=1, _continue=token)
+    assert gone.value.status == 410 and status_of(gone.value)["reason"] == "Expired"
+
+
 def test_get_missing_node_is_a_not_found_status(core: Any) -> None:
     with pytest.raises(client.ApiException) as caught:
         core.read_node("nope")

@@ -531,6 +531,54 @@ def test_watch_snapshot_then_changes(api: KubeAPIDouble, watch: Callable[[], Wat
     assert w.snapshots() == 1
 
 
+def test_nodes_are_listed_in_pages_and_an_expired_continue_lists_again(
+    api: KubeAPIDouble, net_conf: Path
+) -> None:
+    for i in range(1, 6):
+        api.add_node(f"n{i}", pod_cidr=f"10.244.{i}.0/24",
+                     annotations=peer_annotations(f"192.168.50.{i}"))
+    api.fail_next(1, 410, method="GET", query_key="continue")  # the 2nd page: token expired
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = KubeSubnetManager.connect(settings, {"NODE_NAME": "me"},
+                                        dataclasses.replace(FAST, list_page=2))
+    w = Watcher(manager)
+    try:
+        w.wait_for_keys({f"10.244.{i}.0-24" for i in range(1, 6)})
+        assert w.snapshots() == 1  # the broken list sent nothing
+        lists = [r.query for r in api.requests_matching("GET", "/api/v1/nodes")
+                 if "watch" not in r.query]
+        assert [q.get("limit") for q in lists] == ["2"] * 5  # 1 + the 410, then 3 pages
+        assert ["continue" in q for q in lists] == [False, True, False, True, True]
+    finally:
+        w.close()
+        manager.close()
+
+
+def test_list_made_ahead_of_acquire_carries_our_own_new_lease(
+    api: KubeAPIDouble, net_conf: Path
+) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")  # not annotated yet
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
+    try:
+        deadline = time.monotonic() + 10
+        while not [r for r in api.requests_matching("GET", "/api/v1/nodes")
+                   if r.query.get("limit") == "500"]:
+            assert time.monotonic() < deadline, "the early list was not made"
+            time.sleep(0.01)
+        manager.acquire_lease(OWN_ATTRS)  # annotates "me" after that list
+        w = Watcher(manager)
+        try:
+            w.wait_for_keys({"10.244.1.0-24", "10.244.7.0-24"})
+            w.settle()
+            assert len(w.log) == 1 and isinstance(w.log[0], Snapshot)
+        finally:
+            w.close()
+    finally:
+        manager.close()
+
+
 def test_pod_cidr_change_moves_the_lease(api: KubeAPIDouble,
                                          watch: Callable[[], Watcher]) -> None:
     api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
@@ -564,6 +612,30 @@ def test_garbage_nodes_are_skipped_and_logged_once(
     assert sorted(m.split("'")[1] for m in skipped) == ["bad-data", "bad-ip", "no-cidr"]
     api.annotate_node("bad-ip", {P + "public-ip": "192.168.50.13"})  # repaired
     w.wait_for_keys({"10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"})
+
+
+def test_dual_stack_node_without_an_ipv6_pod_cidr_is_kept_for_ipv4_and_reported_once(
+    api: KubeAPIDouble, watch: Callable[[], Watcher], net_conf: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="subnet.kube")
+    net_conf.write_text('{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                        '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+    dual = {**peer_annotations("192.168.50.11"), P + "public-ipv6": "fd99::11",
+            P + "backend-v6-data": '{"VNI":1,"VtepMAC":"aa:bb:cc:00:01:01"}'}
+    api.add_node("dual", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"], annotations=dual)
+    api.add_node("v4only", pod_cidrs=["10.244.2.0/24"],
+                 annotations={**dual, P + "public-ip": "192.168.50.12"})
+    w = watch()
+    w.wait_for_keys({"10.244.1.0-24&fd00:10:244:1::-64", "10.244.2.0-24"})
+    api.annotate_node("v4only", {"unrelated/x": "1"})  # the same gap: no second line
+    api.add_node("later", pod_cidrs=["10.244.3.0/24", "fd00:10:244:3::/64"],
+                 annotations={**dual, P + "public-ip": "192.168.50.13"})
+    w.wait_for_keys({"10.244.1.0-24&fd00:10:244:1::-64", "10.244.2.0-24",
+                     "10.244.3.0-24&fd00:10:244:3::-64"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [("Node 'v4only' is reached over one address family only: no IPv6 pod "
+                      "CIDR: not reached over IPv6")], lines
 
 
 @pytest.mark.parametrize("as_http_status", [False, True], ids=["error-event", "http-410"])

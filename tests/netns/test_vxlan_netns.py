@@ -55,7 +55,7 @@ class Node:
     ) -> tuple[VxlanNetwork, FakeSubnetManager]:
         config = net_config(**options)
         manager = FakeSubnetManager(config, subnet)
-        backend = VxlanBackend(self.ext, self.netlink, config.backend, previous_mac=previous_mac)
+        backend = VxlanBackend(self.ext, self.netlink, config.backend, previous_macs={4: previous_mac})
         return backend.register_network(manager, config), manager
 
 

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,9 @@ from backends.base import ExternalInterface
 from backends.netlink import Netlink
 from backends.wireguard import WireguardBackend, WireguardNetwork
 from backends.wireguard_go import WireguardGo, find_binary, stop_recorded
-from backends.wireguard_state import DEVICE, encode_backend_data, key_b64
+from backends.wireguard_state import DEVICE, DEVICE_V6, encode_backend_data, key_b64
 from bench.fakes import FakeSubnetManager
+from flanneld.lab import topology
 from subnet.errors import ConfigError, DataplaneError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.netconf import BackendConfig, NetConfig
@@ -56,8 +57,8 @@ class Node:
     def key_file(self) -> str:
         return os.path.join(self.state_dir, "wgkey")
 
-    def userspace(self, binary: str | None = None) -> WireguardGo:
-        return WireguardGo(DEVICE, self.state_dir, binary or find_binary(),
+    def userspace(self, name: str = DEVICE, binary: str | None = None) -> WireguardGo:
+        return WireguardGo(name, self.state_dir, binary or find_binary(),
                            netns=f"/var/run/netns/{self.ns}")
 
     def register(self, cfg: NetConfig | None = None) -> WireguardNetwork:
@@ -93,7 +94,8 @@ def pair(netns_factory: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[
         for node in nodes:
             for network in node.networks:
                 network.close()
-            stop_recorded(node.state_dir, DEVICE)
+            for device in (DEVICE, DEVICE_V6):
+                stop_recorded(node.state_dir, device)
             node.netlink.close()
 
 
@@ -208,7 +210,7 @@ def test_missing_wireguard_go_stops_start_up_with_the_fix(pair: tuple[Node, Node
     a, _ = pair
     backend = WireguardBackend(
         a.ext, a.netlink, config().backend, a.key_file,
-        userspace=lambda: a.userspace(find_binary("wireguard-go-not-installed")),
+        userspace=lambda name: a.userspace(name, find_binary("wireguard-go-not-installed")),
     )
     with pytest.raises(ConfigError, match="apt-get install --no-install-recommends wireguard-go"):
         backend.register_network(FakeSubnetManager(config(), "10.244.1.0/24"), config())
@@ -234,3 +236,104 @@ def test_kernel_driver(pair: tuple[Node, Node]) -> None:
     report = net_a.reconcile([b.lease()])
     assert report.device_recreated
     wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b again")
+
+
+# --- IPv6: dual stack and IPv6-only -------------------------------------------------------------
+
+CLUSTER6 = ipaddress.IPv6Network("fd00:10:244::/56")
+
+
+def config6(stack: str = "dual", **options: object) -> NetConfig:
+    return NetConfig(
+        network=CLUSTER if stack == "dual" else None, enable_ipv4=stack == "dual",
+        ipv6_network=CLUSTER6, enable_ipv6=True, subnet_len=24, ipv6_subnet_len=64,
+        backend=BackendConfig("wireguard", {"Type": "wireguard", **options}))
+
+
+def add_ipv6(node: Node, stack: str = "dual") -> None:
+    """An IPv6 underlay address on ul0 and a stand-in IPv6 pod on lo."""
+    addr = ipaddress.IPv6Address(f"fd00:198:18::{node.third}")
+    topology.add_address(node.ns, "ul0", ipaddress.IPv6Interface(f"{addr}/64"))
+    topology.add_address(node.ns, "lo", ipaddress.IPv6Interface(f"{pod6(node)}/128"))
+    v4 = node.ext.iface_addr if stack == "dual" else None
+    node.ext = replace(node.ext, iface_addr=v4, ext_addr=v4, iface_addr6=addr, ext_addr6=addr)
+
+
+def pod6(node: Node) -> str:
+    return f"fd00:10:244:{node.third}::1"
+
+
+def register6(node: Node, cfg: NetConfig) -> WireguardNetwork:
+    node.backend = WireguardBackend(node.ext, node.netlink, cfg.backend, node.key_file,
+                                    userspace=node.userspace)
+    v4 = f"10.244.{node.third}.0/24" if cfg.enable_ipv4 else None
+    network = node.backend.register_network(
+        FakeSubnetManager(cfg, v4, f"fd00:10:244:{node.third}::/64"), cfg)
+    node.networks.append(network)
+    return network
+
+
+def up6(pair: tuple[Node, Node], cfg: NetConfig, stack: str = "dual",
+        ) -> tuple[WireguardNetwork, WireguardNetwork]:
+    a, b = pair
+    for node in pair:
+        add_ipv6(node, stack)
+    net_a, net_b = register6(a, cfg), register6(b, cfg)
+    net_a.reconcile([net_b.lease])
+    net_b.reconcile([net_a.lease])
+    return net_a, net_b
+
+
+def test_dual_stack_separate_devices_carry_each_family(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, net_b = up6(pair, config6())
+    assert set(net_a.drivers) == {DEVICE, DEVICE_V6}
+    key = key_b64(a.backend.public_key)  # type: ignore[union-attr]
+    assert net_a.lease.attrs.backend_v6_data == f'{{"PublicKey":"{key}","Port":51821}}'
+    addrs = ip_json(a.ns, "addr", "show", DEVICE_V6)[0]["addr_info"]
+    assert ("fd00:10:244:1::", 128) in [(x["local"], x["prefixlen"]) for x in addrs]
+    routes6 = ip_json(a.ns, "-6", "route", "show", "proto", "44")
+    assert [(r["dst"], r["dev"]) for r in routes6] == [("fd00:10:244::/56", DEVICE_V6)]
+    v6_peers = net_a.drivers[DEVICE_V6].read()
+    assert v6_peers.listen_port == 51821
+    peer = v6_peers.peers[b.backend.public_key]  # type: ignore[union-attr]
+    assert peer.endpoint == (ipaddress.ip_address("fd00:198:18::2"), 51821)
+    assert peer.allowed_ips == {ipaddress.ip_network("fd00:10:244:2::/64")}
+    wait_until(lambda: pings(a.ns, pod6(a), pod6(b)), DEADLINE, "a pings b over flannel-wg-v6")
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "a pings b over IPv4")
+    again = net_a.reconcile([net_b.lease])
+    assert (again.added, again.removed, again.failed, again.peers) == (0, 0, (), 1)
+    # repair: the IPv6 route deleted by hand, then flannel-wg-v6's wireguard-go killed
+    sh("ip", "-n", a.ns, "-6", "route", "del", "fd00:10:244::/56", "dev", DEVICE_V6)
+    assert net_a.reconcile([net_b.lease]).added == 1
+    driver = net_a.drivers[DEVICE_V6]
+    assert isinstance(driver, WireguardGo) and driver.pid is not None
+    os.kill(driver.pid, signal.SIGKILL)
+    wait_until(lambda: a.netlink.link(DEVICE_V6) is None, DEADLINE, "flannel-wg-v6 goes")
+    report = net_a.reconcile([net_b.lease])
+    assert report.device_recreated and report.added == 2  # the v6 peer and the v6 route
+    wait_until(lambda: pings(a.ns, pod6(a), pod6(b)), DEADLINE, "a pings b over IPv6 again")
+
+
+def test_bad_v6_data_is_skipped_for_ipv6_only(pair: tuple[Node, Node],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    a, _ = pair
+    net_a, net_b = up6(pair, config6())
+    bad = Lease(net_b.lease.subnet, net_b.lease.ipv6_subnet,
+                replace(net_b.lease.attrs, backend_v6_data='{"PublicKey":"short","Port":51821}'))
+    for _ in range(2):
+        report = net_a.reconcile([bad])
+    assert [s.key for s in report.skipped] == [bad.key] and report.peers == 1
+    assert caplog.text.count("BackendV6Data: PublicKey is not a WireGuard key") == 1  # once
+    assert dict(net_a.drivers[DEVICE_V6].read().peers) == {}
+    wait_until(lambda: pings(a.ns, "10.244.1.1", "10.244.2.1"), DEADLINE, "IPv4 still works")
+
+
+def test_ipv6_only_auto_mode_one_device(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    net_a, _ = up6(pair, config6("ipv6", Mode="auto"), "ipv6")
+    assert set(net_a.drivers) == {DEVICE}
+    assert net_a.lease.subnet is None and net_a.lease.attrs.backend_data is None
+    peer = net_a.driver.read().peers[b.backend.public_key]  # type: ignore[union-attr]
+    assert peer.endpoint == (ipaddress.ip_address("fd00:198:18::2"), 51820)
+    wait_until(lambda: pings(a.ns, pod6(a), pod6(b)), DEADLINE, "a pings b over flannel-wg")

@@ -189,7 +189,7 @@ def test_subnet_min_above_subnet_max_is_refused() -> None:
         check(text, "etcd")
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "udp"])
+@pytest.mark.parametrize("backend", ["udp"])
 @pytest.mark.parametrize("mode", ["kube", "etcd"])
 def test_ipv6_with_an_ipv4_only_backend_is_refused_by_the_validator(
     backend: str, mode: str
@@ -200,6 +200,15 @@ def test_ipv6_with_an_ipv4_only_backend_is_refused_by_the_validator(
     })
     with pytest.raises(ConfigError, match="IPv6"):
         check(text, mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["kube", "etcd"])
+def test_dual_stack_vxlan_passes_the_validator(mode: str) -> None:
+    text = json.dumps({
+        "Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd00:10:244::/56",
+        "Backend": {"Type": "vxlan"},
+    })
+    check(text, mode)  # type: ignore[arg-type]
 
 
 # --- item 4: a lease that no node accepts as a peer blocks nothing ---------------------

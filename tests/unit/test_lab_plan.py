@@ -386,7 +386,8 @@ def test_dual_plan_has_an_ipv6_underlay_and_ipv6_network() -> None:
         ({"ip_family": "ipv6", "backend": "host-gw"}, "ipv6 needs --subnet-mgr kube"),
         ({"ip_family": "ipv5", "backend": "host-gw"}, "must be one of ipv4, ipv6, dual"),
         ({"ip_family": "dual", "backend": "udp"}, "IPv4-only, in upstream flannel too"),
-        ({"ip_family": "dual", "backend": "vxlan"}, "vxlan backend is IPv4-only yet"),
+        ({"ip_family": "ipv6", "backend": "wireguard"}, "ipv6 needs --subnet-mgr kube"),
+        ({"ip_family": "ipv6", "backend": "vxlan"}, "ipv6 needs --subnet-mgr kube"),
         ({"ip_family": "dual", "backend": "host-gw", "subnet_mgr": "kube", "image": "x:1"},
          "--image"),
     ],
@@ -396,6 +397,15 @@ def test_families_the_lab_cannot_run_are_config_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         make_plan("pfl", nodes=2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_vxlan_runs_dual_stack_and_ipv6_only_in_the_lab() -> None:
+    dual = make_plan("pfl", nodes=2, backend="vxlan", ip_family="dual")
+    assert dual.net_conf() == ('{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                               '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+    only6 = make_plan("pfl", nodes=2, backend="vxlan", ip_family="ipv6", subnet_mgr="kube")
+    assert only6.net_conf() == ('{"EnableIPv4":false,"EnableIPv6":true,'
+                                '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
 
 
 def test_state_keeps_the_ip_family() -> None:

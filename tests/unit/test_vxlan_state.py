@@ -16,6 +16,8 @@ from backends.vxlan_state import (
     decode_backend_data,
     desired_state,
     encode_backend_data,
+    family_peers,
+    lease_attrs,
     parse_mac,
     parse_options,
     previous_vtep_mac,
@@ -23,7 +25,7 @@ from backends.vxlan_state import (
     vxlan_peers,
 )
 from subnet.errors import ConfigError, PeerDataError
-from subnet.lease import IPAddress, Lease, LeaseAttrs
+from subnet.lease import IPAddress, Lease, LeaseAttrs, encode_attrs
 from subnet.netconf import BackendConfig
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
@@ -248,3 +250,94 @@ def test_options_in_any_case() -> None:
 def test_bad_option_is_a_config_error(raw: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         parse_options(BackendConfig("vxlan", raw))
+
+
+# --- IPv6: the flannel-v6.<VNI> device's peers, objects, lease data and MTU -------------------
+
+NETWORK6 = ipaddress.IPv6Network("fd00:10:244::/56")
+
+
+def dual(host: int, v6_data: object = None, v4: bool = True, v6: bool = True) -> Lease:
+    """A dual-stack (or one-family) peer; its v6 VTEP MAC differs from its v4 one."""
+    data6 = {"VNI": 1, "VtepMAC": f"0a:00:00:00:06:{host:02x}"} if v6_data is None else v6_data
+    return Lease(
+        ipaddress.IPv4Network(f"10.244.{host}.0/24") if v4 else None,
+        ipaddress.IPv6Network(f"fd00:10:244:{host:x}::/64") if v6 else None,
+        LeaseAttrs(
+            public_ip=ipaddress.IPv4Address(f"198.18.0.{host}" if v4 else "0.0.0.0"),
+            public_ipv6=ipaddress.IPv6Address(f"fd00:198:18::{host:x}") if v6 else None,
+            backend_type="vxlan",
+            backend_data=json.dumps({"VNI": 1, "VtepMAC": mac(host)}) if v4 else None,
+            backend_v6_data=json.dumps(data6) if v6 else None,
+        ),
+    )
+
+
+def test_ipv6_peer_objects_live_on_the_v6_device_with_the_v6_mac_and_public_ipv6() -> None:
+    found, skipped = family_peers(dual(1), [dual(2)], [NETWORK, NETWORK6], 1, (4, 6))
+    assert skipped == []
+    (p6,) = found[6]
+    assert (str(p6.subnet), str(p6.public_ip), p6.vtep_mac) == (
+        "fd00:10:244:2::/64", "fd00:198:18::2", "0a:00:00:00:06:02")
+    gateway = ipaddress.IPv6Address("fd00:10:244:2::")
+    assert desired_state(found[6], 9, {}) == DataplaneState(
+        routes=frozenset({Route(p6.subnet, gateway, 9, onlink=True)}),
+        neighbours=frozenset({Neighbour(9, gateway, "0a:00:00:00:06:02")}),
+        fdb=frozenset({FdbEntry(9, "0a:00:00:00:06:02", p6.public_ip)}),
+    )
+    assert [p.vtep_mac for p in found[4]] == [mac(2)]
+    direct = desired_state(found[6], 9, {p6.public_ip: UNDERLAY})
+    assert direct.routes == frozenset({Route(p6.subnet, p6.public_ip, UNDERLAY)})
+    assert not direct.neighbours and not direct.fdb
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (dual(2, v6=False), "IPv6 not programmed: no IPv6 subnet (the other family is)"),
+    (dual(2, v4=False), "IPv4 not programmed: no IPv4 subnet (the other family is)"),
+    (dual(2, v6_data={"VNI": 1, "VtepMAC": "zz"}),
+     "IPv6 not programmed: VtepMAC 'zz' is not a MAC address (the other family is)"),
+    (dual(2, v6_data={"VNI": 1, "VtepMAC": "0a:00:00:00:06:01"}),  # our own v6 MAC
+     "IPv6 not programmed: VtepMAC 0a:00:00:00:06:01 is already used (ours) (the other family is)"),
+])
+def test_a_peer_missing_one_family_is_kept_for_the_other(bad: Lease, reason: str) -> None:
+    found, skipped = family_peers(dual(1), [bad, dual(3)], [NETWORK, NETWORK6], 1, (4, 6))
+    assert [(s.key, s.reason) for s in skipped] == [(bad.key, reason)]
+    programmed = {v: sorted(p.key for p in peers) for v, peers in found.items()}
+    expect4 = [bad.key, dual(3).key] if bad.subnet else [dual(3).key]
+    expect6 = [bad.key, dual(3).key] if "IPv4 not" in reason else [dual(3).key]
+    assert programmed == {4: sorted(expect4), 6: sorted(expect6)}
+
+
+def test_the_same_mac_on_both_families_of_one_peer_is_no_conflict() -> None:
+    same = dual(2, v6_data={"VNI": 1, "VtepMAC": mac(2)})
+    found, skipped = family_peers(dual(1), [same], [NETWORK, NETWORK6], 1, (4, 6))
+    assert skipped == [] and len(found[4]) == len(found[6]) == 1
+
+
+def test_lease_attrs_are_upstreams_for_each_stack() -> None:
+    v4, v6 = ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv6Address("fd00:198:18::1")
+    both = lease_attrs(v4, v6, 1, {4: mac(1), 6: mac(9)})
+    assert encode_attrs(both) == (
+        '{"PublicIP":"198.18.0.1","PublicIPv6":"fd00:198:18::1","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:00:09"}}'
+    )
+    assert encode_attrs(lease_attrs(None, v6, 1, {6: mac(9)})) == (
+        '{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::1","BackendType":"vxlan",'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:00:09"}}'
+    )
+    assert encode_attrs(lease_attrs(v4, v6, 1, {4: mac(1)})) == (
+        '{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"}}'
+    )
+
+
+def test_v6_device_mtu_leaves_room_for_the_ipv6_outer_header() -> None:
+    opts = VxlanOptions()
+    assert (opts.device_mtu(1500), opts.device_mtu(1500, 6)) == (1450, 1430)
+    assert VxlanOptions(mtu=9000).device_mtu(1500, 6) == 8930
+    opts.check_mtu(1350, (4, 6))  # 1280 for IPv6 still fits
+    with pytest.raises(ConfigError, match="flannel-v6.1 would get MTU 1279, below the IPv6 "
+                                          "minimum 1280"):
+        opts.check_mtu(1349, (4, 6))
+    opts.check_mtu(1349, (4,))

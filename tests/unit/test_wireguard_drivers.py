@@ -169,6 +169,34 @@ def test_kernel_requests_survive_pyroute2_encoding() -> None:
     assert state.peers == {key(2): peer(2).state(), key(4): peer(4, None).state()}
 
 
+def peer6(n: int, both: bool = False) -> WgPeer:
+    """An IPv6 peer (flannel-wg-v6), or with ``both`` a one-device peer carrying both subnets."""
+    allowed = {ipaddress.ip_network(f"fd00:10:244:{n}::/64")}
+    if both:
+        allowed.add(ipaddress.ip_network(f"10.244.{n}.0/24"))
+    return WgPeer(f"10.244.{n}.0-24&fd00:10:244:{n}::-64", key(n),
+                  (ipaddress.ip_address(f"fd00:198:18::{n}"), 51821), frozenset(allowed),
+                  psk=PSK, keepalive=25)
+
+
+def test_ipv6_peer_in_uapi_text_and_back() -> None:
+    text = encode_set(PeerPlan(put=(peer6(2, both=True),)), PRIVATE, 51821).decode()
+    assert "endpoint=[fd00:198:18::2]:51821\n" in text
+    assert "allowed_ip=10.244.2.0/24\nallowed_ip=fd00:10:244:2::/64\n" in text
+    answer = text.replace("set=1\n", "").replace("replace_allowed_ips=true\n", "")
+    assert decode_get(answer + "errno=0\n\n").peers == {key(2): peer6(2, both=True).state()}
+
+
+def test_ipv6_kernel_requests_survive_pyroute2_encoding() -> None:
+    """The kernel driver (not run here without the module): IPv6 endpoint and allowed IPs."""
+    requests = kernel_requests(PeerPlan(True, (), (peer6(2), peer6(3, both=True))), PRIVATE, 51821)
+    assert requests[1]["peer"]["endpoint_addr"] == "fd00:198:18::2"
+    assert requests[2]["peer"]["allowed_ips"] == ["10.244.3.0/24", "fd00:10:244:3::/64"]
+    state = kernel_device_state(_through_pyroute2(requests))
+    assert state.listen_port == 51821
+    assert state.peers == {key(2): peer6(2).state(), key(3): peer6(3, both=True).state()}
+
+
 # --- the key file ---------------------------------------------------------------------------
 
 
@@ -248,10 +276,13 @@ class FakeNetlink:
 class FakeUserspace:
     name = "userspace"
 
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
 
-def choose(driver: str, err: int | None) -> str:
+
+def choose(driver: str, err: int | None, device: str = "flannel-wg") -> str:
     chosen = choose_driver(WireguardOptions(driver=driver), FakeNetlink(err),  # type: ignore[arg-type]
-                           FakeUserspace)  # type: ignore[arg-type]
+                           FakeUserspace, device)  # type: ignore[arg-type]
     return str(chosen.name)
 
 
@@ -262,6 +293,8 @@ def test_auto_picks_userspace_without_the_module(caplog: Any) -> None:
     assert "no wireguard module" in caplog.text
     assert choose("auto", None) == "kernel"
     assert choose("userspace", None) == "userspace"
+    assert choose("auto", errno.EOPNOTSUPP, "flannel-wg-v6") == "userspace"
+    assert "using wireguard-go (userspace) for flannel-wg-v6" in caplog.text
 
 
 def test_kernel_forced_without_the_module_names_the_fix() -> None:

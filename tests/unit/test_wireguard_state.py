@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from backends.wireguard_state import (
     DeviceState,
     PeerState,
+    Tunnel,
     WgPeer,
     WireguardOptions,
     apply_plan,
@@ -20,11 +21,15 @@ from backends.wireguard_state import (
     decode_backend_data,
     device_address,
     encode_backend_data,
+    endpoint_family,
+    is_private,
     key_b64,
+    lease_attrs,
     parse_key,
     parse_options,
     plan_peers,
     public_key,
+    tunnels,
     wireguard_peers,
     x25519,
 )
@@ -312,3 +317,168 @@ def test_applying_the_plan_makes_the_device_match(have: set[int], want: set[int]
     after = apply_plan(observed, plan_peers(observed, desired, PRIVATE, port), PRIVATE, port)
     assert after == DeviceState(PRIVATE, port, {p.public_key: p.state() for p in desired})
     assert not plan_peers(after, desired, PRIVATE, port)
+
+
+# --- dual stack and IPv6 -----------------------------------------------------------------------
+
+NETWORK6 = ipaddress.IPv6Network("fd00:10:244::/56")
+DUAL = [NETWORK, NETWORK6]
+V4_ONLY = frozenset({4})
+V6_ONLY = frozenset({6})
+
+
+def lease6(third: int, *, v4: bool = True, v6_data: object = None, public_ip: str | None = None,
+           public_ipv6: str | None = None, port6: int = 51821) -> Lease:
+    """A dual-stack (or, with ``v4=False``, IPv6-only) wireguard peer lease."""
+    v6_text = (json.dumps({"PublicKey": key_b64(key(third)), "Port": port6})
+               if v6_data is None else json.dumps(v6_data))
+    return Lease(
+        ipaddress.IPv4Network(f"10.244.{third}.0/24") if v4 else None,
+        ipaddress.IPv6Network(f"fd00:10:244:{third}::/64"),
+        LeaseAttrs(
+            public_ip=ipaddress.IPv4Address(public_ip or f"198.18.0.{third}") if v4
+            else ipaddress.IPv4Address("0.0.0.0"),
+            public_ipv6=ipaddress.IPv6Address(public_ipv6 or f"fd00:198:18::{third}"),
+            backend_type="wireguard",
+            backend_data=json.dumps({"PublicKey": key_b64(key(third)), "Port": 51820})
+            if v4 else None,
+            backend_v6_data=v6_text,
+        ),
+    )
+
+
+OWN6 = lease6(1)
+OWN6_ONLY = lease6(1, v4=False)
+
+
+def test_separate_mode_has_a_device_per_family_with_its_port() -> None:
+    opts = WireguardOptions(listen_port=5000, listen_port_v6=6000)
+    assert tunnels(opts, [4, 6]) == (Tunnel("flannel-wg", V4_ONLY, 5000),
+                                     Tunnel("flannel-wg-v6", V6_ONLY, 6000))
+    assert tunnels(opts, [6]) == (Tunnel("flannel-wg-v6", V6_ONLY, 6000),)
+    assert tunnels(opts, [4]) == (Tunnel("flannel-wg", V4_ONLY, 5000),)
+
+
+@pytest.mark.parametrize("mode", ["auto", "ipv4", "ipv6"])
+def test_single_device_modes_carry_every_family_on_listen_port(mode: str) -> None:
+    opts = WireguardOptions(listen_port=5000, listen_port_v6=6000, mode=mode)
+    assert tunnels(opts, [4, 6]) == (Tunnel("flannel-wg", frozenset({4, 6}), 5000),)
+    assert tunnels(opts, [6]) == (Tunnel("flannel-wg", V6_ONLY, 5000),)
+
+
+def test_lease_attrs_carry_each_familys_port_byte_for_byte() -> None:
+    v4, v6 = ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv6Address("fd00:198:18::1")
+    separate = lease_attrs(v4, v6, key(1), tunnels(WireguardOptions(), [4, 6]))
+    one = lease_attrs(v4, v6, key(1), tunnels(WireguardOptions(mode="auto"), [4, 6]))
+    k = key_b64(key(1))
+    assert encode_attrs(separate) == (
+        '{"PublicIP":"198.18.0.1","PublicIPv6":"fd00:198:18::1","BackendType":"wireguard",'
+        f'"BackendData":{{"PublicKey":"{k}","Port":51820}},'
+        f'"BackendV6Data":{{"PublicKey":"{k}","Port":51821}}}}'
+    )
+    assert one.backend_v6_data == f'{{"PublicKey":"{k}","Port":51820}}'  # one device, one port
+    only6 = lease_attrs(None, v6, key(1), tunnels(WireguardOptions(), [6]))
+    assert only6.backend_data is None and str(only6.public_ip) == "0.0.0.0"
+    assert encode_attrs(only6).startswith('{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::1"')
+    keys = AnnotationKeys.for_prefix("flannel.alpha.coreos.com")
+    assert desired_annotations({}, separate, keys)[keys.backend_v6_data] == (
+        f'{{"PublicKey":"{k}","Port":51821}}')
+
+
+def test_separate_mode_programs_each_family_on_its_own_device() -> None:
+    v4dev, v6dev = tunnels(OPTS, [4, 6])
+    peers4, skipped4 = wireguard_peers(OWN6, key(1), [lease6(2)], DUAL, OPTS, v4dev)
+    peers6, skipped6 = wireguard_peers(OWN6, key(1), [lease6(2)], DUAL, OPTS, v6dev)
+    assert skipped4 == skipped6 == []
+    assert peers4[0].allowed_ips == {ipaddress.ip_network("10.244.2.0/24")}
+    assert peers4[0].endpoint == (ipaddress.ip_address("198.18.0.2"), 51820)
+    assert peers6[0] == WgPeer(
+        "10.244.2.0-24&fd00:10:244:2::-64", key(2),
+        (ipaddress.ip_address("fd00:198:18::2"), 51821),
+        frozenset({ipaddress.ip_network("fd00:10:244:2::/64")}), psk=OPTS.psk, keepalive=25)
+
+
+def test_ipv6_peer_without_a_port_uses_the_v6_devices_port() -> None:
+    _, v6dev = tunnels(WireguardOptions(listen_port_v6=7000), [4, 6])
+    old = lease6(2, v6_data={"PublicKey": key_b64(key(2))})
+    peers, _ = wireguard_peers(OWN6, key(1), [old], DUAL, WireguardOptions(), v6dev)
+    assert peers[0].endpoint[1] == 7000
+
+
+@pytest.mark.parametrize(
+    ("v6_data", "public_ipv6", "reason"),
+    [
+        ({"PublicKey": "short"}, None, "IPv6: BackendV6Data: PublicKey is not a WireGuard key"),
+        ({"PublicKey": key_b64(key(2)), "Port": 70000}, None, "IPv6: BackendV6Data: Port 70000"),
+    ],
+)
+def test_bad_v6_data_skips_the_peer_for_ipv6_only(v6_data: object, public_ipv6: str | None,
+                                                   reason: str) -> None:
+    bad = lease6(2, v6_data=v6_data, public_ipv6=public_ipv6)
+    v4dev, v6dev = tunnels(OPTS, [4, 6])
+    peers4, skipped4 = wireguard_peers(OWN6, key(1), [bad, lease6(3)], DUAL, OPTS, v4dev)
+    peers6, skipped6 = wireguard_peers(OWN6, key(1), [bad, lease6(3)], DUAL, OPTS, v6dev)
+    assert [p.lease_key for p in peers4] == [bad.key, lease6(3).key] and skipped4 == []
+    assert [p.lease_key for p in peers6] == [lease6(3).key]
+    assert [s.key for s in skipped6] == [bad.key] and reason in skipped6[0].reason
+    # one device (auto): the peer keeps its IPv4 subnet, the IPv6 one is reported
+    auto = WireguardOptions(mode="auto")
+    peers, skipped = wireguard_peers(OWN6, key(1), [bad], DUAL, auto)
+    assert peers[0].allowed_ips == {ipaddress.ip_network("10.244.2.0/24")}
+    assert [s.reason for s in skipped] == [skipped6[0].reason]
+
+
+def test_link_local_public_ipv6_is_refused_with_its_reason() -> None:
+    bad = lease6(2, public_ipv6="fe80::2")
+    _, v6dev = tunnels(OPTS, [4, 6])
+    peers, skipped = wireguard_peers(OWN6, key(1), [bad], DUAL, OPTS, v6dev)
+    assert peers == [] and "link-local" in skipped[0].reason
+
+
+def test_ipv6_only_cluster() -> None:
+    (v6dev,) = tunnels(OPTS, [6])
+    peers, skipped = wireguard_peers(OWN6_ONLY, key(1), [lease6(2, v4=False)], [NETWORK6], OPTS,
+                                     v6dev)
+    assert skipped == [] and peers[0].endpoint == (ipaddress.ip_address("fd00:198:18::2"), 51821)
+    assert peers[0].allowed_ips == {ipaddress.ip_network("fd00:10:244:2::/64")}
+    assert device_address(ipaddress.IPv6Network("fd00:10:244:1::/64")) == (
+        ipaddress.IPv6Interface("fd00:10:244:1::/128"))
+
+
+def test_one_device_carries_both_subnets_to_the_mode_endpoint() -> None:
+    for mode, endpoint in (("ipv4", ("198.18.0.2", 51820)), ("ipv6", ("fd00:198:18::2", 51820))):
+        opts = WireguardOptions(mode=mode)
+        # one-device peers advertise ListenPort in both data objects
+        peers, _ = wireguard_peers(OWN6, key(1), [lease6(2, port6=51820)], DUAL, opts)
+        assert peers[0].allowed_ips == {ipaddress.ip_network("10.244.2.0/24"),
+                                        ipaddress.ip_network("fd00:10:244:2::/64")}
+        assert peers[0].endpoint == (ipaddress.ip_address(endpoint[0]), endpoint[1])
+
+
+@pytest.mark.parametrize(
+    ("ours", "peer", "family"),
+    [
+        # (our IPv4, our IPv6) and (peer IPv4, peer IPv6)
+        (("198.18.0.1", "2001:db8::1"), ("198.18.0.2", None), 4),  # peer has no IPv6
+        (("198.18.0.1", "2001:db8::1"), ("198.18.0.2", "2001:db8::2"), 4),  # public IPv4 wins
+        (("10.0.0.1", "2001:db8::1"), ("10.0.0.2", "2001:db8::2"), 6),  # private IPv4s
+        (("10.0.0.1", "fd00::1"), ("10.0.0.2", "2001:db8::2"), 4),  # our IPv6 is ULA
+        (("10.0.0.1", "2001:db8::1"), ("10.0.0.2", "fd00::2"), 4),  # the peer's IPv6 is ULA
+        ((None, "2001:db8::1"), ("198.18.0.2", "2001:db8::2"), 6),  # we have no IPv4
+        ((None, "fd00::1"), (None, "fd00::2"), 6),  # IPv6-only: IPv6 is all there is
+    ],
+)
+def test_auto_mode_chooses_the_endpoint_family_as_upstream(
+    ours: tuple[str | None, str | None], peer: tuple[str | None, str | None], family: int,
+) -> None:
+    def attrs(v4: str | None, v6: str | None) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=ipaddress.IPv4Address(v4 or "0.0.0.0"),
+                          public_ipv6=ipaddress.IPv6Address(v6) if v6 else None)
+    assert endpoint_family("auto", attrs(*ours), attrs(*peer)) == family
+
+
+def test_private_is_gos_definition() -> None:
+    assert is_private(ipaddress.ip_address("172.31.0.1"))
+    assert not is_private(ipaddress.ip_address("198.18.0.1"))
+    assert is_private(ipaddress.ip_address("fd00::1"))
+    assert not is_private(ipaddress.ip_address("2001:db8::1"))

@@ -7,7 +7,9 @@ handled by the same code (:data:`RESOURCES` names them): Nodes and Namespaces
 (cluster-scoped), Pods, ConfigMaps and networking.k8s.io/v1 NetworkPolicies
 (namespaced, also listed and watched across all namespaces):
 
-* a collection ``GET`` lists (``metadata.resourceVersion`` of the list) or,
+* a collection ``GET`` lists (``metadata.resourceVersion`` of the list; with
+  ``limit``, one page and a ``continue`` token for the rest, all pages from one
+  snapshot, 410 Expired once that snapshot is older than the history) or,
   with ``watch=true`` (also ``True``/``1``), streams chunked JSON lines
   ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}``.
   A watch without ``resourceVersion`` (or ``"0"``) starts with synthetic
@@ -77,6 +79,7 @@ PATCH_TYPES = {
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 DEFAULT_WATCH_TIMEOUT = 1800
+MAX_OPEN_LISTS = 100  # unfinished paginated lists kept for their continue tokens
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -97,6 +100,7 @@ class _Fault:
     path_suffix: str | None
     code: int
     remaining: int
+    query_key: str | None = None
 
 
 class ApiError(Exception):
@@ -181,6 +185,15 @@ class _Event:
 
 
 @dataclass(frozen=True, slots=True)
+class _Paged:
+    """What a list's continue token stands for: the rest of its snapshot."""
+
+    scope: tuple[str, str | None, str, str]  # kind, namespace, label and field selectors
+    rv: int
+    rest: list[JSON]
+
+
+@dataclass(frozen=True, slots=True)
 class _Target:
     """What a URL names: a collection (name None) or one object, maybe its status."""
 
@@ -222,6 +235,7 @@ class KubeAPIDouble:
         self._rv = first_resource_version
         self._compacted = first_resource_version  # events at or below are gone
         self._history: list[_Event] = []
+        self._pages: dict[str, _Paged] = {}  # continue token -> the rest of its list
         self._objects: dict[str, dict[Key, JSON]] = {r.plural: {} for r in RESOURCES}
         self._tokens: dict[str, str] = {}  # bearer token -> the user it authenticates
         self._faults: list[_Fault] = []
@@ -490,11 +504,12 @@ class KubeAPIDouble:
 
     def fail_next(
         self, count: int = 1, code: int = 500, *, method: str | None = None,
-        path_suffix: str | None = None,
+        path_suffix: str | None = None, query_key: str | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with error ``code``."""
+        """Answer the next ``count`` matching requests with error ``code``
+        (``query_key``: only requests with that query parameter, e.g. ``continue``)."""
         with self._cond:
-            self._faults.append(_Fault(method, path_suffix, code, count))
+            self._faults.append(_Fault(method, path_suffix, code, count, query_key))
 
     def requests_matching(self, method: str, path_suffix: str = "") -> list[Request]:
         with self._cond:
@@ -550,13 +565,15 @@ class KubeAPIDouble:
             self._compacted = self._history.pop(0).rv
         self._cond.notify_all()
 
-    def _take_fault(self, method: str, path: str) -> int | None:
+    def _take_fault(self, method: str, path: str, query: Mapping[str, str]) -> int | None:
         for fault in self._faults:
             if fault.remaining <= 0:
                 continue
             if fault.method is not None and fault.method != method:
                 continue
             if fault.path_suffix is not None and not path.endswith(fault.path_suffix):
+                continue
+            if fault.query_key is not None and fault.query_key not in query:
                 continue
             fault.remaining -= 1
             return fault.code
@@ -574,10 +591,11 @@ class KubeAPIDouble:
             with self._cond:
                 self._authenticate(handler.headers.get("Authorization", ""))
                 self.requests.append(Request(method, path, query, content_type, body))
-                fault = self._take_fault(method, path)
+                fault = self._take_fault(method, path, query)
             if fault is not None:
-                raise ApiError(fault, "InternalError" if fault >= 500 else "BadRequest",
-                               f"injected failure {fault}")
+                reason = {410: "Expired"}.get(fault, "InternalError" if fault >= 500 else
+                                              "BadRequest")
+                raise ApiError(fault, reason, f"injected failure {fault}")
             target = _route(path)
             if target.name is None:
                 self._collection(handler, method, target, query, body)
@@ -615,11 +633,51 @@ class KubeAPIDouble:
         elif query.get("watch", "") in _TRUE:
             self._watch(handler, selected, query)
         else:
-            with self._cond:
-                items = [copy.deepcopy(obj) for _, obj in
-                         sorted(self._objects[resource.plural].items()) if selected.accepts(obj)]
+            send_json(handler, 200, self._list(target, selected, query))
+
+    def _list(self, target: _Target, selected: _Filter, query: dict[str, str]) -> JSON:
+        """A list, or one page of it with ``limit``; ``continue`` fetches the next page.
+
+        The pages of one list come from the snapshot its first page was taken
+        from (later writes do not show); a continue token older than the
+        retained history is 410 Expired, as when etcd has compacted it.
+        """
+        resource = target.resource
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError as err:
+            raise ApiError(400, "BadRequest", f"invalid limit: {err}") from err
+        token = query.get("continue", "")
+        scope = (resource.plural, target.namespace, query.get("labelSelector", ""),
+                 query.get("fieldSelector", ""))
+        with self._cond:
+            if token:
+                paged = self._pages.get(token)
+                if paged is None or paged.scope != scope:
+                    raise ApiError(400, "BadRequest", "continue key is not valid")
+                if paged.rv < self._compacted:
+                    raise ApiError(410, "Expired", "The provided continue parameter is too old "
+                                   "to display a consistent list result. You can start a new "
+                                   "list without the continue parameter.")
+                rv, items = paged.rv, paged.rest
+            else:
                 rv = self._rv
-            send_json(handler, 200, _list_doc(resource, rv, items))
+                # shallow copies: a stored object is never changed in place (every write
+                # stores a new one), so the snapshot stays as it was
+                items = [dict(obj) for _, obj in
+                         sorted(self._objects[resource.plural].items()) if selected.accepts(obj)]
+            rest: list[JSON] = []
+            if 0 < limit < len(items):
+                items, rest = items[:limit], items[limit:]
+                following = secrets.token_urlsafe(12)
+                self._pages[following] = _Paged(scope, rv, rest)
+                while len(self._pages) > MAX_OPEN_LISTS:  # the oldest unfinished list goes
+                    del self._pages[next(iter(self._pages))]
+        doc = _list_doc(resource, rv, items)
+        if rest:
+            doc["metadata"]["continue"] = following
+            doc["metadata"]["remainingItemCount"] = len(rest)
+        return doc
 
     def _create(self, target: _Target, body: Any) -> JSON:
         resource = target.resource
