@@ -113,11 +113,14 @@ GRPC_OPTIONS = (
 # Keys per range request when listing leases: a page holds at most this many
 # values, however many nodes there are.
 LIST_PAGE = 200
-# The start reads the leases for our previous lease and then to acquire one; the
-# first attempt to acquire uses that listing when it is younger than this.  Safe
-# at any age: a choice made on an old listing fails its compare-and-swap, and
-# the next attempt lists again.  (The watch lists afresh: its snapshot must
-# hold the lease we just acquired.)
+# The start reads the leases for our previous lease and then to acquire one; in
+# an IPv4-only network the first attempt to acquire uses that listing when it is
+# younger than this.  Safe at any age: a choice made on an old listing fails its
+# compare-and-swap (no key with that IPv4 subnet may exist), and the next attempt
+# lists again.  Not with IPv6: the compare cannot cover the IPv6 half of a key,
+# so an old listing would widen the window in which two nodes starting together
+# pick the same IPv6 subnet.  (The watch lists afresh: its snapshot must hold the
+# lease we just acquired.)
 LIST_REUSE = 10.0
 
 T = TypeVar("T")
@@ -245,7 +248,8 @@ class EtcdSubnetManager:
             )
         backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         for attempt in range(1, self._attempts + 1):
-            lease = self._try_acquire(attrs, v4_range, v6_range, reuse=attempt == 1)
+            reuse = attempt == 1 and v6_range is None
+            lease = self._try_acquire(attrs, v4_range, v6_range, reuse=reuse)
             if lease is not None:
                 # A later re-acquire (our key deleted meanwhile) prefers this subnet.
                 self._previous = (lease.subnet, lease.ipv6_subnet)
