@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from backends.model import Skipped
 from backends.plan import Change, Delete, Put
+from backends.rtnl import Signature
 from backends.udp_packet import ForwardStats
 from subnet.errors import ConfigError
 from subnet.lease import Lease
@@ -95,6 +96,28 @@ def summarize(
     )
 
 
+# The devices and address families one sync covers (what its kernel dumps are filtered to).
+Scope = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelProbe:
+    """A full pass's kernel read, made on another thread while the loop serves events.
+
+    ``differing`` holds, per scope, the objects (as :func:`backends.rtnl.signature`
+    tuples) the passes before it had left that the kernel lacked, and those the kernel
+    had that they had not left; ``generation`` ties it to the writes the netlink layer
+    has counted since the read began, so that the loop thread can tell a difference its
+    own later writes explain from damage.
+    ``seconds`` is the read's CPU time (its thread's: on a busy node its wall time
+    would mostly be waiting for a core).
+    """
+
+    generation: int
+    differing: Mapping[Scope, tuple[frozenset[Signature], frozenset[Signature]]]
+    seconds: float
+
+
 class Network(Protocol):
     """A registered network: our lease plus the kernel state that serves it."""
 
@@ -116,6 +139,7 @@ class Network(Protocol):
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         """Make the kernel match ``peers`` (every known lease except ours).
 
@@ -126,7 +150,15 @@ class Network(Protocol):
         ``changes`` (key -> new lease, None when removed; None when unknown)
         are the leases changed since the last pass: a backend may then program
         only those peers, when that gives what a pass over all would.
+        A full pass given the ``probe`` from :meth:`begin_probe` trusts its kernel
+        read instead of reading the kernel again, when that read is still good.
         """
+        ...
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """Start a full pass: what reads the kernel for it, to run on another thread
+        (and hand to :meth:`reconcile`), so that events are served meanwhile; None
+        when this network's full pass reads the kernel on the loop thread only."""
         ...
 
     def close(self) -> None:

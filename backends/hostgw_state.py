@@ -8,8 +8,9 @@ shares an L2 segment; the lease carries no BackendData (``null``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from backends.base import ExternalInterface
 from backends.model import DataplaneState, Route, Skipped
@@ -67,16 +68,7 @@ def hostgw_peers(
     versions = sorted({net.version for net in networks})
     result: list[HostGwPeer] = []
     for peer in usable:
-        found, missing = [], []
-        for version in versions:
-            subnet = peer.subnet if version == 4 else peer.ipv6_subnet
-            gateway = peer.attrs.public_ipv6 if version == 6 else (
-                None if peer.attrs.public_ip == UNSPECIFIED_V4 else peer.attrs.public_ip)
-            if subnet is not None and gateway is not None:
-                found.append(HostGwPeer(peer.key, subnet, gateway))
-            else:
-                what = "subnet" if subnet is None else "public address"
-                missing.append(f"IPv{version} not routed: the lease has no IPv{version} {what}")
+        found, missing = peer_routes(peer, versions)
         if not found:
             skipped.append(Skipped(peer.key, "no public address for any family we route"))
         elif missing:
@@ -85,6 +77,27 @@ def hostgw_peers(
     return result, skipped
 
 
+def peer_routes(peer: Lease, versions: Collection[int]) -> tuple[list[HostGwPeer], list[str]]:
+    """The routes of one peer, per family in ``versions`` where it has a subnet and a
+    public address, and what each other family lacks."""
+    found, missing = [], []
+    for version in versions:
+        subnet = peer.subnet if version == 4 else peer.ipv6_subnet
+        gateway = peer.attrs.public_ipv6 if version == 6 else (
+            None if peer.attrs.public_ip == UNSPECIFIED_V4 else peer.attrs.public_ip)
+        if subnet is not None and gateway is not None:
+            found.append(HostGwPeer(peer.key, subnet, gateway))
+        else:
+            what = "subnet" if subnet is None else "public address"
+            missing.append(f"IPv{version} not routed: the lease has no IPv{version} {what}")
+    return found, missing
+
+
 def desired_state(peers: Sequence[HostGwPeer], ifindex: int) -> DataplaneState:
     """One route per peer subnet through its public address on the external interface."""
-    return DataplaneState(frozenset(Route(p.subnet, p.gateway, ifindex) for p in peers))
+    return DataplaneState(frozenset(map(partial(route, ifindex=ifindex), peers)))
+
+
+def route(peer: HostGwPeer, ifindex: int) -> Route:
+    """The route to one peer subnet through its public address on ``ifindex``."""
+    return Route(peer.subnet, peer.gateway, ifindex)

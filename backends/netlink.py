@@ -69,7 +69,7 @@ from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from backends import rtnl
-from backends.base import InterfaceAddress, InterfaceInfo, RouteLookup
+from backends.base import InterfaceAddress, InterfaceInfo, KernelProbe, RouteLookup, Scope
 from backends.kernelwatch import OwnDeletions
 from backends.model import (
     ROUTE_PROTOCOL,
@@ -120,7 +120,6 @@ _ABSENT = frozenset({errnos.ENOENT, errnos.ESRCH, errnos.ENODEV})
 _UNREACHABLE = frozenset({errnos.ENETUNREACH, errnos.EHOSTUNREACH})
 
 HostAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Scope = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +220,17 @@ class Netlink:
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
         self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
         self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
+        # Scopes whose view is exactly the desired state their syncs were given (no
+        # failure since): only those can be checked by a probe.
+        self._exact: set[Scope] = set()
+        self._versions: dict[Scope, int] = {}  # bumped whenever a scope's view changes
+        self._version = itertools.count(1)
+        # The probe in flight: its generation and the slots written per scope since it began.
+        self._probe_generation = 0
+        self._written: dict[Scope, set[Signature]] = {}
+        # Used by the probe's thread only: its own socket, and the signatures of each view.
+        self._probe_rtnl: Rtnl | None = None
+        self._probe_views: dict[Scope, tuple[int, frozenset[Signature]]] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             # checked here because pyroute2 leaks its socket when the open fails
@@ -241,6 +251,8 @@ class Netlink:
 
     def close(self) -> None:
         self._rtnl.close()
+        if self._probe_rtnl is not None:
+            self._probe_rtnl.close()
         self._ipr.close()
 
     def __enter__(self) -> Self:
@@ -469,7 +481,8 @@ class Netlink:
         objects are read back and decoded.
         """
         routes, neighbours, fdb = self._read(
-            ifindexes, families, rtnl.our_route, rtnl.permanent_neighbour, rtnl.self_fdb_entry
+            self._rtnl, ifindexes, families, rtnl.our_route, rtnl.permanent_neighbour,
+            rtnl.self_fdb_entry,
         )
         devices = set(ifindexes)
         return DataplaneState(
@@ -478,11 +491,13 @@ class Netlink:
             frozenset(e for e in fdb if e.ifindex in devices),
         )
 
-    def signatures(self, ifindexes: Iterable[int], families: Iterable[int]) -> frozenset[Signature]:
+    def signatures(
+        self, ifindexes: Iterable[int], families: Iterable[int], sock: Rtnl | None = None
+    ) -> frozenset[Signature]:
         """What :meth:`observe` reads, as :func:`backends.rtnl.signature` tuples (cheap)."""
         routes, neighbours, fdb = self._read(
-            ifindexes, families, rtnl.route_signature, rtnl.neighbour_signature,
-            rtnl.fdb_signature,
+            sock or self._rtnl, ifindexes, families, rtnl.route_signature,
+            rtnl.neighbour_signature, rtnl.fdb_signature,
         )
         devices = set(ifindexes)
         return frozenset(
@@ -491,6 +506,7 @@ class Netlink:
 
     def _read(
         self,
+        sock: Rtnl,
         ifindexes: Iterable[int],
         families: Iterable[int],
         route: Callable[[bytes], R | None],
@@ -502,14 +518,15 @@ class Netlink:
         neighbours: list[N] = []
         entries: list[F] = []
         for family in families:
-            routes += self._dump("dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family), route)
+            routes += self._dump("dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family), route,
+                                 sock)
             for index in devices:
                 neighbours += self._dump(
                     "dump neighbours", rtnl.RTM_GETNEIGH, rtnl.neighbour_dump(family, index),
-                    neighbour,
+                    neighbour, sock,
                 )
         for index in devices:
-            entries += self._dump("dump fdb", rtnl.RTM_GETNEIGH, rtnl.fdb_dump(index), fdb)
+            entries += self._dump("dump fdb", rtnl.RTM_GETNEIGH, rtnl.fdb_dump(index), fdb, sock)
         return routes, neighbours, entries
 
     def sync(
@@ -530,13 +547,17 @@ class Netlink:
         """
         scope = _scope(ifindexes, families)
         if fresh and self._matches(scope, desired):
+            self._exact.add(scope)
             return ApplyResult()
         view = None if fresh else self._views.get(scope)
         observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
-        result = self.apply(plan(observed, desired))
+        result = self._apply_in(scope, plan(observed, desired))
         final = apply_to(observed, list(result.applied)) if result.failed else desired
         self._views[scope] = {obj.key: obj for obj in final.objects()}
         self._view_of[scope] = final
+        self._versions[scope] = next(self._version)
+        if not result.failed:
+            self._exact.add(scope)
         return result
 
     def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
@@ -551,6 +572,7 @@ class Netlink:
         if self._view_of.get(scope) is not desired:
             self._views[scope] = {obj.key: obj for obj in desired.objects()}
             self._view_of[scope] = desired
+            self._versions[scope] = next(self._version)
         return True
 
     def sync_delta(
@@ -570,13 +592,120 @@ class Netlink:
         wanted = list(new)
         keys = {obj.key for obj in old} | {obj.key for obj in wanted}
         observed = DataplaneState.of([view[k] for k in keys if k in view])
-        result = self.apply(plan(observed, DataplaneState.of(wanted)))
+        result = self._apply_in(scope, plan(observed, DataplaneState.of(wanted)))
         for change in result.applied:
             if isinstance(change, Put):
                 view[change.obj.key] = change.obj
             else:
                 view.pop(change.obj.key, None)
-        self._view_of.pop(scope, None)
+        if result.applied:
+            self._view_of.pop(scope, None)
+            self._versions[scope] = next(self._version)
+        return result
+
+    def sync_changes(
+        self,
+        old: Iterable[KernelObject],
+        new: Iterable[KernelObject],
+        desired: Callable[[], DataplaneState],
+        ifindexes: Iterable[int],
+        families: Iterable[int],
+        *,
+        fresh: bool,
+        probe: KernelProbe | None = None,
+    ) -> ApplyResult:
+        """The changed peers' objects ``old`` replaced by ``new`` (:meth:`sync_delta`);
+        on a ``fresh`` pass every object is checked too: by ``probe`` when that kernel
+        read still holds (:meth:`repairs`), else by reading the kernel (:meth:`sync`).
+        ``desired`` (all objects) is only asked for when needed."""
+        ifindexes, families = tuple(ifindexes), tuple(families)
+        result = self.sync_delta(old, new, ifindexes, families)
+        repairs = None
+        if result is not None and fresh and probe is not None:
+            repairs = self.repairs(probe, ifindexes, families)
+        if result is not None and (not fresh or repairs is not None):
+            if not repairs:
+                return result
+            log.info("the full pass found %d kernel objects of ours missing or changed",
+                     len(repairs))
+            rest = self._apply_in(_scope(ifindexes, families), repairs)
+        else:
+            rest = self.sync(desired(), ifindexes, families, fresh=fresh)
+        if result is None:
+            return rest
+        return ApplyResult(result.applied + rest.applied, result.failed + rest.failed)
+
+    # --- full passes off the loop thread -------------------------------------------------
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """Start a kernel read of every scope synced so far without failure; returns the
+        read, to run on another thread (it has a socket of its own).  From now on the
+        slots this thread writes are counted, for :meth:`repairs`.  None: nothing to read."""
+        scopes = {
+            scope: (self._versions.get(scope, 0), tuple(self._views[scope].values()))
+            for scope in sorted(self._exact) if scope in self._views
+        }
+        if not scopes:
+            return None
+        self._probe_generation += 1
+        self._written = {scope: set() for scope in scopes}
+        return partial(self._read_probe, self._probe_generation, scopes)
+
+    def _read_probe(
+        self, generation: int, scopes: dict[Scope, tuple[int, tuple[KernelObject, ...]]]
+    ) -> KernelProbe:
+        """(The probe's thread.)  Per scope, what the view the probe began with has and the
+        kernel lacks, and the reverse; DataplaneError when the kernel cannot be read."""
+        started = time.thread_time()
+        if self._probe_rtnl is None:
+            try:
+                self._probe_rtnl = Rtnl(_in_netns(self._netns, open_rtnl_socket))
+            except (NetlinkError, OSError) as err:
+                raise _dataplane_error("netlink socket for the full pass", err) from err
+        differing: dict[Scope, tuple[frozenset[Signature], frozenset[Signature]]] = {}
+        for scope, (version, objects) in scopes.items():
+            cached = self._probe_views.get(scope)
+            if cached is None or cached[0] != version:
+                cached = version, frozenset(map(rtnl.signature, objects))
+                self._probe_views[scope] = cached
+            kernel = self.signatures(*scope, sock=self._probe_rtnl)
+            differing[scope] = cached[1] - kernel, kernel - cached[1]
+        return KernelProbe(generation, differing, time.thread_time() - started)
+
+    def repairs(
+        self, probe: KernelProbe, ifindexes: Iterable[int], families: Iterable[int]
+    ) -> list[Change] | None:
+        """What makes the kernel hold exactly what the syncs of this scope left, by ``probe``
+        (empty: it does), leaving out every slot this thread wrote since the read began
+        (the read may have seen it before or after); None when the probe cannot tell: a
+        write failed meanwhile, or it is not the latest.  Reads nothing from the kernel;
+        ends the count of writes.  A slot the read got wrong (a dump the kernel
+        interrupted) is only written again: every write is idempotent."""
+        scope = _scope(ifindexes, families)
+        written = self._written.pop(scope, None)
+        reading = probe.differing.get(scope)
+        if (probe.generation != self._probe_generation or written is None or reading is None
+                or scope not in self._exact):
+            return None
+        lacking, extra = ([rtnl.object_of(sig) for sig in sigs if rtnl.slot(sig) not in written]
+                          for sigs in reading)
+        if not lacking and not extra:
+            return []
+        return plan(DataplaneState.of(extra), DataplaneState.of(lacking))
+
+    def _apply_in(self, scope: Scope, changes: Sequence[Change]) -> ApplyResult:
+        """:meth:`apply` for one scope's sync: counts its written slots for a probe in
+        flight, and drops the scope's exactness when anything failed."""
+        written = self._written.get(scope)
+        if written is not None:
+            written.update(rtnl.slot(rtnl.signature(c.obj)) for c in changes)
+        try:
+            result = self.apply(changes)
+        except DataplaneError:
+            self._exact.discard(scope)
+            raise
+        if result.failed:
+            self._exact.discard(scope)
         return result
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
@@ -681,11 +810,12 @@ class Netlink:
         )
 
     def _dump(
-        self, what: str, kind: int, body: bytes, decode: Callable[[bytes], T | None]
+        self, what: str, kind: int, body: bytes, decode: Callable[[bytes], T | None],
+        sock: Rtnl | None = None,
     ) -> list[T]:
         """The decoded objects of one (kernel-filtered) dump; DataplaneError on failure."""
         try:
-            return self._rtnl.dump(kind, body, decode)
+            return (sock or self._rtnl).dump(kind, body, decode)
         except OSError as err:
             raise _dataplane_error(what, err) from err
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
 
 from backends.model import Skipped
 from subnet.lease import IPNetwork, Lease
@@ -92,7 +93,7 @@ def _reject_reason(
     if not subnets:
         return "no subnet in an enabled address family"
     if any(sub.version == 6 for sub in subnets):
-        unusable = _unusable_ipv6(peer.attrs.public_ipv6)
+        unusable = unusable_ipv6(peer.attrs.public_ipv6)
         if unusable:
             return unusable
     for sub in subnets:
@@ -105,7 +106,7 @@ def _reject_reason(
     return ""
 
 
-def _unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
+def unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
     """Why a peer's PublicIPv6 cannot be a tunnel endpoint or next hop ('' if it can)."""
     if addr is None:
         return ""  # no IPv6 endpoint at all: each backend says what it needs
@@ -179,3 +180,57 @@ class PeerIndex:
             return False
         self.hold(lease, wanted)
         return True
+
+
+T = TypeVar("T")
+# One changed peer as a backend sees it alone: what it needs programmed (kernel objects,
+# table entries) and the tokens it must hold exclusively; None when only a full pass can
+# tell (a peer the per-peer checks reject, or one a backend cannot use).
+PeerView = Callable[[Lease], tuple[list[T], tuple[Hashable, ...]] | None]
+
+
+class PeerEntries(Generic[T]):
+    """What each usable peer needs, kept between passes with the :class:`PeerIndex` of
+    the last full pass, so that an event recomputes only the peers it changes."""
+
+    def __init__(self) -> None:
+        self._index: PeerIndex | None = None
+        self._entries: dict[str, list[T]] = {}
+
+    def reset(self, index: PeerIndex | None, entries: dict[str, list[T]]) -> None:
+        """The result of a full pass (``index`` None: it skipped a peer, so every event
+        is a full pass until one skips none)."""
+        self._index = index
+        self._entries = entries
+
+    def change(
+        self, changes: Mapping[str, Lease | None], view: PeerView[T]
+    ) -> tuple[list[T], list[T]] | None:
+        """The changed peers' old and new entries; None (and the index dropped) when a
+        changed peer needs a full pass."""
+        index = self._index
+        if index is None:
+            return None
+        old: list[T] = []
+        new: list[T] = []
+        for key, lease in changes.items():
+            if index.release(key):
+                old += self._entries.pop(key, ())
+            if lease is None:
+                continue
+            seen = view(lease)
+            if seen is None or not index.admit(lease, seen[1]):
+                self._index = None
+                return None
+            self._entries[key] = seen[0]
+            new += seen[0]
+        return old, new
+
+    def all(self) -> list[T]:
+        return [entry for entries in self._entries.values() for entry in entries]
+
+    def peer_keys(self) -> Iterable[str]:
+        return self._entries.keys()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from backends.model import ROUTE_PROTOCOL, FdbEntry, KernelObject, Neighbour, Route
 from backends.plan import Change, Put
@@ -199,8 +199,10 @@ NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
 def our_route(payload: bytes, rtype: int = RTN_UNICAST) -> Route | None:
     """The route in an RTM_NEWROUTE payload if it is ours (protocol id, main table, ``rtype``)."""
     sig = route_signature(payload, rtype)
-    if sig is None:
-        return None
+    return None if sig is None else _route_of(sig)
+
+
+def _route_of(sig: RouteSignature) -> Route:
     _, dst, dst_len, gateway, oif, onlink = sig
     return Route(
         dst=ipaddress.ip_network((ipaddress.ip_address(dst), dst_len)),
@@ -208,6 +210,16 @@ def our_route(payload: bytes, rtype: int = RTN_UNICAST) -> Route | None:
         ifindex=oif,
         onlink=onlink,
     )
+
+
+def object_of(sig: Signature) -> KernelObject:
+    """The object a signature describes (the inverse of :func:`signature`)."""
+    if sig[0] == "route":
+        return _route_of(cast(RouteSignature, sig))
+    _, ifindex, first, second = cast(NeighbourSignature, sig)
+    if sig[0] == "neigh":
+        return Neighbour(ifindex=ifindex, dst=ipaddress.ip_address(first), lladdr=mac_text(second))
+    return FdbEntry(ifindex=ifindex, lladdr=mac_text(first), dst=ipaddress.ip_address(second))
 
 
 def permanent_neighbour(payload: bytes) -> Neighbour | None:
@@ -254,6 +266,12 @@ def signature(obj: KernelObject) -> Signature:
     if isinstance(obj, Neighbour):
         return ("neigh", obj.ifindex, obj.dst.packed, mac_bytes(obj.lladdr))
     return ("fdb", obj.ifindex, mac_bytes(obj.lladdr), obj.dst.packed)
+
+
+def slot(sig: Signature) -> Signature:
+    """The kernel slot a signature fills (its kind, then what identifies it, as an
+    object's ``key`` does): two signatures with one slot replace each other."""
+    return sig[:3]
 
 
 def route_signature(payload: bytes, rtype: int = RTN_UNICAST) -> RouteSignature | None:

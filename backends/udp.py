@@ -5,7 +5,8 @@ subnet's network address as a /32 and MTU external MTU - 28, and one route
 (protocol 44) sends the whole Network into it.  :meth:`UdpNetwork.reconcile`
 re-ensures device, address and route the way the other backends do
 (desired state -> plan -> netlink) and swaps the forwarder's route table
-{peer subnet -> peer public IP} in one assignment.
+{peer subnet -> peer public IP} in one assignment.  An event changes only
+its peers' entries (and leaves the device to the full passes).
 
 User side: two threads.  tun->udp reads a packet, routes it
 (:func:`backends.udp_packet.outbound`) and sends it to the peer's public IP
@@ -38,10 +39,16 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from backends.base import ExternalInterface, ReconcileReport, ipv4_network, summarize
+from backends.base import (
+    ExternalInterface,
+    KernelProbe,
+    ReconcileReport,
+    ipv4_network,
+    summarize,
+)
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
-from backends.peers import usable_peers
+from backends.peers import PeerEntries, PeerIndex, usable_peers
 from backends.skiplog import SkipLog
 from backends.udp_packet import (
     DEFAULT_PORT,
@@ -560,6 +567,10 @@ class UdpNetwork:
         self._network = network
         self._address = ipaddress.IPv4Interface(f"{lease.subnet.network_address}/32")
         self._skips = SkipLog(log)
+        self._routes: PeerEntries[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]] = (
+            PeerEntries()
+        )
+        self._device: tuple[Forwarder, LinkState] | None = None  # as the last full pass left it
 
     @property
     def lease(self) -> Lease:
@@ -578,21 +589,46 @@ class UdpNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         netlink = self._backend.netlink
-        forwarder, link, recreated = self._ensure_device()
-        usable, skipped = udp_peers(self._lease, peers, [self._network])
-        self._skips.report(skipped)
-        forwarder.table = RouteTable(
-            {p.subnet: p.attrs.public_ip for p in usable if p.subnet is not None},
-            self._backend.port,
-        )
+        if full or self._device is None:
+            forwarder, link, recreated = self._ensure_device()
+            self._device = forwarder, link
+        else:
+            (forwarder, link), recreated = self._device, False
+        delta = None
+        if changes is not None and not recreated:
+            delta = self._routes.change(changes, _table_entry)
+        skipped: Sequence[Skipped] = ()
+        if delta is None:
+            skipped = self._compute_all(peers)
+            forwarder.table = RouteTable(dict(self._routes.all()), self._backend.port)
+        elif delta[0] or delta[1]:
+            forwarder.table = forwarder.table.changed((s for s, _ in delta[0]), dict(delta[1]))
         desired = DataplaneState(frozenset({Route(self._network, None, link.index)}))
         result = netlink.sync(desired, [], [socket.AF_INET], fresh=full or recreated)
         return summarize(
-            result.applied, result.failed, skipped=skipped, peers=len(usable),
+            result.applied, result.failed, skipped=skipped, peers=len(self._routes),
             device_recreated=recreated,
         )
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """None: a full pass here reads one route and the TUN, cheap on the loop thread."""
+        return None
+
+    def _compute_all(self, peers: Sequence[Lease]) -> list[Skipped]:
+        usable, skipped = udp_peers(self._lease, peers, [self._network])
+        self._skips.report(skipped)
+        index = None
+        if not skipped:
+            index = PeerIndex(self._lease, [self._network], None)
+            for lease in peers:
+                index.hold(lease)
+        self._routes.reset(
+            index, {p.key: [(p.subnet, p.attrs.public_ip)] for p in usable if p.subnet is not None}
+        )
+        return skipped
 
     def close(self) -> None:
         """Stop the forwarder; the TUN (and with it the route) disappears, as upstream."""
@@ -617,6 +653,15 @@ class UdpNetwork:
         )
         netlink.sync_addresses(link.index, [self._address], [self._network])
         return forwarder, link, recreated
+
+
+def _table_entry(
+    lease: Lease,
+) -> tuple[list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]], tuple[()]] | None:
+    """The forwarder's table entry of one peer, None if it has no IPv4 subnet and address."""
+    if lease.subnet is None or lease.attrs.public_ip == UNSPECIFIED_V4:
+        return None
+    return [(lease.subnet, lease.attrs.public_ip)], ()
 
 
 def udp_peers(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -140,24 +140,62 @@ class RouteTable:
 
     Lookups take the destination as an int and cost one dict probe per
     distinct prefix length (normally one, ``SubnetLen``).  The socket
-    addresses are built once, here, not per packet.
+    addresses are built once, here, not per packet.  :meth:`changed` makes
+    the table of the next event in time proportional to what it changes.
     """
 
-    __slots__ = ("_by_prefix", "_size", "_sources")
+    __slots__ = ("_by_prefix", "_groups", "_port", "_size", "_sources")
 
     def __init__(self, routes: Mapping[ipaddress.IPv4Network, ipaddress.IPv4Address], port: int):
-        groups: dict[int, dict[int, SockAddr]] = {}
+        self._port = port
+        self._groups: dict[int, dict[int, SockAddr]] = {}
+        self._sources: dict[str, int] = {}  # peer address -> how many routes lead to it
+        self._size = 0
+        self._add(routes)
+        self._index()
+
+    def changed(
+        self,
+        removed: Iterable[ipaddress.IPv4Network],
+        added: Mapping[ipaddress.IPv4Network, ipaddress.IPv4Address],
+    ) -> RouteTable:
+        """A new table without the ``removed`` subnets and with the ``added`` ones (this
+        one is left as it is: the packet threads may be reading it)."""
+        new = RouteTable({}, self._port)
+        new._groups = {plen: dict(group) for plen, group in self._groups.items()}
+        new._sources = dict(self._sources)
+        new._size = self._size
+        for subnet in removed:
+            found = new._groups.get(subnet.prefixlen, {}).pop(int(subnet.network_address), None)
+            if found is None:
+                continue
+            new._size -= 1
+            new._sources[found[0]] -= 1
+            if not new._sources[found[0]]:
+                del new._sources[found[0]]
+        new._add(added)
+        new._index()
+        return new
+
+    def _add(self, routes: Mapping[ipaddress.IPv4Network, ipaddress.IPv4Address]) -> None:
         for subnet, public_ip in routes.items():
-            groups.setdefault(subnet.prefixlen, {})[int(subnet.network_address)] = (
-                str(public_ip),
-                port,
-            )
+            group = self._groups.setdefault(subnet.prefixlen, {})
+            key = int(subnet.network_address)
+            before = group.get(key)
+            if before is not None:
+                self._size -= 1
+                self._sources[before[0]] -= 1
+                if not self._sources[before[0]]:
+                    del self._sources[before[0]]
+            group[key] = (str(public_ip), self._port)
+            self._size += 1
+            self._sources[str(public_ip)] = self._sources.get(str(public_ip), 0) + 1
+
+    def _index(self) -> None:
         self._by_prefix = tuple(
-            ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, groups[plen])
-            for plen in sorted(groups, reverse=True)
+            ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, self._groups[plen])
+            for plen in sorted(self._groups, reverse=True) if self._groups[plen]
         )
-        self._sources = frozenset(str(ip) for ip in routes.values())
-        self._size = len(routes)
 
     def lookup(self, dst: int) -> SockAddr | None:
         for mask, table in self._by_prefix:

@@ -16,10 +16,10 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from backends.base import ExternalInterface, ReconcileReport, summarize
+from backends.base import ExternalInterface, KernelProbe, ReconcileReport, summarize
 from backends.model import DataplaneState, KernelObject, Skipped
 from backends.netlink import ApplyFailure, HostAddress, LinkState, Netlink, VxlanSpec
 from backends.peers import PeerIndex
@@ -225,6 +225,7 @@ class VxlanNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         recreated: set[int] = set()
         same = True
@@ -249,12 +250,13 @@ class VxlanNetwork:
         failed: list[ApplyFailure] = []
         for dev in self._devices:
             scope = ([ifindexes[dev.version]], [dev.family])
-            result = None
-            if delta is not None and not full:
-                result = self._netlink.sync_delta(*delta[dev.version], *scope)
-            if result is None:
+            if delta is None:
                 result = self._netlink.sync(
                     dev.desired_state(), *scope, fresh=full or dev.version in recreated
+                )
+            else:
+                result = self._netlink.sync_changes(
+                    *delta[dev.version], dev.desired_state, *scope, fresh=full, probe=probe
                 )
             applied += result.applied
             failed += result.failed
@@ -329,6 +331,11 @@ class VxlanNetwork:
         for lease in peers:
             index.hold(lease, tokens.get(lease.key, ()))
         return index
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """The kernel read of a full pass (not with DirectRouting: its full pass looks
+        every peer's route up again on the loop thread)."""
+        return None if self._direct_routing else self._netlink.begin_probe()
 
     def close(self) -> None:
         """Nothing runs in the background; the devices and routes stay for a restart."""

@@ -5,7 +5,8 @@ Design: like vxlan, one path serves every event and every resync tick.
 driver recreates it, or restarts wireguard-go, when it is gone), gives it
 our MTU, address and route, computes the desired peers from the leases
 (pure, :mod:`backends.wireguard_state`), reads the device's peers back and
-applies only the difference.  So a peer whose lease is gone is removed, a
+applies only the difference (an event writes only its own peers, planned
+against what the last pass left, without reading the device back).  So a peer whose lease is gone is removed, a
 rotated key replaces the old peer, a restart changes nothing, and a device
 lost to a crash comes back with the same key and every peer.
 
@@ -33,16 +34,19 @@ import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Protocol
 
-from backends.base import ExternalInterface, ReconcileReport
+from backends.base import ExternalInterface, KernelProbe, ReconcileReport
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
+from backends.peers import PeerEntries, PeerIndex
 from backends.plan import Delete, Put
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.wireguard_go import WireguardGo, find_binary
 from backends.wireguard_state import (
+    BACKEND_TYPE,
     DEFAULT_KEY_FILE,
     KEY_FILE_ENV,
     KEY_LEN,
@@ -51,14 +55,17 @@ from backends.wireguard_state import (
     Tunnel,
     WgPeer,
     WireguardOptions,
+    apply_plan,
     check_config,
     clamp,
     device_address,
     key_b64,
     lease_attrs,
     parse_options,
+    plan_changes,
     plan_peers,
     public_key,
+    tunnel_peer,
     tunnels,
     wireguard_peers,
 )
@@ -245,6 +252,15 @@ class WireguardBackend:
         return network
 
 
+class _Programmed:
+    """What one device got from the last pass, for events that touch only their peers."""
+
+    def __init__(self) -> None:
+        self.peers: PeerEntries[WgPeer] = PeerEntries()
+        self.device: DeviceState | None = None  # as the last pass left it (None: read it)
+        self.link: LinkState | None = None
+
+
 class WireguardNetwork:
     """Our lease and its WireGuard device(s); :meth:`reconcile` programs the peers."""
 
@@ -277,6 +293,7 @@ class WireguardNetwork:
         self._families = sorted(
             {socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in networks})
         self._skips = SkipLog(log)
+        self._programmed = {t.name: _Programmed() for t, _ in devices}
 
     @property
     def lease(self) -> Lease:
@@ -319,39 +336,87 @@ class WireguardNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         links: list[LinkState] = []
         plans: list[PeerPlan] = []
         failed: list[str] = []
-        skipped: dict[str, list[str]] = {}
-        programmed: set[str] = set()
         any_recreated = False
         for tunnel, driver in self._devices:
-            recreated, link = self._ensure_link(tunnel, driver)
-            any_recreated |= recreated
-            links.append(link)
+            state = self._programmed[tunnel.name]
+            if full or state.link is None:
+                recreated, state.link = self._ensure_link(tunnel, driver)
+                any_recreated |= recreated
+            links.append(state.link)
+        deltas = None if full or changes is None else self._changes(changes)
+        skipped: list[Skipped] = []
+        if deltas is None:
+            skipped = self._compute_all(peers)
+        for tunnel, driver in self._devices:
+            state = self._programmed[tunnel.name]
+            if deltas is None or state.device is None:
+                plan, errors = self._reconcile_peers(tunnel, driver, state.peers.all())
+            else:
+                plan, errors = self._apply(tunnel, driver,
+                                           plan_changes(state.device, *deltas[tunnel.name]))
+            plans.append(plan)
+            failed += errors
+        routes = self._sync_routes(links, fresh=full or any_recreated)
+        programmed = {key for state in self._programmed.values() for key in state.peers.peer_keys()}
+        return ReconcileReport(
+            added=sum(len(p.put) for p in plans) + sum(isinstance(c, Put) for c in routes.applied),
+            removed=sum(len(p.remove) for p in plans)
+            + sum(isinstance(c, Delete) for c in routes.applied),
+            failed=tuple(failed + [str(f) for f in routes.failed]),
+            skipped=tuple(skipped),
+            device_recreated=any_recreated,
+            peers=len(programmed),
+        )
+
+    def _compute_all(self, peers: Sequence[Lease]) -> list[Skipped]:
+        """Every device's peers from scratch; keeps an index per device that skipped none."""
+        skipped: dict[str, list[str]] = {}
+        for tunnel, _ in self._devices:
             usable, refused = wireguard_peers(
                 self._lease, self._public_key, peers, self._networks, self._options, tunnel)
             for skip in refused:
                 reasons = skipped.setdefault(skip.key, [])
                 if skip.reason not in reasons:
                     reasons.append(skip.reason)
-            programmed.update(p.lease_key for p in usable)
-            plan, errors = self._reconcile_peers(tunnel, driver, usable)
-            plans.append(plan)
-            failed += errors
+            index = None
+            if not refused:
+                keys = {p.lease_key: p.public_key for p in usable}
+                index = PeerIndex(self._lease, self._networks, BACKEND_TYPE, [self._public_key])
+                for lease in peers:
+                    index.hold(lease, (keys[lease.key],))
+            self._programmed[tunnel.name].peers.reset(index, {p.lease_key: [p] for p in usable})
         merged = [Skipped(key, "; ".join(reasons)) for key, reasons in skipped.items()]
         self._skips.report(merged)
-        routes = self._sync_routes(links, fresh=full or any_recreated)
-        return ReconcileReport(
-            added=sum(len(p.put) for p in plans) + sum(isinstance(c, Put) for c in routes.applied),
-            removed=sum(len(p.remove) for p in plans)
-            + sum(isinstance(c, Delete) for c in routes.applied),
-            failed=tuple(failed + [str(f) for f in routes.failed]),
-            skipped=tuple(merged),
-            device_recreated=any_recreated,
-            peers=len(programmed),
-        )
+        return merged
+
+    def _changes(
+        self, changes: Mapping[str, Lease | None]
+    ) -> dict[str, tuple[list[WgPeer], list[WgPeer]]] | None:
+        """Per device, the changed peers' old and new peers; None when any device needs
+        the full computation (a conflict, a peer it cannot take alone)."""
+        deltas = {}
+        for tunnel, _ in self._devices:
+            state = self._programmed[tunnel.name]
+            delta = state.peers.change(changes, partial(self._peer_view, tunnel))
+            if delta is None or state.device is None:
+                return None
+            deltas[tunnel.name] = delta
+        return deltas
+
+    def _peer_view(self, tunnel: Tunnel, lease: Lease) -> tuple[list[WgPeer], tuple[bytes]] | None:
+        found, reasons = tunnel_peer(self._lease, lease, self._networks, self._options, tunnel)
+        if found is None or reasons:  # the full computation reports what it lacks
+            return None
+        return [found], (found.public_key,)
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        """None: a full pass reads the devices' peers on the loop thread."""
+        return None
 
     def _ensure_link(self, tunnel: Tunnel, driver: WgDriver) -> tuple[bool, LinkState]:
         recreated = driver.ensure_device()
@@ -379,17 +444,37 @@ class WireguardNetwork:
     def _reconcile_peers(self, tunnel: Tunnel, driver: WgDriver, usable: Sequence[WgPeer],
                          remove: bool = True) -> tuple[PeerPlan, list[str]]:
         """Read the device, apply the difference to ``usable`` (keeping others unless ``remove``)."""
-        plan = PeerPlan()
+        state = self._programmed[tunnel.name]
+        state.device = None
         try:
-            plan = plan_peers(driver.read(), usable, self._private_key, tunnel.listen_port)
-            if not remove:
-                plan = replace(plan, remove=())
-            if plan:
-                driver.apply(plan, self._private_key, tunnel.listen_port)
-                _log_plan(tunnel, plan)
+            observed = driver.read()
         except DataplaneError as err:
             log.warning("programming %s failed: %s (retried on the next pass)", tunnel.name, err)
-            return plan, [str(err)]
+            return PeerPlan(), [str(err)]
+        plan = plan_peers(observed, usable, self._private_key, tunnel.listen_port)
+        if not remove:
+            plan = replace(plan, remove=())
+        result = self._apply(tunnel, driver, plan, observed)
+        if not remove:
+            state.device = None  # other peers stay: not what a full pass leaves
+        return result
+
+    def _apply(self, tunnel: Tunnel, driver: WgDriver, plan: PeerPlan,
+               observed: DeviceState | None = None) -> tuple[PeerPlan, list[str]]:
+        """Apply ``plan`` to the device as the last pass left it (or as ``observed``)."""
+        state = self._programmed[tunnel.name]
+        before = observed or state.device
+        state.device = None
+        if plan:
+            try:
+                driver.apply(plan, self._private_key, tunnel.listen_port)
+            except DataplaneError as err:
+                log.warning("programming %s failed: %s (retried on the next pass)", tunnel.name,
+                            err)
+                return plan, [str(err)]
+            _log_plan(tunnel, plan)
+        if before is not None:
+            state.device = apply_plan(before, plan, self._private_key, tunnel.listen_port)
         return plan, []
 
     def close(self) -> None:

@@ -444,6 +444,31 @@ def wireguard_peers(
     return result, skipped
 
 
+def tunnel_peer(
+    own: Lease, peer: Lease, networks: Sequence[IPNetwork], options: WireguardOptions,
+    tunnel: Tunnel,
+) -> tuple[WgPeer | None, list[str]]:
+    """One lease's peer on ``tunnel``'s device alone (an event's view; the checks against
+    the other peers are :class:`backends.peers.PeerIndex`'s), and why families were left out."""
+    versions = sorted({n.version for n in networks})
+    carried = [v for v in versions if v in tunnel.versions]
+    return _wg_peer(peer, own.attrs, options, tunnel, carried, len(versions) > 1)
+
+
+def plan_changes(observed: DeviceState, old: Sequence[WgPeer], new: Sequence[WgPeer]) -> PeerPlan:
+    """The changes that replace the peers ``old`` by ``new`` on a device in state
+    ``observed``, leaving every other peer as it is (an event's plan)."""
+    keep = {p.public_key for p in new}
+    remove = tuple(sorted(
+        p.public_key for p in old if p.public_key not in keep and p.public_key in observed.peers
+    ))
+    put = tuple(sorted(
+        (p for p in new if observed.peers.get(p.public_key) != p.state()),
+        key=lambda p: p.public_key,
+    ))
+    return PeerPlan(remove=remove, put=put)
+
+
 @dataclass(frozen=True, slots=True)
 class _Family:
     """What a peer lease gives for one address family."""

@@ -1,8 +1,9 @@
 """Convergence of one flanneld (etcd subnet manager, vxlan backend) on single peer changes.
 
-``--ip-family dual`` runs the dual-stack host-gw cluster instead: every peer
-lease has an IPv4 /24 and an IPv6 /64 with an address of each family, and an
-add counts when BOTH routes are in the kernel (a delete: when both are gone).
+``--ip-family dual`` runs a dual-stack cluster instead (``--backend vxlan``, the
+default, or ``host-gw``): every peer lease has an IPv4 /24 and an IPv6 /64 with
+an address (and for vxlan a VTEP MAC) of each family, and an add counts when
+BOTH families' objects are in the kernel (a delete: when all are gone).
 With ``--peers 1000`` its cold start is the "1000 dual-stack leases from cold
 start" figure (time, and the daemon's RSS once everything is programmed).
 
@@ -19,13 +20,16 @@ Kernel changes are observed with an rtnetlink socket opened in the node
 namespace (notifications, timestamped on arrival), not by polling.
 
 Usage (root): ``python3 bench/convergence.py [--peers 10] [--samples 50]
-[--restarts 2] [--ip-family ipv4|dual] [--out bench/results/convergence.json]``.
+[--restarts 2] [--ip-family ipv4|dual] [--backend vxlan|host-gw]
+[--out bench/results/convergence.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from daemon_proc import Flanneld, cpu_seconds, proc_status, reconcile_stats
@@ -59,28 +63,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--py-spy", action="store_true",
                         help="sample the daemon with py-spy during the add/delete samples")
     parser.add_argument("--ip-family", choices=("ipv4", "dual"), default="ipv4",
-                        help="ipv4: vxlan (route, neighbour, FDB entry per peer); "
-                        "dual: host-gw, an IPv4 and an IPv6 route per peer")
+                        help="dual: every peer has an IPv4 and an IPv6 subnet")
+    parser.add_argument("--backend", choices=("vxlan", "host-gw"), default="vxlan",
+                        help="host-gw needs --ip-family dual")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.backend != "vxlan" and args.ip_family != "dual":
+        parser.error("--backend host-gw needs --ip-family dual")
     if args.out is None:
-        args.out = default_out("convergence" if args.ip_family == "ipv4" else "convergence-dual")
+        args.out = default_out("convergence" if args.ip_family == "ipv4"
+                               else f"convergence-dual-{args.backend}")
     return args
 
 
-def expected_counts(peers: int, dual: bool) -> tuple[int, int, int]:
+def expected_counts(peers: int, make_peer: Callable[[int], Peer]) -> tuple[int, int, int]:
     """(routes, neighbours, FDB entries) the node holds for ``peers`` peers."""
-    return (2 * peers, 0, 0) if dual else (peers, peers, peers)
+    one = make_peer(0)
+    return (peers * len(one.routes), peers * len(one.neighbours()), peers * len(one.fdb()))
 
 
 def start_and_time(lab: Lab, monitor: KernelMonitor, peers: int, timeout: float,
                    *, cold: bool, profile: str | None = None,
-                   dual: bool = False) -> tuple[Flanneld, dict[str, Any]]:
+                   make_peer: Callable[[int], Peer] = Peer) -> tuple[Flanneld, dict[str, Any]]:
     daemon = lab.flanneld(profile=profile)
     daemon.start()
     ready = daemon.wait_ready(lab.node_thread, timeout)
     # on a warm restart everything is programmed already: nothing to time
-    programmed = monitor.wait_counts(*expected_counts(peers, dual), timeout) if cold else None
+    counts = expected_counts(peers, make_peer)
+    programmed = monitor.wait_counts(*counts, timeout) if cold else None
     if ready is None:
         raise RuntimeError(f"flanneld not ready after {timeout}s:\n{daemon.log_tail()}")
     return daemon, {
@@ -95,19 +105,20 @@ def main() -> int:
     args = parse_args()
     facts = machine_facts()
     dual = args.ip_family == "dual"
-    base = [Peer(i, dual=dual) for i in range(args.peers)]
+    make_peer = partial(Peer, dual=dual, backend=args.backend)
+    base = [make_peer(i) for i in range(args.peers)]
     adds: list[Sample] = []
     deletes: list[Sample] = []
     timeouts = 0
     restarts: list[dict[str, Any]] = []
     profile: dict[str, Any] = {}
-    with running_lab(dual) as lab:
+    with running_lab(args.backend if dual else None) as lab:
         put_peers(lab.gateway, base)
         monitor = lab.monitor()
         daemon: Flanneld | None = None
         try:
             daemon, cold = start_and_time(lab, monitor, args.peers, args.ready_timeout,
-                                          cold=True, profile=args.profile, dual=dual)
+                                          cold=True, profile=args.profile, make_peer=make_peer)
             cpu_at_ready = cpu_seconds(daemon.pid)
             status_ready = proc_status(daemon.pid)
             spy = None
@@ -117,7 +128,7 @@ def main() -> int:
                 spy = PySpy(daemon.pid, os.path.join(profile_dir, "convergence-samples.txt"))
             adds, deletes, timeouts = peer_samples(
                 lab, monitor, args.peers, args.samples, args.timeout, args.settle, args.budget,
-                dual,
+                make_peer,
             )
             if spy is not None:
                 spy.stop()
@@ -130,7 +141,7 @@ def main() -> int:
             daemon = None
             for _ in range(args.restarts):
                 daemon, warm = start_and_time(lab, monitor, args.peers, args.ready_timeout,
-                                              cold=False, dual=dual)
+                                              cold=False, make_peer=make_peer)
                 restarts.append(warm)
                 daemon.stop()
                 daemon = None
@@ -144,28 +155,30 @@ def main() -> int:
     del_all = summary([s.extra_ms for s in deletes if s.extra_ms is not None])
     put_rtt = summary([s.put_ms for s in adds])
     del_rtt = summary([s.put_ms for s in deletes])
+    objects = "route+neigh+fdb" if args.backend == "vxlan" else "route"
+    both = " of both families" if dual else ""
     rows = [
-        ("add: put -> IPv4 and IPv6 routes" if dual else "add: put -> route+neigh+fdb", add_e2e),
-        ("delete: del -> both routes gone" if dual else "delete: del -> route gone", del_route),
-        *([] if dual else [("delete: del -> all 3 gone", del_all)]),
+        (f"add: put -> {objects}{both}", add_e2e),
+        (f"delete: del -> route{'s' if dual else ''} gone", del_route),
+        *([(f"delete: del -> all gone{both}", del_all)] if args.backend == "vxlan" else []),
         ("etcd put round trip", put_rtt),
         ("etcd delete round trip", del_rtt),
     ]
     print_table(
-        f"flanneld convergence, {'dual-stack host-gw' if dual else 'vxlan'}, etcd, "
+        f"flanneld convergence, {'dual-stack ' if dual else ''}{args.backend}, etcd, "
         f"{args.peers} existing peers, "
         f"{len(adds)} samples ({timeouts} timed out) [ms]",
         ["measure", "n", "p50", "p99", "max", "mean"],
         [(name, s["n"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), fmt_ms(s["max"]),
           fmt_ms(s["mean"])) for name, s in rows],
     )
-    routes = expected_counts(args.peers, dual)[0]
+    routes = expected_counts(args.peers, make_peer)[0]
     start_rows = [("cold", cold["start_to_ready_ms"], cold["start_to_programmed_ms"],
                    _mib(status_ready.get("VmRSS")), _mib(status_ready.get("VmHWM")))]
     start_rows += [(f"warm restart {i + 1}", r["start_to_ready_ms"], r["start_to_programmed_ms"],
                     "-", "-") for i, r in enumerate(restarts)]
     print_table(
-        f"flanneld start with {args.peers} {'dual-stack ' if dual else ''}peers "
+        f"flanneld start with {args.peers} {'dual-stack ' if dual else ''}{args.backend} peers "
         f"({routes} routes) [ms; RSS once programmed]",
         ["start", "start -> /readyz 200", "start -> all programmed", "VmRSS MiB", "VmHWM MiB"],
         start_rows,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from daemon_proc import Flanneld
 from kernel_view import KernelMonitor
 from nsthread import UNDERLAY_IP, NsThread, node_and_underlay
-from peer_leases import CONFIG_KEY, NET_CONF, NET_CONF_DUAL, Peer
+from peer_leases import CONFIG_KEY, NET_CONF, Peer, net_conf_dual
 
 from flanneld.lab.etcd import EtcdProcess, EtcdSpec
 from flanneld.lab.etcdgw import EtcdGateway
@@ -65,10 +65,10 @@ class Lab:
 
 
 @contextmanager
-def running_lab(dual: bool = False) -> Iterator[Lab]:
-    """Namespaces, underlay and etcd with the vxlan net-conf (``dual``: the dual-stack
-    host-gw one); everything removed afterwards."""
-    with node_and_underlay(dual) as spaces:
+def running_lab(dual_backend: str | None = None) -> Iterator[Lab]:
+    """Namespaces, underlay and etcd with the vxlan net-conf (or the dual-stack one of
+    ``dual_backend``); everything removed afterwards."""
+    with node_and_underlay(dual_backend is not None) as spaces:
         etcd: EtcdProcess | None = None
         gateway: EtcdGateway | None = None
         try:
@@ -77,7 +77,8 @@ def running_lab(dual: bool = False) -> Iterator[Lab]:
             etcd = EtcdProcess(spec, os.path.join(spaces.workdir, "etcd.log"))
             spaces.underlay_thread.run(etcd.start)  # forked from a thread inside the namespace
             gateway = EtcdGateway(ETCD_URL, netns=spaces.underlay_ns, timeout=30)
-            gateway.put(CONFIG_KEY, json.dumps(NET_CONF_DUAL if dual else NET_CONF))
+            conf = NET_CONF if dual_backend is None else net_conf_dual(dual_backend)
+            gateway.put(CONFIG_KEY, json.dumps(conf))
             yield Lab(spaces.prefix, spaces.underlay_ns, spaces.node_ns, spaces.workdir,
                       spaces.underlay_thread, spaces.node_thread, etcd, gateway)
         finally:
@@ -127,7 +128,7 @@ def delete_peer_sample(lab_: Any, monitor: KernelMonitor, peer: Peer,
 
 def peer_samples(
     lab: Any, monitor: Any, first: int, count: int, timeout: float, settle: float,
-    budget: float, dual: bool = False,
+    budget: float, make_peer: Callable[[int], Peer] = Peer,
 ) -> tuple[list[Sample], list[Sample], int]:
     """Add then delete one new peer ``count`` times (within ``budget`` seconds).
 
@@ -141,7 +142,7 @@ def peer_samples(
         if time.monotonic() > deadline:
             print(f"budget of {budget}s used up after {k} samples")
             break
-        peer = Peer(first + k, dual=dual)
+        peer = make_peer(first + k)
         added = add_peer_sample(lab, monitor, peer, timeout)
         time.sleep(settle)
         removed = delete_peer_sample(lab, monitor, peer, timeout)

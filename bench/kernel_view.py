@@ -25,6 +25,7 @@ from nsthread import NsThread
 from peer_leases import Peer
 
 VXLAN_DEV = "flannel.1"
+VXLAN6_DEV = "flannel-v6.1"
 
 # rtnetlink constants (linux/rtnetlink.h, linux/neighbour.h)
 NETLINK_ROUTE = 0
@@ -56,7 +57,7 @@ class KernelView:
 class KernelMonitor:
     """rtnetlink notifications from the node namespace, timestamped on arrival.
 
-    Tracks proto-44 IPv4 and IPv6 routes, permanent IPv4 neighbours and permanent FDB
+    Tracks proto-44 IPv4 and IPv6 routes, permanent neighbours and permanent FDB
     entries of MACs we generate (``0e:``), so waiters can ask "is X there yet"
     and get the arrival time of the notification that made it so.
     """
@@ -133,10 +134,11 @@ class KernelMonitor:
             lladdr = attrs.get(NDA_LLADDR)
             ours = lladdr is not None and len(lladdr) == 6 and lladdr[0] == 0x0E
             mac = ":".join(f"{b:02x}" for b in lladdr) if lladdr and ours else ""
-            dst_raw = attrs.get(NDA_DST)
-            dst = socket.inet_ntoa(dst_raw) if dst_raw and len(dst_raw) == 4 else ""
+            dst_raw = attrs.get(NDA_DST) or b""
+            dst = (socket.inet_ntop(socket.AF_INET if len(dst_raw) == 4 else socket.AF_INET6,
+                                    dst_raw) if len(dst_raw) in (4, 16) else "")
             new = kind == RTM_NEWNEIGH and bool(state & NUD_PERMANENT)
-            if family == socket.AF_INET and dst:
+            if family in (socket.AF_INET, socket.AF_INET6) and dst:
                 # a deleted neighbour's notification may carry no link-layer address
                 if new and ours:
                     self.view.neighbours[dst] = mac
@@ -165,36 +167,37 @@ class KernelMonitor:
                 self._cond.wait(min(left, 0.5))
 
     def wait_peer_added(self, peer: Peer, timeout: float) -> float | None:
-        """Arrival time of the route for ``peer`` once its neighbour and FDB entry exist too
-        (a dual-stack host-gw peer: of the later of its two routes)."""
+        """Arrival time of the (later) route for ``peer`` once its neighbours and FDB entries
+        exist too (both families' of a dual-stack peer)."""
+        neighbours, fdb = peer.neighbours(), peer.fdb()
 
         def ready(mon: KernelMonitor) -> float | None:
             times = [mon.view.routes.get(dst) for dst in peer.routes]
             if None in times:
                 return None
-            at = max(t for t in times if t is not None)
-            if peer.dual:
-                return at
-            if mon.view.neighbours.get(peer.gateway) != peer.mac:
+            if any(mon.view.neighbours.get(a) != m for a, m in neighbours.items()):
                 return None
-            if mon.view.fdb.get(peer.mac) != peer.public_ip:
+            if any(mon.view.fdb.get(m) != a for m, a in fdb.items()):
                 return None
-            return at
+            return max(t for t in times if t is not None)
 
         return self.wait(ready, timeout)
 
     def wait_peer_removed(self, peer: Peer, timeout: float) -> tuple[float, float] | None:
-        """(route gone, all three gone) arrival times for ``peer`` (a dual-stack host-gw
-        peer: its two routes)."""
+        """(route gone, all gone) arrival times for ``peer`` (of both families' objects of a
+        dual-stack peer)."""
+        neighbours, macs = list(peer.neighbours()), list(peer.fdb())
 
         def gone(mon: KernelMonitor) -> float | None:
             if any(dst in mon.view.routes for dst in peer.routes):
                 return None
+            if any(a in mon.view.neighbours for a in neighbours):
+                return None
+            if any(m in mon.view.fdb for m in macs):
+                return None
             times = [mon.route_gone.get(dst) for dst in peer.routes]
-            if not peer.dual:
-                if peer.gateway in mon.view.neighbours or peer.mac in mon.view.fdb:
-                    return None
-                times += [mon.neigh_gone.get(peer.gateway), mon.fdb_gone.get(peer.mac)]
+            times += [mon.neigh_gone.get(a) for a in neighbours]
+            times += [mon.fdb_gone.get(m) for m in macs]
             return max(t for t in times if t is not None) if any(times) else time.monotonic()
 
         done = self.wait(gone, timeout)
@@ -254,13 +257,14 @@ def dump_kernel(ns: str) -> KernelView:
                                str(ROUTE_PROTOCOL)]):
             dst = str(route.get("dst", ""))
             view.routes[dst if "/" in dst else dst + host] = 0.0
-    for neigh in _ip_json(["ip", "-n", ns, "-j", "-4", "neigh", "show", "dev", VXLAN_DEV,
-                           "nud", "permanent"]):
-        view.neighbours[str(neigh.get("dst"))] = str(neigh.get("lladdr"))
-    for entry in _ip_json(["bridge", "-n", ns, "-j", "fdb", "show", "dev", VXLAN_DEV]):
-        mac = str(entry.get("mac", ""))
-        if mac.startswith("0e:") and "dst" in entry:
-            view.fdb[mac] = str(entry["dst"])
+    for family, dev in (("-4", VXLAN_DEV), ("-6", VXLAN6_DEV)):
+        for neigh in _ip_json(["ip", "-n", ns, "-j", family, "neigh", "show", "dev", dev,
+                               "nud", "permanent"]):
+            view.neighbours[str(neigh.get("dst"))] = str(neigh.get("lladdr"))
+        for entry in _ip_json(["bridge", "-n", ns, "-j", "fdb", "show", "dev", dev]):
+            mac = str(entry.get("mac", ""))
+            if mac.startswith("0e:") and "dst" in entry:
+                view.fdb[mac] = str(entry["dst"])
     return view
 
 
@@ -279,10 +283,8 @@ def expected_view(peers: Sequence[Peer]) -> KernelView:
     for peer in peers:
         for dst in peer.routes:
             view.routes[dst] = 0.0
-        if peer.dual:
-            continue
-        view.neighbours[peer.gateway] = peer.mac
-        view.fdb[peer.mac] = peer.public_ip
+        view.neighbours.update(peer.neighbours())
+        view.fdb.update(peer.fdb())
     return view
 
 

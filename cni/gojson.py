@@ -11,12 +11,16 @@ the same input this module copies the observable rules:
   written as UTF-8; invalid UTF-8 and lone surrogates become U+FFFD;
 * ``NaN``/``Infinity`` are not JSON;
 * struct fields match object keys case-insensitively, the last match wins.
+
+It drives the C scanner and string encoder of ``_json`` directly: the ``json``
+package would also import ``re`` (and ``enum``) for its whitespace pattern,
+a few milliseconds of every plugin call.
 """
 
 from __future__ import annotations
 
-import json
 import math
+from _json import encode_basestring, make_scanner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,6 +51,21 @@ def _float64(text: str) -> float:
     return number
 
 
+class _Rules:
+    """What the C scanner reads from a ``json.JSONDecoder``: Go's rules for numbers."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = staticmethod(_float64)
+    parse_int = staticmethod(_float64)
+    parse_constant = staticmethod(_reject_constant)
+
+
+_scan = make_scanner(_Rules())  # type: ignore[arg-type]  # typeshed wants a scanner; C reads attributes
+_WHITESPACE = " \t\n\r"
+
+
 def loads(data: bytes) -> object:
     """Decode JSON text; every number becomes a float as in Go. Raises ValueError.
 
@@ -54,12 +73,16 @@ def loads(data: bytes) -> object:
     (Go's decoder stops at 10 000 levels).
     """
     text = data.decode("utf-8", "replace")
+    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        return json.loads(
-            text, parse_int=_float64, parse_float=_float64, parse_constant=_reject_constant
-        )
+        value, end = _scan(text, start)
+    except StopIteration as err:
+        raise ValueError(f"expecting a JSON value at character {err.value}") from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError(f"extra data after the JSON value at character {end}")
+    return value
 
 
 def dumps(value: object) -> bytes:
@@ -80,7 +103,7 @@ def field(obj: Mapping[str, object], name: str) -> tuple[bool, object]:
 
 
 def _encode_str(text: str, parts: list[str]) -> None:
-    encoded = json.dumps(text, ensure_ascii=False)
+    encoded = encode_basestring(text)
     for char, escape in _GO_ESCAPES.items():
         if char in encoded:
             encoded = encoded.replace(char, escape)

@@ -4,16 +4,20 @@ The delegate is looked up in ``CNI_PATH`` and run with the caller's
 environment (``CNI_COMMAND`` set to the delegated command), the config on
 stdin, stdout captured and stderr inherited. ``os.posix_spawn`` is used
 instead of :mod:`subprocess`, which alone would add a third to the plugin's
-import time.
+import time, and the signal numbers come from ``_signal``, not :mod:`signal`,
+whose enums would import :mod:`enum`.
 """
 
 from __future__ import annotations
 
 import os
-import signal
+from _signal import SIGPIPE, SIGXFSZ  # type: ignore[import-not-found]  # no stub
 
 from cni.errors import INTERNAL, INVALID_NETWORK_CONFIG, CniError
 from cni.record import Record
+
+# Python ignores these; a delegate gets them back at their defaults, as from a shell.
+_RESET_SIGNALS: tuple[int, int] = (SIGPIPE, SIGXFSZ)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +67,7 @@ def run_plugin(path: str, command: str, stdin: bytes, environ: Mapping[str, str]
                 (os.POSIX_SPAWN_DUP2, stdin_read, 0),
                 (os.POSIX_SPAWN_DUP2, stdout_write, 1),
             ],
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigdef=_RESET_SIGNALS,
         )
     except OSError as err:
         for fd in (stdin_read, stdin_write, stdout_read, stdout_write):

@@ -12,9 +12,10 @@ into CNI error JSON and an exit status.
 
 Start-up matters (the runtime starts the plugin for every pod), so each
 command imports only what it uses: VERSION nothing beyond ``os`` and ``sys``;
-ADD and DEL also ``json``, ``signal`` and ``ipaddress`` (through our own
-modules, imported where the command needs them); ``logging`` is imported when
-there is something to log.
+ADD and DEL also ``ipaddress`` and the C parts of ``json`` and ``signal``
+(through our own modules, imported where the command needs them: not the
+``json`` and ``signal`` packages, which would bring ``re`` and ``enum``);
+``logging`` is imported when there is something to log.
 """
 
 from __future__ import annotations

@@ -286,7 +286,8 @@ def add_lab_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         default="ipv4",
         help="ipv4 (default); dual: an IPv6 underlay too, EnableIPv6 with IPv6Network "
         "fd00:10:244::/56, pods with both families and a matrix per family; ipv6: IPv6 only "
-        "(kube mode). Every backend but udp (IPv4-only, as upstream)",
+        "(kube mode: upstream's etcd manager always leases IPv4). Every backend but udp "
+        "(IPv4-only, in upstream too)",
     )
     up.add_argument(
         "--flanneld",

@@ -325,13 +325,15 @@ class Daemon:
             metrics.record_start(phases.seconds)
             node.on_synced()
 
-        loop = MainLoop(node.reregister, node.on_lease, synced,
-                        LoopSettings(flags.resync_interval), stop, metrics)
+        settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
+        loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)
         policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy
-        if not flags.network_policy and flags.kube_subnet_mgr:
-            remove_policy_table(parts.policy_table())
+        if not flags.network_policy and flags.kube_subnet_mgr:  # beside the first pass
+            self._threads.append(threading.Thread(
+                target=lambda: remove_policy_table(parts.policy_table()),
+                name="policy-table-cleanup", daemon=True))
         for thread in self._threads:
             thread.start()
         loop.run(network, holder)

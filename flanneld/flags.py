@@ -102,6 +102,16 @@ def _parse_seconds(text: str) -> float:
     return value
 
 
+def _parse_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not 0 < value <= 100:
+        raise ValueError("must be a percentage above 0, at most 100")
+    return value
+
+
 def _parse_str(text: str) -> str:
     return text
 
@@ -168,6 +178,9 @@ class Flags:
                                   name="log_backtrace_at")
     resync_interval: float = _flag(10.0, "pyflannel: seconds between full data-plane "
                                    "reconciles", parser=_parse_seconds)
+    resync_max_cpu: float = _flag(0.5, "pyflannel: percent of one core that periodic full "
+                                  "passes may take (slow ones are spaced further apart)",
+                                  parser=_parse_percent)
     network_policy: bool = _flag(False, "pyflannel: enforce Kubernetes NetworkPolicy with "
                                  "nftables (needs --kube-subnet-mgr and br_netfilter)")
 

@@ -11,7 +11,16 @@ upstream's order (IPv4):
    ``--iface-can-reach`` (the route lookup's interface and source); first
    hit wins.
 
-Errors name what was tried and list the interfaces that exist.
+IPv6 (dual stack, IPv6-only) follows the same order: ``--iface`` may be an
+IPv6 address, ``--iface-regex`` is matched against IPv6 addresses too (in
+dual stack an interface matches when the pattern matches one IPv4 and one
+IPv6 address of it, as upstream), ``--iface-can-reach`` may be an IPv6
+address.  The IPv6 address is then the one the flag named, else the
+interface's best global address: never a link-local one, which no peer
+accepts as an endpoint (upstream would advertise it and be unreachable).
+
+Errors name what was tried and list the interfaces that exist, with every
+address of the family and why one was not usable.
 :func:`discover` gathers the snapshot through a netlink object and calls it.
 """
 
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from backends.base import ExternalInterface, InterfaceAddress, InterfaceInfo, RouteLookup
+from backends.peers import unusable_ipv6
 from subnet.errors import ConfigError, DataplaneError, InterfaceError
 from subnet.lease import IPAddress
 from subnet.netconf import IPStack
@@ -84,18 +94,26 @@ def is_global_unicast(addr: IPAddress) -> bool:
 def usable_addresses(info: InterfaceInfo, version: int) -> list[InterfaceAddress]:
     """The interface's addresses of one family that selection may use, best first.
 
-    Global or link-local unicast and not deprecated; sorted global before
-    link-local, permanent before dynamic, non-temporary before temporary,
-    otherwise in kernel order.
+    Global (IPv4 also link-local) unicast and not deprecated; sorted global
+    before link-local, permanent before dynamic, non-temporary before
+    temporary, otherwise in kernel order.
     """
     candidates = [
-        a
-        for a in info.addresses
-        if a.address.version == version
-        and not a.deprecated
-        and (is_global_unicast(a.address) or a.address.is_link_local)
+        a for a in info.addresses if a.address.version == version and not _unusable(a)
     ]
     return sorted(candidates, key=lambda a: (a.address.is_link_local, not a.permanent, a.temporary))
+
+
+def _unusable(entry: InterfaceAddress) -> str:
+    """Why selection skips an address ('' if it may use it)."""
+    addr = entry.address
+    if entry.deprecated:
+        return "deprecated"
+    if addr.version == 6 and addr.is_link_local:
+        return "link-local"
+    if not (is_global_unicast(addr) or addr.is_link_local):
+        return "not unicast" if not addr.is_loopback else "loopback"
+    return ""
 
 
 def choose_address(info: InterfaceInfo, version: int) -> IPAddress | None:
@@ -110,8 +128,10 @@ def choose_address(info: InterfaceInfo, version: int) -> IPAddress | None:
 @dataclass(frozen=True, slots=True)
 class _Match:
     info: InterfaceInfo
-    address: ipaddress.IPv4Address | None  # None: choose the interface's best address
     via: str
+    # the address a flag named (None: choose the interface's best one)
+    address: ipaddress.IPv4Address | None = None
+    address6: ipaddress.IPv6Address | None = None
 
 
 class _NoMatch(Exception):
@@ -119,16 +139,27 @@ class _NoMatch(Exception):
 
 
 def _describe(interfaces: Sequence[InterfaceInfo], version: int = 4) -> str:
+    """Every interface with its addresses of ``version``, each unusable one with why."""
     if not interfaces:
         return "no interfaces at all"
     parts = []
     for info in interfaces[:_DESCRIBE_MAX]:
-        found = [str(a.address) for a in info.addresses if a.address.version == version]
+        found = []
+        for entry in info.addresses:
+            if entry.address.version == version:
+                why = _unusable(entry)
+                found.append(f"{entry.address} ({why})" if why else str(entry.address))
         state = "" if info.up else " down"
         parts.append(f"{info.name}{state} [{', '.join(found) or f'no IPv{version}'}]")
     if len(interfaces) > _DESCRIBE_MAX:
         parts.append(f"... and {len(interfaces) - _DESCRIBE_MAX} more")
     return "available: " + "; ".join(parts)
+
+
+def _describe_stack(interfaces: Sequence[InterfaceInfo], stack: IPStack) -> str:
+    if stack is IPStack.DUAL:
+        return f"{_describe(interfaces, 4)}; IPv6 {_describe(interfaces, 6)}"
+    return _describe(interfaces, 6 if stack is IPStack.IPV6 else 4)
 
 
 def _parse_ip(text: str, what: str, kind: type[_A]) -> _A | None:
@@ -143,6 +174,24 @@ def _parse_ip(text: str, what: str, kind: type[_A]) -> _A | None:
     return addr
 
 
+def _parse_public6(text: str) -> ipaddress.IPv6Address | None:
+    """``--public-ipv6``: an IPv6 address another node can reach."""
+    addr = _parse_ip(text, "--public-ipv6", ipaddress.IPv6Address)
+    why = unusable_ipv6(addr)
+    if why:
+        raise ConfigError(f"invalid --public-ipv6: {why}")
+    return addr
+
+
+def _parse_target(text: str) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"invalid --iface-can-reach {text!r}: not an IP address") from None
+
+
 def _owner_of(interfaces: Sequence[InterfaceInfo], addr: IPAddress) -> InterfaceInfo | None:
     for info in interfaces:
         if any(a.address == addr for a in info.addresses):
@@ -154,32 +203,51 @@ def _by_index(interfaces: Sequence[InterfaceInfo], index: int) -> InterfaceInfo 
     return next((info for info in interfaces if info.index == index), None)
 
 
-def _by_iface_value(interfaces: Sequence[InterfaceInfo], value: str) -> _Match:
+def _by_iface_value(interfaces: Sequence[InterfaceInfo], value: str, stack: IPStack) -> _Match:
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
         info = next((i for i in interfaces if i.name == value), None)
         if info is None:
             raise _NoMatch(f"no interface named {value!r}") from None
-        return _Match(info, None, f"--iface {value}")
-    if not isinstance(addr, ipaddress.IPv4Address):
-        raise _NoMatch(f"{value} is an IPv6 address; IPv4 selection needs an IPv4 address or a name")
+        return _Match(info, f"--iface {value}")
+    if addr.version == 6 and not stack.ipv6:
+        raise _NoMatch(f"{value} is an IPv6 address; IPv4 selection needs an IPv4 address or a "
+                       "name")
+    if addr.version == 4 and not stack.ipv4:
+        raise _NoMatch(f"{value} is an IPv4 address; an IPv6-only stack needs an IPv6 address "
+                       "or a name")
     owner = _owner_of(interfaces, addr)
     if owner is None:
         raise _NoMatch(f"no interface with given IP found ({value} is on no interface)")
-    return _Match(owner, addr, f"--iface {value}")
+    if isinstance(addr, ipaddress.IPv4Address):
+        return _Match(owner, f"--iface {value}", address=addr)
+    return _Match(owner, f"--iface {value}", address6=addr)
 
 
-def _by_regex(interfaces: Sequence[InterfaceInfo], pattern: re.Pattern[str]) -> _Match:
+def _regex_hit(info: InterfaceInfo, pattern: re.Pattern[str], version: int) -> IPAddress | None:
+    return next((c.address for c in usable_addresses(info, version)
+                 if pattern.search(str(c.address))), None)
+
+
+def _by_regex(interfaces: Sequence[InterfaceInfo], pattern: re.Pattern[str], stack: IPStack,
+              ) -> _Match:
+    """Addresses first (every family the stack runs must match on one interface, as
+    upstream's dual stack asks), then interface names."""
     via = f"--iface-regex {pattern.pattern}"
     for info in interfaces:
-        for candidate in usable_addresses(info, 4):
-            addr = candidate.address
-            if isinstance(addr, ipaddress.IPv4Address) and pattern.search(str(addr)):
-                return _Match(info, addr, via)
+        hit4 = _regex_hit(info, pattern, 4) if stack.ipv4 else None
+        hit6 = _regex_hit(info, pattern, 6) if stack.ipv6 else None
+        if (hit4 is not None or not stack.ipv4) and (hit6 is not None or not stack.ipv6):
+            return _Match(info, via,
+                          address=hit4 if isinstance(hit4, ipaddress.IPv4Address) else None,
+                          address6=hit6 if isinstance(hit6, ipaddress.IPv6Address) else None)
     for info in interfaces:
         if pattern.search(info.name):
-            return _Match(info, None, via)
+            return _Match(info, via)
+    if stack is IPStack.DUAL:
+        raise _NoMatch("matches no interface with both an IPv4 and an IPv6 address, "
+                       "and no interface name")
     raise _NoMatch("matches no interface address or name")
 
 
@@ -197,8 +265,10 @@ def _by_route(
     if info is None:
         raise _NoMatch(f"the route to {target} uses interface index {route.ifindex}, "
                        f"which is not in the interface list")
-    src = route.prefsrc if isinstance(route.prefsrc, ipaddress.IPv4Address) else None
-    return _Match(info, src, f"--iface-can-reach {target}")
+    src = route.prefsrc
+    return _Match(info, f"--iface-can-reach {target}",
+                  address=src if isinstance(src, ipaddress.IPv4Address) else None,
+                  address6=src if isinstance(src, ipaddress.IPv6Address) else None)
 
 
 def _explicit(
@@ -207,13 +277,15 @@ def _explicit(
     regexes: Sequence[re.Pattern[str]],
     can_reach: IPAddress | None,
     route_lookup: RouteLookupFn,
+    stack: IPStack,
 ) -> _Match:
     attempts: list[tuple[str, Callable[[], _Match]]] = []
     for value in ifaces:
-        attempts.append((f"--iface {value}", functools.partial(_by_iface_value, interfaces, value)))
+        attempts.append((f"--iface {value}",
+                         functools.partial(_by_iface_value, interfaces, value, stack)))
     for pattern in regexes:
         attempts.append((f"--iface-regex {pattern.pattern}",
-                         functools.partial(_by_regex, interfaces, pattern)))
+                         functools.partial(_by_regex, interfaces, pattern, stack)))
     if can_reach is not None:
         attempts.append((f"--iface-can-reach {can_reach}",
                          functools.partial(_by_route, interfaces, can_reach, route_lookup)))
@@ -226,7 +298,7 @@ def _explicit(
             failures.append(f"{label}: {why}")
     raise InterfaceError(
         "failed to find interface to use that matches the interfaces and/or regexes provided ("
-        + "; ".join(failures) + f"); {_describe(interfaces)}"
+        + "; ".join(failures) + f"); {_describe_stack(interfaces, stack)}"
     )
 
 
@@ -248,7 +320,7 @@ def _implicit(
                 f"public-ip{v6}-overwrite annotation); {_describe(interfaces, version)}"
             )
         address = public_ip if isinstance(public_ip, ipaddress.IPv4Address) else None
-        return _Match(owner, address, f"--public-ip{v6} {public_ip}")
+        return _Match(owner, f"--public-ip{v6} {public_ip}", address=address)
     route = "the default route" if version == 4 else "the IPv6 default route"
     if default_ifindex is None:
         raise InterfaceError(
@@ -259,7 +331,7 @@ def _implicit(
     if info is None:
         raise InterfaceError(f"{route} uses interface index {default_ifindex}, which "
                              f"is not in the interface list; {_describe(interfaces, version)}")
-    return _Match(info, None, route)
+    return _Match(info, route)
 
 
 def _no_route(target: IPAddress) -> Sequence[RouteLookup]:
@@ -281,8 +353,8 @@ def select_interface(
 ) -> ExternalInterface:
     """Pick the external interface the way upstream does; see the module doc.
 
-    With an IPv6 ``stack`` the interface's IPv6 address is chosen too (the
-    interface itself comes from the IPv4 rules in dual stack, where the two
+    With an IPv6 ``stack`` the interface's IPv6 address is chosen too (without
+    flags the interface comes from the IPv4 rules in dual stack, where the two
     default routes must share it; from ``--public-ipv6`` or the IPv6 default
     route ``default_ifindex6`` in an IPv6-only stack).
     ``default_ifindex`` is the IPv4 default route's interface; ``route_lookup``
@@ -291,15 +363,17 @@ def select_interface(
     InterfaceError when nothing suitable exists.
     """
     public4 = _parse_ip(public_ip, "--public-ip", ipaddress.IPv4Address)
-    public6 = _parse_ip(public_ipv6, "--public-ipv6", ipaddress.IPv6Address)
-    target = _parse_ip(iface_can_reach, "--iface-can-reach", ipaddress.IPv4Address)
+    public6 = _parse_public6(public_ipv6)
+    target = _parse_target(iface_can_reach)
     try:
         regexes = [re.compile(r) for r in iface_regexes]
     except re.error as err:
         raise ConfigError(f"invalid --iface-regex {err.pattern!r}: {err}") from None
 
     if ifaces or regexes or target is not None:
-        match = _explicit(interfaces, ifaces, regexes, target, route_lookup)
+        match = _explicit(interfaces, ifaces, regexes, target, route_lookup, stack)
+        if stack is IPStack.DUAL and public6 is not None:
+            _check_public6_owner(interfaces, match, public6)
     elif stack is IPStack.IPV6:
         match = _implicit(interfaces, public6, default_ifindex6, 6)
     else:
@@ -308,7 +382,7 @@ def select_interface(
             _check_default6(interfaces, match.info, default_ifindex6)
 
     info = match.info
-    addr6 = _ipv6_address(interfaces, match) if stack.ipv6 else None
+    addr6 = (match.address6 or _ipv6_address(interfaces, match)) if stack.ipv6 else None
     if not stack.ipv4:
         return _external(match, None, None, addr6, public6)
     addr = match.address
@@ -322,6 +396,19 @@ def select_interface(
             )
         addr = chosen
     return _external(match, addr, public4, addr6, public6)
+
+
+def _check_public6_owner(interfaces: Sequence[InterfaceInfo], match: _Match,
+                         public6: ipaddress.IPv6Address) -> None:
+    """Dual stack: a --public-ipv6 that a local interface carries must be on the chosen one
+    (upstream's rule; an address no interface has is a NAT address and fine)."""
+    owner = _owner_of(interfaces, public6)
+    if owner is not None and owner.index != match.info.index:
+        raise InterfaceError(
+            f"v6 interface {owner.name} must be the same with v4 interface {match.info.name}: "
+            f"--public-ipv6 {public6} is on {owner.name}, but {match.via} chose "
+            f"{match.info.name}"
+        )
 
 
 def _external(
@@ -358,8 +445,8 @@ def _ipv6_address(interfaces: Sequence[InterfaceInfo], match: _Match) -> ipaddre
     if not isinstance(chosen, ipaddress.IPv6Address):
         raise InterfaceError(
             f"failed to find IPv6 address for interface {match.info.name} (chosen by "
-            f"{match.via}): it has no global or link-local IPv6 address that is not deprecated; "
-            f"{_describe(interfaces, 6)}"
+            f"{match.via}): it has no global IPv6 address that is not deprecated (a link-local "
+            f"one cannot be a peer's endpoint); {_describe(interfaces, 6)}"
         )
     return chosen
 

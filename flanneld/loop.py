@@ -3,7 +3,8 @@
 Threads: a watcher (store -> queue), a renewer (etcd leases expire), and
 the main thread, which owns the dataplane: it folds watch messages into the
 peer table and runs the backend's reconcile on every batch of messages and
-on every resync tick.  One ``threading.Event`` stops everything.  What the
+on every resync tick.  The kernel read of a periodic full pass runs on a
+short-lived thread of its own, so events are served while it reads.  One ``threading.Event`` stops everything.  What the
 main loop does when is decided by the pure step in ``loop_state.py``; the
 loop here only waits, reads the clock and carries out the step's actions.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -21,13 +23,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from backends.base import Network, ReconcileReport
+from backends.base import KernelProbe, Network, ReconcileReport
 from flanneld import loop_state
 from flanneld.loop_state import (
+    RESYNC_BUDGET,
     Fold,
     LoopAction,
     LoopMessage,
+    NoProbe,
     Outcome,
+    Probe,
+    Probed,
     Reacquire,
     Reacquired,
     Reconcile,
@@ -43,12 +49,17 @@ from subnet.retry import Backoff, wait
 log = logging.getLogger(__name__)
 
 RENEW_RETRY_MAX = 60.0
+# The full pass's kernel read decodes thousands of messages on its own thread; with
+# Python's default switch interval (5 ms) an event waits up to that long each time the
+# loop thread wants the interpreter back (after every socket call), 1 ms bounds it.
+SWITCH_INTERVAL = 0.001
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class LoopSettings:
     resync_interval: float
+    resync_budget: float = RESYNC_BUDGET  # full passes take at most 1/budget of the time
 
 
 class LeaseHolder:
@@ -267,8 +278,10 @@ class MainLoop:
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
         """Wait, let ``loop_state.step`` decide, do what it says; until stopped."""
+        sys.setswitchinterval(SWITCH_INTERVAL)  # the daemon's process: the loop owns it
         table = PeerTable(network.lease.key)
-        state = loop_state.start(network.lease.key, self._settings.resync_interval, self._clock())
+        state = loop_state.start(network.lease.key, self._settings.resync_interval, self._clock(),
+                                 self._settings.resync_budget)
         while not self._stop.is_set():
             received = drain(self.messages, loop_state.wait_seconds(state, self._clock()))
             state, actions = loop_state.step(state, received, self._clock())
@@ -295,19 +308,40 @@ class MainLoop:
             return network, Reacquired(network.lease.key)
         if isinstance(action, Reconcile):
             return network, self._reconcile(network, table, action)
+        if isinstance(action, Probe):
+            read = network.begin_probe()
+            if read is None:
+                return network, NoProbe()
+            threading.Thread(target=self._probe, args=(read,), name="full-pass-read",
+                             daemon=True).start()
+            return network, None
         self._on_synced()
         return network, None
+
+    def _probe(self, read: Callable[[], KernelProbe]) -> None:
+        """(The full pass's thread.)  Read the kernel; the loop finishes the pass."""
+        probe = None
+        try:
+            probe = read()
+        except Exception as err:  # the loop then reads on its own thread
+            if not self._stop.is_set():  # at shutdown its socket may close under it
+                log.error("the full pass's kernel read failed: %r (reading on the loop thread)",
+                          err, exc_info=not isinstance(err, FlannelError))
+        self.messages.put(Probed(probe))
 
     def _reconcile(self, network: Network, table: PeerTable, action: Reconcile) -> Outcome | None:
         started = self._clock()
         changes = table.take_changes()
         try:
-            report = network.reconcile(table.peers(), full=action.full, changes=changes)
+            report = network.reconcile(table.peers(), full=action.full, changes=changes,
+                                       probe=action.probe)
         except FlannelError as err:
             table.forget_changes()
             log.error("reconcile failed: %s (retrying at the next resync)", err)
             return None
         seconds = self._clock() - started
+        if action.probe is not None:  # the kernel read, made on another thread, is part of it
+            seconds += action.probe.seconds
         self._log_report(report, seconds, resync=action.resync_only)
         if self._observer is not None:
             self._observer.record_reconcile(report, seconds, resync_only=action.resync_only)

@@ -65,6 +65,12 @@ class Metrics:
             "Duration of the last periodic full pass (the kernel re-read, no lease news).",
             registry=reg,
         )
+        self.resync_seconds = Counter(
+            "flannel_resync_seconds",
+            "Time spent in full passes without lease news (their share of the time is the "
+            "idle cost of the safety net).",
+            registry=reg,
+        )
         self.kernel_added = Counter(
             "flannel_kernel_objects_added",
             "Routes, neighbours and FDB entries written.",
@@ -115,6 +121,7 @@ class Metrics:
         self.usable_peers.set(report.peers)
         if resync_only:
             self.resync_duration.set(seconds)
+            self.resync_seconds.inc(seconds)
             self.repaired.labels("dataplane").inc(report.added + report.removed)
         if report.device_recreated:
             self.repaired.labels("device").inc()

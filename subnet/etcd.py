@@ -6,7 +6,9 @@ from upstream:
 
 * a lost creation race is retried with a new choice instead of failing;
 * the create transaction also refuses when any key with the same IPv4 part
-  exists (a dual-stack key cannot shadow an IPv4-only one);
+  exists (a dual-stack key cannot shadow an IPv4-only one), and a new
+  dual-stack key whose IPv6 subnet an older key holds (two nodes picked it at
+  once: no key compare can see that) is deleted again and another one chosen;
 * reservations (keys without an etcd lease) work as documented: the host
   whose PublicIP matches reuses them and they stay TTL-less;
 * renewal revokes the previous etcd lease once the new one is attached;
@@ -414,8 +416,28 @@ class EtcdSubnetManager:
         if not ok:
             log.info("subnet %s was taken by another node meanwhile; choosing again", lease.key)
             return None
+        if lease.ipv6_subnet is not None and not self._first_ipv6_claimant(lease):
+            return None
         log.info("acquired lease %s for %s", lease.key, lease.attrs.public_ip)
         return lease.with_expiration(expiration)
+
+    def _first_ipv6_claimant(self, lease: Lease) -> bool:
+        """Whether our key, just created, is the oldest holding its IPv6 subnet; if not,
+        delete it again (the other node picked the same IPv6 subnet at the same time)."""
+        entries = self._list()[0]
+        key = (self._subnets + lease.key).encode()
+        ours = next((e for e in entries if e.key == key), None)
+        if ours is None or ours.v6 is None:
+            return True  # already gone (deleted or expired): the watch reports it
+        older = [e.key for e in entries if e.key != key and e.v6 is not None
+                 and e.v6.overlaps(ours.v6) and e.create_revision < ours.create_revision]
+        if not older:
+            return True
+        log.info("IPv6 subnet %s was taken by %s meanwhile; choosing again", ours.v6,
+                 older[0].decode(errors="replace"))
+        if self._delete_if_unchanged(ours):
+            self._revoke(ours.etcd_lease)
+        return False
 
     def _put(
         self, key: str | bytes, attrs: LeaseAttrs, compare: Any, *, ttl_less: bool

@@ -360,6 +360,8 @@ class _Listed:
     rv: str
     table: NodeLeaseTable
     nodes: int
+    pages: int
+    seconds: float  # listing and parsing
 
 
 class _Prefetch:
@@ -644,13 +646,15 @@ class KubeSubnetManager:
     def _list_leases(self, state: _WatchState) -> _Listed:
         """Every Node, page by page, turned into leases (the JSON is not kept)."""
         cfg = self.get_network_config()
+        started = time.monotonic()
         table = NodeLeaseTable()
-        rv, count = "", 0
+        rv, count, pages = "", 0, 0
         for rv, nodes in self._node_pages():
             for node in nodes:
                 table.set(node_name_of(node), self._lease_of(cfg, node, state))
             count += len(nodes)
-        return _Listed(rv, table, count)
+            pages += 1
+        return _Listed(rv, table, count, pages, time.monotonic() - started)
 
     def _with_own_node(self, cfg: NetConfig, listed: _Listed, state: _WatchState
                        ) -> _Listed | None:
@@ -710,15 +714,18 @@ class KubeSubnetManager:
         listed = prefetch.take(stop, state, self.timings.stop_poll) if prefetch else None
         if listed is not None:
             listed = self._with_own_node(cfg, listed, state)
+        early = listed is not None
         if listed is None:
+            if stop.is_set():
+                return
             listed = self._list_leases(state)
         table, rv = listed.table, listed.rv
         leases = table.leases()
         sink(Snapshot(leases))
         report(None)
-        log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s",
-                 listed.nodes, len(leases), rv)
-        del leases, listed
+        log.info("Listed %d nodes (%d flannel leases) at resourceVersion %s in %.2fs "
+                 "(%d pages%s)", listed.nodes, len(leases), rv, listed.seconds, listed.pages,
+                 ", made during start-up" if early else "")
         while not stop.is_set():
             rv = self._follow(cfg, rv, table, sink, stop, state)
 

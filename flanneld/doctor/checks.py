@@ -16,7 +16,7 @@ from backends.model import Skipped
 from flanneld.doctor.model import CheckResult, Observations, PeerProbe, Status
 from flanneld.doctor.profile import Peer, Profile, own_lease, profile, split_peers
 from subnet.errors import ConfigError
-from subnet.lease import Lease
+from subnet.lease import IPNetwork, Lease
 
 METRIC_LEASE_EXPIRY = "flannel_lease_expiry_timestamp_seconds"
 NETCONF_DETAIL = "net-conf.json"
@@ -32,12 +32,23 @@ class Context:
     peers: tuple[Peer, ...]
     refused: tuple[Skipped, ...]
     problem: str  # why profile/own/peers are missing
+    subnet6: ipaddress.IPv6Network | None = None  # FLANNEL_IPV6_SUBNET, masked
 
 
 def _subnet_of(env: dict[str, str] | None, key: str) -> ipaddress.IPv4Network | None:
+    found = _network_of(env, key)
+    return found if isinstance(found, ipaddress.IPv4Network) else None
+
+
+def _subnet6_of(env: dict[str, str] | None, key: str) -> ipaddress.IPv6Network | None:
+    found = _network_of(env, key)
+    return found if isinstance(found, ipaddress.IPv6Network) else None
+
+
+def _network_of(env: dict[str, str] | None, key: str) -> IPNetwork | None:
     text = (env or {}).get(key, "")
     try:
-        return ipaddress.IPv4Network(text, strict=False) if text else None
+        return ipaddress.ip_network(text, strict=False) if text else None
     except ValueError:
         return None
 
@@ -45,19 +56,22 @@ def _subnet_of(env: dict[str, str] | None, key: str) -> ipaddress.IPv4Network | 
 def context(obs: Observations) -> Context:
     env = dict(obs.subnet_env) if obs.subnet_env is not None else None
     subnet = _subnet_of(env, "FLANNEL_SUBNET")
+    subnet6 = _subnet6_of(env, "FLANNEL_IPV6_SUBNET")
     config = obs.store.config
     if config is None:
-        return Context(None, subnet, None, (), (), f"lease store not read: {obs.store.error}")
+        return Context(None, subnet, None, (), (), f"lease store not read: {obs.store.error}",
+                       subnet6)
     try:
         prof = profile(config)
     except ConfigError as err:
-        return Context(None, subnet, None, (), (), str(err))
-    own = own_lease(obs.store.leases, subnet)
+        return Context(None, subnet, None, (), (), str(err), subnet6)
+    own = own_lease(obs.store.leases, subnet, subnet6)
     if own is None:
-        why = "no FLANNEL_SUBNET in subnet.env" if subnet is None else f"no lease for {subnet}"
-        return Context(prof, subnet, None, (), (), why)
+        why = ("no FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET in subnet.env"
+               if subnet is None and subnet6 is None else f"no lease for {subnet or subnet6}")
+        return Context(prof, subnet, None, (), (), why, subnet6)
     peers, refused = split_peers(prof, own, obs.store.leases, config)
-    return Context(prof, subnet, own, tuple(peers), tuple(refused), "")
+    return Context(prof, subnet, own, tuple(peers), tuple(refused), "", subnet6)
 
 
 # --- 1. the daemon ------------------------------------------------------------------
@@ -126,13 +140,25 @@ def check_lease(obs: Observations, ctx: Context) -> CheckResult:
             "flanneld holds no lease matching subnet.env: read its log (store reachable? "
             "subnets exhausted?) and restart it",
         )
-    found = f"{ctx.own.key}, public IP {ctx.own.attrs.public_ip}"
-    if obs.external_ip is not None and ctx.own.attrs.public_ip != obs.external_ip:
+    attrs = ctx.own.attrs
+    found = f"{ctx.own.key}, public IP {attrs.public_ip}"
+    if ctx.own.ipv6_subnet is not None:
+        found += f", public IPv6 {attrs.public_ipv6}"
+    if ctx.own.subnet is not None and obs.external_ip is not None and (
+            attrs.public_ip != obs.external_ip):
         return CheckResult(
             "daemon", name, Status.FAIL,
             f"{found}, but this node's address is {obs.external_ip}",
             "peers send to the lease's public IP: restart flanneld with the right --iface or "
             "--public-ip so it re-advertises this node's address",
+        )
+    if ctx.own.ipv6_subnet is not None and obs.external_ip6 is not None and (
+            attrs.public_ipv6 != obs.external_ip6):
+        return CheckResult(
+            "daemon", name, Status.FAIL,
+            f"{found}, but this node's IPv6 address is {obs.external_ip6}",
+            "peers send IPv6 to the lease's PublicIPv6: restart flanneld with the right --iface "
+            "or --public-ipv6 so it re-advertises this node's IPv6 address",
         )
     expiry = obs.metrics.get(METRIC_LEASE_EXPIRY)
     if expiry:
@@ -163,6 +189,13 @@ def check_subnet_env(obs: Observations, ctx: Context) -> CheckResult:
     network = config.network if config is not None else None
     if network is not None and _subnet_of(dict(env), "FLANNEL_NETWORK") != network:
         wrong.append(f"FLANNEL_NETWORK={env.get('FLANNEL_NETWORK')} (net-conf {network})")
+    if ctx.own is not None and ctx.subnet6 != ctx.own.ipv6_subnet:
+        wrong.append(f"FLANNEL_IPV6_SUBNET={env.get('FLANNEL_IPV6_SUBNET')} "
+                     f"(lease {ctx.own.ipv6_subnet})")
+    network6 = config.ipv6_network if config is not None and config.enable_ipv6 else None
+    if network6 is not None and _subnet6_of(dict(env), "FLANNEL_IPV6_NETWORK") != network6:
+        wrong.append(f"FLANNEL_IPV6_NETWORK={env.get('FLANNEL_IPV6_NETWORK')} "
+                     f"(net-conf {network6})")
     device_mtu = _overlay_mtu(obs, ctx.profile)
     if device_mtu is not None and env.get("FLANNEL_MTU") != str(device_mtu):
         wrong.append(f"FLANNEL_MTU={env.get('FLANNEL_MTU')} (overlay MTU {device_mtu})")
@@ -173,8 +206,9 @@ def check_subnet_env(obs: Observations, ctx: Context) -> CheckResult:
         return CheckResult("daemon", name, Status.FAIL, "; ".join(wrong),
                            "restart flanneld so it rewrites subnet.env, then recreate the pods "
                            "on this node")
+    subnets = ", ".join(env[k] for k in ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET") if k in env)
     return CheckResult("daemon", name, Status.OK,
-                       f"subnet {env.get('FLANNEL_SUBNET')}, MTU {env.get('FLANNEL_MTU')}, "
+                       f"subnet {subnets or '?'}, MTU {env.get('FLANNEL_MTU')}, "
                        f"masquerade {env.get('FLANNEL_IPMASQ')}")
 
 
@@ -200,11 +234,12 @@ def check_peer_state(obs: Observations, ctx: Context, peer: Peer) -> CheckResult
     kernel = obs.kernel
     route = next((r for r in kernel.routes if r.dst == peer.subnet), None)
     missing = []
+    device = prof.device_of(peer.subnet.version) if prof is not None else ""
     if prof is not None and prof.backend == "vxlan":
         direct = route is not None and route.gateway == peer.public_ip
         if not direct:
-            if route is None or route.gateway != peer.gateway or route.dev != prof.device:
-                missing.append(f"route {peer.subnet} via {peer.gateway} dev {prof.device} onlink"
+            if route is None or route.gateway != peer.gateway or route.dev != device:
+                missing.append(f"route {peer.subnet} via {peer.gateway} dev {device} onlink"
                                + (f" (found via {route.gateway} dev {route.dev})" if route else ""))
             mac = kernel.neighbours.get(str(peer.gateway))
             if mac != peer.vtep_mac:
@@ -218,8 +253,15 @@ def check_peer_state(obs: Observations, ctx: Context, peer: Peer) -> CheckResult
         if route is None or route.gateway != peer.public_ip:
             missing.append(f"route {peer.subnet} via {peer.public_ip}")
     elif prof is not None and prof.backend == "wireguard":
-        return CheckResult("peers", name, Status.SKIP,
-                           f"{peer.public_ip} (wireguard peers live in the device; not read)")
+        if kernel.link(device) is None:
+            return CheckResult(
+                "peers", name, Status.FAIL,
+                f"no {device} device (it carries IPv{peer.subnet.version} pod traffic)",
+                "flanneld recreates it (restarting wireguard-go) on its next resync: if it "
+                "stays missing, read flanneld's log",
+            )
+        return CheckResult("peers", name, Status.SKIP, f"{peer.public_ip} on {device} "
+                           "(wireguard peers live in the device; not read)")
     else:
         return CheckResult("peers", name, Status.OK,
                            f"{peer.public_ip} (udp: the daemon forwards, no per-peer route)")
@@ -239,7 +281,7 @@ def check_refused(ctx: Context) -> CheckResult:
         return CheckResult("peers", name, Status.SKIP, ctx.problem)
     if not ctx.refused:
         return CheckResult("peers", name, Status.OK,
-                           f"none; {len(ctx.peers)} peer(s) programmed")
+                           f"none; {len({p.key for p in ctx.peers})} peer(s) programmed")
     listed = "; ".join(f"{s.key}: {s.reason}" for s in ctx.refused)
     return CheckResult(
         "peers", name, Status.FAIL, f"{len(ctx.refused)} lease(s) refused: {listed}",
@@ -253,6 +295,9 @@ def check_refused(ctx: Context) -> CheckResult:
 
 def check_reachability(obs: Observations, ctx: Context, peer: Peer) -> CheckResult:
     name = f"peer {peer.subnet} reachable"
+    if peer.subnet.version == 6:
+        return CheckResult("reachability", name, Status.SKIP,
+                           "not probed: the probe speaks IPv4 ICMP")
     probe = next((p for p in obs.probes.peers if p.key == peer.key), None)
     if probe is None or probe.overlay_ok is None:
         return CheckResult("reachability", name, Status.SKIP,
@@ -319,12 +364,14 @@ def check_mtu(obs: Observations, ctx: Context) -> CheckResult:
         return CheckResult("mtu", name, Status.SKIP, ctx.problem or obs.external_error)
     limit = ext.mtu - prof.overhead
     seen: list[tuple[str, int]] = []
-    if prof.device:
-        device = obs.kernel.link(prof.device)
+    for device_name in (prof.device, prof.device6):
+        if not device_name:
+            continue
+        device = obs.kernel.link(device_name)
         if device is None:
-            return CheckResult("mtu", name, Status.FAIL, f"no {prof.device} device",
+            return CheckResult("mtu", name, Status.FAIL, f"no {device_name} device",
                                "restart flanneld: it recreates its device")
-        seen.append((prof.device, device.mtu))
+        seen.append((device_name, device.mtu))
     env_mtu = (obs.subnet_env or {}).get("FLANNEL_MTU", "")
     if env_mtu.isdigit():
         seen.append(("FLANNEL_MTU", int(env_mtu)))

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from backends import wireguard_state
+from backends.base import ExternalInterface
 from backends.model import Route
 from backends.netlink import Netlink
 from flanneld import iface
@@ -52,7 +53,8 @@ from flanneld.doctor.model import (
 from flanneld.doctor.probe import run_probes
 from flanneld.doctor.profile import UDP_DEVICE, probe_address
 from flanneld.flags import Flags
-from subnet.errors import FlannelError, PeerDataError
+from subnet.errors import ConfigError, FlannelError, PeerDataError
+from subnet.netconf import IPStack, ip_stack
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +180,13 @@ def _read_kube(settings: Any, options: Options) -> StoreView:
             name = node_name_of(node)
             flannel = annotations_of(node).get(keys.kube_subnet_manager) == "true"
             try:
-                cidr = pod_cidrs(node)[0]
+                cidr, cidr6 = pod_cidrs(node)
                 lease = node_to_lease(node, keys, enable_ipv4=config.enable_ipv4,
                                       enable_ipv6=config.enable_ipv6)
             except PeerDataError as err:
                 views.append(NodeView(name, None, flannel, problem=str(err)))
                 continue
-            views.append(NodeView(name, cidr, flannel, lease))
+            views.append(NodeView(name, cidr, flannel, lease, pod_cidr6=cidr6))
             if lease is not None:
                 leases.append(lease)
         return StoreView(config, tuple(leases), nodes=tuple(views))
@@ -217,7 +219,8 @@ def tx_checksum(name: str) -> bool | None:
 
 
 def _is_overlay(name: str) -> bool:
-    return name.startswith("flannel.") or name in (UDP_DEVICE, wireguard_state.DEVICE)
+    return name.startswith(("flannel.", "flannel-v6.")) or name in (
+        UDP_DEVICE, wireguard_state.DEVICE, wireguard_state.DEVICE_V6)
 
 
 def read_kernel() -> KernelView:
@@ -234,7 +237,7 @@ def read_kernel() -> KernelView:
             }
             names = {s.index: s.name for s in states}
             overlay = [s.index for s in states if _is_overlay(s.name)]
-            state = netlink.observe(overlay, [socket.AF_INET])
+            state = netlink.observe(overlay, [socket.AF_INET, socket.AF_INET6])
     except FlannelError as err:
         return KernelView(error=str(err), release=os.uname().release)
     links = tuple(
@@ -276,15 +279,18 @@ def route_out(addresses: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def external_interface(flags: Flags, links: Sequence[Link]) -> tuple[Link | None, Any, str]:
-    """The underlay link flanneld chooses with these flags, its public IP, or why not."""
+def external_interface(
+    flags: Flags, links: Sequence[Link], stack: IPStack = IPStack.IPV4
+) -> tuple[Link | None, ExternalInterface | None, str]:
+    """The underlay link flanneld chooses with these flags for ``stack``, its addresses, or
+    why not."""
     try:
         with Netlink() as netlink:
-            ext = iface.discover(netlink, flags)
+            ext = iface.discover(netlink, flags, stack)
     except FlannelError as err:
         return None, None, str(err)
     link = next((lk for lk in links if lk.index == ext.index), None)
-    return link, ext.ext_addr, ""
+    return link, ext, ""
 
 
 # --- firewall and CNI ---------------------------------------------------------------------
@@ -359,7 +365,8 @@ def observe(options: Options) -> Observations:
         done = {name: _result(job, timeout) for name, job in jobs.items()}
     env, env_error = done["env"] or (None, "unreadable")
     kernel: KernelView = done["kernel"] or KernelView(error="timed out")
-    ext, ext_ip, ext_error = external_interface(options.flags, kernel.links)
+    store: StoreView = done["store"] or StoreView(error=f"no answer within {timeout:g} s")
+    ext, addrs, ext_error = external_interface(options.flags, kernel.links, _stack(store))
     metrics_answer: HttpAnswer | None = done.get("metrics")
     obs = Observations(
         settings=settings,
@@ -369,9 +376,10 @@ def observe(options: Options) -> Observations:
         healthz=done.get("healthz") or HttpAnswer(None, error="disabled"),
         readyz=done.get("readyz") or HttpAnswer(None, error="disabled"),
         metrics=parse_metrics(metrics_answer.body) if metrics_answer else {},
-        store=done["store"] or StoreView(error=f"no answer within {timeout:g} s"),
+        store=store,
         external=ext,
-        external_ip=ext_ip,
+        external_ip=addrs.ext_addr if addrs is not None else None,
+        external_ip6=addrs.ext_addr6 if addrs is not None else None,
         external_error=ext_error,
         kernel=kernel,
         firewall=done["firewall"] or FirewallView(error="timed out"),
@@ -381,6 +389,14 @@ def observe(options: Options) -> Observations:
     lookups = route_out(sorted({src for _, src in rp_paths(obs, ctx)}))
     obs = dataclasses.replace(obs, kernel=dataclasses.replace(kernel, route_out=lookups))
     return dataclasses.replace(obs, probes=probe(obs, ctx, timeout))
+
+
+def _stack(store: StoreView) -> IPStack:
+    """The families the cluster runs (IPv4 when the store is unreadable)."""
+    try:
+        return ip_stack(store.config) if store.config is not None else IPStack.IPV4
+    except ConfigError:
+        return IPStack.IPV4
 
 
 def _result(job: Any, timeout: float) -> Any:
@@ -397,10 +413,13 @@ def probe(obs: Observations, ctx: Context, timeout: float) -> ProbeView:
         return ProbeView(skipped=ctx.problem or "no peers to probe")
     env_mtu = (obs.subnet_env or {}).get("FLANNEL_MTU", "")
     mtu = int(env_mtu) if env_mtu.isdigit() else 1400
-    targets = [
-        ProbeTarget(p.key, probe_address(prof, p), p.public_ip, mtu, prof.port)
-        for p in ctx.peers
-    ]
+    targets = []
+    for peer in ctx.peers:  # the probe speaks IPv4 ICMP
+        overlay, public = probe_address(prof, peer), peer.public_ip
+        if isinstance(overlay, ipaddress.IPv4Address) and isinstance(public, ipaddress.IPv4Address):
+            targets.append(ProbeTarget(peer.key, overlay, public, mtu, prof.port))
+    if not targets:
+        return ProbeView(skipped="no IPv4 peer to probe (the probe speaks IPv4 ICMP)")
     underlay = obs.external.name if obs.external is not None else None
     return run_probes(targets, underlay, timeout)
 

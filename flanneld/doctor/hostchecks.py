@@ -68,11 +68,12 @@ def _effective_rp_filter(sysctls: Mapping[str, str], ifname: str) -> int:
 def rp_paths(obs: Observations, ctx: Context) -> Iterator[tuple[str, str]]:
     """(interface, source address) pairs: where flannel's packets arrive, from whom."""
     prof = ctx.profile
+    peers4 = [peer for peer in ctx.peers if peer.subnet.version == 4]  # rp_filter is IPv4's
     if obs.external is not None:
-        for peer in ctx.peers:
+        for peer in peers4:
             yield obs.external.name, str(peer.public_ip)
     if prof is not None and prof.device:
-        for peer in ctx.peers:
+        for peer in peers4:
             yield prof.device, str(peer.gateway)
     if ctx.subnet is not None and obs.kernel.link(CNI_BRIDGE) is not None:
         yield CNI_BRIDGE, str(ctx.subnet.network_address + 2)
@@ -372,7 +373,8 @@ def _duplicates(leases: Sequence[Lease]) -> list[str]:
     by_subnet: dict[str, list[str]] = {}
     by_mac: dict[str, list[str]] = {}
     for lease in leases:
-        by_subnet.setdefault(str(lease.subnet), []).append(lease.key)
+        for subnet in lease.subnets():
+            by_subnet.setdefault(str(subnet), []).append(lease.key)
         mac = previous_vtep_mac(lease.attrs.backend_data)
         if mac:
             by_mac.setdefault(mac, []).append(f"{lease.key} ({lease.attrs.public_ip})")
@@ -390,8 +392,9 @@ def check_claims(obs: Observations, ctx: Context) -> CheckResult:
     if obs.settings.kube:
         cidrs: dict[str, list[str]] = {}
         for node in obs.store.nodes:
-            if node.pod_cidr is not None:
-                cidrs.setdefault(str(node.pod_cidr), []).append(node.name)
+            for cidr in (node.pod_cidr, node.pod_cidr6):
+                if cidr is not None:
+                    cidrs.setdefault(str(cidr), []).append(node.name)
         dupes += [f"podCIDR {c} on nodes {', '.join(n)}" for c, n in cidrs.items() if len(n) > 1]
     if dupes:
         return CheckResult(
@@ -413,16 +416,24 @@ def kube_checks(obs: Observations, ctx: Context) -> list[CheckResult]:
     if mine is None:
         results.append(CheckResult("cluster", "node podCIDR", Status.SKIP,
                                    f"node {obs.settings.node_name!r} not listed"))
-    elif mine.pod_cidr is None or mine.pod_cidr != ctx.subnet:
-        results.append(CheckResult(
-            "cluster", "node podCIDR", Status.FAIL,
-            f"node {mine.name} spec.podCIDR {mine.pod_cidr}, subnet.env {ctx.subnet}",
-            "restart flanneld on this node so it takes the node's podCIDR, then recreate "
-            "its pods (and delete cni0 if it kept the old subnet)",
-        ))
     else:
-        results.append(CheckResult("cluster", "node podCIDR", Status.OK,
-                                   f"{mine.name}: {mine.pod_cidr} = lease"))
+        config = obs.store.config
+        pairs = [(mine.pod_cidr, ctx.subnet, config is None or config.enable_ipv4),
+                 (mine.pod_cidr6, ctx.subnet6, config is not None and config.enable_ipv6)]
+        wanted = [(cidr, env) for cidr, env, enabled in pairs if enabled]
+        if any(cidr is None or cidr != env for cidr, env in wanted):
+            results.append(CheckResult(
+                "cluster", "node podCIDR", Status.FAIL,
+                f"node {mine.name} spec.podCIDRs "
+                f"{', '.join(str(c) for c, _ in wanted)}, subnet.env "
+                f"{', '.join(str(e) for _, e in wanted)}",
+                "restart flanneld on this node so it takes the node's podCIDR, then recreate "
+                "its pods (and delete cni0 if it kept the old subnet)",
+            ))
+        else:
+            results.append(CheckResult("cluster", "node podCIDR", Status.OK,
+                                       f"{mine.name}: {', '.join(str(c) for c, _ in wanted)} "
+                                       "= lease"))
     bare = sorted(n.name for n in obs.store.nodes if not n.flannel)
     broken = sorted(f"{n.name} ({n.problem})" for n in obs.store.nodes if n.problem)
     if bare or broken:

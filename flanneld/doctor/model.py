@@ -95,6 +95,7 @@ class NodeView:
     flannel: bool  # carries flannel's annotations
     lease: Lease | None = None
     problem: str = ""  # why its annotations cannot be used
+    pod_cidr6: ipaddress.IPv6Network | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +210,7 @@ class Observations:
     store: StoreView = StoreView(error="not read")
     external: Link | None = None  # the underlay interface flanneld uses
     external_ip: ipaddress.IPv4Address | None = None
+    external_ip6: ipaddress.IPv6Address | None = None
     external_error: str = ""
     kernel: KernelView = KernelView()
     firewall: FirewallView = FirewallView()

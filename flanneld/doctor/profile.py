@@ -17,7 +17,7 @@ from backends.peers import usable_peers
 from backends.udp_packet import DEFAULT_PORT as UDP_PORT
 from backends.udp_packet import ENCAP_OVERHEAD as UDP_OVERHEAD
 from subnet.errors import ConfigError, PeerDataError
-from subnet.lease import UNSPECIFIED_V4, IPNetwork, Lease
+from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease
 from subnet.netconf import NetConfig
 
 VXLAN_KERNEL_PORT = 8472  # what port 0 means to the Linux vxlan driver
@@ -33,7 +33,11 @@ class Profile:
     overhead: int  # bytes of encapsulation
     port: int  # UDP port of the encapsulation (0: none)
     configured_mtu: int | None = None  # vxlan Backend.MTU: the underlay MTU to assume
-    device6: str = ""  # vxlan: the IPv6 device (flannel-v6.<VNI>), there when IPv6 is enabled
+    device6: str = ""  # the IPv6 device (flannel-v6.<VNI>, flannel-wg-v6) when it is another one
+
+    def device_of(self, version: int) -> str:
+        """The overlay device that carries pod traffic of IP ``version``."""
+        return self.device6 if version == 6 and self.device6 else self.device
 
     @property
     def encap(self) -> str:
@@ -46,12 +50,12 @@ class Peer:
     """A peer the daemon programs: its subnet, underlay address and VTEP MAC (vxlan)."""
 
     key: str
-    subnet: ipaddress.IPv4Network
-    public_ip: ipaddress.IPv4Address
+    subnet: IPNetwork
+    public_ip: IPAddress
     vtep_mac: str | None = None
 
     @property
-    def gateway(self) -> ipaddress.IPv4Address:
+    def gateway(self) -> IPAddress:
         """The subnet's network address: on the peer's overlay device (vxlan, udp)."""
         return self.subnet.network_address
 
@@ -61,13 +65,14 @@ def profile(config: NetConfig) -> Profile:
     kind = config.backend.type
     if kind == vxlan_state.BACKEND_TYPE:
         options = vxlan_state.parse_options(config.backend)
+        names = [options.device_name(v) for v in sorted({n.version for n in config.networks()})]
         return Profile(
             kind,
-            options.device_name(),
+            names[0] if names else options.device_name(),
             vxlan_state.ENCAP_OVERHEAD,
             options.port or VXLAN_KERNEL_PORT,
             options.mtu,
-            options.device_name(6),
+            names[1] if len(names) > 1 else "",
         )
     if kind == hostgw_state.BACKEND_TYPE:
         return Profile(kind, "", 0, 0)
@@ -76,8 +81,11 @@ def profile(config: NetConfig) -> Profile:
         return Profile(kind, UDP_DEVICE, UDP_OVERHEAD, int(port))
     if kind == wireguard_state.BACKEND_TYPE:
         wg = wireguard_state.parse_options(config.backend)
-        return Profile(kind, wireguard_state.DEVICE, wireguard_state.ENCAP_OVERHEAD,
-                       wg.listen_port, wg.mtu)
+        devices = wireguard_state.tunnels(wg, [n.version for n in config.networks()]) or (
+            wireguard_state.tunnels(wg, [4]))
+        return Profile(kind, devices[0].name, wireguard_state.ENCAP_OVERHEAD,
+                       devices[0].listen_port, wg.mtu,
+                       devices[1].name if len(devices) > 1 else "")
     raise ConfigError(f"flannelctl doctor does not know the {kind!r} backend")
 
 
@@ -88,28 +96,17 @@ def networks(config: NetConfig) -> list[IPNetwork]:
 def split_peers(
     prof: Profile, own: Lease, leases: Sequence[Lease], config: NetConfig
 ) -> tuple[list[Peer], list[Skipped]]:
-    """The IPv4 peers the daemon programs and the ones it refuses, with its reasons."""
+    """The peers the daemon programs (one per peer subnet, of each family) and the ones it
+    refuses, with its reasons."""
     others = [lease for lease in leases if lease.key != own.key]
     nets = networks(config)
     if prof.backend == vxlan_state.BACKEND_TYPE:
         vni = vxlan_state.parse_options(config.backend).vni
         found, skipped = vxlan_state.vxlan_peers(own, others, nets, vni)
-        peers = [
-            Peer(p.key, p.subnet, p.public_ip, p.vtep_mac)
-            for p in found
-            if isinstance(p.subnet, ipaddress.IPv4Network)
-            and isinstance(p.public_ip, ipaddress.IPv4Address)
-        ]
-        return peers, skipped
+        return [Peer(p.key, p.subnet, p.public_ip, p.vtep_mac) for p in found], skipped
     if prof.backend == hostgw_state.BACKEND_TYPE:
         routes, skipped = hostgw_state.hostgw_peers(own, others, nets)
-        peers = [
-            Peer(r.key, r.subnet, r.gateway)
-            for r in routes
-            if isinstance(r.subnet, ipaddress.IPv4Network)
-            and isinstance(r.gateway, ipaddress.IPv4Address)
-        ]
-        return peers, skipped
+        return [Peer(r.key, r.subnet, r.gateway) for r in routes], skipped
     if prof.backend == wireguard_state.BACKEND_TYPE:
         return _wireguard_peers(own, others, config)
     usable, skipped = usable_peers(own, others, nets, None)  # udp accepts any backend type
@@ -124,23 +121,29 @@ def split_peers(
 def _wireguard_peers(
     own: Lease, others: Sequence[Lease], config: NetConfig
 ) -> tuple[list[Peer], list[Skipped]]:
+    """Per device (``flannel-wg``, ``flannel-wg-v6``), the daemon's own peer split."""
+    data = own.attrs.backend_data if own.subnet is not None else own.attrs.backend_v6_data
     try:
-        own_key = wireguard_state.decode_backend_data(own.attrs.backend_data).public_key
+        own_key = wireguard_state.decode_backend_data(data).public_key
     except PeerDataError:
         own_key = b""
     options = wireguard_state.parse_options(config.backend)
-    found, skipped = wireguard_state.wireguard_peers(own, own_key, others, networks(config),
-                                                     options)
-    peers = []
-    for wg in found:
-        subnet = next(iter(wg.allowed_ips))
-        address = wg.endpoint[0]
-        if isinstance(subnet, ipaddress.IPv4Network) and isinstance(address, ipaddress.IPv4Address):
-            peers.append(Peer(wg.lease_key, subnet, address))
-    return peers, skipped
+    nets = networks(config)
+    peers: list[Peer] = []
+    refused: dict[str, list[str]] = {}
+    for tunnel in wireguard_state.tunnels(options, [n.version for n in nets]):
+        found, skipped = wireguard_state.wireguard_peers(own, own_key, others, nets, options,
+                                                         tunnel)
+        for skip in skipped:
+            reasons = refused.setdefault(skip.key, [])
+            if skip.reason not in reasons:
+                reasons.append(skip.reason)
+        peers += [Peer(wg.lease_key, subnet, wg.endpoint[0])
+                  for wg in found for subnet in sorted(wg.allowed_ips, key=str)]
+    return peers, [Skipped(key, "; ".join(reasons)) for key, reasons in refused.items()]
 
 
-def probe_address(prof: Profile, peer: Peer) -> ipaddress.IPv4Address:
+def probe_address(prof: Profile, peer: Peer) -> IPAddress:
     """Where the overlay probe for ``peer`` goes: the address on its overlay device, or
     for host-gw (which has none) its bridge gateway, network + 1."""
     if prof.backend == hostgw_state.BACKEND_TYPE:
@@ -148,8 +151,14 @@ def probe_address(prof: Profile, peer: Peer) -> ipaddress.IPv4Address:
     return peer.gateway
 
 
-def own_lease(leases: Sequence[Lease], subnet: ipaddress.IPv4Network | None) -> Lease | None:
-    """Our lease: the one for the subnet in subnet.env."""
-    if subnet is None:
+def own_lease(
+    leases: Sequence[Lease],
+    subnet: ipaddress.IPv4Network | None,
+    subnet6: ipaddress.IPv6Network | None = None,
+) -> Lease | None:
+    """Our lease: the one for the subnet (or, IPv6-only, the IPv6 subnet) in subnet.env."""
+    if subnet is None and subnet6 is None:
         return None
-    return next((lease for lease in leases if lease.subnet == subnet), None)
+    return next((lease for lease in leases
+                 if (subnet is not None and lease.subnet == subnet)
+                 or (subnet is None and lease.ipv6_subnet == subnet6)), None)

@@ -1,6 +1,7 @@
 """The wireguard backend in dual-stack and IPv6-only labs (wireguard-go; this kernel has no
 module): every cell of every family's ping matrix OK, in etcd and kube mode, with upstream's
-default ``Mode: separate`` (IPv6 on ``flannel-wg-v6``, port 51821); a killed IPv6
+default ``Mode: separate`` (IPv6 on ``flannel-wg-v6``, port 51821); ``flannelctl doctor``
+finds nothing wrong and checks the IPv6 peer on ``flannel-wg-v6``; a killed IPv6
 wireguard-go is restarted and re-programmed while IPv4 keeps working."""
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def test_wireguard_lab_reaches_every_pod_in_each_family(
             data = json.loads(annotations[f"{ANNOTATION}/backend-v6-data"])
             assert data["Port"] == 51821 and len(data["PublicKey"]) == len(key_b64(bytes(32)))
             assert annotations[f"{ANNOTATION}/public-ipv6"] == "fd00:198:18::11"
+        doctor = flannelctl("lab", "doctor", "--prefix", prefix, "n1", "--json")
+        report = json.loads(doctor.stdout)
+        assert report["ok"], doctor.stdout[-3000:]
+        v6_rows = [c for c in report["checks"] if c["check"].startswith("peer fd00:")]
+        assert any("on flannel-wg-v6" in c["found"] for c in v6_rows), v6_rows
         if family == "dual":
             os.kill(v6_pid, signal.SIGKILL)  # IPv6's wireguard-go dies; IPv4 is untouched
             assert lab.ping("n1p1", "n2p1", 3, family=4).received == 3

@@ -272,11 +272,13 @@ def test_lease_incompatible_with_a_changed_config_is_dropped(
     assert etcd.get(SUBNETS + old.key) is None
 
 
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "dual"])
 def test_concurrent_acquires_never_share_a_subnet(
-    etcd: Etcd, managers: Callable[..., EtcdSubnetManager]
+    etcd: Etcd, managers: Callable[..., EtcdSubnetManager], ipv6: bool
 ) -> None:
-    # 31 candidate /27s for 20 nodes: random choices collide often.
-    etcd.put(PREFIX + "/config", '{"Network": "10.9.0.0/22", "SubnetLen": 27}')
+    # 31 candidate /27s (and 32 /64s) for 20 nodes: random choices collide often.
+    dual = ', "EnableIPv6": true, "IPv6Network": "fd00:9::/59"' if ipv6 else ""
+    etcd.put(PREFIX + "/config", '{"Network": "10.9.0.0/22", "SubnetLen": 27' + dual + "}")
     count = 20
     nodes = [managers(attempts=30) for _ in range(count)]
     barrier = threading.Barrier(count)
@@ -297,6 +299,7 @@ def test_concurrent_acquires_never_share_a_subnet(
     leases = [r for r in results.values() if isinstance(r, Lease)]
     assert len(leases) == count, results
     assert len({lease.key for lease in leases}) == count
+    assert len({lease.ipv6_subnet for lease in leases}) == (count if ipv6 else 1)
     assert sorted(etcd.keys(SUBNETS)) == sorted(SUBNETS + lease.key for lease in leases)
     for i, result in results.items():
         assert isinstance(result, Lease)
@@ -401,6 +404,41 @@ def test_losing_every_race_is_a_lease_conflict(
         managers(chooser=thief, attempts=3).acquire_lease(attrs("192.168.1.1"))
     assert len(thief.stolen) == 3
     assert len(etcd.keys(SUBNETS)) == 3  # none of ours
+
+
+class V6Thief(random.Random):
+    """Picks the first free subnets; another node takes our IPv6 choice first (once), under
+    another IPv4 subnet: both creates succeed, as no key compare sees the IPv6 part."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        super().__init__(0)
+        self.etcd = etcd
+        self.stolen: list[str] = []
+
+    def choice(self, seq: Any) -> Any:
+        subnet = seq[0]
+        if subnet.version == 6 and not self.stolen:
+            key = f"10.5.200.0-24&{subnet.network_address}-{subnet.prefixlen}"
+            foreign(self.etcd, key, "192.168.66.66")
+            self.stolen.append(key)
+        return subnet
+
+
+def test_an_ipv6_subnet_taken_at_the_same_time_is_given_up_and_another_chosen(
+    etcd: Etcd, managers: Callable[..., EtcdSubnetManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="subnet.etcd")
+    etcd.put(
+        PREFIX + "/config",
+        '{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48"}',
+    )
+    thief = V6Thief(etcd)
+    lease = managers(chooser=thief).acquire_lease(attrs("192.168.1.1"))
+    assert thief.stolen == ["10.5.200.0-24&fd00:5:0:1::-64"]
+    assert lease.key == "10.5.1.0-24&fd00:5:0:2::-64"
+    assert sorted(etcd.keys(SUBNETS)) == sorted(SUBNETS + k for k in (*thief.stolen, lease.key))
+    assert etcd.value(SUBNETS + thief.stolen[0]) == go_value("192.168.66.66")  # untouched
+    assert "IPv6 subnet fd00:5:0:1::/64 was taken by" in caplog.text
 
 
 def test_dual_stack_key_cannot_shadow_an_ipv4_lease(

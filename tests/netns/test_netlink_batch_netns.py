@@ -13,6 +13,7 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 
 from backends import rtnl
+from backends.base import KernelProbe
 from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route
 from backends.netlink import Netlink, Rtnl, open_rtnl_socket
 from backends.plan import Put, plan
@@ -141,3 +142,97 @@ def test_a_partly_failed_batch_reports_each_object_and_retries_only_what_failed(
     assert [(f.change.obj, f.errno) for f in batch.failed] == [(missing_dev, errno.ENODEV)]
     assert len(batch.applied) == len(good)
     assert len(ip_json(ns, "route", "show", "proto", "44")) == 50
+
+
+def read_in_thread(read: Callable[[], object]) -> object:
+    """Run a probe's read on a thread of its own, as the main loop does."""
+    got: list[object] = []
+    worker = threading.Thread(target=lambda: got.append(read()))
+    worker.start()
+    worker.join(60)
+    assert got, "the read did not finish"
+    return got[0]
+
+
+def test_a_kernel_read_off_the_loop_thread_confirms_an_intact_kernel(
+    node: tuple[str, Netlink, int],
+) -> None:
+    _, netlink, dev = node
+    desired = DataplaneState.of(peer_objects(PEERS, dev))
+    assert not netlink.sync(desired, [dev], [2]).failed
+    read = netlink.begin_probe()
+    assert read is not None
+    probe = read_in_thread(read)
+    assert isinstance(probe, KernelProbe)
+    assert netlink.repairs(probe, [dev], [2]) == []
+    assert netlink.repairs(probe, [dev], [2]) is None  # one probe checks one pass
+
+
+def test_writes_made_while_the_kernel_is_read_are_not_taken_for_damage(
+    node: tuple[str, Netlink, int],
+) -> None:
+    _, netlink, dev = node
+    objects = peer_objects(PEERS + 2, dev)
+    first, added, changed = objects[:-6], objects[-6:-3], objects[-3:]
+    assert not netlink.sync(DataplaneState.of(first), [dev], [2]).failed
+    for write_before_read in (True, False):  # the read sees the writes, or does not
+        read = netlink.begin_probe()
+        assert read is not None
+        if write_before_read:
+            netlink.sync_delta([], added, [dev], [2])
+        probe = read_in_thread(read)
+        if not write_before_read:
+            netlink.sync_delta(added, changed, [dev], [2])
+        assert isinstance(probe, KernelProbe)
+        assert netlink.repairs(probe, [dev], [2]) == []
+
+
+def test_damage_found_by_the_read_is_repaired_object_by_object(
+    node: tuple[str, Netlink, int],
+) -> None:
+    ns, netlink, dev = node
+    objects = peer_objects(PEERS, dev)
+    desired = DataplaneState.of(objects)
+    assert not netlink.sync(desired, [dev], [2]).failed
+    foreign = "10.99.0.0"  # a route of ours nobody wanted, and a changed neighbour
+    changed_mac = "0e:00:00:00:99:99"
+    ip(ns, "route", "del", "10.200.0.0/24")
+    ip(ns, "route", "add", f"{foreign}/24", "via", "198.18.0.2", "proto", "44")
+    ip(ns, "neigh", "replace", "10.200.1.0", "lladdr", changed_mac, "dev", "vx-ours",
+       "nud", "permanent")
+    for round_ in range(2):
+        read = netlink.begin_probe()
+        assert read is not None
+        probe = read_in_thread(read)
+        assert isinstance(probe, KernelProbe)
+        if round_ == 0:
+            repairs = netlink.repairs(probe, [dev], [2])
+            assert repairs is not None
+            assert {(type(c).__name__, c.obj) for c in repairs} == {
+                ("Delete", Route(ipaddress.IPv4Network(f"{foreign}/24"),
+                                 ipaddress.IPv4Address("198.18.0.2"), netlink.link("ul0").index)),  # type: ignore[union-attr]
+                ("Put", objects[2]), ("Put", objects[3]),
+            }
+            continue
+        # the full pass, with the probe: repairs only those objects
+        result = netlink.sync_changes([], [], lambda: desired, [dev], [2], fresh=True,
+                                      probe=probe)
+        assert len(result.applied) == 3 and not result.failed
+        assert netlink.observe([dev], [2]) == desired
+
+
+def test_a_failed_write_keeps_the_read_from_vouching_for_the_kernel(
+    node: tuple[str, Netlink, int],
+) -> None:
+    _, netlink, dev = node
+    good = peer_objects(5, dev)
+    unreachable = Route(ipaddress.IPv4Network("10.201.0.0/24"), ipaddress.IPv4Address("10.201.0.0"),
+                        dev)
+    assert not netlink.sync(DataplaneState.of(good), [dev], [2]).failed
+    read = netlink.begin_probe()
+    assert read is not None
+    assert netlink.sync_delta([], [unreachable], [dev], [2]).failed  # type: ignore[union-attr]
+    probe = read_in_thread(read)
+    assert isinstance(probe, KernelProbe)
+    assert netlink.repairs(probe, [dev], [2]) is None
+    assert netlink.begin_probe() is None  # until a full pass succeeds again

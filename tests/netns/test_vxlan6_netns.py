@@ -26,6 +26,7 @@ from flanneld.lab import topology
 from subnet.errors import InterfaceError
 from subnet.lease import UNSPECIFIED_V4, Lease, LeaseAttrs, encode_attrs
 from subnet.netconf import BackendConfig, NetConfig
+from tests.netns.test_vxlan_netns import apply_event
 
 pytestmark = pytest.mark.netns
 
@@ -324,12 +325,7 @@ def test_events_program_only_the_changed_peer_in_both_families(pair: tuple[Node,
     network.reconcile(list(peers.values()))
 
     def event(changes: dict[str, Lease | None]) -> ReconcileReport:
-        for key, lease in changes.items():
-            if lease is None:
-                peers.pop(key, None)
-            else:
-                peers[key] = lease
-        return network.reconcile(list(peers.values()), full=False, changes=changes)
+        return apply_event(network, peers, changes)
 
     added = event({peer(4).key: peer(4)})
     assert (added.added, added.removed) == (6, 0)

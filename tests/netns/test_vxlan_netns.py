@@ -484,6 +484,18 @@ def test_two_nodes_reach_each_others_pods(
 # --- events: only the changed peers -----------------------------------------------------------
 
 
+def apply_event(
+    network: VxlanNetwork, peers: dict[str, Lease], changes: dict[str, Lease | None]
+) -> ReconcileReport:
+    """A watch event: ``peers`` (by key) updated by ``changes``, then the event's pass."""
+    for key, lease in changes.items():
+        if lease is None:
+            peers.pop(key, None)
+        else:
+            peers[key] = lease
+    return network.reconcile(list(peers.values()), full=False, changes=changes)
+
+
 def test_events_program_only_the_changed_peers_and_agree_with_a_full_pass(
     pair: tuple[Node, Node],
 ) -> None:
@@ -494,12 +506,7 @@ def test_events_program_only_the_changed_peers_and_agree_with_a_full_pass(
     assert kernel(a.ns) == expected(2, 3, 4)
 
     def event(changes: dict[str, Lease | None]) -> ReconcileReport:
-        for key, lease in changes.items():
-            if lease is None:
-                peers.pop(key, None)
-            else:
-                peers[key] = lease
-        return network.reconcile(list(peers.values()), full=False, changes=changes)
+        return apply_event(network, peers, changes)
 
     added = event({peer(5).key: peer(5)})
     assert (added.added, added.removed) == (3, 0)  # one peer's objects, nothing else

@@ -310,6 +310,17 @@ def test_bad_resync_interval(text: str) -> None:
     assert code == 2
 
 
+@pytest.mark.parametrize("text", ["0", "-1", "100.5", "nan", "lots"])
+def test_bad_resync_max_cpu(text: str) -> None:
+    code, _ = usage_exit(f"--resync-max-cpu={text}")
+    assert code == 2
+
+
+def test_resync_max_cpu_defaults_to_half_a_percent() -> None:
+    assert parse().resync_max_cpu == 0.5
+    assert parse("--resync-max-cpu=100").resync_max_cpu == 100.0
+
+
 # --- secrets ---------------------------------------------------------------------------
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cni import gojson
 
@@ -56,3 +60,29 @@ def test_invalid_utf8_is_replaced() -> None:
 def test_field_lookup_is_case_insensitive_and_the_last_match_wins() -> None:
     assert gojson.field({"SubnetFile": "/a", "subnetfile": "/b"}, "subnetFile") == (True, "/b")
     assert gojson.field({"dataDir": "/a"}, "subnetFile") == (False, None)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _reference(data: bytes) -> object:
+    """What the ``json`` package decodes, with Go's numbers (the behaviour to keep)."""
+    return json.loads(data.decode("utf-8", "replace"), parse_int=float, parse_float=float)
+
+
+@given(JSON_VALUES, st.sampled_from(["", " ", "\n\t ", "\r\n"]))
+def test_loads_agrees_with_the_json_package(value: object, space: str) -> None:
+    data = (space + json.dumps(value) + space).encode()
+    assert gojson.loads(data) == _reference(data)
+
+
+@pytest.mark.parametrize("text", [b"", b" ", b"{", b"[1,]", b'{"a":1} x', b"1 2", b"nul",
+                                  b"\xef\xbb\xbf{}", b'{"a":1}}', b"[1e999]", b"NaN"])
+def test_loads_refuses_what_the_json_package_refuses(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        gojson.loads(text)

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import InterfaceAddress, InterfaceInfo, ReconcileReport, RouteLookup
+from backends.base import (
+    InterfaceAddress,
+    InterfaceInfo,
+    KernelProbe,
+    ReconcileReport,
+    RouteLookup,
+)
 from backends.kernelwatch import OwnDeletions
 from backends.registry import BackendContext, BackendEntry
 from bench.fakes import FakeSubnetManager
@@ -91,10 +97,14 @@ class FakeNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         self.calls.append((sorted(p.key for p in peers), full))
         self._on_reconcile(self)
         return ReconcileReport(peers=len(peers))
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        return None
 
     def close(self) -> None:
         self.closed = True

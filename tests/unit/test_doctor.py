@@ -532,3 +532,94 @@ def test_encapsulated_packets_are_recognised_and_our_port_probe_is_not() -> None
     assert sent is not None and sent.peer == "198.18.0.12"
     probe = struct.pack("!HHHH", 40000, 8472, 16, 0) + b"\x00" * 8
     assert parse_encap(_ipv4(17, "198.18.0.11", "198.18.0.12", probe), True, 8472) is None
+
+
+# --- IPv6: dual-stack and IPv6-only wireguard ---------------------------------------------
+
+WG_KEY = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+
+
+def wg_lease(n: int, v4: bool = True) -> Lease:
+    data = json.dumps({"PublicKey": WG_KEY.replace("AQ", f"A{n}", 1), "Port": 51820},
+                      separators=(",", ":"))
+    data6 = data.replace("51820", "51821")
+    return Lease(
+        ipaddress.IPv4Network(f"10.244.{n}.0/24") if v4 else None,
+        ipaddress.IPv6Network(f"fd00:10:244:{n}::/64"),
+        LeaseAttrs(ipaddress.IPv4Address(f"198.18.0.1{n}" if v4 else "0.0.0.0"),
+                   ipaddress.IPv6Address(f"fd00:198:18::1{n}"), "wireguard",
+                   data if v4 else None, data6),
+    )
+
+
+def wg_node(v4: bool = True) -> Observations:
+    """A healthy wireguard node of a dual-stack (or IPv6-only) cluster, Mode separate."""
+    conf = ('{"Network":"10.244.0.0/16",' if v4 else '{"EnableIPv4":false,') + (
+        '"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"wireguard"}}')
+    obs = healthy()
+    devices = [Link(6, "flannel-wg-v6", "", 1420, "", True, None)]
+    if v4:
+        devices.append(Link(7, "flannel-wg", "", 1420, "", True, None))
+    env = {"FLANNEL_IPV6_NETWORK": "fd00:10:244::/56", "FLANNEL_IPV6_SUBNET": "fd00:10:244:1::1/64",
+           "FLANNEL_MTU": "1420", "FLANNEL_IPMASQ": "true"}
+    if v4:
+        env.update(FLANNEL_NETWORK="10.244.0.0/16", FLANNEL_SUBNET="10.244.1.1/24")
+    links = tuple(lk for lk in obs.kernel.links if lk.name != "flannel.1") + tuple(devices)
+    return replace(
+        obs, subnet_env=env,
+        store=StoreView(parse_net_config(conf.encode()), tuple(wg_lease(n, v4) for n in (1, 2))),
+        external_ip=ipaddress.IPv4Address("198.18.0.11") if v4 else None,
+        external_ip6=ipaddress.IPv6Address("fd00:198:18::11"),
+        kernel=replace(obs.kernel, links=tuple(
+            replace(lk, mtu=1420) if lk.name in ("cni0", "veth1") else lk for lk in links)),
+    )
+
+
+def test_dual_stack_wireguard_node_checks_both_families() -> None:
+    obs = wg_node()
+    ctx = context(obs)
+    assert ctx.profile is not None and (ctx.profile.device, ctx.profile.device6) == (
+        "flannel-wg", "flannel-wg-v6")
+    assert sorted(str(p.subnet) for p in ctx.peers) == ["10.244.2.0/24", "fd00:10:244:2::/64"]
+    lease_line = check_lease(obs, ctx)
+    assert lease_line.status is Status.OK and "public IPv6 fd00:198:18::11" in lease_line.found
+    env_line = check_subnet_env(obs, ctx)
+    assert env_line.status is Status.OK and "fd00:10:244:1::1/64" in env_line.found
+    v6 = next(p for p in ctx.peers if p.subnet.version == 6)
+    state = check_peer_state(obs, ctx, v6)
+    assert state.status is Status.SKIP and "on flannel-wg-v6" in state.found
+    assert check_reachability(obs, ctx, v6).status is Status.SKIP
+    assert check_mtu(obs, ctx).status is Status.OK
+
+
+def test_missing_flannel_wg_v6_fails_the_ipv6_peer_only() -> None:
+    obs = wg_node()
+    obs = replace(obs, kernel=replace(obs.kernel, links=tuple(
+        lk for lk in obs.kernel.links if lk.name != "flannel-wg-v6")))
+    ctx = context(obs)
+    results = {str(p.subnet): check_peer_state(obs, ctx, p) for p in ctx.peers}
+    assert results["fd00:10:244:2::/64"].status is Status.FAIL
+    assert "no flannel-wg-v6 device" in results["fd00:10:244:2::/64"].found
+    assert results["10.244.2.0/24"].status is Status.SKIP
+    assert check_mtu(obs, ctx).status is Status.FAIL
+
+
+def test_ipv6_only_node_finds_its_lease_by_the_ipv6_subnet() -> None:
+    obs = wg_node(v4=False)
+    ctx = context(obs)
+    assert ctx.own is not None and ctx.own.key == "fd00:10:244:1::-64"
+    assert ctx.profile is not None and ctx.profile.device == "flannel-wg-v6"
+    assert [str(p.subnet) for p in ctx.peers] == ["fd00:10:244:2::/64"]
+    assert check_lease(obs, ctx).status is Status.OK
+    assert check_subnet_env(obs, ctx).status is Status.OK
+
+
+def test_wrong_ipv6_subnet_env_and_public_ipv6_fail() -> None:
+    obs = wg_node()
+    env = dict(obs.subnet_env or {})
+    env["FLANNEL_IPV6_NETWORK"] = "fd00:99::/56"
+    bad = replace(obs, subnet_env=env, external_ip6=ipaddress.IPv6Address("fd00:198:18::99"))
+    ctx = context(bad)
+    assert "FLANNEL_IPV6_NETWORK=fd00:99::/56" in check_subnet_env(bad, ctx).found
+    lease_line = check_lease(bad, ctx)
+    assert lease_line.status is Status.FAIL and "IPv6 address is fd00:198:18::99" in lease_line.found

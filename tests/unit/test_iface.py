@@ -75,11 +75,13 @@ def test_address_choice_keeps_kernel_order_among_equals() -> None:
     assert choose_address(ETH1, 4) == V4("192.168.7.9")
 
 
-def test_address_choice_is_generic_over_family() -> None:
+def test_ipv6_address_choice_is_global_only() -> None:
+    """Upstream would fall back to a link-local IPv6; no peer accepts one as an endpoint."""
     info = link("x", 9, addr("fe80::1"), addr("2001:db8::7", temporary=True),
                 addr("2001:db8::1", deprecated=True), addr("2001:db8::2"))
     order = [str(a.address) for a in usable_addresses(info, 6)]
-    assert order == ["2001:db8::2", "2001:db8::7", "fe80::1"]
+    assert order == ["2001:db8::2", "2001:db8::7"]
+    assert choose_address(link("y", 9, addr("fe80::1"), addr("::1")), 6) is None
 
 
 def test_private_ranges_count_as_global_unicast() -> None:
@@ -187,7 +189,7 @@ def test_iface_all_failing_lists_each_attempt_and_what_exists() -> None:
     assert "--iface wlan0: no interface named 'wlan0'" in text
     assert "--iface 9.9.9.9: no interface with given IP found" in text
     assert "fd00::5 is an IPv6 address" in text
-    assert "available: lo [127.0.0.1]; eth0 [10.0.0.5]" in text
+    assert "available: lo [127.0.0.1 (loopback)]; eth0 [10.0.0.5]" in text
 
 
 def test_explicit_flags_never_fall_back_to_default_route() -> None:
@@ -366,7 +368,7 @@ def test_no_ipv6_address_lists_every_interface_and_its_ipv6_addresses() -> None:
         select_interface(LINKS, ifaces=["ens5"], stack=IPStack.DUAL)
     text = str(exc.value)
     assert "failed to find IPv6 address for interface ens5 (chosen by --iface ens5)" in text
-    assert "eth0 [fd00::5]" in text and "ens5 [no IPv6]" in text and "lo [::1]" in text
+    assert "eth0 [fd00::5]" in text and "ens5 [no IPv6]" in text and "lo [::1 (loopback)]" in text
 
 
 def test_ipv6_only_needs_no_ipv4_address() -> None:
@@ -402,3 +404,77 @@ def test_discover_asks_for_the_ipv6_default_route_for_an_ipv6_stack() -> None:
     ext = discover(netlink, parse_flags([], {}), IPStack.DUAL)
     assert ext.iface_addr6 == V6("fd00::5")
     assert netlink.families == [socket.AF_INET, socket.AF_INET6]
+
+
+# --- IPv6 through --iface, --iface-regex, --iface-can-reach, --public-ipv6 ----------------
+
+DUAL0 = link("dual0", 7, addr("fe80::7"), addr("198.18.0.11"), addr("fd00:198:18::11"),
+             addr("fd00:198:18::99", deprecated=True))
+V6LINKS = (*LINKS, DUAL0)
+
+
+def test_iface_given_an_ipv6_address() -> None:
+    ext = select_interface(V6LINKS, ifaces=["fd00:198:18::11"], stack=IPStack.DUAL)
+    assert (ext.name, ext.iface_addr, ext.iface_addr6) == (
+        "dual0", V4("198.18.0.11"), V6("fd00:198:18::11"))
+    only6 = select_interface(V6LINKS, ifaces=["fd00::5"], stack=IPStack.IPV6)
+    assert (only6.name, only6.iface_addr, only6.ext_addr6) == ("eth0", None, V6("fd00::5"))
+    with pytest.raises(InterfaceError, match="is an IPv4 address; an IPv6-only stack"):
+        select_interface(V6LINKS, ifaces=["198.18.0.11"], stack=IPStack.IPV6)
+
+
+def test_iface_regex_matches_ipv6_addresses_and_in_dual_stack_both_families() -> None:
+    only6 = select_interface(V6LINKS, iface_regexes=["^fd00:198:"], stack=IPStack.IPV6)
+    assert (only6.name, only6.iface_addr6) == ("dual0", V6("fd00:198:18::11"))  # not deprecated
+    dual = select_interface(V6LINKS, iface_regexes=[r"^198\.18\.|^fd00:198:"],
+                            stack=IPStack.DUAL)
+    assert (dual.name, dual.iface_addr, dual.iface_addr6) == (
+        "dual0", V4("198.18.0.11"), V6("fd00:198:18::11"))
+    with pytest.raises(InterfaceError) as exc:  # matches IPv4 only: upstream wants both
+        select_interface(V6LINKS, iface_regexes=[r"^198\.18\."], stack=IPStack.DUAL)
+    text = str(exc.value)
+    assert "no interface with both an IPv4 and an IPv6 address" in text
+    assert "IPv6 available:" in text and "fe80::7 (link-local)" in text
+    assert "fd00:198:18::99 (deprecated)" in text
+    by_name = select_interface(V6LINKS, iface_regexes=["^dual"], stack=IPStack.DUAL)
+    assert by_name.iface_addr6 == V6("fd00:198:18::11")
+
+
+def test_iface_can_reach_an_ipv6_target_takes_the_route_source() -> None:
+    table = {"2001:db8:9::1": [RouteLookup(7, V6("fd00:198:18::1"), V6("fd00:198:18::11"))]}
+    ext = select_interface(V6LINKS, iface_can_reach="2001:db8:9::1", route_lookup=routes(table),
+                           stack=IPStack.IPV6)
+    assert (ext.name, ext.iface_addr6) == ("dual0", V6("fd00:198:18::11"))
+    dual = select_interface(V6LINKS, iface_can_reach="2001:db8:9::1",
+                            route_lookup=routes(table), stack=IPStack.DUAL)
+    assert (dual.iface_addr, dual.iface_addr6) == (V4("198.18.0.11"), V6("fd00:198:18::11"))
+
+
+def test_only_link_local_ipv6_names_every_address_considered() -> None:
+    ll = link("ll0", 8, addr("10.8.8.8"), addr("fe80::8"), addr("fd00::8", deprecated=True))
+    with pytest.raises(InterfaceError) as exc:
+        select_interface((*LINKS, ll), ifaces=["ll0"], stack=IPStack.DUAL)
+    text = str(exc.value)
+    assert "failed to find IPv6 address for interface ll0" in text
+    assert "ll0 [fe80::8 (link-local), fd00::8 (deprecated)]" in text
+    assert "eth0 [fd00::5]" in text and "ens5 [no IPv6]" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("fe80::1", "link-local"), ("::ffff:10.0.0.1", "IPv4-mapped"), ("::1", "loopback"),
+     ("ff02::1", "multicast"), ("::", "unspecified")],
+)
+def test_public_ipv6_must_be_reachable_by_peers(value: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid --public-ipv6: .*{reason}"):
+        select_interface(V6LINKS, ifaces=["dual0"], public_ipv6=value, stack=IPStack.DUAL)
+
+
+def test_dual_stack_public_ipv6_of_another_interface_is_refused() -> None:
+    with pytest.raises(InterfaceError, match="v6 interface eth0 must be the same with v4 "
+                                             "interface dual0"):
+        select_interface(V6LINKS, ifaces=["198.18.0.11"], public_ipv6="fd00::5",
+                         stack=IPStack.DUAL)
+    nat = select_interface(V6LINKS, ifaces=["198.18.0.11"], public_ipv6="2001:db8::77",
+                           stack=IPStack.DUAL)
+    assert (nat.iface_addr6, nat.ext_addr6) == (V6("fd00:198:18::11"), V6("2001:db8::77"))

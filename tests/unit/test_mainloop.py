@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from backends.base import ReconcileReport
+from backends.base import KernelProbe, ReconcileReport
 from flanneld.loop import LeaseHolder, LoopSettings, MainLoop
 from flanneld.loop_state import Kick
+from subnet.errors import DataplaneError
 from subnet.lease import Lease, LeaseAttrs
 from subnet.manager import LeaseAdded, LeaseRemoved, Snapshot
 from tests.waiting import wait_until
@@ -27,6 +29,7 @@ class FakeNetwork:
         self._lease = own
         self.calls: list[list[str]] = []
         self.changes: list[dict[str, Lease | None] | None] = []
+        self.probes: list[KernelProbe | None] = []
 
     @property
     def lease(self) -> Lease:
@@ -41,10 +44,15 @@ class FakeNetwork:
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         self.calls.append(sorted(p.key for p in peers))
         self.changes.append(None if changes is None else dict(changes))
+        self.probes.append(probe)
         return ReconcileReport(peers=len(peers))
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        return None
 
     def close(self) -> None:
         pass
@@ -194,10 +202,11 @@ def test_driver_carries_out_the_step_in_the_calling_thread_with_an_injected_cloc
         peers: Sequence[Lease],
         full: bool = True,
         changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
     ) -> ReconcileReport:
         clock.now += 2.0
         stop.set()
-        return record(peers, full, changes)
+        return record(peers, full, changes, probe)
 
     second.reconcile = reconcile_then_stop  # type: ignore[method-assign]
     announced: list[str] = []
@@ -233,3 +242,85 @@ def test_each_pass_is_told_which_leases_changed_since_the_last() -> None:
         stop.set()
         thread.join(5)
     assert network.changes == [None, {lease(3).key: lease(3)}, {lease(2).key: None}]
+
+
+class SlowReadNetwork(FakeNetwork):
+    """A network whose full pass's kernel read blocks until the test lets it finish."""
+
+    def __init__(self, own: Lease) -> None:
+        super().__init__(own)
+        self.reading = threading.Event()
+        self.finish = threading.Event()
+        self.probe = KernelProbe(generation=7, differing={}, seconds=0.01)
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        def read() -> KernelProbe:
+            self.reading.set()
+            self.finish.wait(WAIT)
+            return self.probe
+
+        return read
+
+
+def test_an_event_is_served_while_a_full_pass_reads_the_kernel() -> None:
+    stop = threading.Event()
+    network = SlowReadNetwork(lease(1))
+    loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
+                    LoopSettings(resync_interval=0.05), stop)
+    thread = run_loop(loop, network, stop)
+    try:
+        loop.messages.put(Snapshot((lease(1), lease(2))))
+        wait_until(network.reading.is_set, WAIT, "a full pass's kernel read to begin")
+        loop.messages.put(LeaseAdded(lease(3)))
+        wait_until(lambda: {lease(3).key: lease(3)} in network.changes, WAIT,
+                   "the addition reconciled while the read still runs")
+        assert not network.finish.is_set() and network.probe not in network.probes
+        network.finish.set()
+        wait_until(lambda: network.probe in network.probes, WAIT,
+                   "the full pass finished with the read")
+    finally:
+        network.finish.set()
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert network.calls[network.probes.index(network.probe)] == ["10.244.2.0-24", "10.244.3.0-24"]
+
+
+class FailingReadNetwork(FakeNetwork):
+    """A network whose full pass's kernel read fails."""
+
+    def __init__(self, own: Lease) -> None:
+        super().__init__(own)
+        self.fulls: list[bool] = []
+
+    def begin_probe(self) -> Callable[[], KernelProbe] | None:
+        def read() -> KernelProbe:
+            raise DataplaneError("netlink socket for the full pass: no buffer space", 105)
+
+        return read
+
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        full: bool = True,
+        changes: Mapping[str, Lease | None] | None = None,
+        probe: KernelProbe | None = None,
+    ) -> ReconcileReport:
+        self.fulls.append(full)
+        return super().reconcile(peers, full, changes, probe)
+
+
+def test_a_failed_kernel_read_gives_the_full_pass_to_the_loop_thread(caplog: Any) -> None:
+    stop = threading.Event()
+    network = FailingReadNetwork(lease(1))
+    loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
+                    LoopSettings(resync_interval=0.05), stop)
+    thread = run_loop(loop, network, stop)
+    try:
+        loop.messages.put(Snapshot((lease(1), lease(2))))
+        wait_until(lambda: len(network.fulls) >= 2, WAIT, "a full pass after the failed read")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert network.fulls[1] is True and network.probes[1] is None
+    assert "the full pass's kernel read failed" in caplog.text

@@ -80,6 +80,7 @@ PATCH_TYPES = {
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 DEFAULT_WATCH_TIMEOUT = 1800
 MAX_OPEN_LISTS = 100  # unfinished paginated lists kept for their continue tokens
+MAX_ENCODINGS = 100_000  # encoded list items kept (all dropped when there are more)
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -236,6 +237,7 @@ class KubeAPIDouble:
         self._compacted = first_resource_version  # events at or below are gone
         self._history: list[_Event] = []
         self._pages: dict[str, _Paged] = {}  # continue token -> the rest of its list
+        self._encodings: dict[int, tuple[JSON, bytes]] = {}  # id -> (stored object, JSON)
         self._objects: dict[str, dict[Key, JSON]] = {r.plural: {} for r in RESOURCES}
         self._tokens: dict[str, str] = {}  # bearer token -> the user it authenticates
         self._faults: list[_Fault] = []
@@ -633,9 +635,9 @@ class KubeAPIDouble:
         elif query.get("watch", "") in _TRUE:
             self._watch(handler, selected, query)
         else:
-            send_json(handler, 200, self._list(target, selected, query))
+            send_body(handler, 200, self._list(target, selected, query))
 
-    def _list(self, target: _Target, selected: _Filter, query: dict[str, str]) -> JSON:
+    def _list(self, target: _Target, selected: _Filter, query: dict[str, str]) -> bytes:
         """A list, or one page of it with ``limit``; ``continue`` fetches the next page.
 
         The pages of one list come from the snapshot its first page was taken
@@ -662,9 +664,9 @@ class KubeAPIDouble:
                 rv, items = paged.rv, paged.rest
             else:
                 rv = self._rv
-                # shallow copies: a stored object is never changed in place (every write
-                # stores a new one), so the snapshot stays as it was
-                items = [dict(obj) for _, obj in
+                # no copies: a stored object is never changed in place (every write stores
+                # a new one), so the snapshot stays as it was
+                items = [obj for _, obj in
                          sorted(self._objects[resource.plural].items()) if selected.accepts(obj)]
             rest: list[JSON] = []
             if 0 < limit < len(items):
@@ -673,11 +675,28 @@ class KubeAPIDouble:
                 self._pages[following] = _Paged(scope, rv, rest)
                 while len(self._pages) > MAX_OPEN_LISTS:  # the oldest unfinished list goes
                     del self._pages[next(iter(self._pages))]
-        doc = _list_doc(resource, rv, items)
+        meta: JSON = {"resourceVersion": str(rv)}
         if rest:
-            doc["metadata"]["continue"] = following
-            doc["metadata"]["remainingItemCount"] = len(rest)
-        return doc
+            meta["continue"] = following
+            meta["remainingItemCount"] = len(rest)
+        head = json.dumps({"kind": f"{resource.kind}List", "apiVersion": resource.group_version,
+                           "metadata": meta})
+        return b"".join((head[:-1].encode(), b',"items":[',
+                         b",".join(self._encoded(obj) for obj in items), b"]}"))
+
+    def _encoded(self, obj: JSON) -> bytes:
+        """A stored object as a list item (no kind/apiVersion), encoded once per version, as
+        the real API server's cache does: listing thousands of Nodes is not the double's
+        JSON encoder at work."""
+        cached = self._encodings.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        data = json.dumps({k: v for k, v in obj.items()
+                           if k not in ("kind", "apiVersion")}).encode()
+        if len(self._encodings) > MAX_ENCODINGS:
+            self._encodings.clear()
+        self._encodings[id(obj)] = (obj, data)  # holding obj keeps its id unique
+        return data
 
     def _create(self, target: _Target, body: Any) -> JSON:
         resource = target.resource
@@ -1056,7 +1075,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def send_json(handler: _Handler, code: int, doc: JSON) -> None:
-    data = json.dumps(doc).encode()
+    send_body(handler, code, json.dumps(doc).encode())
+
+
+def send_body(handler: _Handler, code: int, data: bytes) -> None:
     handler.send_response(code)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(data)))
