@@ -120,8 +120,9 @@ LIST_PAGE = 200
 # younger than this.  Safe at any age: a choice made on an old listing fails its
 # compare-and-swap (no key with that IPv4 subnet may exist), and the next attempt
 # lists again.  Not with IPv6: the compare cannot cover the IPv6 half of a key,
-# so an old listing would widen the window in which two nodes starting together
-# pick the same IPv6 subnet.  (The watch lists afresh: its snapshot must hold the
+# and an old listing would widen the window in which two nodes starting together
+# pick the same IPv6 subnet (one of them then finds out and chooses again, see
+# _first_ipv6_claimant).  (The watch lists afresh: its snapshot must hold the
 # lease we just acquired.)
 LIST_REUSE = 10.0
 
