@@ -61,6 +61,7 @@ from backends.wireguard_state import (
     device_address,
     key_b64,
     lease_attrs,
+    merge_skipped,
     parse_options,
     plan_changes,
     plan_peers,
@@ -375,14 +376,11 @@ class WireguardNetwork:
 
     def _compute_all(self, peers: Sequence[Lease]) -> list[Skipped]:
         """Every device's peers from scratch; keeps an index per device that skipped none."""
-        skipped: dict[str, list[str]] = {}
+        skipped: list[Skipped] = []
         for tunnel, _ in self._devices:
             usable, refused = wireguard_peers(
                 self._lease, self._public_key, peers, self._networks, self._options, tunnel)
-            for skip in refused:
-                reasons = skipped.setdefault(skip.key, [])
-                if skip.reason not in reasons:
-                    reasons.append(skip.reason)
+            skipped += refused
             index = None
             if not refused:
                 keys = {p.lease_key: p.public_key for p in usable}
@@ -390,7 +388,7 @@ class WireguardNetwork:
                 for lease in peers:
                     index.hold(lease, (keys[lease.key],))
             self._programmed[tunnel.name].peers.reset(index, {p.lease_key: [p] for p in usable})
-        merged = [Skipped(key, "; ".join(reasons)) for key, reasons in skipped.items()]
+        merged = merge_skipped(skipped)
         self._skips.report(merged)
         return merged
 

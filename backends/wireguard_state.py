@@ -444,6 +444,17 @@ def wireguard_peers(
     return result, skipped
 
 
+def merge_skipped(skipped: Iterable[Skipped]) -> list[Skipped]:
+    """One entry per lease, its reasons from every device joined (a dual-stack peer may be
+    refused on ``flannel-wg-v6`` only)."""
+    reasons: dict[str, list[str]] = {}
+    for skip in skipped:
+        found = reasons.setdefault(skip.key, [])
+        if skip.reason not in found:
+            found.append(skip.reason)
+    return [Skipped(key, "; ".join(texts)) for key, texts in reasons.items()]
+
+
 def tunnel_peer(
     own: Lease, peer: Lease, networks: Sequence[IPNetwork], options: WireguardOptions,
     tunnel: Tunnel,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import shutil
 import time
@@ -202,11 +203,15 @@ def _idle(lab: Any, daemon: Flanneld, seconds: float) -> dict[str, Any]:
 
     The window runs from just after one periodic full pass to just after another, at
     least ``seconds`` apart, so it holds whole periods (a window of arbitrary length holds
-    one pass more or less, and at 5000 peers a period is about half a minute).
+    one pass more or less, and at 5000 peers a period is about a minute).  The period is
+    measured first, so that inside the window /metrics is read (which costs the daemon
+    CPU) only in the last seconds before the pass that ends it.
     """
-    first = _after_full_pass(lab, daemon, seconds + 120)
-    time.sleep(seconds)
-    last = _after_full_pass(lab, daemon, seconds + 120)
+    before = _after_full_pass(lab, daemon, seconds + 300)
+    first = _after_full_pass(lab, daemon, seconds + 300)
+    period = max(POLL_S, first.at - before.at)
+    time.sleep(max(0.0, math.ceil(seconds / period) * period - 3 * POLL_S))
+    last = _after_full_pass(lab, daemon, seconds + 300)
     wall = last.at - first.at
     resync = daemon.metrics(lab.node_thread).get("flannel_resync_duration_seconds")
     return {"idle_cpu_percent": round(100 * (last.cpu - first.cpu) / wall, 2),

@@ -130,17 +130,14 @@ def _wireguard_peers(
     options = wireguard_state.parse_options(config.backend)
     nets = networks(config)
     peers: list[Peer] = []
-    refused: dict[str, list[str]] = {}
+    refused: list[Skipped] = []
     for tunnel in wireguard_state.tunnels(options, [n.version for n in nets]):
         found, skipped = wireguard_state.wireguard_peers(own, own_key, others, nets, options,
                                                          tunnel)
-        for skip in skipped:
-            reasons = refused.setdefault(skip.key, [])
-            if skip.reason not in reasons:
-                reasons.append(skip.reason)
+        refused += skipped
         peers += [Peer(wg.lease_key, subnet, wg.endpoint[0])
                   for wg in found for subnet in sorted(wg.allowed_ips, key=str)]
-    return peers, [Skipped(key, "; ".join(reasons)) for key, reasons in refused.items()]
+    return peers, wireguard_state.merge_skipped(refused)
 
 
 def probe_address(prof: Profile, peer: Peer) -> IPAddress:

@@ -543,7 +543,7 @@ def test_nodes_are_listed_in_pages_and_an_expired_continue_lists_again(
                                         dataclasses.replace(FAST, list_page=2))
     w = Watcher(manager)
     try:
-        w.wait_for_keys({f"10.244.{i}.0-24" for i in range(1, 6)})
+        w.wait_for_keys({f"10.244.{i}.0-24" for i in range(1, 6)}, timeout=30)
         assert w.snapshots() == 1  # the broken list sent nothing
         lists = [r.query for r in api.requests_matching("GET", "/api/v1/nodes")
                  if "watch" not in r.query]
@@ -562,7 +562,7 @@ def test_list_made_ahead_of_acquire_carries_our_own_new_lease(
     settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
     manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not [r for r in api.requests_matching("GET", "/api/v1/nodes")
                    if r.query.get("limit") == "500"]:
             assert time.monotonic() < deadline, "the early list was not made"
@@ -570,7 +570,7 @@ def test_list_made_ahead_of_acquire_carries_our_own_new_lease(
         manager.acquire_lease(OWN_ATTRS)  # annotates "me" after that list
         w = Watcher(manager)
         try:
-            w.wait_for_keys({"10.244.1.0-24", "10.244.7.0-24"})
+            w.wait_for_keys({"10.244.1.0-24", "10.244.7.0-24"}, timeout=30)
             w.settle()
             assert len(w.log) == 1 and isinstance(w.log[0], Snapshot)
         finally:

@@ -426,3 +426,30 @@ def test_dual_stack_start_up_takes_the_interface_ipv6_or_the_node_override(
         "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
         "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
     )
+
+
+class RememberingStore(FakeSubnetManager):
+    """A store that still has what this node advertised before (its lease, its annotations)."""
+
+    def previous_attrs(self, public_ip: ipaddress.IPv4Address | None) -> LeaseAttrs | None:
+        return LeaseAttrs(
+            public_ip=OUR_ADDRESS, public_ipv6=OUR_ADDRESS6, backend_type="vxlan",
+            backend_data='{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}',
+            backend_v6_data='{"VNI":1,"VtepMAC":"0a:00:00:00:00:06"}',
+        )
+
+
+def test_the_backend_is_seeded_with_both_families_previous_data(flags: Flags) -> None:
+    """So vxlan recreates flannel.1 and flannel-v6.1 with the MACs its peers know."""
+    rig = Rig(flags, RememberingStore(DUAL_CONFIG, "10.244.7.0/24", "fd00:10:244:7::/64"),
+              lambda n: bool(n.calls))
+    parts = rig.parts()
+
+    def netlink() -> FakeNetlink:
+        rig.netlinks.append(DualNetlink())
+        return rig.netlinks[-1]
+
+    rig.serve(Daemon(flags, rig.stop, dataclasses.replace(parts, netlink=netlink)))
+    ctx = rig.backends[0].ctx
+    assert (ctx.previous_data, ctx.previous_v6_data) == (
+        '{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}', '{"VNI":1,"VtepMAC":"0a:00:00:00:00:06"}')

@@ -244,6 +244,19 @@ def test_subnet_env_missing_or_inconsistent() -> None:
     assert "FLANNEL_IPMASQ=false" in result.found
 
 
+def test_with_flannel_v6_1_flannel_mtu_is_the_smaller_device_mtu() -> None:
+    base = healthy()
+    v6 = Link(6, "flannel-v6.1", "vxlan", 1430, "0e:00:00:00:06:01", True, None, ())
+    kernel = replace(base.kernel, links=(*base.kernel.links, v6))
+    dual = parse_net_config(b'{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                            b'"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+    old = replace(base, kernel=kernel, store=StoreView(dual, base.store.leases))
+    result = check_subnet_env(old, context(old))
+    assert "FLANNEL_MTU=1450 (overlay MTU 1430)" in result.found
+    fixed = replace(old, subnet_env={**base.subnet_env, "FLANNEL_MTU": "1430"})  # type: ignore[dict-item]
+    assert "FLANNEL_MTU" not in check_subnet_env(fixed, context(fixed)).found
+
+
 def test_no_lease_for_our_subnet_fails() -> None:
     obs = replace(healthy(), store=StoreView(CONFIG, healthy().store.leases[1:]))
     assert check_lease(obs, context(obs)).status is Status.FAIL

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from backends.base import KernelProbe, ReconcileReport
@@ -30,6 +31,7 @@ class FakeNetwork:
         self.calls: list[list[str]] = []
         self.changes: list[dict[str, Lease | None] | None] = []
         self.probes: list[KernelProbe | None] = []
+        self.fulls: list[bool] = []
 
     @property
     def lease(self) -> Lease:
@@ -49,6 +51,7 @@ class FakeNetwork:
         self.calls.append(sorted(p.key for p in peers))
         self.changes.append(None if changes is None else dict(changes))
         self.probes.append(probe)
+        self.fulls.append(full)
         return ReconcileReport(peers=len(peers))
 
     def begin_probe(self) -> Callable[[], KernelProbe] | None:
@@ -262,13 +265,24 @@ class SlowReadNetwork(FakeNetwork):
         return read
 
 
-def test_an_event_is_served_while_a_full_pass_reads_the_kernel() -> None:
+@contextmanager
+def resyncing_often(network: FakeNetwork) -> Iterator[MainLoop]:
+    """The loop running on ``network`` with a full pass due every 50 ms; stopped after."""
     stop = threading.Event()
-    network = SlowReadNetwork(lease(1))
     loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
                     LoopSettings(resync_interval=0.05), stop)
     thread = run_loop(loop, network, stop)
     try:
+        yield loop
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_an_event_is_served_while_a_full_pass_reads_the_kernel() -> None:
+    network = SlowReadNetwork(lease(1))
+    with resyncing_often(network) as loop:
         loop.messages.put(Snapshot((lease(1), lease(2))))
         wait_until(network.reading.is_set, WAIT, "a full pass's kernel read to begin")
         loop.messages.put(LeaseAdded(lease(3)))
@@ -278,20 +292,11 @@ def test_an_event_is_served_while_a_full_pass_reads_the_kernel() -> None:
         network.finish.set()
         wait_until(lambda: network.probe in network.probes, WAIT,
                    "the full pass finished with the read")
-    finally:
-        network.finish.set()
-        stop.set()
-        thread.join(5)
-    assert not thread.is_alive()
     assert network.calls[network.probes.index(network.probe)] == ["10.244.2.0-24", "10.244.3.0-24"]
 
 
 class FailingReadNetwork(FakeNetwork):
     """A network whose full pass's kernel read fails."""
-
-    def __init__(self, own: Lease) -> None:
-        super().__init__(own)
-        self.fulls: list[bool] = []
 
     def begin_probe(self) -> Callable[[], KernelProbe] | None:
         def read() -> KernelProbe:
@@ -299,28 +304,11 @@ class FailingReadNetwork(FakeNetwork):
 
         return read
 
-    def reconcile(
-        self,
-        peers: Sequence[Lease],
-        full: bool = True,
-        changes: Mapping[str, Lease | None] | None = None,
-        probe: KernelProbe | None = None,
-    ) -> ReconcileReport:
-        self.fulls.append(full)
-        return super().reconcile(peers, full, changes, probe)
-
 
 def test_a_failed_kernel_read_gives_the_full_pass_to_the_loop_thread(caplog: Any) -> None:
-    stop = threading.Event()
     network = FailingReadNetwork(lease(1))
-    loop = MainLoop(lambda: network, lambda _l: None, lambda: None,
-                    LoopSettings(resync_interval=0.05), stop)
-    thread = run_loop(loop, network, stop)
-    try:
+    with resyncing_often(network) as loop:
         loop.messages.put(Snapshot((lease(1), lease(2))))
         wait_until(lambda: len(network.fulls) >= 2, WAIT, "a full pass after the failed read")
-    finally:
-        stop.set()
-        thread.join(5)
     assert network.fulls[1] is True and network.probes[1] is None
     assert "the full pass's kernel read failed" in caplog.text

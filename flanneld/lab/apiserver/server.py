@@ -52,6 +52,7 @@ error responses) and :attr:`requests` (what clients sent).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import secrets
@@ -854,7 +855,9 @@ class KubeAPIDouble:
                         return [], cursor, "expired"
                     error = {"type": "ERROR", "object": _expired(cursor, self._compacted).status()}
                     return [error], cursor, "expired"
-                news = [event for event in self._history if event.rv > cursor]
+                # the history is in resourceVersion order: skip what this watch has seen
+                start = bisect.bisect_right(self._history, cursor, key=_event_rv)
+                news = self._history[start:]
                 if news:
                     cursor = news[-1].rv
                     events = [e for e in (_as_seen(selected, event) for event in news) if e]
@@ -864,6 +867,10 @@ class KubeAPIDouble:
             if remaining <= 0:
                 return [], max(cursor, self._rv) if not self._paused else cursor, "timeout"
             self._cond.wait(min(remaining, 0.5))
+
+
+def _event_rv(event: _Event) -> int:
+    return event.rv
 
 
 def _as_seen(selected: _Filter, event: _Event) -> JSON | None:
