@@ -40,6 +40,7 @@ from flanneld.loop import (
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
+from flanneld.startphases import StartPhases, process_age
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
 from flanneld.trafficmgr.runner import CommandRunner
@@ -288,6 +289,8 @@ class Daemon:
 
     def serve(self) -> None:
         flags, metrics, stop, parts = self._flags, self._metrics, self._stop, self._parts
+        phases = StartPhases(process_age())
+        phases.mark("imports")
         if flags.healthz_port > 0:
             self._server = start_health(
                 self._health, flags.healthz_ip, flags.healthz_port,
@@ -299,20 +302,31 @@ class Daemon:
         manager = self._manager = parts.manager(flags, previous, stop)
         status = self._store_status
         config = get_network_config(manager, stop, status)
+        phases.mark("store")
         entry = parts.backend(config, "kube" if flags.kube_subnet_mgr else "etcd")
         check_br_netfilter(config)
         netlink = parts.netlink()
         backend = make_backend(flags, manager, config, entry, netlink, stop, status)
+        phases.mark("interface")
         network = register(backend, manager, config, stop, status)
         status(None)
+        phases.mark("device and lease")
         rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
         node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
                                                      strict=True)))
+        phases.mark("rules and subnet.env")
         holder = LeaseHolder(network.lease)
+
+        def synced() -> None:
+            phases.mark("first pass")
+            log.info("start-up %s", phases.summary())
+            metrics.record_start(phases.seconds)
+            node.on_synced()
+
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
-        loop = MainLoop(node.reregister, node.on_lease, node.on_synced, settings, stop, metrics)
+        loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)
         policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy

@@ -12,7 +12,7 @@ health server's ``extra_routes``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -93,6 +93,12 @@ class Metrics:
         self.store_errors = Counter(
             "flannel_store_errors", "Subnet store (etcd, Kubernetes API) failures.", registry=reg
         )
+        self.start_phases = Gauge(
+            "flannel_start_phase_seconds",
+            "Seconds each start-up phase took, up to the first pass that programmed the peers.",
+            ["phase"],
+            registry=reg,
+        )
         for kind in _EVENT_KINDS.values():
             self.events.labels(kind)
         for kind in ("dataplane", "rules", "device"):
@@ -119,6 +125,11 @@ class Metrics:
             self.repaired.labels("dataplane").inc(report.added + report.removed)
         if report.device_recreated:
             self.repaired.labels("device").inc()
+
+    def record_start(self, seconds: Mapping[str, float]) -> None:
+        """How long each start-up phase took (:class:`flanneld.startphases.StartPhases`)."""
+        for phase, secs in seconds.items():
+            self.start_phases.labels(phase).set(secs)
 
     def record_rules_restored(self, count: int) -> None:
         """What ``TrafficManager.resync()`` returned."""

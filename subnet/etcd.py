@@ -115,6 +115,16 @@ GRPC_OPTIONS = (
 # Keys per range request when listing leases: a page holds at most this many
 # values, however many nodes there are.
 LIST_PAGE = 200
+# The start reads the leases for our previous lease and then to acquire one; in
+# an IPv4-only network the first attempt to acquire uses that listing when it is
+# younger than this.  Safe at any age: a choice made on an old listing fails its
+# compare-and-swap (no key with that IPv4 subnet may exist), and the next attempt
+# lists again.  Not with IPv6: the compare cannot cover the IPv6 half of a key,
+# and an old listing would widen the window in which two nodes starting together
+# pick the same IPv6 subnet (one of them then finds out and chooses again, see
+# _first_ipv6_claimant).  (The watch lists afresh: its snapshot must hold the
+# lease we just acquired.)
+LIST_REUSE = 10.0
 
 T = TypeVar("T")
 
@@ -205,6 +215,7 @@ class EtcdSubnetManager:
         self._watches: set[int] = set()
         self._warned: set[tuple[bytes, int]] = set()
         self._listed: dict[bytes, ListedLease] = {}
+        self._recent: tuple[list[ListedLease], int, float] | None = None  # see LIST_REUSE
         self._closed = False
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
@@ -240,7 +251,8 @@ class EtcdSubnetManager:
             )
         backoff = Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         for attempt in range(1, self._attempts + 1):
-            lease = self._try_acquire(attrs, v4_range, v6_range)
+            reuse = attempt == 1 and v6_range is None
+            lease = self._try_acquire(attrs, v4_range, v6_range, reuse=reuse)
             if lease is not None:
                 # A later re-acquire (our key deleted meanwhile) prefers this subnet.
                 self._previous = (lease.subnet, lease.ipv6_subnet)
@@ -284,6 +296,7 @@ class EtcdSubnetManager:
             try:
                 if revision == 0:
                     leases, revision = self._snapshot()
+                    self._forget_listing()  # the peer table holds the leases now
                     sink(Snapshot(leases))
                 watch_id, responses = self._open_watch(revision + 1)
                 backoff.reset()
@@ -346,11 +359,13 @@ class EtcdSubnetManager:
     # --- acquiring ---------------------------------------------------------------
 
     def _try_acquire(
-        self, attrs: LeaseAttrs, v4_range: SubnetRange, v6_range: SubnetRange | None
+        self, attrs: LeaseAttrs, v4_range: SubnetRange, v6_range: SubnetRange | None,
+        reuse: bool,
     ) -> Lease | None:
         """One attempt (``etcd_state.decide``); None when another writer got in first."""
+        listed = self._listing(reuse)[0]
         decision = decide(
-            self._list()[0], attrs.public_ip, self._previous, (v4_range, v6_range), self._chooser
+            listed, attrs.public_ip, self._previous, (v4_range, v6_range), self._chooser
         )
         if isinstance(decision, Reuse):
             return self._reuse(decision.lease, attrs)
@@ -498,6 +513,7 @@ class EtcdSubnetManager:
                     entries.append(entry)
             if not resp.more or not resp.kvs:
                 self._listed = listed  # the watcher and the main thread both list: swap
+                self._recent = (entries, revision, time.monotonic())
                 return entries, revision
             start = resp.kvs[-1].key + b"\0"
 
@@ -513,6 +529,18 @@ class EtcdSubnetManager:
             self._warn_once(kv.key, kv.mod_revision, err)
             attrs = None
         return ListedLease(kv.key, v4, v6, attrs, kv.lease, kv.mod_revision, kv.create_revision)
+
+    def _listing(self, reuse: bool) -> tuple[list[ListedLease], int]:
+        """The last listing if ``reuse`` and it is recent (LIST_REUSE), else a new one."""
+        recent = self._recent
+        if reuse and recent is not None and time.monotonic() - recent[2] <= LIST_REUSE:
+            return recent[0], recent[1]
+        return self._list()
+
+    def _forget_listing(self) -> None:
+        """Let the last listing and the parse cache go (until the next listing)."""
+        self._recent = None
+        self._listed = {}
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()

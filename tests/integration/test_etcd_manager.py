@@ -337,6 +337,65 @@ def test_lost_race_is_retried_with_a_new_choice(
         assert etcd.value(SUBNETS + key) == go_value("192.168.66.66")
 
 
+def counting_lists(manager: EtcdSubnetManager) -> list[int]:
+    """Count the manager's listings of the subnets prefix from now on."""
+    calls: list[int] = []
+    listing = manager._list
+
+    def counted() -> Any:
+        calls.append(1)
+        return listing()
+
+    manager._list = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_acquire_after_reading_the_previous_lease_does_not_list_again(
+    etcd: Etcd, managers: Callable[..., EtcdSubnetManager]
+) -> None:
+    etcd.put(PREFIX + "/config", CONFIG)
+    foreign(etcd, "10.5.50.0-24", "192.168.5.50")
+    manager = managers()
+    assert manager.previous_attrs(IP4("192.168.1.1")) is None
+    lists = counting_lists(manager)
+    lease = manager.acquire_lease(attrs("192.168.1.1"))
+    assert lists == [] and lease.key != "10.5.50.0-24"
+    assert etcd.value(SUBNETS + lease.key) == go_value("192.168.1.1")
+
+
+def test_dual_stack_acquire_lists_afresh(
+    etcd: Etcd, managers: Callable[..., EtcdSubnetManager]
+) -> None:
+    """The create compares only the IPv4 half of the key: the IPv6 subnet is chosen on a
+    fresh listing, so nodes starting together seldom pick the same one (and have to
+    choose again)."""
+    etcd.put(PREFIX + "/config",
+             '{"Network": "10.5.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:5::/48"}')
+    manager = managers()
+    assert manager.previous_attrs(IP4("192.168.1.1")) is None
+    lists = counting_lists(manager)
+    lease = manager.acquire_lease(attrs("192.168.1.1"))
+    assert lists and lease.ipv6_subnet is not None
+
+
+def test_a_subnet_taken_after_the_reused_listing_is_not_taken_twice(
+    etcd: Etcd, managers: Callable[..., EtcdSubnetManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first attempt chooses from the listing made for our previous lease; a node
+    that took that subnet since wins, and the next attempt lists afresh."""
+    etcd.put(PREFIX + "/config", CONFIG)
+    manager = managers((NET4("10.5.77.0/24"), None))
+    assert manager.previous_attrs(IP4("192.168.1.1")) is None
+    foreign(etcd, "10.5.77.0-24", "192.168.9.9")  # after that listing
+    lists = counting_lists(manager)
+    with caplog.at_level(logging.INFO, logger="subnet.etcd"):
+        lease = manager.acquire_lease(attrs("192.168.1.1"))
+    assert "10.5.77.0-24 was taken by another node meanwhile" in caplog.text  # the old listing
+    assert lists == [1]
+    assert lease.key != "10.5.77.0-24"
+    assert etcd.value(SUBNETS + "10.5.77.0-24") == go_value("192.168.9.9")
+
+
 def test_losing_every_race_is_a_lease_conflict(
     etcd: Etcd, managers: Callable[..., EtcdSubnetManager]
 ) -> None:

@@ -110,3 +110,11 @@ def test_metrics_over_http_on_loopback() -> None:
     assert response.status == 200
     assert response.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
     assert samples(body)["flannel_known_peers"] == 9
+
+
+def test_start_phases_are_exported() -> None:
+    m = Metrics()
+    m.record_start({"imports": 0.25, "first pass": 0.5})
+    got = samples(m.exposition().decode())
+    assert got['flannel_start_phase_seconds{phase="imports"}'] == 0.25
+    assert got['flannel_start_phase_seconds{phase="first pass"}'] == 0.5

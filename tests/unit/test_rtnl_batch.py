@@ -211,3 +211,30 @@ def test_a_dumped_object_has_the_signature_of_the_model_object(
     assert decode(rtnl.change_body(Put(obj))[2]) == rtnl.signature(obj)
     other = Route(NET("10.244.9.0/24"), IP("10.244.9.0"), 5, onlink=True)
     assert rtnl.signature(other) != rtnl.signature(obj)
+
+
+def test_the_one_unpack_shapes_decode_as_the_general_path_does() -> None:
+    """A dump of thousands takes the fixed-shape path; anything else the general one."""
+    table = rtnl.attr(rtnl.RTA_TABLE, rtnl.U32.pack(254))
+    head = rtnl.RTMSG.pack(2, 24, 0, 0, 254, 44, 0, 1, rtnl.RTNH_F_ONLINK)
+    dst = rtnl.attr(rtnl.RTA_DST, IP("10.244.1.0").packed)
+    gateway = rtnl.attr(rtnl.RTA_GATEWAY, IP("10.244.1.0").packed)
+    oif = rtnl.attr(rtnl.RTA_OIF, rtnl.U32.pack(3))
+    kernel = head + table + dst + gateway + oif  # what the kernel writes for ours
+    extra = kernel + rtnl.attr(6, rtnl.U32.pack(100))  # RTA_PRIORITY: the general path
+    want = rtnl.signature(Route(NET("10.244.1.0/24"), IP("10.244.1.0"), 3, onlink=True))
+    assert rtnl.route_signature(kernel) == rtnl.route_signature(extra) == want
+    other_table = head + rtnl.attr(rtnl.RTA_TABLE, rtnl.U32.pack(100)) + dst + gateway + oif
+    assert rtnl.route_signature(other_table) is None
+
+    nd = rtnl.NDMSG.pack(2, 0, 0, 5, rtnl.NUD_PERMANENT, 0, 0)
+    ndst = rtnl.attr(rtnl.NDA_DST, IP("10.244.1.0").packed)
+    mac = rtnl.attr(rtnl.NDA_LLADDR, rtnl.mac_bytes("0e:00:00:00:00:01"))
+    probes = rtnl.attr(4, rtnl.U32.pack(0))  # NDA_PROBES in front: the general path
+    assert rtnl.neighbour_signature(nd + ndst + mac) == rtnl.neighbour_signature(
+        nd + probes + ndst + mac) == ("neigh", 5, IP("10.244.1.0").packed,
+                                      rtnl.mac_bytes("0e:00:00:00:00:01"))
+    fdb = rtnl.NDMSG.pack(7, 0, 0, 5, rtnl.NUD_PERMANENT, rtnl.NTF_SELF, 0)
+    remote = rtnl.attr(rtnl.NDA_DST, IP("198.18.0.9").packed)
+    assert rtnl.fdb_signature(fdb + mac + remote) == rtnl.fdb_signature(fdb + remote + mac) == (
+        "fdb", 5, rtnl.mac_bytes("0e:00:00:00:00:01"), IP("198.18.0.9").packed)
