@@ -40,7 +40,7 @@ from flanneld.loop import (
 from flanneld.loop_state import Kick
 from flanneld.metrics import Metrics, metrics_handler
 from flanneld.netconf_check import Mode, NetConfWatcher, verify
-from flanneld.startphases import StartPhases, process_age
+from flanneld.startphases import StartPhases, process_age, release_start_memory
 from flanneld.trafficmgr.manager import TrafficManager, traffic_manager
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
 from flanneld.trafficmgr.runner import CommandRunner
@@ -324,6 +324,7 @@ class Daemon:
             log.info("start-up %s", phases.summary())
             metrics.record_start(phases.seconds)
             node.on_synced()
+            release_start_memory()
 
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
         loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)

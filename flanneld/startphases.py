@@ -10,9 +10,14 @@ step: interpreter start-up and module imports.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import logging
 import os
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 def process_age(stat_path: str = "/proc/self/stat") -> float:
@@ -50,3 +55,20 @@ class StartPhases:
     def summary(self) -> str:
         parts = ", ".join(f"{phase} {secs:.2f}s" for phase, secs in self.seconds.items())
         return f"{self.total():.2f}s: {parts}"
+
+
+def release_start_memory() -> None:
+    """Hand back to the kernel what the start's transient data left free in the heap.
+
+    The first pass decodes every lease and builds every request at once; once
+    those are garbage, glibc keeps the freed pages.  ``malloc_trim(0)`` returns
+    them (measured at 5000 peers: about 2.3 MiB of 72 MiB resident).  Where
+    the C library has no ``malloc_trim`` (musl), only the collection runs.
+    """
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this interpreter runs on
+    except (OSError, AttributeError):
+        log.debug("the C library has no malloc_trim")
+        return
+    trim(0)
