@@ -1,8 +1,9 @@
 """Build the plugin as one self-contained executable file.
 
-``python3 -m cni.bundle OUT`` writes a zipapp: a ``#!/usr/bin/env python3``
-line followed by a zip of the ``cni`` package and a ``__main__`` that calls
-:func:`cni.plugin.main`, mode 0755, written atomically. Next to every source
+``python3 -m cni.bundle OUT`` writes a zipapp: a
+``#!/usr/bin/env -S python3 -I -S`` line followed by a zip of the ``cni``
+package and a ``__main__`` that calls :func:`cni.plugin.main`, mode 0755,
+written atomically. Next to every source
 file the zip carries unchecked-hash bytecode for the building interpreter,
 which zipimport uses instead of compiling (it cannot cache compiled code);
 another Python version ignores it and compiles the sources. Entries carry a
@@ -17,7 +18,10 @@ import sys
 import tempfile
 import zipfile
 
-SHEBANG = b"#!/usr/bin/env python3\n"
+# -I: no PYTHON* variables, no user site; -S: no ``site`` at all, so no .pth file of
+# the node's Python (some import whole packages at every start) runs before the
+# plugin, which needs nothing but the standard library.  ``env -S`` splits the line.
+SHEBANG = b"#!/usr/bin/env -S python3 -I -S\n"
 MAIN = "import sys\nfrom cni.plugin import main\nsys.exit(main())\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
