@@ -403,6 +403,16 @@ class AnnotatedStore(FakeSubnetManager):
         return ipaddress.IPv6Address("2001:db8::77")
 
 
+def serve_dual_stack(rig: Rig, flags: Flags) -> None:
+    """Run the daemon with netlinks that see a dual-stack interface."""
+
+    def netlink() -> FakeNetlink:
+        rig.netlinks.append(DualNetlink())
+        return rig.netlinks[-1]
+
+    rig.serve(Daemon(flags, rig.stop, dataclasses.replace(rig.parts(), netlink=netlink)))
+
+
 @pytest.mark.parametrize(
     ("store", "advertised"),
     [(FakeSubnetManager, OUR_ADDRESS6), (AnnotatedStore, ipaddress.IPv6Address("2001:db8::77"))],
@@ -412,13 +422,7 @@ def test_dual_stack_start_up_takes_the_interface_ipv6_or_the_node_override(
 ) -> None:
     rig = Rig(flags, store(DUAL_CONFIG, "10.244.7.0/24", "fd00:10:244:7::/64"),
               lambda n: bool(n.calls))
-    parts = rig.parts()
-
-    def netlink() -> FakeNetlink:
-        rig.netlinks.append(DualNetlink())
-        return rig.netlinks[-1]
-
-    rig.serve(Daemon(flags, rig.stop, dataclasses.replace(parts, netlink=netlink)))
+    serve_dual_stack(rig, flags)
     ext = rig.backends[0].ctx.ext
     assert (ext.iface_addr, ext.iface_addr6, ext.ext_addr6) == (OUR_ADDRESS, OUR_ADDRESS6, advertised)
     assert Path(flags.subnet_file).read_text() == (
@@ -443,13 +447,7 @@ def test_the_backend_is_seeded_with_both_families_previous_data(flags: Flags) ->
     """So vxlan recreates flannel.1 and flannel-v6.1 with the MACs its peers know."""
     rig = Rig(flags, RememberingStore(DUAL_CONFIG, "10.244.7.0/24", "fd00:10:244:7::/64"),
               lambda n: bool(n.calls))
-    parts = rig.parts()
-
-    def netlink() -> FakeNetlink:
-        rig.netlinks.append(DualNetlink())
-        return rig.netlinks[-1]
-
-    rig.serve(Daemon(flags, rig.stop, dataclasses.replace(parts, netlink=netlink)))
+    serve_dual_stack(rig, flags)
     ctx = rig.backends[0].ctx
     assert (ctx.previous_data, ctx.previous_v6_data) == (
         '{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}', '{"VNI":1,"VtepMAC":"0a:00:00:00:00:06"}')
