@@ -49,7 +49,10 @@ REQUEST_TIMEOUT = 5.0  # seconds to send the request, and again to take the answ
 # When full, a connection that has not sent its whole request after this long
 # makes room for a new one; younger ones are waited for (new ones stay queued).
 SHED_AGE = 1.0
-POLL = 0.2  # seconds between checks of the stop flag and of timeouts
+POLL = 0.2  # seconds between checks of timeouts while a connection is open or accepting pauses
+# With nothing open, only a new connection or stop() (which wakes the selector) can
+# need the loop, so it sleeps long: an idle daemon's health thread wakes rarely.
+IDLE_POLL = 5.0
 _REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 431: "Request Header Fields Too Large",
@@ -181,15 +184,25 @@ class _Server:
         self._stopping = threading.Event()
         self._listening = False
         self._resume_at = 0.0  # after EMFILE and the like: accept again at this time
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
 
     def stop(self) -> None:
         self._stopping.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # already woken (buffer full) or closed: the flag is set anyway
+            pass
 
     def serve(self) -> None:
         self._listen(True)
         try:
             while not self._stopping.is_set():
-                for key, events in self._selector.select(POLL):
+                idle = not self._conns and self._listening
+                for key, events in self._selector.select(IDLE_POLL if idle else POLL):
+                    if key.fileobj is self._wake_r:
+                        break  # stop(): the loop condition ends it
                     if key.fileobj is self.listener:
                         self._accept()
                         continue
@@ -202,6 +215,8 @@ class _Server:
             for conn in list(self._conns.values()):
                 self._close(conn)
             self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _listen(self, on: bool) -> None:
         """Watch the listener for new connections, or leave them queued in the backlog."""

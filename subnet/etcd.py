@@ -95,7 +95,7 @@ LEASE_TTL = 86400  # seconds; upstream's fixed subnet lease TTL
 CONFIG_NOT_FOUND = (
     "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
 )
-STOP_POLL = 0.2  # seconds between checks of the stop event inside a watch
+STOP_POLL = 1.0  # seconds between checks of the stop event inside a watch (close() ends it at once)
 FAILOVER_PAUSE = 1.0  # seconds a failed endpoint is skipped when there are others
 # Longest pause between watch reconnects (and lost-race retries): after an
 # etcd outage the watch resumes within this (+20% jitter) of etcd's return.

@@ -219,3 +219,12 @@ def test_a_blocking_detail_makes_readyz_503_until_cleared(
     assert get(server.port, "/readyz")[0] == 200
     state.set_detail("store", None)
     assert get(server.port, "/readyz")[:2] == (200, "flanneld is ready")
+
+
+def test_stop_wakes_an_idle_server_at_once(state: HealthState) -> None:
+    # Idle, the server waits IDLE_POLL between turns; stop() must not wait for the turn.
+    handle = health.start(state, "127.0.0.1", 0)
+    assert get(handle.port, "/healthz")[0] == 200  # it serves, then has nothing open
+    threads = [t for t in threading.enumerate() if t.name == "flanneld-health"]
+    handle.stop(timeout=health.IDLE_POLL / 2)
+    assert not any(t.is_alive() for t in threads)
