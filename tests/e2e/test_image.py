@@ -30,13 +30,14 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML installed
 
-from flanneld.lab import podrun, procs
+from flanneld.lab import podrun
 from flanneld.lab.lab import DEFAULT_MANIFEST, Lab, down, up
-from flanneld.lab.layout import KUBE_API_PORT, is_lab_netns, node_paths
+from flanneld.lab.layout import KUBE_API_PORT, node_paths
 from flanneld.lab.state import ProcessRecord
-from flanneld.lab.topology import list_netns, run_in_netns
+from flanneld.lab.topology import run_in_netns
 from subnet.errors import FlannelError
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.labs import assert_nothing_left
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -101,8 +102,7 @@ def _root_links() -> set[str]:
 
 
 def no_leftovers(prefix: str, records: list[ProcessRecord]) -> None:
-    assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
-    assert not any(procs.is_ours(r) for r in records)
+    assert_nothing_left(prefix, records)
     names = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
     assert not [n for n in names if podrun.is_lab_container(prefix, n)]
 

@@ -21,12 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flanneld.lab import procs
-from flanneld.lab.lab import Lab, down, up
+from flanneld.lab.lab import Lab, down
 from flanneld.lab.layout import HEALTHZ_PORT, is_lab_netns, node_paths, pod_cidr
 from flanneld.lab.topology import link_address, list_netns, run_in_netns
 from subnet.errors import FlannelError
 from tests.conftest import RUN_PREFIX, needs_root
+from tests.labs import module_lab
 from tests.waiting import assert_backs_off, klog_gaps, wait_pinging, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -38,16 +38,8 @@ NODES = ("n1", "n2", "n3")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    needs_root()
-    made: Lab | None = None
-    try:
-        made = up(nodes=3, backend="vxlan", pods_per_node=1, prefix=PREFIX, subnet_mgr="kube")
+    with module_lab(PREFIX, nodes=3, backend="vxlan", pods_per_node=1, subnet_mgr="kube") as made:
         yield made
-    finally:
-        records = list(made.processes.values()) if made is not None else []
-        down(PREFIX)
-    assert not [n for n in list_netns() if is_lab_netns(PREFIX, n)]
-    assert not any(procs.is_ours(r) for r in records)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -33,15 +33,14 @@ from typing import Any
 
 import pytest
 
-from flanneld.lab import procs
-from flanneld.lab.lab import Lab, down, up
-from flanneld.lab.layout import is_lab_netns
+from flanneld.lab.lab import Lab
 from flanneld.lab.netprobe import ProbeResult, render, sctp_error
-from flanneld.lab.topology import list_netns, netns_argv
+from flanneld.lab.topology import netns_argv
 from flanneld.netpol.model import Cluster, allowed, parse_namespace, parse_pod, parse_policy
 from flanneld.netpol.ruleset import FAMILY, TABLE, LocalNode, desired_ruleset
 from flanneld.netpol.script import Observed, expected, observe
-from tests.conftest import RUN_PREFIX, needs_root
+from tests.conftest import RUN_PREFIX
+from tests.labs import module_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -386,17 +385,9 @@ CASES: list[Case] = [
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    needs_root()
-    made: Lab | None = None
-    try:
-        made = up(nodes=2, backend="vxlan", prefix=PREFIX, subnet_mgr="kube",
-                  network_policy=True, netpol_model=True)
+    with module_lab(PREFIX, nodes=2, backend="vxlan", subnet_mgr="kube",
+                    network_policy=True, netpol_model=True) as made:
         yield made
-    finally:
-        records = list(made.processes.values()) if made is not None else []
-        down(PREFIX)
-    assert not [n for n in list_netns() if is_lab_netns(PREFIX, n)]
-    assert not any(procs.is_ours(r) for r in records)
 
 
 @pytest.fixture(scope="module")
