@@ -225,20 +225,14 @@ def object_of(sig: Signature) -> KernelObject:
 def permanent_neighbour(payload: bytes) -> Neighbour | None:
     """The neighbour in an RTM_NEWNEIGH payload if it is permanent with an address."""
     sig = neighbour_signature(payload)
-    if sig is None:
-        return None
-    _, ifindex, dst, lladdr = sig
-    return Neighbour(ifindex=ifindex, dst=ipaddress.ip_address(dst), lladdr=mac_text(lladdr))
+    return None if sig is None else cast(Neighbour, object_of(sig))
 
 
 def self_fdb_entry(payload: bytes) -> FdbEntry | None:
     """The FDB entry in an AF_BRIDGE RTM_NEWNEIGH payload if it is permanent, ``self``,
     with a remote address."""
     sig = fdb_signature(payload)
-    if sig is None:
-        return None
-    _, ifindex, lladdr, dst = sig
-    return FdbEntry(ifindex=ifindex, lladdr=mac_text(lladdr), dst=ipaddress.ip_address(dst))
+    return None if sig is None else cast(FdbEntry, object_of(sig))
 
 
 def mac_text(raw: bytes) -> str:

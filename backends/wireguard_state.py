@@ -336,10 +336,6 @@ def tunnels(options: WireguardOptions, versions: Iterable[int]) -> tuple[Tunnel,
     return tuple(found)
 
 
-def device_names(options: WireguardOptions, versions: Iterable[int]) -> tuple[str, ...]:
-    return tuple(t.name for t in tunnels(options, versions))
-
-
 def lease_attrs(
     public_ip: ipaddress.IPv4Address | None,
     public_ipv6: ipaddress.IPv6Address | None,

@@ -698,12 +698,11 @@ class KubeSubnetManager:
             return None
         note = "" if lease is None else missing_families(
             node, self.keys, lease, enable_ipv4=cfg.enable_ipv4, enable_ipv6=cfg.enable_ipv6)
-        if note and state.bad.get(name) != note:
-            log.warning("Node %r is reached over one address family only: %s", name, note)
-        if note:
-            state.bad[name] = note
-        else:
+        if not note:
             state.bad.pop(name, None)
+        elif state.bad.get(name) != note:
+            log.warning("Node %r is reached over one address family only: %s", name, note)
+            state.bad[name] = note
         return lease
 
     def _list_and_watch(

@@ -245,6 +245,8 @@ def missing_families(
     enable_ipv6: bool,
 ) -> str:
     """Why ``lease`` (from :func:`node_to_lease`) lacks a family the config enables ('' if not)."""
+    if not (enable_ipv4 and lease.subnet is None or enable_ipv6 and lease.ipv6_subnet is None):
+        return ""  # the common case, for every Node event: no pod CIDR parsed a second time
     v4, v6 = pod_cidrs(node)
     reasons = []
     for version, enabled, have, cidr, key in (
