@@ -141,8 +141,9 @@ def _lab_up(args: argparse.Namespace) -> int:
             model = [p.key for p in lab.model_pods]
             print("e2e model, TCP port 80 (. reachable, X not):")
             print(netprobe.render(model, probes))
-            if netprobe.sctp_error():
-                print(f"SCTP: {netprobe.sctp_error()}")
+            sctp = netprobe.sctp_error()  # opens a probe socket: once
+            if sctp:
+                print(f"SCTP: {sctp}")
         else:
             print(render_matrix(cells) if cells else "(fewer than two pods: no ping matrix)")
         print()

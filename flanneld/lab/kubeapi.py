@@ -169,13 +169,6 @@ class KubeApiControl:
         result: JSON = self.call("put_object", obj=obj)
         return result
 
-    def list_objects(self, plural: str, namespace: str | None = None) -> list[JSON]:
-        result: list[JSON] = self.call("list_objects", plural=plural, namespace=namespace)
-        return result
-
-    def delete_object(self, plural: str, name: str, namespace: str = "") -> None:
-        self.call("delete_object", plural=plural, name=name, namespace=namespace)
-
     def delete_node(self, name: str) -> None:
         self.call("delete_node", name=name)
 

@@ -170,11 +170,7 @@ def result_addresses(
 
 def result_ipv4(result: dict[str, Any]) -> ipaddress.IPv4Interface:
     """The first IPv4 address of a CNI ADD result."""
-    for entry in result.get("ips", []):
-        try:
-            addr = ipaddress.ip_interface(str(entry.get("address", "")))
-        except ValueError:
-            continue
+    for addr in result_addresses(result):
         if isinstance(addr, ipaddress.IPv4Interface):
             return addr
     raise FlannelError(f"CNI result has no IPv4 address: {json.dumps(result)}")
