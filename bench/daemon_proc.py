@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from checkout import REPO
+from checkout import REPO, compile_bytecode
 from nsthread import NsThread, http_get
 
 from flanneld.lab.lab import log_tail
@@ -73,6 +73,7 @@ class Flanneld:
         self.started_at = 0.0
 
     def start(self) -> None:
+        compile_bytecode()
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
