@@ -216,9 +216,11 @@ class Netlink:
         # what our passes delete, for the kernel watch to tell its echo from damage
         self.deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
-        # per scope (devices, families): our objects as the last pass left them, by key
+        # per scope (devices, families): our objects as the last pass left them, as the
+        # state a full pass set (while no single change altered it) and by key (made from
+        # that state when a single change first needs it)
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
-        self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
+        self._view_of: dict[Scope, DataplaneState] = {}
         self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
         # Scopes whose view is exactly the desired state their syncs were given (no
         # failure since): only those can be checked by a probe.
@@ -546,34 +548,61 @@ class Netlink:
         state, so the next pass retries exactly those objects.
         """
         scope = _scope(ifindexes, families)
-        if fresh and self._matches(scope, desired):
-            self._exact.add(scope)
-            return ApplyResult()
-        view = None if fresh else self._views.get(scope)
-        observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
+        observed = None if fresh else self._view_state(scope)
+        if observed is None:
+            kernel = self.signatures(*scope)
+            if self._matches(scope, desired, kernel):
+                self._exact.add(scope)
+                return ApplyResult()
+            observed = DataplaneState.of(map(rtnl.object_of, kernel))
         result = self._apply_in(scope, plan(observed, desired))
-        final = apply_to(observed, list(result.applied)) if result.failed else desired
-        self._views[scope] = {obj.key: obj for obj in final.objects()}
-        self._view_of[scope] = final
-        self._versions[scope] = next(self._version)
+        self._set_view(scope, apply_to(observed, list(result.applied)) if result.failed else desired)
         if not result.failed:
             self._exact.add(scope)
         return result
 
-    def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
-        """Whether the kernel holds exactly ``desired`` in ``scope``: the periodic pass's
-        check when nothing changed, comparing signatures instead of objects."""
+    def _matches(self, scope: Scope, desired: DataplaneState, kernel: frozenset[Signature]) -> bool:
+        """Whether the ``kernel`` signatures of ``scope`` are exactly ``desired``: the
+        periodic pass's check when nothing changed.  The counts are compared first, so a
+        cold start (nothing of ours in the kernel) computes no signatures."""
+        if len(kernel) != desired.count():
+            return False
         want = self._wanted.get(scope)
         if want is None or want[0] is not desired:
             want = desired, frozenset(map(rtnl.signature, desired.objects()))
             self._wanted[scope] = want
-        if self.signatures(*scope) != want[1]:
+        if kernel != want[1]:
             return False
         if self._view_of.get(scope) is not desired:
-            self._views[scope] = {obj.key: obj for obj in desired.objects()}
-            self._view_of[scope] = desired
-            self._versions[scope] = next(self._version)
+            self._set_view(scope, desired)
         return True
+
+    def _set_view(self, scope: Scope, state: DataplaneState) -> None:
+        """The scope's objects are now ``state`` (its by-key view is made when first needed)."""
+        self._views.pop(scope, None)
+        self._view_of[scope] = state
+        self._versions[scope] = next(self._version)
+
+    def _view(self, scope: Scope) -> dict[Hashable, KernelObject] | None:
+        """The scope's objects by key, as the last pass left them; None before any."""
+        view = self._views.get(scope)
+        state = self._view_of.get(scope)
+        if view is None and state is not None:
+            view = self._views[scope] = {obj.key: obj for obj in state.objects()}
+        return view
+
+    def _view_state(self, scope: Scope) -> DataplaneState | None:
+        state = self._view_of.get(scope)
+        if state is None and scope in self._views:
+            state = DataplaneState.of(self._views[scope].values())
+        return state
+
+    def _view_objects(self, scope: Scope) -> tuple[KernelObject, ...] | None:
+        state = self._view_of.get(scope)
+        if state is not None:
+            return state.objects()
+        view = self._views.get(scope)
+        return None if view is None else tuple(view.values())
 
     def sync_delta(
         self,
@@ -586,7 +615,7 @@ class Netlink:
         planned against what the last sync of the scope left; None when there was none
         (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
         scope = _scope(ifindexes, families)
-        view = self._views.get(scope)
+        view = self._view(scope)
         if view is None:
             return None
         wanted = list(new)
@@ -642,8 +671,8 @@ class Netlink:
         read, to run on another thread (it has a socket of its own).  From now on the
         slots this thread writes are counted, for :meth:`repairs`.  None: nothing to read."""
         scopes = {
-            scope: (self._versions.get(scope, 0), tuple(self._views[scope].values()))
-            for scope in sorted(self._exact) if scope in self._views
+            scope: (self._versions.get(scope, 0), objects)
+            for scope in sorted(self._exact) if (objects := self._view_objects(scope)) is not None
         }
         if not scopes:
             return None
