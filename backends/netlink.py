@@ -23,14 +23,15 @@ import ipaddress
 import itertools
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeAlias, TypeVar, overload
 
 
 def defer_package_init(name: str) -> None:
@@ -96,6 +97,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 N = TypeVar("N")
 F = TypeVar("F")
+B = TypeVar("B")
+Request: TypeAlias = tuple[int, int, bytes]  # message type, flags, body
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -110,6 +113,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 4 << 20
 BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
+AHEAD_MIN = 256  # from this many requests on, the next send's are encoded during this one
 RECV_BYTES = 64 << 10
 REPLY_TIMEOUT = 10.0
 ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
@@ -752,7 +756,7 @@ class Netlink:
         started = time.monotonic()
         self.deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
         try:
-            codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
+            codes = self._rtnl.transact(changes, rtnl.change_body)
         except OSError as err:
             raise _dataplane_error("netlink batch", err) from err
         bulk = len(changes) > BULK_LOG_LINES
@@ -1042,30 +1046,58 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """The errno of each (type, flags, body) request, in order (0: done).
+    @overload
+    def transact(self, requests: Sequence[Request]) -> list[int]: ...
 
-        Requests whose ack never came (the receive buffer overran) are sent
-        again, up to ``ATTEMPTS`` times; every one of our writes is idempotent.
+    @overload
+    def transact(self, requests: Sequence[T], encode: Callable[[T], Request]) -> list[int]: ...
+
+    def transact(
+        self, requests: Sequence[Any], encode: Callable[[Any], Request] | None = None
+    ) -> list[int]:
+        """The errno of each request, in order (0: done): (type, flags, body) triples, or
+        anything ``encode`` turns into one.
+
+        A bulk of requests is encoded on another thread while the kernel works
+        through the previous send (``send()`` releases the GIL): encoding
+        overlaps the kernel's own work.  Requests whose ack never came (the
+        receive buffer overran) are sent again, up to ``ATTEMPTS`` times; every
+        one of our writes is idempotent.
         """
+        made = _same if encode is None else encode
         codes: list[int | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for _ in range(ATTEMPTS):
             lost: list[int] = []
-            for chunk in _chunks(pending, requests):
-                seqs: dict[int, int] = {}
-                datagram = []
-                for i in chunk:
-                    seq = next(self._seq)
-                    seqs[seq] = i
-                    kind, flags, body = requests[i]
-                    datagram.append(rtnl.message(kind, flags, seq, body))
-                self._sock.send(b"".join(datagram))
+            batches = self._batches(pending, requests, made)
+            for seqs, datagram in (_made_ahead(batches) if len(pending) > AHEAD_MIN else batches):
+                self._sock.send(datagram)
                 lost += self._collect(seqs, codes)
             pending = lost
             if not pending:
                 break
         return [errnos.ETIMEDOUT if c is None else c for c in codes]
+
+    def _batches(
+        self, indexes: Sequence[int], requests: Sequence[T], encode: Callable[[T], Request]
+    ) -> Iterator[tuple[dict[int, int], bytes]]:
+        """The requests at ``indexes`` as datagrams of at most BATCH_BYTES, each with the
+        request index of each of its sequence numbers."""
+        seqs: dict[int, int] = {}
+        parts: list[bytes] = []
+        size = 0
+        for i in indexes:
+            kind, flags, body = encode(requests[i])
+            length = rtnl.HEADER.size + len(body)
+            if parts and size + length > BATCH_BYTES:
+                yield seqs, b"".join(parts)
+                seqs, parts, size = {}, [], 0
+            seq = next(self._seq)
+            seqs[seq] = i
+            parts.append(rtnl.message(kind, flags, seq, body))
+            size += length
+        if parts:
+            yield seqs, b"".join(parts)
 
     def dump(self, kind: int, body: bytes, decode: Callable[[bytes], T | None]) -> list[T]:
         """Decoded replies of one dump; repeated (a few times) if the kernel says
@@ -1139,21 +1171,36 @@ def open_rtnl_socket() -> socket.socket:
     return sock
 
 
-def _chunks(
-    indexes: Sequence[int], requests: Sequence[tuple[int, int, bytes]]
-) -> Iterable[list[int]]:
-    """``indexes`` cut into runs whose requests fit one ``send()`` of BATCH_BYTES."""
-    chunk: list[int] = []
-    size = 0
-    for i in indexes:
-        length = rtnl.HEADER.size + len(requests[i][2])
-        if chunk and size + length > BATCH_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(i)
-        size += length
-    if chunk:
-        yield chunk
+def _same(request: Request) -> Request:
+    return request
+
+
+def _made_ahead(batches: Iterator[B]) -> Iterator[B]:
+    """``batches``, made on a thread of their own as fast as it can (bounded work: it
+    ends by itself even if the consumer stops early, and is joined then)."""
+    ready: queue.SimpleQueue[tuple[B | None, Exception | None]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                ready.put((batch, None))
+        except Exception as err:  # noqa: BLE001 - re-raised in the consumer's thread
+            ready.put((None, err))
+            return
+        ready.put((None, None))
+
+    worker = threading.Thread(target=produce, name="netlink-encode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, err = ready.get()
+            if err is not None:
+                raise err
+            if batch is None:
+                return
+            yield batch
+    finally:
+        worker.join()
 
 
 # --- the kernel WireGuard driver (generic netlink) ------------------------------------------
