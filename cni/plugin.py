@@ -13,10 +13,11 @@ into CNI error JSON and an exit status.
 Start-up matters (the runtime starts the plugin for every pod), so each
 command imports only what it uses: VERSION nothing beyond ``sys`` and the
 built-in ``posix`` (the environment as ``os.environ`` decodes it);
-ADD and DEL also ``ipaddress`` and the C parts of ``json`` and ``signal``
-(through our own modules, imported where the command needs them: not the
-``json`` and ``signal`` packages, which would bring ``re`` and ``enum``);
-``logging`` is imported when there is something to log.
+ADD and DEL also ``os`` and the C parts of ``json`` and ``signal`` (through
+our own modules, imported where the command needs them: not the ``json``
+and ``signal`` packages, which would bring ``re`` and ``enum``; CIDRs are
+parsed by ``cni.cidr``, not ``ipaddress``, which would bring ``functools``
+and ``collections``); ``logging`` is imported when there is something to log.
 """
 
 from __future__ import annotations
