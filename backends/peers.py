@@ -148,14 +148,14 @@ class PeerIndex:
         networks: Sequence[IPNetwork],
         backend_type: str | None,
         peers: Iterable[Lease],
-        tokens: Callable[[Lease], Iterable[Hashable]] = lambda _: (),
+        tokens: Mapping[str, Iterable[Hashable]] | None = None,
         own_tokens: Iterable[Hashable] = (),
     ) -> PeerIndex:
         """The index of a full pass that found every one of ``peers`` usable, each
-        holding its ``tokens``."""
+        holding its ``tokens`` (by lease key)."""
         index = cls(own, networks, backend_type, own_tokens)
         for lease in peers:
-            index.hold(lease, tokens(lease))
+            index.hold(lease, tokens.get(lease.key, ()) if tokens else ())
         return index
 
     def _spans(self, lease: Lease) -> list[_Span]:

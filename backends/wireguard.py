@@ -383,9 +383,9 @@ class WireguardNetwork:
             skipped += refused
             index = None
             if not refused:
-                keys = {p.lease_key: p.public_key for p in usable}
+                keys = {p.lease_key: (p.public_key,) for p in usable}
                 index = PeerIndex.holding(self._lease, self._networks, BACKEND_TYPE, peers,
-                                          lambda lease: (keys[lease.key],), [self._public_key])
+                                          keys, [self._public_key])
             self._programmed[tunnel.name].peers.reset(index, {p.lease_key: [p] for p in usable})
         merged = merge_skipped(skipped)
         self._skips.report(merged)
