@@ -11,7 +11,7 @@ out of the daemon.  Nothing here does I/O; :mod:`backends.netlink` sends.
 
 Layouts (linux/rtnetlink.h, if_link.h, if_addr.h): a 16-byte ``ifinfomsg``,
 an 8-byte ``ifaddrmsg`` or a 12-byte ``rtmsg``, then 4-byte aligned
-attributes; nested attributes carry ``NLA_F_NESTED``.
+attributes (nested ones without ``NLA_F_NESTED``, as pyroute2 sends them).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 NLM_F_EXCL = 0x200
 CREATE = NLM_F_CREATE | NLM_F_EXCL  # "add": fails with EEXIST when it is there already
 REPLACE = NLM_F_CREATE | NLM_F_REPLACE
-NLA_F_NESTED = 0x8000
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
@@ -115,7 +114,7 @@ class RouteReply(NamedTuple):
 
 
 def nested(kind: int, *parts: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(parts))
+    return attr(kind, b"".join(parts))
 
 
 def link_dump() -> bytes:
