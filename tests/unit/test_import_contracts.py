@@ -111,7 +111,7 @@ def test_cni_plugin_uses_only_the_standard_library() -> None:
 def test_pure_modules_do_no_io_imports() -> None:
     pure = [
         "backends/model.py", "backends/plan.py", "backends/peers.py", "backends/vxlan_state.py",
-        "backends/rtnl.py",
+        "backends/rtnl.py", "backends/rtlink.py",
         "backends/hostgw_state.py", "backends/udp_packet.py", "backends/wireguard_state.py",
         "subnet/lease.py", "subnet/allocator.py", "subnet/kube_state.py", "subnet/etcd_state.py",
         "subnet/netconf.py",
