@@ -72,7 +72,7 @@ from subnet.lease import (
     LeaseAttrs,
     decode_attrs,
     encode_attrs,
-    parse_subnet_key,
+    parse_canonical_key,
     subnet_key,
 )
 from subnet.manager import (
@@ -684,11 +684,7 @@ class EtcdSubnetManager:
             name = key.decode()
         except UnicodeDecodeError as err:
             raise PeerDataError(f"subnet key is not UTF-8: {err}") from err
-        name = name.removeprefix(self._subnets)
-        v4, v6 = parse_subnet_key(name)
-        if subnet_key(v4, v6) != name:  # e.g. host bits set: it would alias a real lease
-            raise PeerDataError(f"subnet key {name!r} is not canonical ({subnet_key(v4, v6)})")
-        return v4, v6
+        return parse_canonical_key(name.removeprefix(self._subnets))
 
     def _warn_once(self, key: bytes, revision: int, err: PeerDataError) -> None:
         with self._lock:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -81,10 +83,17 @@ def subnet_key(subnet: ipaddress.IPv4Network | None, ipv6: ipaddress.IPv6Network
     etcd leases always have an IPv4 subnet; an IPv6-only lease (kube mode)
     gets the IPv6 part alone, which serves as its identity in memory.
     """
-    parts = [f"{s.network_address}-{s.prefixlen}" for s in (subnet, ipv6) if s is not None]
-    if not parts:
-        raise ValueError("a lease needs at least one subnet")
-    return "&".join(parts)
+    if ipv6 is None:
+        if subnet is None:
+            raise ValueError("a lease needs at least one subnet")
+        return _ipv4_part(subnet)
+    v6_part = f"{ipv6.network_address}-{ipv6.prefixlen}"
+    return v6_part if subnet is None else f"{_ipv4_part(subnet)}&{v6_part}"
+
+
+def _ipv4_part(subnet: ipaddress.IPv4Network) -> str:
+    # inet_ntoa spells an address as str() does, several times faster (every Lease needs it)
+    return f"{socket.inet_ntoa(int(subnet.network_address).to_bytes(4, 'big'))}-{subnet.prefixlen}"
 
 
 def parse_subnet_key(
@@ -113,6 +122,68 @@ def parse_subnet_key(
     return v4, v6
 
 
+# The prefix lengths a key may carry, spelt as subnet_key writes them.
+_V4_LENGTHS = {str(n): n for n in range(32)}
+_V6_LENGTHS = {str(n): n for n in range(128)}
+
+
+def parse_canonical_key(
+    key: str,
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """Parse a key name that is exactly what :func:`subnet_key` writes; PeerDataError if not.
+
+    Any other spelling of a subnet (host bits set, a leading zero) is refused:
+    it would alias a real lease.  Listings parse thousands of keys, so the
+    canonical form is read without ``ipaddress``'s text parser; everything
+    else goes through :func:`parse_subnet_key`, which words the refusal.
+    """
+    fast = _canonical_networks(key)
+    if fast is not None:
+        return fast
+    v4, v6 = parse_subnet_key(key)
+    canonical = subnet_key(v4, v6)
+    if canonical != key:
+        raise PeerDataError(f"subnet key {key!r} is not canonical ({canonical})")
+    return v4, v6
+
+
+def _canonical_networks(
+    key: str,
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None] | None:
+    """The networks of a canonical key, or None when the slow path must decide."""
+    v4_part, amp, v6_part = key.partition("&")
+    v4_text, _, v4_len = v4_part.partition("-")
+    length = _V4_LENGTHS.get(v4_len)
+    address = _canonical_ipv4_int(v4_text)
+    if length is None or address is None or address & (0xFFFFFFFF >> length):
+        return None
+    v4 = ipaddress.IPv4Network((address, length))
+    if not amp:
+        return v4, None
+    v6_text, _, v6_len = v6_part.partition("-")
+    length = _V6_LENGTHS.get(v6_len)
+    try:
+        address = int.from_bytes(socket.inet_pton(socket.AF_INET6, v6_text), "big")
+    except (OSError, ValueError):
+        return None
+    if length is None or address & ((1 << (128 - length)) - 1):
+        return None
+    v6 = ipaddress.IPv6Network((address, length))
+    # inet_pton reads spellings that ipaddress would not write (upper case, zeros)
+    return (v4, v6) if str(v6.network_address) == v6_text else None
+
+
+def _canonical_ipv4_int(text: str) -> int | None:
+    """The address of a dotted quad spelt canonically (``10.5.1.0``), else None."""
+    try:
+        packed = socket.inet_aton(text)
+    except (OSError, ValueError):
+        return None
+    if socket.inet_ntoa(packed) != text:
+        return None
+    return int.from_bytes(packed, "big")
+
+
 # --- attrs JSON ----------------------------------------------------------------------
 
 
@@ -136,9 +207,13 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
 MAX_LEASE_VALUE = 64 * 1024
 
 
+# json.dumps builds an encoder per call; this one is built once (it keeps no state).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def compact_json(value: Any) -> str:
     """JSON text without spaces, as Go's encoder compacts a RawMessage."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def decode_attrs(text: str | bytes) -> LeaseAttrs:
@@ -165,7 +240,7 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     return LeaseAttrs(
         public_ip=public_ip or UNSPECIFIED_V4,
         public_ipv6=public_ipv6,
-        backend_type=backend_type,
+        backend_type=sys.intern(backend_type),  # thousands of leases share one or two names
         backend_data=_raw(fields.get("backenddata")),
         backend_v6_data=_raw(fields.get("backendv6data")),
     )
@@ -180,6 +255,10 @@ def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
         return None
     if not isinstance(value, str):
         raise PeerDataError(f"{name} must be an address string, not {value!r}")
+    if kind is ipaddress.IPv4Address:
+        address = _canonical_ipv4_int(value)
+        if address is not None:  # the usual spelling, read without the text parser
+            return ipaddress.IPv4Address(address)
     try:
         return kind(value)
     except ValueError as err:
