@@ -223,6 +223,9 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
             f"lease value is {len(text)} bytes, more than any lease needs (at most "
             f"{MAX_LEASE_VALUE})"
         )
+    attrs = _decode_go_value(text)
+    if attrs is not None:
+        return attrs
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # too deep: RecursionError
@@ -244,6 +247,51 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
         backend_data=_raw(fields.get("backenddata")),
         backend_v6_data=_raw(fields.get("backendv6data")),
     )
+
+
+# A value as Go flanneld and encode_attrs write it, whose backend data is a flat
+# object of plain names, integers and plain strings (what vxlan, wireguard,
+# host-gw and udp write), is already the text the JSON path would produce: one
+# regular expression takes it apart.  Anything else (spaces, escapes, floats,
+# nesting, other spellings of the field names, a key twice) goes through json.
+_FLAT_VALUE = r'(?:"[A-Za-z0-9+/=:._-]*"|-?[1-9][0-9]{0,17}|0|true|false|null)'
+_FLAT_MEMBER = rf'"[A-Za-z0-9_]+":{_FLAT_VALUE}'
+_FLAT_OBJECT = rf"\{{(?:{_FLAT_MEMBER}(?:,{_FLAT_MEMBER})*)?\}}"
+_GO_VALUE = re.compile(
+    r'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":(?:null|"([0-9a-f:]{2,39})")'
+    r'(?:,"BackendType":"([A-Za-z0-9_.-]*)")?'
+    rf'(?:,"BackendData":({_FLAT_OBJECT}))?(?:,"BackendV6Data":({_FLAT_OBJECT}))?\}}'
+)
+_FLAT_KEY = re.compile(r'[{,]"([A-Za-z0-9_]+)":')
+
+
+def _decode_go_value(text: str | bytes) -> LeaseAttrs | None:
+    """The attributes of a value in Go's exact form, else None (the JSON path decides)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    match = _GO_VALUE.fullmatch(text)
+    if match is None:
+        return None
+    public_ip, public_ipv6, backend_type, data, v6_data = match.groups()
+    if not (_distinct_keys(data) and _distinct_keys(v6_data)):
+        return None  # json keeps the last of twice-named keys: let it
+    return LeaseAttrs(
+        public_ip=_optional_ip(public_ip, ipaddress.IPv4Address, "PublicIP"),
+        public_ipv6=_optional_ip(public_ipv6, ipaddress.IPv6Address, "PublicIPv6"),
+        backend_type=sys.intern(backend_type or ""),
+        backend_data=data,
+        backend_v6_data=v6_data,
+    )
+
+
+def _distinct_keys(flat: str | None) -> bool:
+    if flat is None:
+        return True
+    keys = _FLAT_KEY.findall(flat)
+    return len(set(keys)) == len(keys)
 
 
 def _fold_keys(doc: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from subnet.errors import PeerDataError
@@ -311,3 +311,66 @@ def test_encode_then_decode_is_identity(
         backend_data=compact_json(data) if data is not None else None,
     )
     assert decode_attrs(encode_attrs(attrs)) == attrs
+
+
+# --- Go's exact values: read without the JSON parser, decoded as by it --------------------
+
+
+def test_go_values_do_not_need_the_json_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("json.loads called for a value in Go's exact form")
+
+    for text in (GO_VXLAN, GO_HOSTGW, GO_UDP, GO_DUAL, GO_WIREGUARD):
+        expected = decode_attrs(text + " ")  # a trailing space: the JSON path
+        monkeypatch.setattr(json, "loads", refuse)
+        assert decode_attrs(text) == expected
+        assert decode_attrs(text.encode()) == expected
+        monkeypatch.undo()
+
+
+def decoded(text: str) -> object:
+    try:
+        return decode_attrs(text)
+    except PeerDataError as err:
+        return ("refused", str(err))
+
+
+# Raw JSON fragments, most in Go's plain form and some that only look like it:
+# what the JSON path normalises (-0, 1.0, 1e3, escapes, big numbers) or refuses (01).
+json_fragments = st.sampled_from([
+    "0", "1", "-1", "4096", "51820", "-0", "01", "1.0", "1e3", "123456789012345678",
+    "1" * 5000, "true", "false", "null", '""', '"vxlan"', '"0e:00:00:00:00:01"', '"q0c+/W="',
+    '"a\\/b"', '"\\u0041"', '"é"', "[]", "{}", '{"a":1}', '"x y"',
+])
+json_names = st.sampled_from(["VNI", "VtepMAC", "PublicKey", "Port", "vni", "a_b", "x y", "é"])
+flat_objects = st.lists(st.tuples(json_names, json_fragments), max_size=4).map(
+    lambda members: "{" + ",".join(f'"{name}":{value}' for name, value in members) + "}"
+)
+ip_fragments = st.one_of(
+    st.ip_addresses(v=4).map(lambda ip: f'"{ip}"'),
+    st.sampled_from(['"010.0.0.1"', '"10.1"', '"10.0.0.256"', '"0.0.0.0"', '"fd00::1"', "5"]),
+)
+ip6_fragments = st.one_of(
+    st.just("null"), st.ip_addresses(v=6).map(lambda ip: f'"{ip}"'),
+    st.sampled_from(['"FD00::1"', '"fd00::1::2"', '"10.0.0.1"', '"::"', '"::ffff:10.0.0.1"']),
+)
+go_like_values = st.builds(
+    lambda ip, ip6, backend, data, data6: (
+        '{"PublicIP":' + ip + ',"PublicIPv6":' + ip6
+        + ("" if backend is None else ',"BackendType":' + backend)
+        + ("" if data is None else ',"BackendData":' + data)
+        + ("" if data6 is None else ',"BackendV6Data":' + data6) + "}"
+    ),
+    ip_fragments, ip6_fragments,
+    st.one_of(st.none(), st.sampled_from(['"vxlan"', '"host-gw"', '""', '"a b"', "1"])),
+    st.one_of(st.none(), flat_objects, json_fragments),
+    st.one_of(st.none(), flat_objects),
+)
+
+
+@given(go_like_values)
+@example('{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendData":{"VNI":1,"VNI":2}}')
+@example('{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendData":{"Port":-0}}')
+def test_go_like_values_decode_as_through_json(text: str) -> None:
+    # The same document with a trailing space never takes the regular-expression path.
+    assert decoded(text) == decoded(text + " ")
