@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import socket
 import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -92,8 +91,12 @@ def subnet_key(subnet: ipaddress.IPv4Network | None, ipv6: ipaddress.IPv6Network
 
 
 def _ipv4_part(subnet: ipaddress.IPv4Network) -> str:
-    # inet_ntoa spells an address as str() does, several times faster (every Lease needs it)
-    return f"{socket.inet_ntoa(int(subnet.network_address).to_bytes(4, 'big'))}-{subnet.prefixlen}"
+    # spelt as str() does, several times faster (every Lease needs it)
+    address = int(subnet.network_address)
+    return (
+        f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+        f"-{subnet.prefixlen}"
+    )
 
 
 def parse_subnet_key(
@@ -134,7 +137,7 @@ def parse_canonical_key(
 
     Any other spelling of a subnet (host bits set, a leading zero) is refused:
     it would alias a real lease.  Listings parse thousands of keys, so the
-    canonical form is read without ``ipaddress``'s text parser; everything
+    canonical IPv4 part is read without ``ipaddress``'s text parser; everything
     else goes through :func:`parse_subnet_key`, which words the refusal.
     """
     fast = _canonical_networks(key)
@@ -163,25 +166,32 @@ def _canonical_networks(
     v6_text, _, v6_len = v6_part.partition("-")
     length = _V6_LENGTHS.get(v6_len)
     try:
-        address = int.from_bytes(socket.inet_pton(socket.AF_INET6, v6_text), "big")
-    except (OSError, ValueError):
+        address = int(ipaddress.IPv6Address(v6_text))
+    except ValueError:
         return None
     if length is None or address & ((1 << (128 - length)) - 1):
         return None
     v6 = ipaddress.IPv6Network((address, length))
-    # inet_pton reads spellings that ipaddress would not write (upper case, zeros)
+    # the text parser reads spellings that ipaddress would not write (upper case, zeros)
     return (v4, v6) if str(v6.network_address) == v6_text else None
+
+
+# Each octet as str() spells it: a dotted quad made of these is canonical.
+_OCTETS = {str(n): n for n in range(256)}
 
 
 def _canonical_ipv4_int(text: str) -> int | None:
     """The address of a dotted quad spelt canonically (``10.5.1.0``), else None."""
-    try:
-        packed = socket.inet_aton(text)
-    except (OSError, ValueError):
+    octets = text.split(".")
+    if len(octets) != 4:
         return None
-    if socket.inet_ntoa(packed) != text:
-        return None
-    return int.from_bytes(packed, "big")
+    address = 0
+    for octet in octets:
+        value = _OCTETS.get(octet)
+        if value is None:
+            return None
+        address = address << 8 | value
+    return address
 
 
 # --- attrs JSON ----------------------------------------------------------------------

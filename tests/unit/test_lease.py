@@ -144,7 +144,7 @@ def test_canonical_keys_parse_as_before(key: str) -> None:
         ("010.5.1.0-24", "bad subnet key"),
         ("10.5.1.00-24", "bad subnet key"),
         ("0x0a.5.1.0-24", "bad subnet key"),
-        ("10.5.256-24", "bad subnet key"),  # inet_aton reads it, the key format does not
+        ("10.5.256-24", "bad subnet key"),  # inet_aton would read it, the key format does not
         ("167051520-24", "bad subnet key"),
         (" 10.5.1.0-24", "bad subnet key"),
         ("10.5.1.0-24\n", "bad subnet key"),
@@ -277,7 +277,7 @@ def test_compact_json() -> None:
         ('{"PublicIP": "fd00::1"}', "PublicIP is not a valid address"),
         ('{"PublicIP": "10.0.0.300"}', "PublicIP is not a valid address"),
         ('{"PublicIP": ""}', "PublicIP is not a valid address"),
-        # spellings inet_aton reads (octal, short, hex) that an address string must not use
+        # spellings inet_aton would read (octal, short, hex) that an address must not use
         ('{"PublicIP": "010.0.0.1"}', "PublicIP is not a valid address"),
         ('{"PublicIP": "10.1"}', "PublicIP is not a valid address"),
         ('{"PublicIP": "0x0a.0.0.1"}', "PublicIP is not a valid address"),
