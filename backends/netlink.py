@@ -23,14 +23,15 @@ import ipaddress
 import itertools
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeAlias, TypeVar, overload
 
 
 def defer_package_init(name: str) -> None:
@@ -96,6 +97,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 N = TypeVar("N")
 F = TypeVar("F")
+B = TypeVar("B")
+Request: TypeAlias = tuple[int, int, bytes]  # message type, flags, body
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -110,6 +113,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 4 << 20
 BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
+AHEAD_MIN = 256  # from this many requests on, the next send's are encoded during this one
 RECV_BYTES = 64 << 10
 REPLY_TIMEOUT = 10.0
 ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
@@ -216,9 +220,11 @@ class Netlink:
         # what our passes delete, for the kernel watch to tell its echo from damage
         self.deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
-        # per scope (devices, families): our objects as the last pass left them, by key
+        # per scope (devices, families): our objects as the last pass left them, as the
+        # state a full pass set (while no single change altered it) and by key (made from
+        # that state when a single change first needs it)
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
-        self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
+        self._view_of: dict[Scope, DataplaneState] = {}
         self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
         # Scopes whose view is exactly the desired state their syncs were given (no
         # failure since): only those can be checked by a probe.
@@ -546,34 +552,61 @@ class Netlink:
         state, so the next pass retries exactly those objects.
         """
         scope = _scope(ifindexes, families)
-        if fresh and self._matches(scope, desired):
-            self._exact.add(scope)
-            return ApplyResult()
-        view = None if fresh else self._views.get(scope)
-        observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
+        observed = None if fresh else self._view_state(scope)
+        if observed is None:
+            kernel = self.signatures(*scope)
+            if self._matches(scope, desired, kernel):
+                self._exact.add(scope)
+                return ApplyResult()
+            observed = DataplaneState.of(map(rtnl.object_of, kernel))
         result = self._apply_in(scope, plan(observed, desired))
-        final = apply_to(observed, list(result.applied)) if result.failed else desired
-        self._views[scope] = {obj.key: obj for obj in final.objects()}
-        self._view_of[scope] = final
-        self._versions[scope] = next(self._version)
+        self._set_view(scope, apply_to(observed, list(result.applied)) if result.failed else desired)
         if not result.failed:
             self._exact.add(scope)
         return result
 
-    def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
-        """Whether the kernel holds exactly ``desired`` in ``scope``: the periodic pass's
-        check when nothing changed, comparing signatures instead of objects."""
+    def _matches(self, scope: Scope, desired: DataplaneState, kernel: frozenset[Signature]) -> bool:
+        """Whether the ``kernel`` signatures of ``scope`` are exactly ``desired``: the
+        periodic pass's check when nothing changed.  The counts are compared first, so a
+        cold start (nothing of ours in the kernel) computes no signatures."""
+        if len(kernel) != desired.count():
+            return False
         want = self._wanted.get(scope)
         if want is None or want[0] is not desired:
             want = desired, frozenset(map(rtnl.signature, desired.objects()))
             self._wanted[scope] = want
-        if self.signatures(*scope) != want[1]:
+        if kernel != want[1]:
             return False
         if self._view_of.get(scope) is not desired:
-            self._views[scope] = {obj.key: obj for obj in desired.objects()}
-            self._view_of[scope] = desired
-            self._versions[scope] = next(self._version)
+            self._set_view(scope, desired)
         return True
+
+    def _set_view(self, scope: Scope, state: DataplaneState) -> None:
+        """The scope's objects are now ``state`` (its by-key view is made when first needed)."""
+        self._views.pop(scope, None)
+        self._view_of[scope] = state
+        self._versions[scope] = next(self._version)
+
+    def _view(self, scope: Scope) -> dict[Hashable, KernelObject] | None:
+        """The scope's objects by key, as the last pass left them; None before any."""
+        view = self._views.get(scope)
+        state = self._view_of.get(scope)
+        if view is None and state is not None:
+            view = self._views[scope] = {obj.key: obj for obj in state.objects()}
+        return view
+
+    def _view_state(self, scope: Scope) -> DataplaneState | None:
+        state = self._view_of.get(scope)
+        if state is None and scope in self._views:
+            state = DataplaneState.of(self._views[scope].values())
+        return state
+
+    def _view_objects(self, scope: Scope) -> tuple[KernelObject, ...] | None:
+        state = self._view_of.get(scope)
+        if state is not None:
+            return state.objects()
+        view = self._views.get(scope)
+        return None if view is None else tuple(view.values())
 
     def sync_delta(
         self,
@@ -586,7 +619,7 @@ class Netlink:
         planned against what the last sync of the scope left; None when there was none
         (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
         scope = _scope(ifindexes, families)
-        view = self._views.get(scope)
+        view = self._view(scope)
         if view is None:
             return None
         wanted = list(new)
@@ -642,8 +675,8 @@ class Netlink:
         read, to run on another thread (it has a socket of its own).  From now on the
         slots this thread writes are counted, for :meth:`repairs`.  None: nothing to read."""
         scopes = {
-            scope: (self._versions.get(scope, 0), tuple(self._views[scope].values()))
-            for scope in sorted(self._exact) if scope in self._views
+            scope: (self._versions.get(scope, 0), objects)
+            for scope in sorted(self._exact) if (objects := self._view_objects(scope)) is not None
         }
         if not scopes:
             return None
@@ -723,7 +756,7 @@ class Netlink:
         started = time.monotonic()
         self.deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
         try:
-            codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
+            codes = self._rtnl.transact(changes, rtnl.change_body)
         except OSError as err:
             raise _dataplane_error("netlink batch", err) from err
         bulk = len(changes) > BULK_LOG_LINES
@@ -1013,30 +1046,58 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """The errno of each (type, flags, body) request, in order (0: done).
+    @overload
+    def transact(self, requests: Sequence[Request]) -> list[int]: ...
 
-        Requests whose ack never came (the receive buffer overran) are sent
-        again, up to ``ATTEMPTS`` times; every one of our writes is idempotent.
+    @overload
+    def transact(self, requests: Sequence[T], encode: Callable[[T], Request]) -> list[int]: ...
+
+    def transact(
+        self, requests: Sequence[Any], encode: Callable[[Any], Request] | None = None
+    ) -> list[int]:
+        """The errno of each request, in order (0: done): (type, flags, body) triples, or
+        anything ``encode`` turns into one.
+
+        A bulk of requests is encoded on another thread while the kernel works
+        through the previous send (``send()`` releases the GIL): encoding
+        overlaps the kernel's own work.  Requests whose ack never came (the
+        receive buffer overran) are sent again, up to ``ATTEMPTS`` times; every
+        one of our writes is idempotent.
         """
+        made = _same if encode is None else encode
         codes: list[int | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for _ in range(ATTEMPTS):
             lost: list[int] = []
-            for chunk in _chunks(pending, requests):
-                seqs: dict[int, int] = {}
-                datagram = []
-                for i in chunk:
-                    seq = next(self._seq)
-                    seqs[seq] = i
-                    kind, flags, body = requests[i]
-                    datagram.append(rtnl.message(kind, flags, seq, body))
-                self._sock.send(b"".join(datagram))
+            batches = self._batches(pending, requests, made)
+            for seqs, datagram in (_made_ahead(batches) if len(pending) > AHEAD_MIN else batches):
+                self._sock.send(datagram)
                 lost += self._collect(seqs, codes)
             pending = lost
             if not pending:
                 break
         return [errnos.ETIMEDOUT if c is None else c for c in codes]
+
+    def _batches(
+        self, indexes: Sequence[int], requests: Sequence[T], encode: Callable[[T], Request]
+    ) -> Iterator[tuple[dict[int, int], bytes]]:
+        """The requests at ``indexes`` as datagrams of at most BATCH_BYTES, each with the
+        request index of each of its sequence numbers."""
+        seqs: dict[int, int] = {}
+        parts: list[bytes] = []
+        size = 0
+        for i in indexes:
+            kind, flags, body = encode(requests[i])
+            length = rtnl.HEADER.size + len(body)
+            if parts and size + length > BATCH_BYTES:
+                yield seqs, b"".join(parts)
+                seqs, parts, size = {}, [], 0
+            seq = next(self._seq)
+            seqs[seq] = i
+            parts.append(rtnl.message(kind, flags, seq, body))
+            size += length
+        if parts:
+            yield seqs, b"".join(parts)
 
     def dump(self, kind: int, body: bytes, decode: Callable[[bytes], T | None]) -> list[T]:
         """Decoded replies of one dump; repeated (a few times) if the kernel says
@@ -1110,21 +1171,36 @@ def open_rtnl_socket() -> socket.socket:
     return sock
 
 
-def _chunks(
-    indexes: Sequence[int], requests: Sequence[tuple[int, int, bytes]]
-) -> Iterable[list[int]]:
-    """``indexes`` cut into runs whose requests fit one ``send()`` of BATCH_BYTES."""
-    chunk: list[int] = []
-    size = 0
-    for i in indexes:
-        length = rtnl.HEADER.size + len(requests[i][2])
-        if chunk and size + length > BATCH_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(i)
-        size += length
-    if chunk:
-        yield chunk
+def _same(request: Request) -> Request:
+    return request
+
+
+def _made_ahead(batches: Iterator[B]) -> Iterator[B]:
+    """``batches``, made on a thread of their own as fast as it can (bounded work: it
+    ends by itself even if the consumer stops early, and is joined then)."""
+    ready: queue.SimpleQueue[tuple[B | None, Exception | None]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                ready.put((batch, None))
+        except Exception as err:  # noqa: BLE001 - re-raised in the consumer's thread
+            ready.put((None, err))
+            return
+        ready.put((None, None))
+
+    worker = threading.Thread(target=produce, name="netlink-encode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, err = ready.get()
+            if err is not None:
+                raise err
+            if batch is None:
+                return
+            yield batch
+    finally:
+        worker.join()
 
 
 # --- the kernel WireGuard driver (generic netlink) ------------------------------------------

@@ -27,17 +27,15 @@ from backends.plan import Change
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
-    BACKEND_TYPE,
+    PeerViews,
     VxlanPeer,
     check_config,
-    family_peers,
     lease_attrs,
-    own_vtep_mac,
     parse_mac,
     parse_options,
     peer_objects,
+    screen_families,
     vtep_mac,
-    vxlan_peer,
 )
 from subnet.errors import (
     DataplaneError,
@@ -128,21 +126,46 @@ class _Device:
         self.mac = spec.mac
         self.address = address
         self.ifindex: int | None = None
+        # per peer key: its kernel objects, and the peer view and direct interface they
+        # were made from (a pass reuses them while both stay the same)
         self.objects: dict[str, list[KernelObject]] = {}
+        self._made_from: dict[str, tuple[VxlanPeer, int | None]] = {}
         self._desired: DataplaneState | None = None
 
-    def set_objects(self, key: str, objects: list[KernelObject]) -> None:
-        self.objects[key] = objects
+    def set_objects(self, peer: VxlanPeer, via_dev: int | None) -> list[KernelObject]:
+        """Make (or remake) one peer's objects; returns them."""
+        objects = peer_objects(peer, self.ifindex or 0, via_dev)
+        self.objects[peer.key] = objects
+        self._made_from[peer.key] = (peer, via_dev)
         self._desired = None
+        return objects
 
     def drop_objects(self, key: str) -> list[KernelObject]:
         self._desired = None
+        self._made_from.pop(key, None)
         return self.objects.pop(key, [])
 
-    def reset(self, ifindex: int) -> None:
-        self.ifindex = ifindex
-        self.objects = {}
-        self._desired = None
+    def refresh(self, ifindex: int, peers: Sequence[tuple[VxlanPeer, int | None]]) -> None:
+        """Every peer's objects for a full pass.  A peer whose view and direct interface
+        are the ones its objects were made from keeps them; when all do (and no peer
+        came or went), so does :meth:`desired_state`."""
+        if ifindex != self.ifindex:
+            self.ifindex = ifindex
+            self.objects, self._made_from = {}, {}
+        old_objects, old_made = self.objects, self._made_from
+        self.objects, self._made_from = {}, {}
+        same = len(peers) == len(old_made)
+        for peer, via_dev in peers:
+            made = old_made.get(peer.key)
+            if made is not None and made[0] is peer and made[1] == via_dev:
+                self.objects[peer.key] = old_objects[peer.key]
+                self._made_from[peer.key] = made
+            else:
+                same = False
+                self.objects[peer.key] = peer_objects(peer, ifindex, via_dev)
+                self._made_from[peer.key] = (peer, via_dev)
+        if not same:
+            self._desired = None
 
     def desired_state(self) -> DataplaneState:
         """All peers' objects (the same object while nothing changes: cheap to compare)."""
@@ -174,6 +197,7 @@ class VxlanNetwork:
         self._vni = specs[0].vni
         self._devices = tuple(_Device(spec, self._own_address(spec)) for spec in specs)
         self._skips = SkipLog(log)
+        self._views = PeerViews(self._vni, [dev.version for dev in self._devices])
         # The last pass's usable peers, for events that touch only their own peers
         # (None after a pass that skipped a peer: then every event is a full pass).
         self._index: PeerIndex | None = None
@@ -267,17 +291,15 @@ class VxlanNetwork:
         )
 
     def _compute_all(self, peers: Sequence[Lease], ifindexes: Mapping[int, int]) -> list[Skipped]:
-        """Every peer's objects from scratch; keeps the index when no peer was skipped."""
-        versions = [dev.version for dev in self._devices]
-        found, skipped = family_peers(self._lease, peers, self._networks, self._vni, versions)
+        """Every peer's objects (those of unchanged peers reused); keeps the index when no
+        peer was skipped."""
+        found, skipped, self._index = screen_families(
+            self._lease, peers, self._networks, self._views)
         self._skips.report(skipped)
         for dev in self._devices:
             usable = found[dev.version]
             direct = self._direct_peers([p.public_ip for p in usable])
-            dev.reset(ifindexes[dev.version])
-            for p in usable:
-                dev.set_objects(p.key, peer_objects(p, dev.ifindex or 0, direct.get(p.public_ip)))
-        self._index = None if skipped else self._peer_index(peers, found)
+            dev.refresh(ifindexes[dev.version], [(p, direct.get(p.public_ip)) for p in usable])
         return skipped
 
     def _apply_changes(
@@ -296,13 +318,10 @@ class VxlanNetwork:
                     old[dev.version] += dev.drop_objects(key)
             if lease is None:
                 continue
-            try:
-                found = {dev.version: vxlan_peer(lease, self._vni, dev.version)
-                         for dev in self._devices}
-            except PeerDataError:
-                found = {}
+            found = {version: peer for version, peer in self._views.of(lease).items()
+                     if not isinstance(peer, str)}
             tokens = [(version, peer.vtep_mac) for version, peer in found.items()]
-            if not found or not index.admit(lease, tokens):
+            if len(found) < len(self._devices) or not index.admit(lease, tokens):
                 self._index = None  # a full computation sorts out who keeps what, and says why
                 return None
             added.append(found)
@@ -312,25 +331,9 @@ class VxlanNetwork:
             direct = self._direct_peers([p.public_ip for p in peers])
             new: list[KernelObject] = []
             for peer in peers:
-                objects = peer_objects(peer, dev.ifindex or 0, direct.get(peer.public_ip))
-                dev.set_objects(peer.key, objects)
-                new += objects
+                new += dev.set_objects(peer, direct.get(peer.public_ip))
             delta[dev.version] = (old[dev.version], new)
         return delta
-
-    def _peer_index(
-        self, peers: Sequence[Lease], found: Mapping[int, Sequence[VxlanPeer]]
-    ) -> PeerIndex:
-        tokens: dict[str, list[tuple[int, str]]] = {}
-        for version, usable in found.items():
-            for p in usable:
-                tokens.setdefault(p.key, []).append((version, p.vtep_mac))
-        own = [(dev.version, mac) for dev in self._devices
-               for mac in (own_vtep_mac(self._lease, dev.version),) if mac]
-        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE, own)
-        for lease in peers:
-            index.hold(lease, tokens.get(lease.key, ()))
-        return index
 
     def begin_probe(self) -> Callable[[], KernelProbe] | None:
         """The kernel read of a full pass (not with DirectRouting: its full pass looks
