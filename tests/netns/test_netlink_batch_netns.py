@@ -102,7 +102,8 @@ def test_a_fresh_sync_reads_the_kernel_once_and_a_cold_one_computes_no_signature
     real_dump, real_signature = Rtnl.dump, rtnl.signature
 
     def dump(self: Rtnl, kind: int, body: bytes, decode: Callable[[bytes], object]) -> object:
-        dumps.append(kind)
+        if kind in (rtnl.RTM_GETROUTE, rtnl.RTM_GETNEIGH):  # not the link dump for names
+            dumps.append(kind)
         return real_dump(self, kind, body, decode)
 
     def signature(obj: KernelObject) -> rtnl.Signature:
