@@ -24,37 +24,37 @@ class _Claims:
     """Subnets already taken, as sorted disjoint address intervals per family.
 
     Checking a new subnet looks only at its two neighbours, so a pass over
-    N peers costs O(N log N), not O(N²).
+    N peers costs O(N log N), not O(N²).  Per family, three parallel lists
+    (first address, last address, subnet) sorted by first address.
     """
 
     def __init__(self) -> None:
-        self._starts: dict[int, list[int]] = {4: [], 6: []}
-        self._entries: dict[int, list[tuple[int, IPNetwork]]] = {4: [], 6: []}
+        self._lists: dict[int, tuple[list[int], list[int], list[IPNetwork]]] = {
+            4: ([], [], []), 6: ([], [], [])}
 
     def overlapping(self, span: _Span) -> IPNetwork | None:
         subnet, first, last = span
-        starts = self._starts[subnet.version]
+        starts, ends, subnets = self._lists[subnet.version]
         at = bisect.bisect_right(starts, last)
-        if at:  # the claim starting at or before our end
-            end, other = self._entries[subnet.version][at - 1]
-            if end >= first:
-                return other
+        if at and ends[at - 1] >= first:  # the claim starting at or before our end
+            return subnets[at - 1]
         return None
 
     def add(self, span: _Span) -> None:
         subnet, first, last = span
-        starts = self._starts[subnet.version]
+        starts, ends, subnets = self._lists[subnet.version]
         at = bisect.bisect_right(starts, first)
         starts.insert(at, first)
-        self._entries[subnet.version].insert(at, (last, subnet))
+        ends.insert(at, last)
+        subnets.insert(at, subnet)
 
-    def remove(self, span: _Span) -> None:
-        subnet, first, _ = span
-        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
+    def remove(self, subnet: IPNetwork) -> None:
+        starts, ends, subnets = self._lists[subnet.version]
+        first = int(subnet.network_address)
         at = bisect.bisect_left(starts, first)
         while at < len(starts) and starts[at] == first:
-            if entries[at][1] == subnet:
-                del starts[at], entries[at]
+            if subnets[at] == subnet:
+                del starts[at], ends[at], subnets[at]
                 return
             at += 1
 
@@ -139,7 +139,8 @@ class PeerIndex:
         for sub in self._own_subnets:
             self._claims.add(_span(sub))
         self._tokens: dict[Hashable, str] = dict.fromkeys(own_tokens, "")
-        self._held: dict[str, tuple[list[_Span], tuple[Hashable, ...]]] = {}
+        # per held peer: its subnets in enabled families, and its tokens
+        self._held: dict[str, tuple[tuple[IPNetwork, ...], tuple[Hashable, ...]]] = {}
 
     @classmethod
     def holding(
@@ -170,23 +171,23 @@ class PeerIndex:
             self._claims.add(span)
         for token in tokens:
             self._tokens[token] = key
-        self._held[key] = (spans, tokens)
+        self._held[key] = (tuple(span[0] for span in spans), tokens)
 
     def add_tokens(self, key: str, tokens: Iterable[Hashable]) -> None:
         """Give a held peer the tokens a full pass found nobody else holds."""
-        spans, held = self._held[key]
+        subnets, held = self._held[key]
         more = tuple(tokens)
         for token in more:
             self._tokens[token] = key
-        self._held[key] = (spans, held + more)
+        self._held[key] = (subnets, held + more)
 
     def release(self, key: str) -> bool:
         """Forget a peer (removed or about to change); False if it was not held."""
         held = self._held.pop(key, None)
         if held is None:
             return False
-        for span in held[0]:
-            self._claims.remove(span)
+        for subnet in held[0]:
+            self._claims.remove(subnet)
         for token in held[1]:
             self._tokens.pop(token, None)
         return True

@@ -128,42 +128,35 @@ class _Device:
         self.ifindex: int | None = None
         # per peer key: its kernel objects, and the peer view and direct interface they
         # were made from (a pass reuses them while both stay the same)
-        self.objects: dict[str, list[KernelObject]] = {}
-        self._made_from: dict[str, tuple[VxlanPeer, int | None]] = {}
+        self.peers: dict[str, tuple[tuple[KernelObject, ...], VxlanPeer, int | None]] = {}
         self._desired: DataplaneState | None = None
 
-    def set_objects(self, peer: VxlanPeer, via_dev: int | None) -> list[KernelObject]:
+    def set_objects(self, peer: VxlanPeer, via_dev: int | None) -> tuple[KernelObject, ...]:
         """Make (or remake) one peer's objects; returns them."""
         objects = peer_objects(peer, self.ifindex or 0, via_dev)
-        self.objects[peer.key] = objects
-        self._made_from[peer.key] = (peer, via_dev)
+        self.peers[peer.key] = (objects, peer, via_dev)
         self._desired = None
         return objects
 
-    def drop_objects(self, key: str) -> list[KernelObject]:
+    def drop_objects(self, key: str) -> tuple[KernelObject, ...]:
         self._desired = None
-        self._made_from.pop(key, None)
-        return self.objects.pop(key, [])
+        made = self.peers.pop(key, None)
+        return () if made is None else made[0]
 
     def refresh(self, ifindex: int, peers: Sequence[tuple[VxlanPeer, int | None]]) -> None:
         """Every peer's objects for a full pass.  A peer whose view and direct interface
         are the ones its objects were made from keeps them; when all do (and no peer
         came or went), so does :meth:`desired_state`."""
-        if ifindex != self.ifindex:
-            self.ifindex = ifindex
-            self.objects, self._made_from = {}, {}
-        old_objects, old_made = self.objects, self._made_from
-        self.objects, self._made_from = {}, {}
-        same = len(peers) == len(old_made)
+        old = self.peers if ifindex == self.ifindex else {}
+        self.ifindex = ifindex
+        self.peers = {}
+        same = len(peers) == len(old)
         for peer, via_dev in peers:
-            made = old_made.get(peer.key)
-            if made is not None and made[0] is peer and made[1] == via_dev:
-                self.objects[peer.key] = old_objects[peer.key]
-                self._made_from[peer.key] = made
-            else:
+            made = old.get(peer.key)
+            if made is None or made[1] is not peer or made[2] != via_dev:
                 same = False
-                self.objects[peer.key] = peer_objects(peer, ifindex, via_dev)
-                self._made_from[peer.key] = (peer, via_dev)
+                made = (peer_objects(peer, ifindex, via_dev), peer, via_dev)
+            self.peers[peer.key] = made
         if not same:
             self._desired = None
 
@@ -171,7 +164,7 @@ class _Device:
         """All peers' objects (the same object while nothing changes: cheap to compare)."""
         if self._desired is None:
             self._desired = DataplaneState.of(
-                [obj for objs in self.objects.values() for obj in objs]
+                [obj for made in self.peers.values() for obj in made[0]]
             )
         return self._desired
 
@@ -286,7 +279,7 @@ class VxlanNetwork:
             failed += result.failed
         return summarize(
             applied, failed, skipped=skipped,
-            peers=len({key for dev in self._devices for key in dev.objects}),
+            peers=len({key for dev in self._devices for key in dev.peers}),
             device_recreated=bool(recreated),
         )
 
@@ -318,7 +311,8 @@ class VxlanNetwork:
                     old[dev.version] += dev.drop_objects(key)
             if lease is None:
                 continue
-            found = {version: peer for version, peer in self._views.of(lease).items()
+            found = {version: peer for version, peer
+                     in zip(self._views.versions, self._views.of(lease), strict=True)
                      if not isinstance(peer, str)}
             tokens = [(version, peer.vtep_mac) for version, peer in found.items()]
             if len(found) < len(self._devices) or not index.admit(lease, tokens):

@@ -255,7 +255,7 @@ def screen_families(
     for peer in usable:
         reasons = []
         tokens = []
-        for version, found in views.of(peer).items():
+        for version, found in zip(versions, views.of(peer), strict=True):
             if isinstance(found, str):
                 reasons.append((version, found))
                 continue
@@ -287,23 +287,23 @@ class PeerViews:
     def __init__(self, vni: int, versions: Sequence[int]) -> None:
         self._vni = vni
         self.versions = tuple(versions)
-        self._known: dict[str, tuple[LeaseAttrs, dict[int, VxlanPeer | str]]] = {}
-        self._seen: dict[str, tuple[LeaseAttrs, dict[int, VxlanPeer | str]]] = {}
+        self._known: dict[str, tuple[LeaseAttrs, tuple[VxlanPeer | str, ...]]] = {}
+        self._seen: dict[str, tuple[LeaseAttrs, tuple[VxlanPeer | str, ...]]] = {}
 
-    def of(self, lease: Lease) -> dict[int, VxlanPeer | str]:
-        """Per family, the vxlan view of ``lease`` or why it has none."""
+    def of(self, lease: Lease) -> tuple[VxlanPeer | str, ...]:
+        """Per family of :attr:`versions`, the vxlan view of ``lease`` or why it has none."""
         known = self._known.get(lease.key)
         if known is None or (known[0] is not lease.attrs and known[0] != lease.attrs):
-            views: dict[int, VxlanPeer | str] = {}
-            for version in self.versions:
-                try:
-                    views[version] = vxlan_peer(lease, self._vni, version)
-                except PeerDataError as err:
-                    views[version] = str(err)
-            known = (lease.attrs, views)
+            known = (lease.attrs, tuple(self._view(lease, version) for version in self.versions))
             self._known[lease.key] = known
         self._seen[lease.key] = known
         return known[1]
+
+    def _view(self, lease: Lease, version: int) -> VxlanPeer | str:
+        try:
+            return vxlan_peer(lease, self._vni, version)
+        except PeerDataError as err:
+            return str(err)
 
     def end_pass(self) -> None:
         """Forget the leases not looked at since the last call."""
@@ -386,14 +386,16 @@ def desired_state(
     return DataplaneState.of(objects)
 
 
-def peer_objects(peer: VxlanPeer, ifindex: int, via_dev: int | None) -> list[KernelObject]:
+def peer_objects(
+    peer: VxlanPeer, ifindex: int, via_dev: int | None
+) -> tuple[KernelObject, ...]:
     """The kernel objects of one peer: a direct route through ``via_dev`` if given,
     else neighbour, FDB entry and onlink route through the VXLAN device."""
     if via_dev is not None:
-        return [Route(peer.subnet, peer.public_ip, via_dev)]
+        return (Route(peer.subnet, peer.public_ip, via_dev),)
     gateway = peer.subnet.network_address
-    return [
+    return (
         Neighbour(ifindex, gateway, peer.vtep_mac),
         FdbEntry(ifindex, peer.vtep_mac, peer.public_ip),
         Route(peer.subnet, gateway, ifindex, onlink=True),
-    ]
+    )

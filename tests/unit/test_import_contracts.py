@@ -166,17 +166,20 @@ def test_etcd_mode_start_imports_only_what_it_runs() -> None:
 def test_the_daemon_starts_without_pyroute2s_request_layer_or_asyncio() -> None:
     """Links, addresses and route lookups are encoded by ``backends.rtlink`` and sent over
     the seam's own socket: pyroute2's ``IPRoute`` (which pulls in asyncio, ~60 modules,
-    about 0.1 s and several MiB) is not loaded by the daemon and its backends (issue 13)."""
+    about 0.1 s and several MiB) is not loaded by the daemon and its backends (issue 13);
+    the kernel WireGuard driver loads pyroute2's generic netlink when it is first used."""
     script = (
-        "import sys, flanneld.daemon, backends.vxlan, backends.hostgw\n"
+        "import sys, flanneld.daemon, backends.vxlan, backends.hostgw, backends.udp\n"
+        "import backends.wireguard, backends.wireguard_go\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     loaded = set(
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        check=True, timeout=60).stdout.split()
     )
-    assert "backends.netlink" in loaded and "backends.hostgw" in loaded
-    unwanted = ["pyroute2.iproute", "pyroute2.netlink.nlsocket", "asyncio"]
+    assert "backends.netlink" in loaded and "backends.wireguard_go" in loaded
+    unwanted = ["pyroute2.iproute", "pyroute2.netlink.nlsocket", "pyroute2.netlink.generic",
+                "asyncio"]
     assert [name for name in unwanted if name in loaded] == []
 
 
