@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, Self, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, overload
 
 
 def defer_package_init(name: str) -> None:
@@ -82,16 +82,11 @@ from backends.model import (
 )
 from backends.plan import Change, Put, apply_to, plan
 from backends.rtnl import Signature
-from backends.wireguard_state import (
-    KEY_LEN,
-    DeviceState,
-    PeerPlan,
-    PeerState,
-    WgPeer,
-    key_b64,
-)
 from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
+
+if TYPE_CHECKING:  # the WireGuard model loads with its driver: vxlan and host-gw never use it
+    from backends.wireguard_state import DeviceState, PeerPlan, WgPeer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -1235,6 +1230,8 @@ def _wg_set(ifname: str, request: dict[str, Any], wg: Any) -> Any:
 
 def kernel_requests(plan: PeerPlan, private_key: bytes, listen_port: int) -> list[dict[str, Any]]:
     """The keyword arguments of each ``WireGuard.set`` call that applies ``plan``, in order."""
+    from backends.wireguard_state import key_b64
+
     requests: list[dict[str, Any]] = []
     if plan.configure_device:
         requests.append({"private_key": key_b64(private_key), "listen_port": listen_port})
@@ -1246,6 +1243,8 @@ def kernel_requests(plan: PeerPlan, private_key: bytes, listen_port: int) -> lis
 
 
 def _kernel_peer(peer: WgPeer) -> dict[str, Any]:
+    from backends.wireguard_state import KEY_LEN, key_b64
+
     addr, port = peer.endpoint
     return {
         "public_key": key_b64(peer.public_key),
@@ -1261,6 +1260,8 @@ def _kernel_peer(peer: WgPeer) -> dict[str, Any]:
 
 def kernel_device_state(msgs: Sequence[Any]) -> DeviceState:
     """The device as the kernel's GET_DEVICE dump describes it (peers may span messages)."""
+    from backends.wireguard_state import DeviceState, PeerState
+
     private_key: bytes | None = None
     listen_port = 0
     peers: dict[bytes, PeerState] = {}
@@ -1291,6 +1292,8 @@ def kernel_device_state(msgs: Sequence[Any]) -> DeviceState:
 
 def _raw_key(value: Any) -> bytes | None:
     """A key from pyroute2's base64 text; None for a missing or all-zero key."""
+    from backends.wireguard_state import KEY_LEN
+
     if not value:
         return None
     raw = base64.b64decode(value)
