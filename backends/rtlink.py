@@ -6,7 +6,7 @@ interface reaches an address) are encoded here with ``struct``, in the layout
 pyroute2's ``ifinfmsg``/``ifaddrmsg``/``rtmsg`` classes produce for the same
 request, and their replies are read back into attribute tables.  Doing it
 here rather than through pyroute2's ``IPRoute`` keeps its request machinery
-(asyncio and some 60 modules, about 0.1 s and several MiB at every start)
+(with asyncio about 115 modules, 0.1 s and 4-5 MiB at every start)
 out of the daemon.  Nothing here does I/O; :mod:`backends.netlink` sends.
 
 Layouts (linux/rtnetlink.h, if_link.h, if_addr.h): a 16-byte ``ifinfomsg``,

@@ -49,7 +49,10 @@ if __name__ == "__main__":
     from marshal import loads
     from zlib import decompress
 
-    from _frozen_importlib_external import MAGIC_NUMBER
+    try:
+        from _frozen_importlib_external import MAGIC_NUMBER
+    except ImportError:  # not CPython: cni.loader is compiled from its source
+        MAGIC_NUMBER = None
 
     loader = {"__name__": "cni.loader"}
     if MAGIC_NUMBER == MAGIC:

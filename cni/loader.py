@@ -13,13 +13,18 @@ whole VERSION call.
 
 from __future__ import annotations
 
-import _frozen_importlib  # importlib's core, loaded at start-up (unlike the package)
-import _frozen_importlib_external
 import _imp
 import binascii
 import marshal
 import sys
 import zlib
+
+try:  # importlib's core, which CPython loads at start-up (unlike the importlib package)
+    from _frozen_importlib import ModuleSpec as _ModuleSpec
+    from _frozen_importlib_external import MAGIC_NUMBER
+except ImportError:  # another implementation: the same names, at their import's cost
+    from importlib.machinery import ModuleSpec as _ModuleSpec
+    from importlib.util import MAGIC_NUMBER
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,7 +57,7 @@ class BundleImporter(_LoaderBase):
         packages: frozenset[str],
     ) -> None:
         self._location = location
-        usable = magic == _frozen_importlib_external.MAGIC_NUMBER
+        usable = magic == MAGIC_NUMBER
         self._compiled: Mapping[str, str] = compiled if usable else {}
         self._source_blob = sources
         self._sources: dict[str, str] | None = None
@@ -76,7 +81,7 @@ class BundleImporter(_LoaderBase):
     ) -> ModuleSpec | None:
         if fullname not in (self._compiled or self._all_sources()):
             return None
-        spec: ModuleSpec = _frozen_importlib.ModuleSpec(
+        spec: ModuleSpec = _ModuleSpec(
             fullname,
             self,
             origin=self._filename(fullname),

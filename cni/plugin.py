@@ -13,11 +13,13 @@ into CNI error JSON and an exit status.
 Start-up matters (the runtime starts the plugin for every pod), so each
 command imports only what it uses: VERSION nothing beyond ``sys`` and the
 built-in ``posix`` (the environment as ``os.environ`` decodes it);
-ADD and DEL also ``os`` and the C parts of ``json`` and ``signal`` (through
+ADD and DEL also ``stat`` and the C parts of ``json`` and ``signal`` (through
 our own modules, imported where the command needs them: not the ``json``
 and ``signal`` packages, which would bring ``re`` and ``enum``; CIDRs are
 parsed by ``cni.cidr``, not ``ipaddress``, which would bring ``functools``
-and ``collections``); ``logging`` is imported when there is something to log.
+and ``collections``; files and processes through ``posix``, not ``os``,
+which brings ``collections.abc``); ``logging`` is imported when there is
+something to log.
 """
 
 from __future__ import annotations

@@ -222,3 +222,23 @@ def test_importer_serves_the_modules_with_their_file_name_and_source(
     namespace: dict[str, Any] = {"__name__": "cni.protocol"}
     exec(code, namespace)  # noqa: S102 - the module's own code
     assert namespace["SUPPORTED_VERSIONS"][-1] == "1.1.0"
+
+
+def test_version_without_cpythons_importlib_core(bundle: Path, tmp_path: Path) -> None:
+    # An interpreter without _frozen_importlib(_external) (not CPython): the file compiles
+    # cni.loader from its source, which takes the names from the importlib package.
+    code = (
+        "import sys\n"
+        "sys.modules['_frozen_importlib_external'] = sys.modules['_frozen_importlib'] = None\n"
+        "path = sys.argv[1]\n"
+        "exec(compile(open(path).read(), path, 'exec'), {'__name__': '__main__', '__file__': path})\n"
+    )
+    proc = run_bundle(
+        [sys.executable, "-I", "-S", "-X", "importtime", "-c", code, str(bundle)],
+        {"CNI_COMMAND": "VERSION"},
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.decode().splitlines()}
+    assert {"importlib.machinery", "importlib.util"} <= imported

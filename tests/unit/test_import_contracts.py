@@ -156,7 +156,8 @@ def test_etcd_mode_start_imports_only_what_it_runs() -> None:
     unwanted = [
         "flanneld.netpol.controller", "flanneld.netpol.model", "flanneld.trafficmgr.policy",
         "subnet.kube", "subnet.kube_state", "kubernetes", "backends.udp",
-        "backends.wireguard", "backends.hostgw", "backends.vxlan", "pyroute2.ndb",
+        "backends.wireguard", "backends.wireguard_state", "backends.hostgw", "backends.vxlan",
+        "pyroute2.ndb",
         "pyroute2.ipdb", "pyroute2.conntrack",
     ]
     assert "backends.netlink" in loaded
