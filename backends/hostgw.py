@@ -129,9 +129,7 @@ class HostGwNetwork:
             routes.setdefault(peer.key, []).append(route(peer, self._ext.index))
         index = None
         if not skipped:
-            index = PeerIndex(self._lease, self._networks, BACKEND_TYPE)
-            for lease in peers:
-                index.hold(lease)
+            index = PeerIndex.holding(self._lease, self._networks, BACKEND_TYPE, peers)
         self._routes.reset(index, routes)
         self._desired = None
         return skipped

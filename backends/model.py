@@ -8,6 +8,7 @@ same key is replaced in place rather than deleted and added.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -69,16 +70,26 @@ class DataplaneState:
     neighbours: frozenset[Neighbour] = field(default_factory=frozenset)
     fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
 
-    def objects(self) -> frozenset[KernelObject]:
-        return frozenset((*self.routes, *self.neighbours, *self.fdb))
+    def objects(self) -> tuple[KernelObject, ...]:
+        """Every object, each once (a tuple: building a set would hash them all again)."""
+        return (*self.routes, *self.neighbours, *self.fdb)
+
+    def count(self) -> int:
+        return len(self.routes) + len(self.neighbours) + len(self.fdb)
 
     @staticmethod
-    def of(objects: list[KernelObject] | frozenset[KernelObject]) -> DataplaneState:
-        return DataplaneState(
-            routes=frozenset(o for o in objects if isinstance(o, Route)),
-            neighbours=frozenset(o for o in objects if isinstance(o, Neighbour)),
-            fdb=frozenset(o for o in objects if isinstance(o, FdbEntry)),
-        )
+    def of(objects: Iterable[KernelObject]) -> DataplaneState:
+        routes: list[Route] = []
+        neighbours: list[Neighbour] = []
+        fdb: list[FdbEntry] = []
+        for obj in objects:
+            if isinstance(obj, Route):
+                routes.append(obj)
+            elif isinstance(obj, Neighbour):
+                neighbours.append(obj)
+            else:
+                fdb.append(obj)
+        return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
 
 
 @dataclass(frozen=True, slots=True)

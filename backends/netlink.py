@@ -1,11 +1,15 @@
 """The netlink seam: the one module that talks to the kernel's routing stack.
 
 Everything above this module deals in plain values (``backends.model``,
-``backends.base``); here they become netlink requests.  Links, addresses and
-route lookups go through pyroute2's ``IPRoute``; our routes, neighbours and
-FDB entries, thousands at a time, go through :class:`Rtnl`: requests encoded
-by :mod:`backends.rtnl`, many per ``send()``, each ack matched back to its
-object by sequence number, and dumps the kernel filters to our own objects.
+``backends.base``); here they become netlink requests, all over one raw
+rtnetlink socket (:class:`Rtnl`).  Our routes, neighbours and FDB entries,
+thousands at a time, are encoded by :mod:`backends.rtnl`, sent many per
+``send()``, each ack matched back to its object by sequence number, and
+dumps the kernel filters to our own objects.  Links, addresses, route
+lookups and blackholes are one request each, encoded by
+:mod:`backends.rtlink`.  pyroute2 is imported only for what the daemon
+rarely needs (the kernel WireGuard driver's generic netlink, entering a named
+namespace), so its ``IPRoute`` (and asyncio) stay out of every start.
 Writes are idempotent (``replace``; deletes treat a missing object as done),
 and a pyroute2 ``NetlinkError`` or socket error never leaves this module: it
 becomes a :class:`~subnet.errors.DataplaneError` carrying the kernel's errno.
@@ -22,25 +26,24 @@ import ipaddress
 import itertools
 import logging
 import os
+import queue
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, overload
 
 from subnet.lazyimport import defer_package_init
 
-defer_package_init("pyroute2")  # pyroute2's __init__ loads ~70 modules; we use three
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+defer_package_init("pyroute2")  # pyroute2's __init__ loads ~70 modules; we use a few
 
-from backends import rtnl
+from backends import rtlink, rtnl
 from backends.base import InterfaceAddress, InterfaceInfo, KernelProbe, RouteLookup, Scope
 from backends.kernelwatch import OwnDeletions
 from backends.model import (
-    ROUTE_PROTOCOL,
     DataplaneState,
     KernelObject,
     Neighbour,
@@ -48,27 +51,21 @@ from backends.model import (
 )
 from backends.plan import Change, Put, apply_to, plan
 from backends.rtnl import Signature
-from backends.wireguard_state import (
-    KEY_LEN,
-    DeviceState,
-    PeerPlan,
-    PeerState,
-    WgPeer,
-    key_b64,
-)
 from subnet.errors import DataplaneError
 from subnet.lease import IPAddress, IPNetwork
+
+if TYPE_CHECKING:  # the WireGuard model loads with its driver: vxlan and host-gw never use it
+    from backends.wireguard_state import DeviceState, PeerPlan, WgPeer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 N = TypeVar("N")
 F = TypeVar("F")
+B = TypeVar("B")
+Request: TypeAlias = tuple[int, int, bytes]  # message type, flags, body
 
-MAIN_TABLE = 254
-RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
-IFF_UP = 0x1
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
@@ -78,6 +75,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 4 << 20
 BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
+AHEAD_MIN = 256  # from this many requests on, the next send's are encoded during this one
 RECV_BYTES = 64 << 10
 REPLY_TIMEOUT = 10.0
 ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
@@ -184,9 +182,11 @@ class Netlink:
         # what our passes delete, for the kernel watch to tell its echo from damage
         self.deletions = deletions or OwnDeletions()
         self._names: dict[int, str] = {}
-        # per scope (devices, families): our objects as the last pass left them, by key
+        # per scope (devices, families): our objects as the last pass left them, as the
+        # state a full pass set (while no single change altered it) and by key (made from
+        # that state when a single change first needs it)
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
-        self._view_of: dict[Scope, DataplaneState] = {}  # the desired state a view was made of
+        self._view_of: dict[Scope, DataplaneState] = {}
         self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
         # Scopes whose view is exactly the desired state their syncs were given (no
         # failure since): only those can be checked by a probe.
@@ -201,16 +201,10 @@ class Netlink:
         self._probe_views: dict[Scope, tuple[int, frozenset[Signature]]] = {}
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
-            # checked here because pyroute2 leaks its socket when the open fails
             raise DataplaneError(f"no network namespace {netns!r}", errnos.ENOENT)
         try:
-            self._ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
-        except (NetlinkError, OSError) as err:
-            raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
-        try:
             self._rtnl = Rtnl(_in_netns(netns, open_rtnl_socket))
-        except (NetlinkError, OSError) as err:
-            self._ipr.close()
+        except _failures() as err:
             raise DataplaneError(f"cannot open netlink socket{where}: {err}", _errno(err)) from err
 
     @property
@@ -221,7 +215,6 @@ class Netlink:
         self._rtnl.close()
         if self._probe_rtnl is not None:
             self._probe_rtnl.close()
-        self._ipr.close()
 
     def __enter__(self) -> Self:
         return self
@@ -233,15 +226,14 @@ class Netlink:
 
     def interfaces(self) -> list[InterfaceInfo]:
         """Every link with its addresses (one link dump, one address dump)."""
-        links = self._request("dump links", self._ipr.link, "dump")
-        addrs = self._request("dump addresses", self._ipr.addr, "dump")
+        links = self.links()
+        addrs = self._dump("dump addresses", rtlink.RTM_GETADDR, rtlink.address_dump(),
+                           rtlink.address_reply)
         by_index: dict[int, list[InterfaceAddress]] = {}
         for msg in addrs:
-            by_index.setdefault(msg["index"], []).append(_interface_address(msg))
+            by_index.setdefault(msg.ifindex, []).append(_interface_address(msg))
         result = []
-        for msg in links:
-            state = _link_state(msg)
-            self._names[state.index] = state.name
+        for state in links:
             result.append(
                 InterfaceInfo(
                     name=state.name,
@@ -256,35 +248,35 @@ class Netlink:
     def default_route_ifindex(self, family: int) -> int | None:
         """The output interface of the main table's best default route, if any."""
         best: tuple[int, int] | None = None
-        for msg in self._request("dump routes", self._ipr.route, "dump", family=family):
-            if msg["dst_len"] or _table(msg) != MAIN_TABLE or msg["type"] != RTN_UNICAST:
+        routes = self._dump("dump routes", rtnl.RTM_GETROUTE, rtlink.unicast_dump(family),
+                            rtlink.default_route)
+        for msg in routes:
+            if msg.table != rtnl.MAIN_TABLE or msg.kind != rtnl.RTN_UNICAST:
                 continue
-            oif = _route_oif(msg)
+            oif = rtlink.route_oif(msg)
             if oif is None:
                 continue
-            candidate = (msg.get("RTA_PRIORITY") or 0, oif)
+            candidate = (rtlink.number(msg.attrs.get(rtlink.RTA_PRIORITY)), oif)
             if best is None or candidate < best:
                 best = candidate
         return None if best is None else best[1]
 
     def route_get(self, addr: IPAddress) -> list[RouteLookup]:
         """How the kernel would route to ``addr``; empty when it is unreachable."""
-        family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         try:
-            answer = self._ipr.route("get", dst=str(addr), family=family)
-        except (NetlinkError, OSError) as err:
-            if _errno(err) in _UNREACHABLE:
+            answer = self._rtnl.call(rtnl.RTM_GETROUTE, 0, rtlink.route_lookup(addr))
+        except OSError as err:
+            if err.errno in _UNREACHABLE:
                 return []
             raise _dataplane_error(f"route get {addr}", err) from err
         result = []
-        for msg in answer:
-            gateway = msg.get("RTA_GATEWAY")
-            prefsrc = msg.get("RTA_PREFSRC")
+        for payload in answer:
+            msg = rtlink.route_reply(payload)
             result.append(
                 RouteLookup(
-                    ifindex=_route_oif(msg) or 0,
-                    gateway=ipaddress.ip_address(gateway) if gateway else None,
-                    prefsrc=ipaddress.ip_address(prefsrc) if prefsrc else None,
+                    ifindex=rtlink.route_oif(msg) or 0,
+                    gateway=rtlink.ip(msg.attrs.get(rtnl.RTA_GATEWAY)),
+                    prefsrc=rtlink.ip(msg.attrs.get(rtlink.RTA_PREFSRC)),
                 )
             )
         return result
@@ -293,18 +285,20 @@ class Netlink:
 
     def links(self) -> list[LinkState]:
         """Every link (one dump); read-only, for diagnostics."""
-        found = [_link_state(msg) for msg in self._request("dump links", self._ipr.link, "dump")]
+        found = self._dump("dump links", rtlink.RTM_GETLINK, rtlink.link_dump(), _link_state)
         self._names.update((state.index, state.name) for state in found)
         return found
 
     def link(self, name: str) -> LinkState | None:
         """The link called ``name``, or None if there is none."""
         try:
-            msgs = self._ipr.link("get", ifname=name)
-        except (NetlinkError, OSError) as err:
-            if _errno(err) in _ABSENT:
+            msgs = self._rtnl.call(rtlink.RTM_GETLINK, 0, rtlink.link_by_name(name))
+        except OSError as err:
+            if err.errno in _ABSENT:
                 return None
             raise _dataplane_error(f"link get {name}", err) from err
+        if not msgs:
+            raise DataplaneError(f"link get {name}: no answer")
         state = _link_state(msgs[0])
         self._names[state.index] = state.name
         return state
@@ -322,7 +316,8 @@ class Netlink:
                 reason,
             )
             self.delete_link(existing.index)
-        self._request(f"link add {spec.name}", self._ipr.link, "add", **_vxlan_args(spec))
+        self._request(f"link add {spec.name}", rtlink.RTM_NEWLINK, rtlink.CREATE,
+                      rtlink.vxlan_add(_vxlan_request(spec)))
         created = self.link(spec.name)
         if created is None:
             raise DataplaneError(f"link {spec.name} vanished right after it was created")
@@ -349,8 +344,8 @@ class Netlink:
             log.warning("link %s is a %r link, not wireguard; replacing it", name,
                         existing.kind or "tun")
             self.delete_link(existing.index)
-        self._request(f"link add {name} type wireguard", self._ipr.link, "add", ifname=name,
-                      kind="wireguard")
+        self._request(f"link add {name} type wireguard", rtlink.RTM_NEWLINK, rtlink.CREATE,
+                      rtlink.kind_add(name, "wireguard"))
         created = self.link(name)
         if created is None:
             raise DataplaneError(f"link {name} vanished right after it was created")
@@ -361,9 +356,9 @@ class Netlink:
         """Delete a link; a link that is already gone is fine."""
         name = self._name(index)
         try:
-            self._ipr.link("del", index=index)
-        except (NetlinkError, OSError) as err:
-            if _errno(err) not in _ABSENT:
+            self._rtnl.call(rtlink.RTM_DELLINK, 0, rtlink.link_index(index))
+        except OSError as err:
+            if err.errno not in _ABSENT:
                 raise _dataplane_error(f"link del {name}", err) from err
         self._names.pop(index, None)
         log.info("link %s: removed", name)
@@ -377,21 +372,18 @@ class Netlink:
         up: bool | None = None,
     ) -> None:
         """Set the given properties of a link (those left None are not touched)."""
-        args: dict[str, Any] = {}
         said = []
         if mtu is not None:
-            args["mtu"] = mtu
             said.append(f"mtu {mtu}")
         if mac is not None:
-            args["address"] = mac
             said.append(f"mac {mac}")
         if up is not None:
-            args["state"] = "up" if up else "down"
-            said.append(args["state"])
-        if not args:
+            said.append("up" if up else "down")
+        if not said:
             return
         name = self._name(index)
-        self._request(f"link set {name}", self._ipr.link, "set", index=index, **args)
+        self._request(f"link set {name}", rtlink.RTM_NEWLINK, 0,
+                      rtlink.link_set(index, mtu, mac, up))
         log.info("link %s: set %s", name, ", ".join(said))
 
     def sync_addresses(
@@ -406,8 +398,9 @@ class Netlink:
         """
         name = self._name(index)
         have: list[HostAddress] = []
-        for msg in self._request("dump addresses", self._ipr.addr, "dump"):
-            if msg["index"] == index:
+        for msg in self._dump("dump addresses", rtlink.RTM_GETADDR, rtlink.address_dump(),
+                              rtlink.address_reply):
+            if msg.ifindex == index:
                 addr = _interface_address(msg)
                 have.append(ipaddress.ip_interface(f"{addr.address}/{addr.prefixlen}"))
         for iface in have:
@@ -514,34 +507,61 @@ class Netlink:
         state, so the next pass retries exactly those objects.
         """
         scope = _scope(ifindexes, families)
-        if fresh and self._matches(scope, desired):
-            self._exact.add(scope)
-            return ApplyResult()
-        view = None if fresh else self._views.get(scope)
-        observed = self.observe(*scope) if view is None else DataplaneState.of(list(view.values()))
+        observed = None if fresh else self._view_state(scope)
+        if observed is None:
+            kernel = self.signatures(*scope)
+            if self._matches(scope, desired, kernel):
+                self._exact.add(scope)
+                return ApplyResult()
+            observed = DataplaneState.of(map(rtnl.object_of, kernel))
         result = self._apply_in(scope, plan(observed, desired))
-        final = apply_to(observed, list(result.applied)) if result.failed else desired
-        self._views[scope] = {obj.key: obj for obj in final.objects()}
-        self._view_of[scope] = final
-        self._versions[scope] = next(self._version)
+        self._set_view(scope, apply_to(observed, list(result.applied)) if result.failed else desired)
         if not result.failed:
             self._exact.add(scope)
         return result
 
-    def _matches(self, scope: Scope, desired: DataplaneState) -> bool:
-        """Whether the kernel holds exactly ``desired`` in ``scope``: the periodic pass's
-        check when nothing changed, comparing signatures instead of objects."""
+    def _matches(self, scope: Scope, desired: DataplaneState, kernel: frozenset[Signature]) -> bool:
+        """Whether the ``kernel`` signatures of ``scope`` are exactly ``desired``: the
+        periodic pass's check when nothing changed.  The counts are compared first, so a
+        cold start (nothing of ours in the kernel) computes no signatures."""
+        if len(kernel) != desired.count():
+            return False
         want = self._wanted.get(scope)
         if want is None or want[0] is not desired:
             want = desired, frozenset(map(rtnl.signature, desired.objects()))
             self._wanted[scope] = want
-        if self.signatures(*scope) != want[1]:
+        if kernel != want[1]:
             return False
         if self._view_of.get(scope) is not desired:
-            self._views[scope] = {obj.key: obj for obj in desired.objects()}
-            self._view_of[scope] = desired
-            self._versions[scope] = next(self._version)
+            self._set_view(scope, desired)
         return True
+
+    def _set_view(self, scope: Scope, state: DataplaneState) -> None:
+        """The scope's objects are now ``state`` (its by-key view is made when first needed)."""
+        self._views.pop(scope, None)
+        self._view_of[scope] = state
+        self._versions[scope] = next(self._version)
+
+    def _view(self, scope: Scope) -> dict[Hashable, KernelObject] | None:
+        """The scope's objects by key, as the last pass left them; None before any."""
+        view = self._views.get(scope)
+        state = self._view_of.get(scope)
+        if view is None and state is not None:
+            view = self._views[scope] = {obj.key: obj for obj in state.objects()}
+        return view
+
+    def _view_state(self, scope: Scope) -> DataplaneState | None:
+        state = self._view_of.get(scope)
+        if state is None and scope in self._views:
+            state = DataplaneState.of(self._views[scope].values())
+        return state
+
+    def _view_objects(self, scope: Scope) -> tuple[KernelObject, ...] | None:
+        state = self._view_of.get(scope)
+        if state is not None:
+            return state.objects()
+        view = self._views.get(scope)
+        return None if view is None else tuple(view.values())
 
     def sync_delta(
         self,
@@ -554,7 +574,7 @@ class Netlink:
         planned against what the last sync of the scope left; None when there was none
         (then a full :meth:`sync` is needed).  Costs in proportion to the objects given."""
         scope = _scope(ifindexes, families)
-        view = self._views.get(scope)
+        view = self._view(scope)
         if view is None:
             return None
         wanted = list(new)
@@ -610,8 +630,8 @@ class Netlink:
         read, to run on another thread (it has a socket of its own).  From now on the
         slots this thread writes are counted, for :meth:`repairs`.  None: nothing to read."""
         scopes = {
-            scope: (self._versions.get(scope, 0), tuple(self._views[scope].values()))
-            for scope in sorted(self._exact) if scope in self._views
+            scope: (self._versions.get(scope, 0), objects)
+            for scope in sorted(self._exact) if (objects := self._view_objects(scope)) is not None
         }
         if not scopes:
             return None
@@ -628,7 +648,7 @@ class Netlink:
         if self._probe_rtnl is None:
             try:
                 self._probe_rtnl = Rtnl(_in_netns(self._netns, open_rtnl_socket))
-            except (NetlinkError, OSError) as err:
+            except _failures() as err:
                 raise _dataplane_error("netlink socket for the full pass", err) from err
         differing: dict[Scope, tuple[frozenset[Signature], frozenset[Signature]]] = {}
         for scope, (version, objects) in scopes.items():
@@ -691,7 +711,7 @@ class Netlink:
         started = time.monotonic()
         self.deletions.expect(c.obj.key for c in changes if not isinstance(c, Put))
         try:
-            codes = self._rtnl.transact([rtnl.change_body(c) for c in changes])
+            codes = self._rtnl.transact(changes, rtnl.change_body)
         except OSError as err:
             raise _dataplane_error("netlink batch", err) from err
         bulk = len(changes) > BULK_LOG_LINES
@@ -745,36 +765,29 @@ class Netlink:
         }
         want = set(subnets)
         for subnet in sorted(want - have, key=str):
-            self._request(
-                f"add blackhole route {subnet}", self._ipr.route, "replace", dst=str(subnet),
-                type=RTN_BLACKHOLE, proto=ROUTE_PROTOCOL, table=MAIN_TABLE,
-            )
+            self._request(f"add blackhole route {subnet}", rtnl.RTM_NEWROUTE, rtlink.REPLACE,
+                          rtlink.blackhole(subnet, True, RTN_BLACKHOLE))
             log.info("blackhole route %s: added", subnet)
         for subnet in sorted(have - want, key=str):
-            self._request(
-                f"delete blackhole route {subnet}", self._ipr.route, "del", dst=str(subnet),
-                type=RTN_BLACKHOLE, proto=ROUTE_PROTOCOL, table=MAIN_TABLE,
-            )
+            self._request(f"delete blackhole route {subnet}", rtnl.RTM_DELROUTE, 0,
+                          rtlink.blackhole(subnet, False, RTN_BLACKHOLE))
             log.info("blackhole route %s: removed (no longer our subnet)", subnet)
         return len(want ^ have)
 
-    def _request(
-        self, what: str, call: Callable[..., Iterable[Any]], *args: Any, **kwargs: Any
-    ) -> tuple[Any, ...]:
-        """``call(*args, **kwargs)`` as a tuple of messages; DataplaneError on failure."""
+    def _request(self, what: str, kind: int, flags: int, body: bytes) -> None:
+        """One acknowledged request (:meth:`Rtnl.call`); DataplaneError on failure."""
         try:
-            return tuple(call(*args, **kwargs))
-        except (NetlinkError, OSError) as err:
-            raise DataplaneError(f"{what}: {_message(err)}", _errno(err)) from err
+            self._rtnl.call(kind, flags, body)
+        except OSError as err:
+            raise _dataplane_error(what, err) from err
 
     def _address(self, verb: str, index: int, iface: HostAddress) -> None:
+        add = verb == "add"
         self._request(
             f"addr {verb} {iface} dev {self._name(index)}",
-            self._ipr.addr,
-            verb,
-            index=index,
-            address=str(iface.ip),
-            prefixlen=iface.network.prefixlen,
+            rtlink.RTM_NEWADDR if add else rtlink.RTM_DELADDR,
+            rtlink.CREATE if add else 0,
+            rtlink.address(index, iface),
         )
 
     def _dump(
@@ -788,8 +801,7 @@ class Netlink:
             raise _dataplane_error(what, err) from err
 
     def _refresh_names(self) -> None:
-        links = self._request("dump links", self._ipr.link, "dump")
-        self._names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in links}
+        self._names = {state.index: state.name for state in self.links()}
 
     def _name(self, index: int) -> str:
         return self._names.get(index) or f"if{index}"
@@ -810,19 +822,28 @@ class Netlink:
 # --- message decoding (pyroute2 messages are untyped) ---------------------------------------
 
 
+def _failures() -> tuple[type[Exception], ...]:
+    """What a netlink call may raise: OSError, and pyroute2's NetlinkError once pyroute2
+    is loaded (by the WireGuard driver or a named namespace; the daemon's start never
+    imports it, and nothing can raise it before)."""
+    exceptions = sys.modules.get("pyroute2.netlink.exceptions")
+    if exceptions is None:
+        return (OSError,)
+    return OSError, exceptions.NetlinkError
+
+
 def _errno(err: Exception) -> int | None:
-    if isinstance(err, NetlinkError):
-        return int(err.code)
     if isinstance(err, OSError):
         return err.errno
-    return None
+    code = getattr(err, "code", None)  # pyroute2's NetlinkError
+    return int(code) if isinstance(code, int) else None
 
 
 def _message(err: Exception) -> str:
-    if isinstance(err, NetlinkError) and len(err.args) > 1:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    if len(err.args) > 1:  # pyroute2's NetlinkError: (code, message)
         return str(err.args[1])
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
     return str(err)
 
 
@@ -842,85 +863,52 @@ def _within(addr: IPAddress, networks: Sequence[IPNetwork]) -> bool:
     return any(addr.version == net.version and addr in net for net in networks)
 
 
-def _table(msg: Any) -> int:
-    return int(msg.get("RTA_TABLE") or msg["table"])
-
-
-def _route_oif(msg: Any) -> int | None:
-    oif = msg.get("RTA_OIF")
-    if oif:
-        return int(oif)
-    hops = msg.get("RTA_MULTIPATH") or ()
-    for hop in hops:
-        if hop.get("oif"):
-            return int(hop["oif"])
-    return None
-
-
-def _interface_address(msg: Any) -> InterfaceAddress:
-    text = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    flags = msg.get("IFA_FLAGS")
-    if flags is None:
-        flags = msg["flags"]
+def _interface_address(msg: rtlink.Address) -> InterfaceAddress:
+    address = rtlink.ip(msg.attrs.get(rtlink.IFA_LOCAL) or msg.attrs.get(rtlink.IFA_ADDRESS))
+    if address is None:
+        raise DataplaneError(f"dump addresses: an address of if{msg.ifindex} has none")
+    flags_attr = msg.attrs.get(rtlink.IFA_FLAGS)
+    flags = msg.flags if flags_attr is None else rtlink.number(flags_attr)
     return InterfaceAddress(
-        address=ipaddress.ip_address(text),
-        prefixlen=int(msg["prefixlen"]),
+        address=address,
+        prefixlen=msg.prefixlen,
         permanent=bool(flags & IFA_F_PERMANENT),
         # for IPv4 the same bit means "secondary", not "temporary"
-        temporary=msg["family"] == socket.AF_INET6 and bool(flags & IFA_F_TEMPORARY),
+        temporary=msg.family == socket.AF_INET6 and bool(flags & IFA_F_TEMPORARY),
         deprecated=bool(flags & IFA_F_DEPRECATED),
     )
 
 
-def _link_state(msg: Any) -> LinkState:
-    info = msg.get("IFLA_LINKINFO")
-    kind = (info.get("IFLA_INFO_KIND") if info else None) or ""
-    data = info.get("IFLA_INFO_DATA") if info else None
+def _link_state(payload: bytes) -> LinkState:
+    msg = rtlink.link(payload)
     vxlan = None
-    if kind == "vxlan" and data is not None:
-        local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+    if msg.kind == "vxlan" and msg.data:
+        data = msg.data
+        port = data.get(rtlink.IFLA_VXLAN_PORT)
         vxlan = VxlanAttrs(
-            vni=int(data.get("IFLA_VXLAN_ID") or 0),
-            port=int(data.get("IFLA_VXLAN_PORT") or 0),
-            local=ipaddress.ip_address(local) if local else None,
-            underlay=int(data.get("IFLA_VXLAN_LINK") or 0) or None,
-            learning=bool(data.get("IFLA_VXLAN_LEARNING")),
-            gbp=bool(data.get("IFLA_VXLAN_GBP")),
+            vni=rtlink.number(data.get(rtlink.IFLA_VXLAN_ID)),
+            port=rtlink.BE16.unpack(port[:2])[0] if port else 0,
+            local=rtlink.ip(data.get(rtlink.IFLA_VXLAN_LOCAL)
+                            or data.get(rtlink.IFLA_VXLAN_LOCAL6)),
+            underlay=rtlink.number(data.get(rtlink.IFLA_VXLAN_LINK)) or None,
+            learning=bool(rtlink.number(data.get(rtlink.IFLA_VXLAN_LEARNING))),
+            gbp=rtlink.IFLA_VXLAN_GBP in data,
         )
     return LinkState(
-        index=int(msg["index"]),
-        name=str(msg.get("IFLA_IFNAME")),
-        kind=kind,
-        mtu=int(msg.get("IFLA_MTU") or 0),
-        mac=str(msg.get("IFLA_ADDRESS") or "").lower(),
-        up=bool(msg["flags"] & IFF_UP),
+        index=msg.ifindex,
+        name=rtlink.text(msg.attrs.get(rtlink.IFLA_IFNAME)),
+        kind=msg.kind,
+        mtu=rtlink.number(msg.attrs.get(rtlink.IFLA_MTU)),
+        mac=rtnl.mac_text(msg.attrs.get(rtlink.IFLA_ADDRESS, b"")),
+        up=bool(msg.flags & rtlink.IFF_UP),
         vxlan=vxlan,
-        master=int(msg.get("IFLA_MASTER") or 0) or None,
+        master=rtlink.number(msg.attrs.get(rtlink.IFLA_MASTER)) or None,
     )
 
 
-def _vxlan_args(spec: VxlanSpec) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "ifname": spec.name,
-        "kind": "vxlan",
-        "vxlan_id": spec.vni,
-        "vxlan_learning": int(spec.learning),
-        "vxlan_l2miss": 0,
-        "vxlan_l3miss": 0,
-    }
-    if spec.port:
-        args["vxlan_port"] = spec.port
-    if spec.underlay:
-        args["vxlan_link"] = spec.underlay
-    if spec.local is not None:
-        args["vxlan_local" if spec.local.version == 4 else "vxlan_local6"] = str(spec.local)
-    if spec.gbp:
-        args["vxlan_gbp"] = True
-    if spec.mac is not None:
-        args["address"] = spec.mac
-    if spec.mtu is not None:
-        args["mtu"] = spec.mtu
-    return args
+def _vxlan_request(spec: VxlanSpec) -> rtlink.Vxlan:
+    return rtlink.Vxlan(spec.name, spec.vni, spec.port, spec.local, spec.underlay,
+                        spec.learning, spec.gbp, spec.mac, spec.mtu)
 
 
 def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:
@@ -945,7 +933,7 @@ def _in_netns(netns: str | None, action: Callable[[], T]) -> T:
 
             setns(netns, flags=0)
             outcome.append(action())
-        except (OSError, NetlinkError) as err:
+        except _failures() as err:
             failure.append(err)
 
     worker = threading.Thread(target=run, name="in-netns")
@@ -981,30 +969,58 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """The errno of each (type, flags, body) request, in order (0: done).
+    @overload
+    def transact(self, requests: Sequence[Request]) -> list[int]: ...
 
-        Requests whose ack never came (the receive buffer overran) are sent
-        again, up to ``ATTEMPTS`` times; every one of our writes is idempotent.
+    @overload
+    def transact(self, requests: Sequence[T], encode: Callable[[T], Request]) -> list[int]: ...
+
+    def transact(
+        self, requests: Sequence[Any], encode: Callable[[Any], Request] | None = None
+    ) -> list[int]:
+        """The errno of each request, in order (0: done): (type, flags, body) triples, or
+        anything ``encode`` turns into one.
+
+        A bulk of requests is encoded on another thread while the kernel works
+        through the previous send (``send()`` releases the GIL): encoding
+        overlaps the kernel's own work.  Requests whose ack never came (the
+        receive buffer overran) are sent again, up to ``ATTEMPTS`` times; every
+        one of our writes is idempotent.
         """
+        made = _same if encode is None else encode
         codes: list[int | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for _ in range(ATTEMPTS):
             lost: list[int] = []
-            for chunk in _chunks(pending, requests):
-                seqs: dict[int, int] = {}
-                datagram = []
-                for i in chunk:
-                    seq = next(self._seq)
-                    seqs[seq] = i
-                    kind, flags, body = requests[i]
-                    datagram.append(rtnl.message(kind, flags, seq, body))
-                self._sock.send(b"".join(datagram))
+            batches = self._batches(pending, requests, made)
+            for seqs, datagram in (_made_ahead(batches) if len(pending) > AHEAD_MIN else batches):
+                self._sock.send(datagram)
                 lost += self._collect(seqs, codes)
             pending = lost
             if not pending:
                 break
         return [errnos.ETIMEDOUT if c is None else c for c in codes]
+
+    def _batches(
+        self, indexes: Sequence[int], requests: Sequence[T], encode: Callable[[T], Request]
+    ) -> Iterator[tuple[dict[int, int], bytes]]:
+        """The requests at ``indexes`` as datagrams of at most BATCH_BYTES, each with the
+        request index of each of its sequence numbers."""
+        seqs: dict[int, int] = {}
+        parts: list[bytes] = []
+        size = 0
+        for i in indexes:
+            kind, flags, body = encode(requests[i])
+            length = rtnl.HEADER.size + len(body)
+            if parts and size + length > BATCH_BYTES:
+                yield seqs, b"".join(parts)
+                seqs, parts, size = {}, [], 0
+            seq = next(self._seq)
+            seqs[seq] = i
+            parts.append(rtnl.message(kind, flags, seq, body))
+            size += length
+        if parts:
+            yield seqs, b"".join(parts)
 
     def dump(self, kind: int, body: bytes, decode: Callable[[bytes], T | None]) -> list[T]:
         """Decoded replies of one dump; repeated (a few times) if the kernel says
@@ -1051,6 +1067,26 @@ class Rtnl:
                     codes[index] = rtnl.ack_errno(reply.payload)
         return []
 
+    def call(self, kind: int, flags: int, body: bytes) -> list[bytes]:
+        """Send one request (with ``NLM_F_REQUEST | NLM_F_ACK`` added to ``flags``) and
+        return the payloads of its replies, read up to its ack; OSError with the
+        kernel's errno when it refused."""
+        seq = next(self._seq)
+        self._sock.send(rtnl.message(kind, flags | rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK, seq,
+                                     body))
+        found: list[bytes] = []
+        while True:
+            for reply in rtnl.replies(self._sock.recv(RECV_BYTES)):
+                if reply.seq != seq:
+                    continue  # a late answer to an earlier request
+                if reply.kind != rtnl.NLMSG_ERROR:
+                    found.append(reply.payload)
+                    continue
+                code = rtnl.ack_errno(reply.payload)
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return found
+
 
 def open_rtnl_socket() -> socket.socket:
     """A raw rtnetlink socket with strict dump checking, capped acks and a large buffer."""
@@ -1078,21 +1114,36 @@ def open_rtnl_socket() -> socket.socket:
     return sock
 
 
-def _chunks(
-    indexes: Sequence[int], requests: Sequence[tuple[int, int, bytes]]
-) -> Iterable[list[int]]:
-    """``indexes`` cut into runs whose requests fit one ``send()`` of BATCH_BYTES."""
-    chunk: list[int] = []
-    size = 0
-    for i in indexes:
-        length = rtnl.HEADER.size + len(requests[i][2])
-        if chunk and size + length > BATCH_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(i)
-        size += length
-    if chunk:
-        yield chunk
+def _same(request: Request) -> Request:
+    return request
+
+
+def _made_ahead(batches: Iterator[B]) -> Iterator[B]:
+    """``batches``, made on a thread of their own as fast as it can (bounded work: it
+    ends by itself even if the consumer stops early, and is joined then)."""
+    ready: queue.SimpleQueue[tuple[B | None, Exception | None]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                ready.put((batch, None))
+        except Exception as err:  # noqa: BLE001 - re-raised in the consumer's thread
+            ready.put((None, err))
+            return
+        ready.put((None, None))
+
+    worker = threading.Thread(target=produce, name="netlink-encode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch, err = ready.get()
+            if err is not None:
+                raise err
+            if batch is None:
+                return
+            yield batch
+    finally:
+        worker.join()
 
 
 # --- the kernel WireGuard driver (generic netlink) ------------------------------------------
@@ -1137,7 +1188,7 @@ class WireGuardKernel:
 
                 self._wg = WireGuard() if netns is None else WireGuard(netns=netns, flags=0)
             return body(self._wg)
-        except (NetlinkError, OSError) as err:
+        except _failures() as err:
             self.close()  # a failed request may leave the socket out of step: start afresh
             raise _dataplane_error(f"wireguard {what} {self._ifname}", err) from err
 
@@ -1148,6 +1199,8 @@ def _wg_set(ifname: str, request: dict[str, Any], wg: Any) -> Any:
 
 def kernel_requests(plan: PeerPlan, private_key: bytes, listen_port: int) -> list[dict[str, Any]]:
     """The keyword arguments of each ``WireGuard.set`` call that applies ``plan``, in order."""
+    from backends.wireguard_state import key_b64
+
     requests: list[dict[str, Any]] = []
     if plan.configure_device:
         requests.append({"private_key": key_b64(private_key), "listen_port": listen_port})
@@ -1159,6 +1212,8 @@ def kernel_requests(plan: PeerPlan, private_key: bytes, listen_port: int) -> lis
 
 
 def _kernel_peer(peer: WgPeer) -> dict[str, Any]:
+    from backends.wireguard_state import KEY_LEN, key_b64
+
     addr, port = peer.endpoint
     return {
         "public_key": key_b64(peer.public_key),
@@ -1174,6 +1229,8 @@ def _kernel_peer(peer: WgPeer) -> dict[str, Any]:
 
 def kernel_device_state(msgs: Sequence[Any]) -> DeviceState:
     """The device as the kernel's GET_DEVICE dump describes it (peers may span messages)."""
+    from backends.wireguard_state import DeviceState, PeerState
+
     private_key: bytes | None = None
     listen_port = 0
     peers: dict[bytes, PeerState] = {}
@@ -1204,6 +1261,8 @@ def kernel_device_state(msgs: Sequence[Any]) -> DeviceState:
 
 def _raw_key(value: Any) -> bytes | None:
     """A key from pyroute2's base64 text; None for a missing or all-zero key."""
+    from backends.wireguard_state import KEY_LEN
+
     if not value:
         return None
     raw = base64.b64decode(value)

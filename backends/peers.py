@@ -10,39 +10,51 @@ from typing import Generic, TypeVar
 from backends.model import Skipped
 from subnet.lease import IPNetwork, Lease
 
+# A subnet with its first and last address as integers: the checks of a pass over
+# thousands of leases compare integers, not ipaddress objects.
+_Span = tuple[IPNetwork, int, int]
+
+
+def _span(subnet: IPNetwork) -> _Span:
+    first = int(subnet.network_address)
+    return subnet, first, first | ((1 << (subnet.max_prefixlen - subnet.prefixlen)) - 1)
+
 
 class _Claims:
     """Subnets already taken, as sorted disjoint address intervals per family.
 
     Checking a new subnet looks only at its two neighbours, so a pass over
-    N peers costs O(N log N), not O(N²).
+    N peers costs O(N log N), not O(N²).  Per family, three parallel lists
+    (first address, last address, subnet) sorted by first address.
     """
 
     def __init__(self) -> None:
-        self._starts: dict[int, list[int]] = {4: [], 6: []}
-        self._entries: dict[int, list[tuple[int, IPNetwork]]] = {4: [], 6: []}
+        self._lists: dict[int, tuple[list[int], list[int], list[IPNetwork]]] = {
+            4: ([], [], []), 6: ([], [], [])}
 
-    def overlapping(self, subnet: IPNetwork) -> IPNetwork | None:
-        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
-        first, last = int(subnet.network_address), int(subnet.broadcast_address)
+    def overlapping(self, span: _Span) -> IPNetwork | None:
+        subnet, first, last = span
+        starts, ends, subnets = self._lists[subnet.version]
         at = bisect.bisect_right(starts, last)
-        if at and entries[at - 1][0] >= first:  # the claim starting at or before our end
-            return entries[at - 1][1]
+        if at and ends[at - 1] >= first:  # the claim starting at or before our end
+            return subnets[at - 1]
         return None
 
-    def add(self, subnet: IPNetwork) -> None:
-        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
-        at = bisect.bisect_right(starts, int(subnet.network_address))
-        starts.insert(at, int(subnet.network_address))
-        entries.insert(at, (int(subnet.broadcast_address), subnet))
+    def add(self, span: _Span) -> None:
+        subnet, first, last = span
+        starts, ends, subnets = self._lists[subnet.version]
+        at = bisect.bisect_right(starts, first)
+        starts.insert(at, first)
+        ends.insert(at, last)
+        subnets.insert(at, subnet)
 
     def remove(self, subnet: IPNetwork) -> None:
-        starts, entries = self._starts[subnet.version], self._entries[subnet.version]
+        starts, ends, subnets = self._lists[subnet.version]
         first = int(subnet.network_address)
         at = bisect.bisect_left(starts, first)
         while at < len(starts) and starts[at] == first:
-            if entries[at][1] == subnet:
-                del starts[at], entries[at]
+            if subnets[at] == subnet:
+                del starts[at], ends[at], subnets[at]
                 return
             at += 1
 
@@ -61,49 +73,29 @@ def usable_peers(
     claimant, by the store's creation order, keeps it).  Subnets of an address family the
     cluster does not run are ignored.
     """
-    enabled = {n.version for n in networks}
-    own_subnets = [s for s in own.subnets() if s.version in enabled]
-    claims = _Claims()
-    for sub in own_subnets:
-        claims.add(sub)
-    usable: list[Lease] = []
-    skipped: list[Skipped] = []
-    for peer in sorted(peers, key=Lease.seniority):
-        subnets = [s for s in peer.subnets() if s.version in enabled]
-        reason = _reject_reason(peer, subnets, claims, own_subnets, networks, backend_type)
-        if reason:
-            skipped.append(Skipped(peer.key, reason))
-            continue
-        usable.append(peer)
-        for sub in subnets:
-            claims.add(sub)
+    usable, skipped, _ = screen_peers(own, peers, networks, backend_type)
     return usable, skipped
 
 
-def _reject_reason(
-    peer: Lease,
-    subnets: list[IPNetwork],
-    claims: _Claims,
-    own_subnets: list[IPNetwork],
+def screen_peers(
+    own: Lease,
+    peers: Sequence[Lease],
     networks: Sequence[IPNetwork],
     backend_type: str | None,
-) -> str:
-    if backend_type is not None and peer.attrs.backend_type != backend_type:
-        return f"backend type {peer.attrs.backend_type!r}, not {backend_type!r}"
-    if not subnets:
-        return "no subnet in an enabled address family"
-    if any(sub.version == 6 for sub in subnets):
-        unusable = unusable_ipv6(peer.attrs.public_ipv6)
-        if unusable:
-            return unusable
-    for sub in subnets:
-        if not any(sub.version == n.version and sub.subnet_of(n) for n in networks):  # type: ignore[arg-type]
-            return f"subnet {sub} is outside the cluster network"
-        other = claims.overlapping(sub)
-        if other is not None:
-            whose = "ours" if other in own_subnets else "another peer's"
-            return f"subnet {sub} overlaps {whose} ({other})"
-    return ""
+    own_tokens: Iterable[Hashable] = (),
+) -> tuple[list[Lease], list[Skipped], PeerIndex]:
+    """:func:`usable_peers`, and the :class:`PeerIndex` holding every usable peer (with
+    no tokens: :meth:`PeerIndex.add_tokens` gives them theirs)."""
+    index = PeerIndex(own, networks, backend_type, own_tokens)
+    usable: list[Lease] = []
+    skipped: list[Skipped] = []
+    for peer in sorted(peers, key=Lease.seniority):
+        reason = index.take(peer)
+        if reason:
+            skipped.append(Skipped(peer.key, reason))
+        else:
+            usable.append(peer)
+    return usable, skipped, index
 
 
 def unusable_ipv6(addr: ipaddress.IPv6Address | None) -> str:
@@ -139,33 +131,63 @@ class PeerIndex:
         backend_type: str | None,
         own_tokens: Iterable[Hashable] = (),
     ) -> None:
-        self._networks = tuple(networks)
+        self._networks = [_span(n)[1:] + (n.version,) for n in networks]
         self._backend_type = backend_type
         self._enabled = {n.version for n in networks}
         self._own_subnets = [s for s in own.subnets() if s.version in self._enabled]
         self._claims = _Claims()
         for sub in self._own_subnets:
-            self._claims.add(sub)
+            self._claims.add(_span(sub))
         self._tokens: dict[Hashable, str] = dict.fromkeys(own_tokens, "")
-        self._held: dict[str, tuple[list[IPNetwork], tuple[Hashable, ...]]] = {}
+        # per held peer: its subnets in enabled families, and its tokens
+        self._held: dict[str, tuple[tuple[IPNetwork, ...], tuple[Hashable, ...]]] = {}
+
+    @classmethod
+    def holding(
+        cls,
+        own: Lease,
+        networks: Sequence[IPNetwork],
+        backend_type: str | None,
+        peers: Iterable[Lease],
+        tokens: Mapping[str, Iterable[Hashable]] | None = None,
+        own_tokens: Iterable[Hashable] = (),
+    ) -> PeerIndex:
+        """The index of a full pass that found every one of ``peers`` usable, each
+        holding its ``tokens`` (by lease key)."""
+        index = cls(own, networks, backend_type, own_tokens)
+        for lease in peers:
+            index.hold(lease, tokens.get(lease.key, ()) if tokens else ())
+        return index
+
+    def _spans(self, lease: Lease) -> list[_Span]:
+        return [_span(s) for s in lease.subnets() if s.version in self._enabled]
 
     def hold(self, lease: Lease, tokens: Iterable[Hashable] = ()) -> None:
         """Record a peer the full pass found usable."""
-        subnets = [s for s in lease.subnets() if s.version in self._enabled]
-        held = tuple(tokens)
-        for sub in subnets:
-            self._claims.add(sub)
-        for token in held:
-            self._tokens[token] = lease.key
-        self._held[lease.key] = (subnets, held)
+        self._hold(lease.key, self._spans(lease), tuple(tokens))
+
+    def _hold(self, key: str, spans: list[_Span], tokens: tuple[Hashable, ...]) -> None:
+        for span in spans:
+            self._claims.add(span)
+        for token in tokens:
+            self._tokens[token] = key
+        self._held[key] = (tuple(span[0] for span in spans), tokens)
+
+    def add_tokens(self, key: str, tokens: Iterable[Hashable]) -> None:
+        """Give a held peer the tokens a full pass found nobody else holds."""
+        subnets, held = self._held[key]
+        more = tuple(tokens)
+        for token in more:
+            self._tokens[token] = key
+        self._held[key] = (subnets, held + more)
 
     def release(self, key: str) -> bool:
         """Forget a peer (removed or about to change); False if it was not held."""
         held = self._held.pop(key, None)
         if held is None:
             return False
-        for sub in held[0]:
-            self._claims.remove(sub)
+        for subnet in held[0]:
+            self._claims.remove(subnet)
         for token in held[1]:
             self._tokens.pop(token, None)
         return True
@@ -173,13 +195,38 @@ class PeerIndex:
     def admit(self, lease: Lease, tokens: Iterable[Hashable] = ()) -> bool:
         """Hold ``lease`` if a full pass would find it usable alongside the others."""
         wanted = tuple(tokens)
-        subnets = [s for s in lease.subnets() if s.version in self._enabled]
-        reason = _reject_reason(lease, subnets, self._claims, self._own_subnets, self._networks,
-                                self._backend_type)
-        if reason or any(t in self._tokens for t in wanted):
+        if any(t in self._tokens for t in wanted):
             return False
-        self.hold(lease, wanted)
-        return True
+        return not self.take(lease, wanted)
+
+    def take(self, lease: Lease, tokens: tuple[Hashable, ...] = ()) -> str:
+        """Why a full pass would skip ``lease`` given the peers held so far ('' if it
+        would not: then it is held, with ``tokens``)."""
+        spans = self._spans(lease)
+        reason = self._reject_reason(lease, spans)
+        if not reason:
+            self._hold(lease.key, spans, tokens)
+        return reason
+
+    def _reject_reason(self, peer: Lease, spans: list[_Span]) -> str:
+        if self._backend_type is not None and peer.attrs.backend_type != self._backend_type:
+            return f"backend type {peer.attrs.backend_type!r}, not {self._backend_type!r}"
+        if not spans:
+            return "no subnet in an enabled address family"
+        if peer.ipv6_subnet is not None and 6 in self._enabled:
+            unusable = unusable_ipv6(peer.attrs.public_ipv6)
+            if unusable:
+                return unusable
+        for span in spans:
+            sub, first, last = span
+            if not any(low <= first and last <= high and sub.version == version
+                       for low, high, version in self._networks):
+                return f"subnet {sub} is outside the cluster network"
+            other = self._claims.overlapping(span)
+            if other is not None:
+                whose = "ours" if other in self._own_subnets else "another peer's"
+                return f"subnet {sub} overlaps {whose} ({other})"
+        return ""
 
 
 T = TypeVar("T")

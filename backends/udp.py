@@ -622,9 +622,7 @@ class UdpNetwork:
         self._skips.report(skipped)
         index = None
         if not skipped:
-            index = PeerIndex(self._lease, [self._network], None)
-            for lease in peers:
-                index.hold(lease)
+            index = PeerIndex.holding(self._lease, [self._network], None, peers)
         self._routes.reset(
             index, {p.key: [(p.subnet, p.attrs.public_ip)] for p in usable if p.subnet is not None}
         )

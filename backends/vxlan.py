@@ -27,17 +27,15 @@ from backends.plan import Change
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.vxlan_state import (
-    BACKEND_TYPE,
+    PeerViews,
     VxlanPeer,
     check_config,
-    family_peers,
     lease_attrs,
-    own_vtep_mac,
     parse_mac,
     parse_options,
     peer_objects,
+    screen_families,
     vtep_mac,
-    vxlan_peer,
 )
 from subnet.errors import (
     DataplaneError,
@@ -128,27 +126,45 @@ class _Device:
         self.mac = spec.mac
         self.address = address
         self.ifindex: int | None = None
-        self.objects: dict[str, list[KernelObject]] = {}
+        # per peer key: its kernel objects, and the peer view and direct interface they
+        # were made from (a pass reuses them while both stay the same)
+        self.peers: dict[str, tuple[tuple[KernelObject, ...], VxlanPeer, int | None]] = {}
         self._desired: DataplaneState | None = None
 
-    def set_objects(self, key: str, objects: list[KernelObject]) -> None:
-        self.objects[key] = objects
+    def set_objects(self, peer: VxlanPeer, via_dev: int | None) -> tuple[KernelObject, ...]:
+        """Make (or remake) one peer's objects; returns them."""
+        objects = peer_objects(peer, self.ifindex or 0, via_dev)
+        self.peers[peer.key] = (objects, peer, via_dev)
         self._desired = None
+        return objects
 
-    def drop_objects(self, key: str) -> list[KernelObject]:
+    def drop_objects(self, key: str) -> tuple[KernelObject, ...]:
         self._desired = None
-        return self.objects.pop(key, [])
+        made = self.peers.pop(key, None)
+        return () if made is None else made[0]
 
-    def reset(self, ifindex: int) -> None:
+    def refresh(self, ifindex: int, peers: Sequence[tuple[VxlanPeer, int | None]]) -> None:
+        """Every peer's objects for a full pass.  A peer whose view and direct interface
+        are the ones its objects were made from keeps them; when all do (and no peer
+        came or went), so does :meth:`desired_state`."""
+        old = self.peers if ifindex == self.ifindex else {}
         self.ifindex = ifindex
-        self.objects = {}
-        self._desired = None
+        self.peers = {}
+        same = len(peers) == len(old)
+        for peer, via_dev in peers:
+            made = old.get(peer.key)
+            if made is None or made[1] is not peer or made[2] != via_dev:
+                same = False
+                made = (peer_objects(peer, ifindex, via_dev), peer, via_dev)
+            self.peers[peer.key] = made
+        if not same:
+            self._desired = None
 
     def desired_state(self) -> DataplaneState:
         """All peers' objects (the same object while nothing changes: cheap to compare)."""
         if self._desired is None:
             self._desired = DataplaneState.of(
-                [obj for objs in self.objects.values() for obj in objs]
+                [obj for made in self.peers.values() for obj in made[0]]
             )
         return self._desired
 
@@ -174,6 +190,7 @@ class VxlanNetwork:
         self._vni = specs[0].vni
         self._devices = tuple(_Device(spec, self._own_address(spec)) for spec in specs)
         self._skips = SkipLog(log)
+        self._views = PeerViews(self._vni, [dev.version for dev in self._devices])
         # The last pass's usable peers, for events that touch only their own peers
         # (None after a pass that skipped a peer: then every event is a full pass).
         self._index: PeerIndex | None = None
@@ -262,22 +279,20 @@ class VxlanNetwork:
             failed += result.failed
         return summarize(
             applied, failed, skipped=skipped,
-            peers=len({key for dev in self._devices for key in dev.objects}),
+            peers=len({key for dev in self._devices for key in dev.peers}),
             device_recreated=bool(recreated),
         )
 
     def _compute_all(self, peers: Sequence[Lease], ifindexes: Mapping[int, int]) -> list[Skipped]:
-        """Every peer's objects from scratch; keeps the index when no peer was skipped."""
-        versions = [dev.version for dev in self._devices]
-        found, skipped = family_peers(self._lease, peers, self._networks, self._vni, versions)
+        """Every peer's objects (those of unchanged peers reused); keeps the index when no
+        peer was skipped."""
+        found, skipped, self._index = screen_families(
+            self._lease, peers, self._networks, self._views)
         self._skips.report(skipped)
         for dev in self._devices:
             usable = found[dev.version]
             direct = self._direct_peers([p.public_ip for p in usable])
-            dev.reset(ifindexes[dev.version])
-            for p in usable:
-                dev.set_objects(p.key, peer_objects(p, dev.ifindex or 0, direct.get(p.public_ip)))
-        self._index = None if skipped else self._peer_index(peers, found)
+            dev.refresh(ifindexes[dev.version], [(p, direct.get(p.public_ip)) for p in usable])
         return skipped
 
     def _apply_changes(
@@ -296,13 +311,11 @@ class VxlanNetwork:
                     old[dev.version] += dev.drop_objects(key)
             if lease is None:
                 continue
-            try:
-                found = {dev.version: vxlan_peer(lease, self._vni, dev.version)
-                         for dev in self._devices}
-            except PeerDataError:
-                found = {}
+            found = {version: peer for version, peer
+                     in zip(self._views.versions, self._views.of(lease), strict=True)
+                     if not isinstance(peer, str)}
             tokens = [(version, peer.vtep_mac) for version, peer in found.items()]
-            if not found or not index.admit(lease, tokens):
+            if len(found) < len(self._devices) or not index.admit(lease, tokens):
                 self._index = None  # a full computation sorts out who keeps what, and says why
                 return None
             added.append(found)
@@ -312,25 +325,9 @@ class VxlanNetwork:
             direct = self._direct_peers([p.public_ip for p in peers])
             new: list[KernelObject] = []
             for peer in peers:
-                objects = peer_objects(peer, dev.ifindex or 0, direct.get(peer.public_ip))
-                dev.set_objects(peer.key, objects)
-                new += objects
+                new += dev.set_objects(peer, direct.get(peer.public_ip))
             delta[dev.version] = (old[dev.version], new)
         return delta
-
-    def _peer_index(
-        self, peers: Sequence[Lease], found: Mapping[int, Sequence[VxlanPeer]]
-    ) -> PeerIndex:
-        tokens: dict[str, list[tuple[int, str]]] = {}
-        for version, usable in found.items():
-            for p in usable:
-                tokens.setdefault(p.key, []).append((version, p.vtep_mac))
-        own = [(dev.version, mac) for dev in self._devices
-               for mac in (own_vtep_mac(self._lease, dev.version),) if mac]
-        index = PeerIndex(self._lease, self._networks, BACKEND_TYPE, own)
-        for lease in peers:
-            index.hold(lease, tokens.get(lease.key, ()))
-        return index
 
     def begin_probe(self) -> Callable[[], KernelProbe] | None:
         """The kernel read of a full pass (not with DirectRouting: its full pass looks

@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route, Skipped
-from backends.peers import usable_peers
+from backends.peers import PeerIndex, screen_peers
 from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import (
     UNSPECIFIED_V4,
@@ -220,7 +220,20 @@ def family_peers(
     vni: int,
     versions: Sequence[int],
 ) -> tuple[dict[int, list[VxlanPeer]], list[Skipped]]:
-    """Per family in ``versions``, the peers we can program; and the skipped ones with reasons.
+    """Per family in ``versions``, the peers we can program; and the skipped ones with reasons
+    (:func:`screen_families` with nothing decoded before)."""
+    found, skipped, _ = screen_families(own, peers, networks, PeerViews(vni, versions))
+    return found, skipped
+
+
+def screen_families(
+    own: Lease,
+    peers: Sequence[Lease],
+    networks: Sequence[IPNetwork],
+    views: PeerViews,
+) -> tuple[dict[int, list[VxlanPeer]], list[Skipped], PeerIndex | None]:
+    """Per family of ``views``, the peers we can program; the skipped ones with reasons;
+    and, when none was skipped, the pass's :class:`PeerIndex` (tokens: (version, VTEP MAC)).
 
     On top of :func:`backends.peers.usable_peers`: a family of a peer needs a
     subnet and public address of that family and vxlan data of that family
@@ -229,28 +242,72 @@ def family_peers(
     programmed for the one and listed as skipped for the other, with a reason
     that names the family.
     """
-    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    versions = views.versions
     macs: dict[int, dict[str, str]] = {}
     for version in versions:
         own_mac = own_vtep_mac(own, version)
         macs[version] = {own_mac: "ours"} if own_mac is not None else {}
+    usable, skipped, index = screen_peers(
+        own, peers, networks, BACKEND_TYPE,
+        [(version, mac) for version in versions for mac in macs[version]],
+    )
     result: dict[int, list[VxlanPeer]] = {version: [] for version in versions}
     for peer in usable:
         reasons = []
-        for version in versions:
-            try:
-                found = vxlan_peer(peer, vni, version)
-                owner = macs[version].get(found.vtep_mac)
-                if owner is not None:
-                    raise PeerDataError(f"VtepMAC {found.vtep_mac} is already used ({owner})")
-            except PeerDataError as err:
-                reasons.append((version, str(err)))
+        tokens = []
+        for version, found in zip(versions, views.of(peer), strict=True):
+            if isinstance(found, str):
+                reasons.append((version, found))
+                continue
+            owner = macs[version].get(found.vtep_mac)
+            if owner is not None:
+                reasons.append((version, f"VtepMAC {found.vtep_mac} is already used ({owner})"))
                 continue
             macs[version][found.vtep_mac] = f"by {peer.key}"
             result[version].append(found)
+            tokens.append((version, found.vtep_mac))
         if reasons:
             skipped.append(Skipped(peer.key, _family_reasons(reasons, len(versions))))
-    return result, skipped
+        else:
+            index.add_tokens(peer.key, tokens)
+    views.end_pass()
+    return result, skipped, None if skipped else index
+
+
+class PeerViews:
+    """Each peer lease's vxlan view per family (the peer to program, or why there is
+    none), decoded once and kept while the lease's attributes stay the same.
+
+    A full pass keeps only the leases it looked at, so this holds no more than the
+    current peers (and those an event looked at since).  The same attributes give
+    the very same :class:`VxlanPeer` objects, which lets a pass reuse their kernel
+    objects.
+    """
+
+    def __init__(self, vni: int, versions: Sequence[int]) -> None:
+        self._vni = vni
+        self.versions = tuple(versions)
+        self._known: dict[str, tuple[LeaseAttrs, tuple[VxlanPeer | str, ...]]] = {}
+        self._seen: dict[str, tuple[LeaseAttrs, tuple[VxlanPeer | str, ...]]] = {}
+
+    def of(self, lease: Lease) -> tuple[VxlanPeer | str, ...]:
+        """Per family of :attr:`versions`, the vxlan view of ``lease`` or why it has none."""
+        known = self._known.get(lease.key)
+        if known is None or (known[0] is not lease.attrs and known[0] != lease.attrs):
+            known = (lease.attrs, tuple(self._view(lease, version) for version in self.versions))
+            self._known[lease.key] = known
+        self._seen[lease.key] = known
+        return known[1]
+
+    def _view(self, lease: Lease, version: int) -> VxlanPeer | str:
+        try:
+            return vxlan_peer(lease, self._vni, version)
+        except PeerDataError as err:
+            return str(err)
+
+    def end_pass(self) -> None:
+        """Forget the leases not looked at since the last call."""
+        self._known, self._seen = self._seen, {}
 
 
 def _family_reasons(reasons: Sequence[tuple[int, str]], families: int) -> str:
@@ -329,14 +386,16 @@ def desired_state(
     return DataplaneState.of(objects)
 
 
-def peer_objects(peer: VxlanPeer, ifindex: int, via_dev: int | None) -> list[KernelObject]:
+def peer_objects(
+    peer: VxlanPeer, ifindex: int, via_dev: int | None
+) -> tuple[KernelObject, ...]:
     """The kernel objects of one peer: a direct route through ``via_dev`` if given,
     else neighbour, FDB entry and onlink route through the VXLAN device."""
     if via_dev is not None:
-        return [Route(peer.subnet, peer.public_ip, via_dev)]
+        return (Route(peer.subnet, peer.public_ip, via_dev),)
     gateway = peer.subnet.network_address
-    return [
+    return (
         Neighbour(ifindex, gateway, peer.vtep_mac),
         FdbEntry(ifindex, peer.vtep_mac, peer.public_ip),
         Route(peer.subnet, gateway, ifindex, onlink=True),
-    ]
+    )

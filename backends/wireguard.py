@@ -383,10 +383,9 @@ class WireguardNetwork:
             skipped += refused
             index = None
             if not refused:
-                keys = {p.lease_key: p.public_key for p in usable}
-                index = PeerIndex(self._lease, self._networks, BACKEND_TYPE, [self._public_key])
-                for lease in peers:
-                    index.hold(lease, (keys[lease.key],))
+                keys = {p.lease_key: (p.public_key,) for p in usable}
+                index = PeerIndex.holding(self._lease, self._networks, BACKEND_TYPE, peers,
+                                          keys, [self._public_key])
             self._programmed[tunnel.name].peers.reset(index, {p.lease_key: [p] for p in usable})
         merged = merge_skipped(skipped)
         self._skips.report(merged)

@@ -10,10 +10,10 @@ leave the directory.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see cni.files
 
 from cni.errors import INVALID_ENVIRONMENT, IO_FAILURE, UNKNOWN_CONTAINER, CniError
-from cni.files import UnreadableFile, read_regular
+from cni.files import UnreadableFile, join, read_regular
 from cni.stdin_config import is_valid_name
 
 # A cached config is the rendered delegate config: a few hundred bytes.
@@ -47,35 +47,43 @@ class ScratchCache:
         self.data_dir = data_dir
 
     def path(self, container_id: str) -> str:
-        return os.path.join(self.data_dir, validate_container_id(container_id))
+        return join(self.data_dir, validate_container_id(container_id))
 
     def _make_dir(self) -> None:
-        parent = os.path.dirname(os.path.abspath(self.data_dir))
-        os.makedirs(parent, exist_ok=True)
-        try:
-            os.mkdir(self.data_dir, 0o700)
+        try:  # the usual cases: the directory exists, or only it is missing
+            posix.mkdir(self.data_dir, 0o700)
         except FileExistsError:
             return
-        os.chmod(self.data_dir, 0o700)  # whatever the umask
+        except OSError:  # a missing parent (or worse): os.makedirs creates or reports it
+            import os
+
+            os.makedirs(os.path.dirname(os.path.abspath(self.data_dir)), exist_ok=True)
+            try:
+                posix.mkdir(self.data_dir, 0o700)
+            except FileExistsError:
+                return
+        posix.chmod(self.data_dir, 0o700)  # whatever the umask
 
     def save(self, container_id: str, data: bytes) -> None:
         """Store ``data`` durably for ``container_id``, replacing an older copy."""
         final = self.path(container_id)
-        temp = os.path.join(self.data_dir, f".tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        temp = join(self.data_dir, f".tmp-{posix.getpid()}-{posix.urandom(4).hex()}")
         try:
             self._make_dir()
-            fd = os.open(
-                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+            fd = posix.open(
+                temp,
+                posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC | posix.O_NOFOLLOW,
+                0o600,
             )
             try:
-                os.fchmod(fd, 0o600)
+                posix.fchmod(fd, 0o600)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                    view = view[posix.write(fd, view) :]
+                posix.fsync(fd)
             finally:
-                os.close(fd)
-            os.rename(temp, final)
+                posix.close(fd)
+            posix.rename(temp, final)
             self._sync_dir()
         except OSError as err:
             _unlink_quietly(temp)
@@ -86,7 +94,7 @@ class ScratchCache:
     def load(self, container_id: str) -> bytes | None:
         """The cached config, or None if there is none."""
         try:
-            return read_regular(self.path(container_id), MAX_CACHED_CONFIG, os.O_NOFOLLOW)
+            return read_regular(self.path(container_id), MAX_CACHED_CONFIG, posix.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         except (OSError, UnreadableFile) as err:
@@ -97,7 +105,7 @@ class ScratchCache:
     def remove(self, container_id: str) -> None:
         """Forget ``container_id``; a missing file is fine (DEL is idempotent)."""
         try:
-            os.unlink(self.path(container_id))
+            posix.unlink(self.path(container_id))
             self._sync_dir()
         except FileNotFoundError:
             return
@@ -107,15 +115,15 @@ class ScratchCache:
             ) from None
 
     def _sync_dir(self) -> None:
-        fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = posix.open(self.data_dir, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            posix.fsync(fd)
         finally:
-            os.close(fd)
+            posix.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except OSError:
         return

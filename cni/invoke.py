@@ -2,7 +2,7 @@
 
 The delegate is looked up in ``CNI_PATH`` and run with the caller's
 environment (``CNI_COMMAND`` set to the delegated command), the config on
-stdin, stdout captured and stderr inherited. ``os.posix_spawn`` is used
+stdin, stdout captured and stderr inherited. ``posix_spawn`` is used
 instead of :mod:`subprocess`, which alone would add a third to the plugin's
 import time, and the signal numbers come from ``_signal``, not :mod:`signal`,
 whose enums would import :mod:`enum`.
@@ -10,10 +10,11 @@ whose enums would import :mod:`enum`.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see cni.files
 from _signal import SIGPIPE, SIGXFSZ  # type: ignore[import-not-found]  # no stub
 
 from cni.errors import INTERNAL, INVALID_NETWORK_CONFIG, CniError
+from cni.files import is_file, join
 from cni.record import Record
 
 # Python ignores these; a delegate gets them back at their defaults, as from a shell.
@@ -46,8 +47,8 @@ def find_plugin(name: str, cni_path: str) -> str:
     for directory in dirs:
         if not directory:
             continue
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate):
+        candidate = join(directory, name)
+        if is_file(candidate):
             return candidate
     raise CniError(INTERNAL, f'failed to find plugin "{name}" in path [{" ".join(dirs)}]')
 
@@ -56,30 +57,30 @@ def run_plugin(path: str, command: str, stdin: bytes, environ: Mapping[str, str]
     """Run the plugin at ``path`` for ``command`` and wait for it."""
     env = dict(environ)
     env["CNI_COMMAND"] = command
-    stdin_read, stdin_write = os.pipe()
-    stdout_read, stdout_write = os.pipe()
+    stdin_read, stdin_write = posix.pipe()
+    stdout_read, stdout_write = posix.pipe()
     try:
-        pid = os.posix_spawn(
+        pid = posix.posix_spawn(
             path,
             [path],
             env,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdin_read, 0),
-                (os.POSIX_SPAWN_DUP2, stdout_write, 1),
+                (posix.POSIX_SPAWN_DUP2, stdin_read, 0),
+                (posix.POSIX_SPAWN_DUP2, stdout_write, 1),
             ],
             setsigdef=_RESET_SIGNALS,
         )
     except OSError as err:
         for fd in (stdin_read, stdin_write, stdout_read, stdout_write):
-            os.close(fd)
+            posix.close(fd)
         raise CniError(INTERNAL, f"failed to run plugin {path}", str(err)) from None
-    os.close(stdin_read)
-    os.close(stdout_write)
+    posix.close(stdin_read)
+    posix.close(stdout_write)
     _feed(stdin_write, stdin)
-    with os.fdopen(stdout_read, "rb") as stream:
+    with open(stdout_read, "rb") as stream:
         stdout = stream.read()
-    _, status = os.waitpid(pid, 0)
-    return PluginResult(os.waitstatus_to_exitcode(status), stdout)
+    _, status = posix.waitpid(pid, 0)
+    return PluginResult(posix.waitstatus_to_exitcode(status), stdout)
 
 
 def _feed(fd: int, data: bytes) -> None:
@@ -87,8 +88,8 @@ def _feed(fd: int, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[posix.write(fd, view) :]
     except BrokenPipeError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)

@@ -11,16 +11,19 @@ status are passed on unchanged. This is the only place that turns errors
 into CNI error JSON and an exit status.
 
 Start-up matters (the runtime starts the plugin for every pod), so each
-command imports only what it uses: VERSION nothing beyond ``os`` and ``sys``;
-ADD and DEL also ``ipaddress`` and the C parts of ``json`` and ``signal``
-(through our own modules, imported where the command needs them: not the
-``json`` and ``signal`` packages, which would bring ``re`` and ``enum``);
-``logging`` is imported when there is something to log.
+command imports only what it uses: VERSION nothing beyond ``sys`` and the
+built-in ``posix`` (the environment as ``os.environ`` decodes it);
+ADD and DEL also ``stat`` and the C parts of ``json`` and ``signal`` (through
+our own modules, imported where the command needs them: not the ``json``
+and ``signal`` packages, which would bring ``re`` and ``enum``; CIDRs are
+parsed by ``cni.cidr``, not ``ipaddress``, which would bring ``functools``
+and ``collections``; files and processes through ``posix``, not ``os``,
+which brings ``collections.abc``); ``logging`` is imported when there is
+something to log.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from cni.errors import INTERNAL, CniError
@@ -159,8 +162,23 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO, stderr: T
         return 1
 
 
+def environment() -> dict[str, str]:
+    """``os.environ``'s contents, decoded the same way, without importing :mod:`os`.
+
+    :mod:`os` brings ``collections.abc``: a millisecond of VERSION's start,
+    which needs nothing else from it.
+    """
+    import posix
+
+    encoding = sys.getfilesystemencoding()
+    return {
+        key.decode(encoding, "surrogateescape"): value.decode(encoding, "surrogateescape")
+        for key, value in posix.environ.items()
+    }
+
+
 def main() -> int:
-    return run(os.environ, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+    return run(environment(), sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
 
 
 if __name__ == "__main__":

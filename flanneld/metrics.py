@@ -1,8 +1,8 @@
 """Prometheus metrics of one flanneld (upstream has none; names are ours).
 
-Everything lives in a private :class:`~prometheus_client.CollectorRegistry`
-held by :class:`Metrics` (never the global default registry), so tests and
-several daemons in one process do not share counters.  The udp forwarder's
+Everything lives in a private :class:`~flanneld.exposition.Registry` held
+by :class:`Metrics`, so tests and several daemons in one process do not
+share counters.  The udp forwarder's
 per-packet counters stay plain ints in its threads; a custom collector
 reads them at scrape time, so forwarding pays no lock per packet.
 
@@ -12,20 +12,16 @@ health server's ``extra_routes``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
 
 from backends.base import ReconcileReport
 from backends.udp_packet import Datapath, Drop, ForwardStats
+from flanneld.exposition import Counter, Family, Gauge, Histogram, Registry, Sample
 from flanneld.health import Handler, Response
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved, Snapshot
 
-# The classic text format generate_latest() writes (prometheus-client >= 0.24 would
-# announce version 1.0.0 as its "latest"; every scraper understands 0.0.4).
+# The classic text format; every scraper understands it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -36,7 +32,7 @@ class Metrics:
     """The daemon's counters and gauges, and the hooks that feed them."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         reg = self.registry
         self.known_peers = Gauge(
             "flannel_known_peers", "Peer leases known (all backends, ours excluded).", registry=reg
@@ -153,7 +149,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""
-        return bytes(generate_latest(self.registry))
+        return self.registry.exposition()
 
 
 class _UdpCollector:
@@ -162,48 +158,36 @@ class _UdpCollector:
     def __init__(self) -> None:
         self.stats: ForwardStats | None = None
 
-    def describe(self) -> Sequence[Metric]:
-        return list(self._families(ForwardStats()))
-
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         stats = self.stats
-        if stats is not None:
-            yield from self._families(stats)
-
-    @staticmethod
-    def _families(stats: ForwardStats) -> Iterator[Metric]:
-        packets = CounterMetricFamily(
-            "flannel_udp_packets", "Packets forwarded by the udp backend.", labels=["direction"]
-        )
-        octets = CounterMetricFamily(
-            "flannel_udp_bytes", "Bytes forwarded by the udp backend.", labels=["direction"]
-        )
-        dropped = CounterMetricFamily(
-            "flannel_udp_dropped_packets",
-            "Packets the udp backend dropped, by direction and reason.",
-            labels=["direction", "reason"],
-        )
-        batches = CounterMetricFamily(
-            "flannel_udp_batches",
-            "Offload path: UDP GSO sends (tun_to_udp) and TCP super-frames written to the TUN"
-            " (udp_to_tun).",
-            labels=["direction"],
-        )
-        path = GaugeMetricFamily(
-            "flannel_udp_datapath",
-            "1 for the packet loop the udp forwarder runs: offload (UDP GSO and GRO, merged TUN"
-            " writes) or plain (one system call per packet).",
-            labels=["path"],
-        )
+        if stats is None:
+            return
+        packets: list[Sample] = []
+        octets: list[Sample] = []
+        dropped: list[Sample] = []
+        batches: list[Sample] = []
         for direction, counts in (("tun_to_udp", stats.tx), ("udp_to_tun", stats.rx)):
-            packets.add_metric([direction], counts.packets)
-            octets.add_metric([direction], counts.bytes)
-            batches.add_metric([direction], counts.batches)
-            for reason in Drop:
-                dropped.add_metric([direction, reason.value], counts.dropped[reason])
-        for kind in Datapath:
-            path.add_metric([kind.value], 1 if stats.path is kind else 0)
-        yield from (packets, octets, dropped, batches, path)
+            labels = (("direction", direction),)
+            packets.append(Sample("_total", labels, counts.packets))
+            octets.append(Sample("_total", labels, counts.bytes))
+            batches.append(Sample("_total", labels, counts.batches))
+            dropped += [Sample("_total", (*labels, ("reason", reason.value)),
+                               counts.dropped[reason]) for reason in Drop]
+        path = [Sample("", (("path", kind.value),), 1 if stats.path is kind else 0)
+                for kind in Datapath]
+        yield Family("flannel_udp_packets", "Packets forwarded by the udp backend.", "counter",
+                     packets)
+        yield Family("flannel_udp_bytes", "Bytes forwarded by the udp backend.", "counter",
+                     octets)
+        yield Family("flannel_udp_dropped_packets",
+                     "Packets the udp backend dropped, by direction and reason.", "counter",
+                     dropped)
+        yield Family("flannel_udp_batches",
+                     "Offload path: UDP GSO sends (tun_to_udp) and TCP super-frames written to"
+                     " the TUN (udp_to_tun).", "counter", batches)
+        yield Family("flannel_udp_datapath",
+                     "1 for the packet loop the udp forwarder runs: offload (UDP GSO and GRO,"
+                     " merged TUN writes) or plain (one system call per packet).", "gauge", path)
 
 
 def metrics_handler(metrics: Metrics) -> Handler:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -81,10 +82,21 @@ def subnet_key(subnet: ipaddress.IPv4Network | None, ipv6: ipaddress.IPv6Network
     etcd leases always have an IPv4 subnet; an IPv6-only lease (kube mode)
     gets the IPv6 part alone, which serves as its identity in memory.
     """
-    parts = [f"{s.network_address}-{s.prefixlen}" for s in (subnet, ipv6) if s is not None]
-    if not parts:
-        raise ValueError("a lease needs at least one subnet")
-    return "&".join(parts)
+    if ipv6 is None:
+        if subnet is None:
+            raise ValueError("a lease needs at least one subnet")
+        return _ipv4_part(subnet)
+    v6_part = f"{ipv6.network_address}-{ipv6.prefixlen}"
+    return v6_part if subnet is None else f"{_ipv4_part(subnet)}&{v6_part}"
+
+
+def _ipv4_part(subnet: ipaddress.IPv4Network) -> str:
+    # spelt as str() does, several times faster (every Lease needs it)
+    address = int(subnet.network_address)
+    return (
+        f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+        f"-{subnet.prefixlen}"
+    )
 
 
 def parse_subnet_key(
@@ -113,6 +125,75 @@ def parse_subnet_key(
     return v4, v6
 
 
+# The prefix lengths a key may carry, spelt as subnet_key writes them.
+_V4_LENGTHS = {str(n): n for n in range(32)}
+_V6_LENGTHS = {str(n): n for n in range(128)}
+
+
+def parse_canonical_key(
+    key: str,
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """Parse a key name that is exactly what :func:`subnet_key` writes; PeerDataError if not.
+
+    Any other spelling of a subnet (host bits set, a leading zero) is refused:
+    it would alias a real lease.  Listings parse thousands of keys, so the
+    canonical IPv4 part is read without ``ipaddress``'s text parser; everything
+    else goes through :func:`parse_subnet_key`, which words the refusal.
+    """
+    fast = _canonical_networks(key)
+    if fast is not None:
+        return fast
+    v4, v6 = parse_subnet_key(key)
+    canonical = subnet_key(v4, v6)
+    if canonical != key:
+        raise PeerDataError(f"subnet key {key!r} is not canonical ({canonical})")
+    return v4, v6
+
+
+def _canonical_networks(
+    key: str,
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None] | None:
+    """The networks of a canonical key, or None when the slow path must decide."""
+    v4_part, amp, v6_part = key.partition("&")
+    v4_text, _, v4_len = v4_part.partition("-")
+    length = _V4_LENGTHS.get(v4_len)
+    address = _canonical_ipv4_int(v4_text)
+    if length is None or address is None or address & (0xFFFFFFFF >> length):
+        return None
+    v4 = ipaddress.IPv4Network((address, length))
+    if not amp:
+        return v4, None
+    v6_text, _, v6_len = v6_part.partition("-")
+    length = _V6_LENGTHS.get(v6_len)
+    try:
+        address = int(ipaddress.IPv6Address(v6_text))
+    except ValueError:
+        return None
+    if length is None or address & ((1 << (128 - length)) - 1):
+        return None
+    v6 = ipaddress.IPv6Network((address, length))
+    # the text parser reads spellings that ipaddress would not write (upper case, zeros)
+    return (v4, v6) if str(v6.network_address) == v6_text else None
+
+
+# Each octet as str() spells it: a dotted quad made of these is canonical.
+_OCTETS = {str(n): n for n in range(256)}
+
+
+def _canonical_ipv4_int(text: str) -> int | None:
+    """The address of a dotted quad spelt canonically (``10.5.1.0``), else None."""
+    octets = text.split(".")
+    if len(octets) != 4:
+        return None
+    address = 0
+    for octet in octets:
+        value = _OCTETS.get(octet)
+        if value is None:
+            return None
+        address = address << 8 | value
+    return address
+
+
 # --- attrs JSON ----------------------------------------------------------------------
 
 
@@ -136,9 +217,13 @@ def encode_attrs(attrs: LeaseAttrs) -> str:
 MAX_LEASE_VALUE = 64 * 1024
 
 
+# json.dumps builds an encoder per call; this one is built once (it keeps no state).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def compact_json(value: Any) -> str:
     """JSON text without spaces, as Go's encoder compacts a RawMessage."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def decode_attrs(text: str | bytes) -> LeaseAttrs:
@@ -148,6 +233,9 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
             f"lease value is {len(text)} bytes, more than any lease needs (at most "
             f"{MAX_LEASE_VALUE})"
         )
+    attrs = _decode_go_value(text)
+    if attrs is not None:
+        return attrs
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # too deep: RecursionError
@@ -165,10 +253,55 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     return LeaseAttrs(
         public_ip=public_ip or UNSPECIFIED_V4,
         public_ipv6=public_ipv6,
-        backend_type=backend_type,
+        backend_type=sys.intern(backend_type),  # thousands of leases share one or two names
         backend_data=_raw(fields.get("backenddata")),
         backend_v6_data=_raw(fields.get("backendv6data")),
     )
+
+
+# A value as Go flanneld and encode_attrs write it, whose backend data is a flat
+# object of plain names, integers and plain strings (what vxlan, wireguard,
+# host-gw and udp write), is already the text the JSON path would produce: one
+# regular expression takes it apart.  Anything else (spaces, escapes, floats,
+# nesting, other spellings of the field names, a key twice) goes through json.
+_FLAT_VALUE = r'(?:"[A-Za-z0-9+/=:._-]*"|-?[1-9][0-9]{0,17}|0|true|false|null)'
+_FLAT_MEMBER = rf'"[A-Za-z0-9_]+":{_FLAT_VALUE}'
+_FLAT_OBJECT = rf"\{{(?:{_FLAT_MEMBER}(?:,{_FLAT_MEMBER})*)?\}}"
+_GO_VALUE = re.compile(
+    r'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":(?:null|"([0-9a-f:]{2,39})")'
+    r'(?:,"BackendType":"([A-Za-z0-9_.-]*)")?'
+    rf'(?:,"BackendData":({_FLAT_OBJECT}))?(?:,"BackendV6Data":({_FLAT_OBJECT}))?\}}'
+)
+_FLAT_KEY = re.compile(r'[{,]"([A-Za-z0-9_]+)":')
+
+
+def _decode_go_value(text: str | bytes) -> LeaseAttrs | None:
+    """The attributes of a value in Go's exact form, else None (the JSON path decides)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    match = _GO_VALUE.fullmatch(text)
+    if match is None:
+        return None
+    public_ip, public_ipv6, backend_type, data, v6_data = match.groups()
+    if not (_distinct_keys(data) and _distinct_keys(v6_data)):
+        return None  # json keeps the last of twice-named keys: let it
+    return LeaseAttrs(
+        public_ip=_optional_ip(public_ip, ipaddress.IPv4Address, "PublicIP"),
+        public_ipv6=_optional_ip(public_ipv6, ipaddress.IPv6Address, "PublicIPv6"),
+        backend_type=sys.intern(backend_type or ""),
+        backend_data=data,
+        backend_v6_data=v6_data,
+    )
+
+
+def _distinct_keys(flat: str | None) -> bool:
+    if flat is None:
+        return True
+    keys = _FLAT_KEY.findall(flat)
+    return len(set(keys)) == len(keys)
 
 
 def _fold_keys(doc: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +313,10 @@ def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
         return None
     if not isinstance(value, str):
         raise PeerDataError(f"{name} must be an address string, not {value!r}")
+    if kind is ipaddress.IPv4Address:
+        address = _canonical_ipv4_int(value)
+        if address is not None:  # the usual spelling, read without the text parser
+            return ipaddress.IPv4Address(address)
     try:
         return kind(value)
     except ValueError as err:

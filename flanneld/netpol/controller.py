@@ -30,8 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-
+from flanneld.exposition import Gauge, Histogram, Registry
 from flanneld.netpol.model import (
     Cluster,
     IPNetwork,
@@ -129,7 +128,7 @@ class PolicyStore:
 
 
 class PolicyMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.policies = Gauge("flannel_netpol_policies", "NetworkPolicies known.",
                               registry=registry)
         self.rules = Gauge("flannel_netpol_rules", "nft rules in our policy table.",
@@ -252,7 +251,7 @@ def policy_threads(
     source: ObjectSource,
     table: Table,
     pod_cidrs: Callable[[], tuple[IPNetwork, ...]],
-    registry: CollectorRegistry | None,
+    registry: Registry | None,
     stop: threading.Event,
     resync: float,
     report: Callable[[StoreError | None], None] | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 import pytest
 from hypothesis import given
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from subnet.allocator import (
     MAX_CANDIDATES,
+    can_be_peer,
     candidates,
     choose_subnet,
     free_subnets,
@@ -86,6 +87,35 @@ def test_free_subnets_are_limited_to_the_first_hundred() -> None:
     assert len(free) == MAX_CANDIDATES == 100
     assert free[0] == IPv4Network("10.0.2.0/24")
     assert free[-1] == IPv4Network("10.0.101.0/24")
+
+
+taken_subnets = st.lists(
+    st.one_of(
+        st.builds(lambda addr, length: ip_network((addr, length), strict=False),
+                  st.integers(0x0A060000, 0x0A06001F), st.integers(8, 32)),
+        st.builds(lambda addr, length: ip_network((addr, length), strict=False),
+                  st.integers(0, 2**128 - 1), st.integers(0, 128)),
+    ),
+    max_size=8,
+)
+
+
+@given(taken_subnets, st.integers(1, 4))
+def test_free_subnets_are_the_candidates_no_peer_subnet_overlaps(
+    taken: list[IPNetwork], limit: int
+) -> None:
+    # SMALL is 10.6.0.0/28 in /30s: the generated subnets hit exact, wider, narrower,
+    # whole-Network and other-family cases
+    peers = [t for t in taken if can_be_peer(t, SMALL)]
+    expected = [c for c in candidates(SMALL) if not any(c.overlaps(t) for t in peers)]
+    assert free_subnets(SMALL, taken, limit) == expected[:limit]
+
+
+def test_a_subnet_as_wide_as_the_network_blocks_nothing_even_at_the_range_length() -> None:
+    # subnet_ranges never makes such a range; a hand-made one must still be handled
+    whole = SubnetRange(IPv4Network("10.6.0.0/28"), 28, IPv4Address("10.6.0.0"),
+                        IPv4Address("10.6.0.0"))
+    assert free_subnets(whole, nets("10.6.0.0/28")) == nets("10.6.0.0/28")
 
 
 def test_choose_picks_only_free_subnets() -> None:

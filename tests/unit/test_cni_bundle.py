@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import glob
 import json
+import linecache
 import os
 import stat
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,14 +51,43 @@ def run_bundle(
     )
 
 
-def test_bundle_is_an_executable_zipapp_of_the_package(bundle: Path) -> None:
-    assert bundle.read_bytes().startswith(b"#!/usr/bin/env -S python3 -I -S\n")
+def bundle_data(text: str) -> dict[str, Any]:
+    """The plugin file's data (what it defines before its start code)."""
+    namespace: dict[str, Any] = {"__name__": "not-main"}
+    exec(compile(text, "flannel", "exec"), namespace)  # noqa: S102 - the file we just built
+    return namespace
+
+
+def test_bundle_is_an_executable_script_carrying_the_package(bundle: Path) -> None:
+    text = bundle.read_text()
+    assert text.startswith("#!/usr/bin/env -S python3 -I -S\n")
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o755
-    with zipfile.ZipFile(bundle) as archive:
-        names = set(archive.namelist())
-    assert {"__main__.py", "cni/__init__.py", "cni/plugin.py", "cni/render.py"} <= names
-    assert "cni/plugin.pyc" in names
-    assert "cni/bundle.py" not in names
+    data = bundle_data(text)
+    modules = {"cni"} | {f"cni.{path.stem}" for path in (REPO / "cni").glob("*.py")}
+    modules -= {"cni.__init__", "cni.bundle"}  # bundle.py is build-time only
+    assert set(data["COMPILED"]) == modules
+    assert data["PACKAGES"] == frozenset({"cni"})
+
+
+def test_version_imports_nothing_the_interpreter_does_not_already_have(
+    bundle: Path, tmp_path: Path
+) -> None:
+    # No runpy, zipimport of an archive, importlib package, os or __future__: only
+    # built-in modules and the bundle's own (-X importtime lists every import).
+    def imported(args: list[str]) -> set[str]:
+        proc = run_bundle(
+            [sys.executable, "-I", "-S", "-X", "importtime", *args],
+            {"CNI_COMMAND": "VERSION"},
+            tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.decode().splitlines()[1:]
+        return {line.rpartition("|")[2].strip() for line in lines}
+
+    extra = imported([str(bundle)]) - imported(["-c", "pass"])
+    assert {"cni", "cni.plugin", "cni.protocol"} <= extra
+    foreign = {name for name in extra if name.partition(".")[0] != "cni"}
+    assert foreign <= set(sys.builtin_module_names) | {"binascii", "zlib"}
 
 
 def test_same_sources_give_the_same_bundle(bundle: Path, tmp_path: Path) -> None:
@@ -86,11 +116,22 @@ def test_shebang_execution(bundle: Path, tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
 
 
-@pytest.mark.parametrize("python", ["current", "oldest"])
+def from_sources(bundle: Path, out: Path) -> Path:
+    """The bundle as a Python with another bytecode format sees it: sources only."""
+    text = bundle.read_text()
+    magic = f"MAGIC = {bundle_data(text)['MAGIC']!r}\n"
+    assert text.count(magic) == 1
+    out.write_text(text.replace(magic, "MAGIC = b'none'\n"))
+    return out
+
+
+@pytest.mark.parametrize("python", ["current", "oldest", "sources"])
 def test_add_and_del_through_the_bundle_with_a_stub_delegate(
     bundle: Path, tmp_path: Path, python: str
 ) -> None:
-    interpreter = sys.executable if python == "current" else oldest_python3()
+    interpreter = oldest_python3() if python == "oldest" else sys.executable
+    if python == "sources":
+        bundle = from_sources(bundle, tmp_path / "flannel")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stub = bin_dir / "bridge"
@@ -118,7 +159,7 @@ def test_add_and_del_through_the_bundle_with_a_stub_delegate(
     }
     clean = tmp_path / "cwd"
     clean.mkdir()
-    # Another minor version ignores the bundled bytecode and compiles the sources.
+    # Another bytecode format ignores the bundled bytecode and compiles the sources.
     args = [interpreter, "-I", str(bundle)]
     added = run_bundle(args, {**env, "CNI_COMMAND": "ADD"}, clean, json.dumps(conf).encode())
     assert added.returncode == 0, added.stdout
@@ -150,3 +191,54 @@ def test_plugin_imports_only_the_standard_library_and_itself() -> None:
     # Start-up guard: none of the heavy modules the plugin deliberately avoids.
     heavy = {"subprocess", "logging", "dataclasses", "typing", "inspect", "tempfile"}
     assert heavy.isdisjoint(loaded)
+
+
+@pytest.mark.parametrize("magic", ["builder", "another"])
+def test_importer_serves_the_modules_with_their_file_name_and_source(
+    bundle: Path, magic: str
+) -> None:
+    from cni.loader import BundleImporter
+
+    data = bundle_data(bundle.read_text())
+    importer = BundleImporter(
+        "/opt/cni/bin/flannel",
+        data["MAGIC"] if magic == "builder" else b"none",
+        data["COMPILED"],
+        data["SOURCES"],
+        data["PACKAGES"],
+    )
+    assert importer.find_spec("os") is None
+    package = importer.find_spec("cni")
+    assert package is not None and package.submodule_search_locations == []
+    spec = importer.find_spec("cni.protocol")
+    assert spec is not None and spec.origin == "/opt/cni/bin/flannel/cni/protocol.py"
+    source = (REPO / "cni" / "protocol.py").read_text()
+    assert importer.get_source("cni.protocol") == source
+    code = importer.get_code("cni.protocol")
+    assert code.co_filename == spec.origin
+    # What a traceback prints: linecache asks the module's loader for the lines.
+    line = linecache.getline(code.co_filename, 1, {"__name__": "cni.protocol", "__loader__": importer})
+    assert line == source.splitlines(keepends=True)[0]
+    namespace: dict[str, Any] = {"__name__": "cni.protocol"}
+    exec(code, namespace)  # noqa: S102 - the module's own code
+    assert namespace["SUPPORTED_VERSIONS"][-1] == "1.1.0"
+
+
+def test_version_without_cpythons_importlib_core(bundle: Path, tmp_path: Path) -> None:
+    # An interpreter without _frozen_importlib(_external) (not CPython): the file compiles
+    # cni.loader from its source, which takes the names from the importlib package.
+    code = (
+        "import sys\n"
+        "sys.modules['_frozen_importlib_external'] = sys.modules['_frozen_importlib'] = None\n"
+        "path = sys.argv[1]\n"
+        "exec(compile(open(path).read(), path, 'exec'), {'__name__': '__main__', '__file__': path})\n"
+    )
+    proc = run_bundle(
+        [sys.executable, "-I", "-S", "-X", "importtime", "-c", code, str(bundle)],
+        {"CNI_COMMAND": "VERSION"},
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.decode().splitlines()}
+    assert {"importlib.machinery", "importlib.util"} <= imported

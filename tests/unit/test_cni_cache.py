@@ -101,3 +101,6 @@ def test_save_into_an_unwritable_place_is_an_io_failure(tmp_path: Path) -> None:
     with pytest.raises(CniError) as caught:
         cache.save("ctr1", b"x")
     assert caught.value.code == errors.IO_FAILURE
+    # The details are what os.makedirs says about the parent, as before it was only the
+    # fallback (the usual case calls mkdir alone).
+    assert caught.value.details == f"[Errno 17] File exists: '{tmp_path / 'file'}'"

@@ -227,13 +227,15 @@ def test_error_json_shape() -> None:
 
 
 def test_add_imports_neither_re_nor_enum() -> None:
-    """ADD's modules use the C parts of json and signal: ``re`` and ``enum`` cost
-    milliseconds of every pod's start (issue 13)."""
+    """ADD's modules use the C parts of json and signal, parse CIDRs themselves and
+    call ``posix``: ``re``, ``enum``, ``ipaddress`` (with ``functools`` and
+    ``collections``) and ``os`` cost milliseconds of every pod's start (issue 13)."""
     code = (
         "import sys\n"
         "import cni.plugin, cni.gojson, cni.cache, cni.invoke, cni.render, cni.subnetenv\n"
         "import cni.stdin_config\n"
-        "heavy = {'json', 're', 'enum', 'signal', 'subprocess', 'logging'}\n"
+        "heavy = {'json', 're', 'enum', 'signal', 'subprocess', 'logging', 'ipaddress',\n"
+        "         'functools', 'collections', 'os'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,

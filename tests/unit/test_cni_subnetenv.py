@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
 
+from cni.cidr import Network, network_string, parse_cidr
 from cni.errors import INTERNAL, TRY_AGAIN_LATER, CniError
 from cni.subnetenv import load_subnet_env, parse_subnet_env
 
@@ -14,11 +14,18 @@ PATH = "/run/flannel/subnet.env"
 FULL = "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 
 
+def net(text: str) -> Network:
+    """The network ``text`` names (its host bits clear: ``text`` is printed back as is)."""
+    network = parse_cidr(text).network
+    assert network_string(network) == text
+    return network
+
+
 def test_v4_file_written_by_flanneld() -> None:
     text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n" + FULL
     env = parse_subnet_env(text, PATH)
-    assert env.networks == (ipaddress.ip_network("10.244.0.0/16"),)
-    assert env.subnet == ipaddress.ip_network("10.244.1.0/24")  # host bits masked
+    assert env.networks == (net("10.244.0.0/16"),)
+    assert env.subnet == net("10.244.1.0/24")  # host bits masked
     assert env.ipv6_networks == ()
     assert env.ipv6_subnet is None
     assert env.mtu == 1450
@@ -31,9 +38,9 @@ def test_dual_stack_and_v6_host_bits_masked() -> None:
         "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\n" + FULL
     )
     env = parse_subnet_env(text, PATH)
-    assert env.ipv6_networks == (ipaddress.ip_network("fc00::/48"),)
-    assert env.ipv6_subnet == ipaddress.ip_network("fc00::/64")
-    assert env.subnet == ipaddress.ip_network("10.1.17.0/24")
+    assert env.ipv6_networks == (net("fc00::/48"),)
+    assert env.ipv6_subnet == net("fc00::/64")
+    assert env.subnet == net("10.1.17.0/24")
 
 
 def test_v6_only_is_complete() -> None:
@@ -50,8 +57,8 @@ def test_network_lists_are_deduplicated_in_order_after_masking() -> None:
     )
     env = parse_subnet_env(text, PATH)
     assert env.networks == (
-        ipaddress.ip_network("10.1.0.0/16"),
-        ipaddress.ip_network("192.168.0.0/16"),
+        net("10.1.0.0/16"),
+        net("192.168.0.0/16"),
     )
 
 
@@ -133,4 +140,4 @@ def test_missing_file_names_it_and_points_at_the_flannel_pod_log(tmp_path: Path)
 def test_load_reads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "subnet.env"
     path.write_text("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\n" + FULL)
-    assert load_subnet_env(str(path)).subnet == ipaddress.ip_network("10.1.17.0/24")
+    assert load_subnet_env(str(path)).subnet == net("10.1.17.0/24")

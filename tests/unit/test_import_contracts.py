@@ -111,7 +111,7 @@ def test_cni_plugin_uses_only_the_standard_library() -> None:
 def test_pure_modules_do_no_io_imports() -> None:
     pure = [
         "backends/model.py", "backends/plan.py", "backends/peers.py", "backends/vxlan_state.py",
-        "backends/rtnl.py",
+        "backends/rtnl.py", "backends/rtlink.py",
         "backends/hostgw_state.py", "backends/udp_packet.py", "backends/wireguard_state.py",
         "subnet/lease.py", "subnet/allocator.py", "subnet/kube_state.py", "subnet/etcd_state.py",
         "subnet/netconf.py",
@@ -156,11 +156,32 @@ def test_etcd_mode_start_imports_only_what_it_runs() -> None:
     unwanted = [
         "flanneld.netpol.controller", "flanneld.netpol.model", "flanneld.trafficmgr.policy",
         "subnet.kube", "subnet.kube_state", "kubernetes", "backends.udp",
-        "backends.wireguard", "backends.hostgw", "backends.vxlan", "pyroute2.ndb",
+        "backends.wireguard", "backends.wireguard_state", "backends.hostgw", "backends.vxlan",
+        "pyroute2.ndb",
         "pyroute2.ipdb", "pyroute2.conntrack",
     ]
     assert "backends.netlink" in loaded
     assert not [name for name in unwanted if name in loaded]
+
+
+def test_the_daemon_starts_without_pyroute2s_request_layer_or_asyncio() -> None:
+    """Links, addresses and route lookups are encoded by ``backends.rtlink`` and sent over
+    the seam's own socket: pyroute2's ``IPRoute`` (which pulls in asyncio, ~60 modules,
+    about 0.1 s and several MiB) is not loaded by the daemon and its backends (issue 13);
+    the kernel WireGuard driver loads pyroute2's generic netlink when it is first used."""
+    script = (
+        "import sys, flanneld.daemon, backends.vxlan, backends.hostgw, backends.udp\n"
+        "import backends.wireguard, backends.wireguard_go\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       check=True, timeout=60).stdout.split()
+    )
+    assert "backends.netlink" in loaded and "backends.wireguard_go" in loaded
+    unwanted = ["pyroute2.iproute", "pyroute2.netlink.nlsocket", "pyroute2.netlink.generic",
+                "asyncio"]
+    assert [name for name in unwanted if name in loaded] == []
 
 
 def test_pyroute2_whole_package_still_imports_after_the_seam() -> None:
@@ -171,7 +192,7 @@ def test_pyroute2_whole_package_still_imports_after_the_seam() -> None:
         "from pyroute2 import netns\n"
         "assert 'pyroute2.ndb' not in sys.modules, 'a subpackage ran the whole __init__'\n"
         "from pyroute2 import IPRoute, NDB\n"
-        "from backends.netlink import IPRoute as Ours\n"
-        "assert IPRoute is Ours and NDB.__name__ == 'NDB' and netns.setns\n"
+        "from pyroute2.iproute.linux import IPRoute as Linux\n"
+        "assert IPRoute is Linux and NDB.__name__ == 'NDB' and netns.setns\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from subnet.errors import PeerDataError
@@ -17,6 +17,7 @@ from subnet.lease import (
     compact_json,
     decode_attrs,
     encode_attrs,
+    parse_canonical_key,
     parse_subnet_key,
     subnet_key,
 )
@@ -91,6 +92,98 @@ def test_make_then_parse_is_identity(
     v4 = IPv4Network((v4_int, v4_len), strict=False)
     v6 = IPv6Network(v6_parts, strict=False) if v6_parts else None
     assert parse_subnet_key(subnet_key(v4, v6)) == (v4, v6)
+
+
+# --- canonical keys (what the etcd manager accepts in a listing) ----------------------
+
+
+def reference_canonical_parse(key: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """The etcd manager's key check before parse_canonical_key: parse, then compare."""
+    v4, v6 = parse_subnet_key(key)
+    if subnet_key(v4, v6) != key:
+        raise PeerDataError(f"subnet key {key!r} is not canonical ({subnet_key(v4, v6)})")
+    return v4, v6
+
+
+def outcome(parse: object, key: str) -> object:
+    try:
+        return parse(key)  # type: ignore[operator]
+    except PeerDataError as err:
+        return ("refused", str(err))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "10.5.1.0-24",
+        "0.0.0.0-0",
+        "10.5.1.0-31",
+        "255.255.255.254-31",
+        "10.12.13.0-24&fd00:12:13::-56",
+        "10.12.13.0-24&::-0",
+        "10.12.13.0-24&fd00::-64",
+        "10.12.13.0-24&fd00:0:0:1::-64",
+        "10.12.13.0-24&2001:db8:0:1:2:3:4:0-127",
+    ],
+)
+def test_canonical_keys_parse_as_before(key: str) -> None:
+    assert parse_canonical_key(key) == reference_canonical_parse(key)
+    assert subnet_key(*parse_canonical_key(key)) == key
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        # host bits set: would alias the real lease 10.5.1.0-24
+        ("10.5.1.1-24", "not canonical"),
+        ("10.12.13.0-24&fd00::1-64", "not canonical"),
+        # other spellings of the same subnet
+        ("10.5.1.0-024", "not canonical"),
+        ("10.5.1.0-+24", "bad subnet key"),
+        ("10.5.1.0- 24", "bad subnet key"),
+        ("010.5.1.0-24", "bad subnet key"),
+        ("10.5.1.00-24", "bad subnet key"),
+        ("0x0a.5.1.0-24", "bad subnet key"),
+        ("10.5.256-24", "bad subnet key"),  # inet_aton would read it, the key format does not
+        ("167051520-24", "bad subnet key"),
+        (" 10.5.1.0-24", "bad subnet key"),
+        ("10.5.1.0-24\n", "bad subnet key"),
+        ("10.5.1.0\x00-24", "bad subnet key"),
+        ("\u0661\u0660.5.1.0-24", "bad subnet key"),  # Arabic-Indic digits
+        ("10.5.1.0-\u0662\u0664", "not canonical"),
+        ("10.12.13.0-24&FD00::-64", "bad subnet key"),
+        ("10.12.13.0-24&fd00:0::-64", "not canonical"),
+        ("10.12.13.0-24&fd00:0000::-64", "not canonical"),
+        ("10.12.13.0-24&fd00::-064", "not canonical"),
+        ("10.12.13.0-24&::ffff:10.0.0.0-120", "bad subnet key"),
+        ("10.12.13.0-24&fd00::-64&fd01::-64", "bad subnet key"),
+        ("10.12.13.0-24&", "bad subnet key"),
+        ("10.12.13.0-24&-64", "bad subnet key"),
+        # prefix lengths the old parser refused
+        ("10.12.13.0-32", "above 31"),
+        ("10.12.13.0-24&fd00::-128", "above 127"),
+    ],
+)
+def test_non_canonical_keys_are_refused_as_before(key: str, message: str) -> None:
+    with pytest.raises(PeerDataError, match=message):
+        parse_canonical_key(key)
+    assert outcome(parse_canonical_key, key) == outcome(reference_canonical_parse, key)
+
+
+near_keys = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"\A[0-9x]{1,4}(\.[0-9]{1,4}){0,4}-[0-9+ ]{1,3}(&[0-9a-fA-F:.]{0,16}-\d{1,4})?\Z"),
+    st.builds(
+        lambda ip, length, ip6, length6: f"{ip}-{length}" + (f"&{ip6}-{length6}" if ip6 else ""),
+        st.ip_addresses(v=4), st.integers(0, 33),
+        st.one_of(st.none(), st.ip_addresses(v=6)), st.integers(0, 129),
+    ),
+)
+
+
+@given(near_keys)
+def test_canonical_parse_agrees_with_the_reference(key: str) -> None:
+    assert outcome(parse_canonical_key, key) == outcome(reference_canonical_parse, key)
 
 
 def test_lease_key_and_subnets() -> None:
@@ -184,6 +277,11 @@ def test_compact_json() -> None:
         ('{"PublicIP": "fd00::1"}', "PublicIP is not a valid address"),
         ('{"PublicIP": "10.0.0.300"}', "PublicIP is not a valid address"),
         ('{"PublicIP": ""}', "PublicIP is not a valid address"),
+        # spellings inet_aton would read (octal, short, hex) that an address must not use
+        ('{"PublicIP": "010.0.0.1"}', "PublicIP is not a valid address"),
+        ('{"PublicIP": "10.1"}', "PublicIP is not a valid address"),
+        ('{"PublicIP": "0x0a.0.0.1"}', "PublicIP is not a valid address"),
+        ('{"PublicIP": "10.0.0.1 "}', "PublicIP is not a valid address"),
         ('{"PublicIPv6": "10.0.0.1"}', "PublicIPv6 is not a valid address"),
         ('{"PublicIPv6": ["fd00::1"]}', "PublicIPv6 must be an address string"),
         ('{"BackendType": 5}', "BackendType must be a string"),
@@ -213,3 +311,66 @@ def test_encode_then_decode_is_identity(
         backend_data=compact_json(data) if data is not None else None,
     )
     assert decode_attrs(encode_attrs(attrs)) == attrs
+
+
+# --- Go's exact values: read without the JSON parser, decoded as by it --------------------
+
+
+def test_go_values_do_not_need_the_json_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("json.loads called for a value in Go's exact form")
+
+    for text in (GO_VXLAN, GO_HOSTGW, GO_UDP, GO_DUAL, GO_WIREGUARD):
+        expected = decode_attrs(text + " ")  # a trailing space: the JSON path
+        monkeypatch.setattr(json, "loads", refuse)
+        assert decode_attrs(text) == expected
+        assert decode_attrs(text.encode()) == expected
+        monkeypatch.undo()
+
+
+def decoded(text: str) -> object:
+    try:
+        return decode_attrs(text)
+    except PeerDataError as err:
+        return ("refused", str(err))
+
+
+# Raw JSON fragments, most in Go's plain form and some that only look like it:
+# what the JSON path normalises (-0, 1.0, 1e3, escapes, big numbers) or refuses (01).
+json_fragments = st.sampled_from([
+    "0", "1", "-1", "4096", "51820", "-0", "01", "1.0", "1e3", "123456789012345678",
+    "1" * 5000, "true", "false", "null", '""', '"vxlan"', '"0e:00:00:00:00:01"', '"q0c+/W="',
+    '"a\\/b"', '"\\u0041"', '"é"', "[]", "{}", '{"a":1}', '"x y"',
+])
+json_names = st.sampled_from(["VNI", "VtepMAC", "PublicKey", "Port", "vni", "a_b", "x y", "é"])
+flat_objects = st.lists(st.tuples(json_names, json_fragments), max_size=4).map(
+    lambda members: "{" + ",".join(f'"{name}":{value}' for name, value in members) + "}"
+)
+ip_fragments = st.one_of(
+    st.ip_addresses(v=4).map(lambda ip: f'"{ip}"'),
+    st.sampled_from(['"010.0.0.1"', '"10.1"', '"10.0.0.256"', '"0.0.0.0"', '"fd00::1"', "5"]),
+)
+ip6_fragments = st.one_of(
+    st.just("null"), st.ip_addresses(v=6).map(lambda ip: f'"{ip}"'),
+    st.sampled_from(['"FD00::1"', '"fd00::1::2"', '"10.0.0.1"', '"::"', '"::ffff:10.0.0.1"']),
+)
+go_like_values = st.builds(
+    lambda ip, ip6, backend, data, data6: (
+        '{"PublicIP":' + ip + ',"PublicIPv6":' + ip6
+        + ("" if backend is None else ',"BackendType":' + backend)
+        + ("" if data is None else ',"BackendData":' + data)
+        + ("" if data6 is None else ',"BackendV6Data":' + data6) + "}"
+    ),
+    ip_fragments, ip6_fragments,
+    st.one_of(st.none(), st.sampled_from(['"vxlan"', '"host-gw"', '""', '"a b"', "1"])),
+    st.one_of(st.none(), flat_objects, json_fragments),
+    st.one_of(st.none(), flat_objects),
+)
+
+
+@given(go_like_values)
+@example('{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendData":{"VNI":1,"VNI":2}}')
+@example('{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendData":{"Port":-0}}')
+def test_go_like_values_decode_as_through_json(text: str) -> None:
+    # The same document with a trailing space never takes the regular-expression path.
+    assert decoded(text) == decoded(text + " ")

@@ -6,8 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
+from flanneld.exposition import Registry
 from flanneld.netpol.controller import PolicyController, PolicyMetrics, PolicyStore
 from flanneld.netpol.ruleset import LocalNode, Ruleset
 from flanneld.trafficmgr.policy import ApplyResult
@@ -60,7 +59,7 @@ def test_store_events_and_equal_updates_keep_the_object() -> None:
     assert store.cluster().policies == ()
 
 
-def make(table: FakeTable, registry: CollectorRegistry) -> PolicyController:
+def make(table: FakeTable, registry: Registry) -> PolicyController:
     controller = PolicyController(table, lambda: LocalNode("me"), PolicyMetrics(registry),
                                   threading.Event())
     controller.store = synced_store(DENY)
@@ -68,19 +67,19 @@ def make(table: FakeTable, registry: CollectorRegistry) -> PolicyController:
 
 
 def test_sync_records_policies_rules_and_drops_per_policy() -> None:
-    registry = CollectorRegistry()
+    registry = Registry()
     table = FakeTable(drops=7)
     outcome = make(table, registry).sync({"networkpolicies added": 1})
     assert outcome.kind == "full"
-    assert registry.get_sample_value("flannel_netpol_policies") == 1
-    assert registry.get_sample_value("flannel_netpol_dropped_packets", {"policy": "x/deny"}) == 7
-    assert registry.get_sample_value("flannel_netpol_isolated_pod_addresses",
+    assert registry.sample_value("flannel_netpol_policies") == 1
+    assert registry.sample_value("flannel_netpol_dropped_packets", {"policy": "x/deny"}) == 7
+    assert registry.sample_value("flannel_netpol_isolated_pod_addresses",
                                      {"direction": "ingress"}) == 1
-    assert registry.get_sample_value("flannel_netpol_apply_failing") == 0
+    assert registry.sample_value("flannel_netpol_apply_failing") == 0
 
 
 def test_apply_failure_is_reported_not_raised() -> None:
-    registry = CollectorRegistry()
+    registry = Registry()
     outcome = make(FakeTable(fail=True), registry).sync()
     assert outcome.kind == "failed"
-    assert registry.get_sample_value("flannel_netpol_apply_failing") == 1
+    assert registry.sample_value("flannel_netpol_apply_failing") == 1

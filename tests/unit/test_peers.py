@@ -173,3 +173,29 @@ def test_unusable_public_ipv6_is_skipped_with_the_reason_and_others_stay() -> No
 def test_ipv4_cluster_ignores_a_peers_ipv6_endpoint() -> None:
     usable, skipped = usable_peers(OWN, [dual_peer(3, "fe80::3")], [NETWORK], None)
     assert len(usable) == 1 and skipped == []
+
+
+subnets6 = st.builds(
+    lambda word, plen: ipaddress.IPv6Network((f"fd00:10:{word:x}::", plen), strict=False),
+    st.sampled_from([0x243, 0x244, 0x245, 0x2440]), st.integers(20, 64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(subnets6, max_size=20))
+def test_ipv6_containment_and_overlap_match_ipaddress(nets: list[ipaddress.IPv6Network]) -> None:
+    """The integer checks decide as ipaddress's subnet_of and overlaps do."""
+    network6 = ipaddress.IPv6Network("fd00:10:244::/48")
+    own = Lease(None, ipaddress.IPv6Network("fd00:10:244:1::/64"), LeaseAttrs(backend_type="x"))
+    peers = [Lease(None, n, LeaseAttrs(backend_type="x")) for n in nets]
+    usable, skipped = usable_peers(own, peers, [network6], "x")
+    claimed: list[ipaddress.IPv6Network] = [own.ipv6_subnet]  # type: ignore[list-item]
+    kept = []
+    for p in sorted(peers, key=lambda p: p.key):
+        sub = p.ipv6_subnet
+        assert sub is not None
+        if sub.subnet_of(network6) and not any(sub.overlaps(c) for c in claimed):
+            kept.append(p.key)
+            claimed.append(sub)
+    assert [p.key for p in usable] == kept
+    assert len(usable) + len(skipped) == len(peers)

@@ -61,6 +61,35 @@ def test_neighbour_and_fdb_puts_are_what_pyroute2s_ndmsg_encodes() -> None:
     )
 
 
+def test_the_shapes_without_a_one_pack_encoding_are_what_pyroute2_encodes() -> None:
+    # IPv6 and a route without a gateway take the general path; IPv4 (above) the one pack
+    route6 = Route(NET("fd00:1::/64"), IP("fd00:1::"), 5, onlink=True)
+    msg = rtmsg()
+    msg["attrs"] = [("RTA_DST", "fd00:1::"), ("RTA_GATEWAY", "fd00:1::"), ("RTA_OIF", 5)]
+    assert encoded(Put(route6), 3) == pyroute2_bytes(
+        msg, rtnl.RTM_NEWROUTE, PUT_FLAGS, 3,
+        family=10, dst_len=64, table=254, proto=44, scope=0, type=1, flags=rtnl.RTNH_F_ONLINK,
+    )
+    direct = Route(NET("10.244.2.0/24"), None, 3)
+    msg = rtmsg()
+    msg["attrs"] = [("RTA_DST", "10.244.2.0"), ("RTA_OIF", 3)]
+    assert encoded(Put(direct), 4) == pyroute2_bytes(
+        msg, rtnl.RTM_NEWROUTE, PUT_FLAGS, 4,
+        family=2, dst_len=24, table=254, proto=44, scope=0, type=1,
+    )
+    neigh = ndmsg()
+    neigh["attrs"] = [("NDA_DST", "fd00:1::"), ("NDA_LLADDR", "0e:00:00:00:00:01")]
+    assert encoded(Put(Neighbour(5, IP("fd00:1::"), "0e:00:00:00:00:01")), 5) == pyroute2_bytes(
+        neigh, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 5, family=10, ifindex=5, state=rtnl.NUD_PERMANENT
+    )
+    fdb = ndmsg()
+    fdb["attrs"] = [("NDA_LLADDR", "0e:00:00:00:00:01"), ("NDA_DST", "2001:db8::5")]
+    assert encoded(Put(FdbEntry(5, "0e:00:00:00:00:01", IP("2001:db8::5"))), 6) == pyroute2_bytes(
+        fdb, rtnl.RTM_NEWNEIGH, PUT_FLAGS, 6,
+        family=7, ifindex=5, state=rtnl.NUD_PERMANENT, flags=rtnl.NTF_SELF,
+    )
+
+
 def test_route_delete_matches_by_protocol_id_and_any_scope() -> None:
     kind, flags, body = rtnl.change_body(Delete(ROUTE))
     assert kind == rtnl.RTM_DELROUTE and flags == rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK

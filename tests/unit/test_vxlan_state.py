@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from backends.model import DataplaneState, FdbEntry, Neighbour, Route
 from backends.vxlan_state import (
+    PeerViews,
     VxlanOptions,
     VxlanPeer,
     decode_backend_data,
@@ -21,6 +23,7 @@ from backends.vxlan_state import (
     parse_mac,
     parse_options,
     previous_vtep_mac,
+    screen_families,
     vtep_mac,
     vxlan_peers,
 )
@@ -341,3 +344,28 @@ def test_v6_device_mtu_leaves_room_for_the_ipv6_outer_header() -> None:
                                           "minimum 1280"):
         opts.check_mtu(1349, (4, 6))
     opts.check_mtu(1349, (4,))
+
+
+def test_peer_views_decode_a_lease_once_and_keep_only_the_last_pass() -> None:
+    views = PeerViews(1, (4,))
+    first = views.of(lease(2))[0]
+    assert isinstance(first, VxlanPeer) and first.vtep_mac == mac(2)
+    assert views.of(lease(2))[0] is first  # equal attributes in a new lease: not decoded again
+    changed = lease(2, {"VNI": 1, "VtepMAC": mac(9)})
+    assert views.of(changed)[0] == replace(first, vtep_mac=mac(9))
+    assert views.of(lease(3, {"VNI": 4, "VtepMAC": mac(3)}))[0] == "VNI 4, not 1"
+    views.end_pass()
+    views.end_pass()  # lease 2 was not looked at in between: forgotten
+    assert views.of(lease(2))[0] is not first
+
+
+def test_screen_families_gives_the_index_only_when_nothing_was_skipped() -> None:
+    peers = [lease(2), lease(3)]
+    _, skipped, index = screen_families(OWN, peers, [NETWORK], PeerViews(1, (4,)))
+    assert skipped == [] and index is not None
+    assert not index.admit(lease(4, {"VNI": 1, "VtepMAC": mac(3)}), [(4, mac(3))])  # held MAC
+    assert not index.admit(lease(4, {"VNI": 1, "VtepMAC": mac(1)}), [(4, mac(1))])  # ours
+    assert index.admit(lease(4), [(4, mac(4))])
+    _, skipped, index = screen_families(OWN, [*peers, lease(5, backend="udp")], [NETWORK],
+                                        PeerViews(1, (4,)))
+    assert [s.key for s in skipped] == [lease(5).key] and index is None
