@@ -16,7 +16,6 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,8 @@ DUAL_STACK_BACKENDS = frozenset({"vxlan", "host-gw", "wireguard"})
 
 _PREFIX_RE = re.compile(r"(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(r"\.".join([_OCTET] * 4))
 
 
 # --- annotations -----------------------------------------------------------------
@@ -179,30 +180,36 @@ def pod_cidrs(
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """``ip_network(text, strict=False)``, with IPv4 ``a.b.c.d/n`` parsed by the C library.
+    """``ip_network(text, strict=False)``, with the common ``a.b.c.d/n`` parsed faster.
 
-    ``inet_pton`` is as strict as :mod:`ipaddress` (four decimal parts, no
-    leading zeros) and five times faster; at 5000 Nodes per list that is a
-    fifth of the parse.  Any other form (IPv6, a netmask, garbage) takes the
-    general path, so results and errors stay those of ``ip_network``.
+    :data:`_DOTTED_QUAD` takes exactly what :mod:`ipaddress` takes for IPv4
+    (four decimal parts up to 255, no leading zeros, ASCII digits only) in a
+    third of the time; at 5000 Nodes per list the addresses were a fifth of
+    the parse.  Any other form (IPv6, a netmask, garbage) takes the general
+    path, so results and errors stay those of ``ip_network``.
     """
     address, slash, prefix = text.partition("/")
     if slash and prefix.isascii() and prefix.isdigit() and int(prefix) <= 32:
-        try:
-            packed = socket.inet_pton(socket.AF_INET, address)
-        except (OSError, ValueError):  # ValueError: not ASCII, or a NUL in it
-            pass
-        else:
-            return ipaddress.IPv4Network((int.from_bytes(packed), int(prefix)), strict=False)
+        value = _dotted_quad(address)
+        if value is not None:
+            return ipaddress.IPv4Network((value, int(prefix)), strict=False)
     return ipaddress.ip_network(text, strict=False)
 
 
 def _ipv4(text: str) -> ipaddress.IPv4Address:
-    """``IPv4Address(text)`` through ``inet_pton`` (see :func:`_network`)."""
-    try:
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
-    except OSError as err:  # ValueError (not ASCII, a NUL) passes through
-        raise ValueError(f"{text!r} is not an IPv4 address") from err
+    """``IPv4Address(text)``, faster (see :func:`_network`); ValueError if it is not one."""
+    value = _dotted_quad(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    return ipaddress.IPv4Address(value)
+
+
+def _dotted_quad(text: str) -> int | None:
+    found = _DOTTED_QUAD.fullmatch(text)
+    if found is None:
+        return None
+    a, b, c, d = found.groups()
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
 def _backend_json(annotations: Mapping[str, str], key: str) -> str | None:
