@@ -187,7 +187,9 @@ class Netlink:
         # that state when a single change first needs it)
         self._views: dict[Scope, dict[Hashable, KernelObject]] = {}
         self._view_of: dict[Scope, DataplaneState] = {}
-        self._wanted: dict[Scope, tuple[DataplaneState, frozenset[Signature]]] = {}
+        # The signatures of each view, with its version: made once per version by
+        # whichever thread needs them first (a full pass's check, or the probe).
+        self._signed: dict[Scope, tuple[int, frozenset[Signature]]] = {}
         # Scopes whose view is exactly the desired state their syncs were given (no
         # failure since): only those can be checked by a probe.
         self._exact: set[Scope] = set()
@@ -196,9 +198,7 @@ class Netlink:
         # The probe in flight: its generation and the slots written per scope since it began.
         self._probe_generation = 0
         self._written: dict[Scope, set[Signature]] = {}
-        # Used by the probe's thread only: its own socket, and the signatures of each view.
-        self._probe_rtnl: Rtnl | None = None
-        self._probe_views: dict[Scope, tuple[int, frozenset[Signature]]] = {}
+        self._probe_rtnl: Rtnl | None = None  # the probe thread's own socket
         where = f" in netns {netns}" if netns else ""
         if netns is not None and not os.path.exists(_netns_path(netns)):
             raise DataplaneError(f"no network namespace {netns!r}", errnos.ENOENT)
@@ -526,15 +526,26 @@ class Netlink:
         cold start (nothing of ours in the kernel) computes no signatures."""
         if len(kernel) != desired.count():
             return False
-        want = self._wanted.get(scope)
-        if want is None or want[0] is not desired:
-            want = desired, frozenset(map(rtnl.signature, desired.objects()))
-            self._wanted[scope] = want
-        if kernel != want[1]:
+        if self._view_of.get(scope) is desired:
+            want = self._view_signatures(scope, self._versions[scope], desired.objects())
+        else:
+            want = frozenset(map(rtnl.signature, desired.objects()))
+        if kernel != want:
             return False
         if self._view_of.get(scope) is not desired:
             self._set_view(scope, desired)
+            self._signed[scope] = self._versions[scope], want
         return True
+
+    def _view_signatures(
+        self, scope: Scope, version: int, objects: Sequence[KernelObject]
+    ) -> frozenset[Signature]:
+        """The signatures of ``objects``, the scope's view at ``version`` (either thread)."""
+        cached = self._signed.get(scope)
+        if cached is None or cached[0] != version:
+            cached = version, frozenset(map(rtnl.signature, objects))
+            self._signed[scope] = cached
+        return cached[1]
 
     def _set_view(self, scope: Scope, state: DataplaneState) -> None:
         """The scope's objects are now ``state`` (its by-key view is made when first needed)."""
@@ -652,12 +663,9 @@ class Netlink:
                 raise _dataplane_error("netlink socket for the full pass", err) from err
         differing: dict[Scope, tuple[frozenset[Signature], frozenset[Signature]]] = {}
         for scope, (version, objects) in scopes.items():
-            cached = self._probe_views.get(scope)
-            if cached is None or cached[0] != version:
-                cached = version, frozenset(map(rtnl.signature, objects))
-                self._probe_views[scope] = cached
+            view = self._view_signatures(scope, version, objects)
             kernel = self.signatures(*scope, sock=self._probe_rtnl)
-            differing[scope] = cached[1] - kernel, kernel - cached[1]
+            differing[scope] = view - kernel, kernel - view
         return KernelProbe(generation, differing, time.thread_time() - started)
 
     def repairs(

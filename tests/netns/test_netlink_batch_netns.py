@@ -91,6 +91,44 @@ def test_batched_apply_programs_every_object_and_a_second_pass_writes_nothing(
     assert netlink.sync(desired, [dev], [2]).applied == ()
 
 
+def test_a_fresh_sync_reads_the_kernel_once_and_a_cold_one_computes_no_signatures(
+    node: tuple[str, Netlink, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ns, netlink, dev = node
+    objects = peer_objects(PEERS, dev)
+    desired = DataplaneState.of(objects)
+    dumps: list[int] = []
+    signatures: list[KernelObject] = []
+    real_dump, real_signature = Rtnl.dump, rtnl.signature
+
+    def dump(self: Rtnl, kind: int, body: bytes, decode: Callable[[bytes], object]) -> object:
+        if kind in (rtnl.RTM_GETROUTE, rtnl.RTM_GETNEIGH):  # not the link dump for names
+            dumps.append(kind)
+        return real_dump(self, kind, body, decode)
+
+    def signature(obj: KernelObject) -> rtnl.Signature:
+        signatures.append(obj)
+        return real_signature(obj)
+
+    monkeypatch.setattr(Rtnl, "dump", dump)
+    monkeypatch.setattr(rtnl, "signature", signature)
+    assert len(netlink.sync(desired, [dev], [2]).applied) == 3 * PEERS
+    # one route, one neighbour and one FDB dump; nothing of ours there: no signature
+    assert len(dumps) == 3 and signatures == []
+    # hand-made damage: a route gone, a foreign route with our protocol id
+    ip(ns, "route", "del", "10.200.0.0/24")
+    ip(ns, "route", "add", "10.99.0.0/24", "via", "198.18.0.2", "proto", "44")
+    dumps.clear()
+    repair = netlink.sync(desired, [dev], [2])
+    assert len(dumps) == 3 and not repair.failed
+    assert {(type(c).__name__, c.obj) for c in repair.applied} == {
+        ("Put", objects[2]),
+        ("Delete", Route(ipaddress.IPv4Network("10.99.0.0/24"),
+                         ipaddress.IPv4Address("198.18.0.2"), netlink.link("ul0").index)),  # type: ignore[union-attr]
+    }
+    assert netlink.observe([dev], [2]) == desired
+
+
 def test_the_dump_reads_only_our_objects(node: tuple[str, Netlink, int]) -> None:
     ns, netlink, dev = node
     mine = peer_objects(3, dev)

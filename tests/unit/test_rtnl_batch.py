@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -185,6 +186,23 @@ def test_requests_are_cut_into_sends_that_fit_the_batch_size() -> None:
     size = len(rtnl.message(*rtnl.change_body(changes[0])[:2], 1, rtnl.change_body(changes[0])[2]))
     assert all(len(seqs) * size <= BATCH_BYTES for seqs in kernel.sends)
     assert len({seq for seqs in kernel.sends for seq in seqs}) == 2000
+
+
+def test_a_bulk_is_encoded_on_a_thread_whose_failure_reaches_the_caller() -> None:
+    changes = routes(2000)
+    kernel = FakeKernel(lambda body: 0)
+
+    def encode(change: Change) -> tuple[int, int, bytes]:
+        if change is changes[1500]:
+            raise ValueError("bad object")
+        return rtnl.change_body(change)
+
+    with pytest.raises(ValueError, match="bad object"):
+        Rtnl(kernel).transact(changes, encode)
+    assert kernel.sends  # the batches before it went out
+    assert not [t for t in threading.enumerate() if t.name == "netlink-encode"]
+    kernel = FakeKernel(lambda body: 0)
+    assert Rtnl(kernel).transact(changes, rtnl.change_body) == [0] * 2000
 
 
 def test_a_lost_ack_sends_only_the_unanswered_requests_again() -> None:
