@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import errno as errnos
-import importlib.util
 import ipaddress
 import itertools
 import logging
@@ -37,39 +36,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, overload
 
+from subnet.lazyimport import defer_package_init
 
-def defer_package_init(name: str) -> None:
-    """Let ``import name.sub`` load ``name.sub`` without running ``name/__init__.py``.
-
-    pyroute2's ``__init__`` imports all of its ~70 modules (conntrack, ndb,
-    ipdb, nl80211, ...): about 0.1 s and 6 MiB at every start, for the three
-    this module uses.  The package is registered as a shell whose
-    ``__init__`` runs the first time one of its own attributes is asked for
-    (``from pyroute2 import IPRoute`` in the lab or a test), so code that
-    wants the whole package still gets it.  Nothing happens when the package
-    was imported already.
-    """
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        return  # not a package we can find: the import that follows fails as it would
-    loader = spec.loader
-    package = importlib.util.module_from_spec(spec)
-
-    def complete(attr: str) -> Any:
-        found = importlib.util.find_spec(f"{name}.{attr}")
-        if found is not None:  # a subpackage (``from pyroute2 import netns``): just that
-            return importlib.import_module(f"{name}.{attr}")
-        del package.__getattr__
-        loader.exec_module(package)
-        return getattr(package, attr)
-
-    package.__getattr__ = complete  # type: ignore[method-assign]
-    sys.modules[name] = package
-
-
-defer_package_init("pyroute2")
+defer_package_init("pyroute2")  # pyroute2's __init__ loads ~70 modules; we use a few
 
 from backends import rtlink, rtnl
 from backends.base import InterfaceAddress, InterfaceInfo, KernelProbe, RouteLookup, Scope
