@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import errno as errnos
-import importlib.util
 import ipaddress
 import itertools
 import logging
@@ -37,39 +36,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, overload
 
+from subnet.lazyimport import defer_package_init
 
-def defer_package_init(name: str) -> None:
-    """Let ``import name.sub`` load ``name.sub`` without running ``name/__init__.py``.
-
-    pyroute2's ``__init__`` imports all of its ~70 modules (conntrack, ndb,
-    ipdb, nl80211, ...): about 0.1 s and 6 MiB at every start, for the three
-    this module uses.  The package is registered as a shell whose
-    ``__init__`` runs the first time one of its own attributes is asked for
-    (``from pyroute2 import IPRoute`` in the lab or a test), so code that
-    wants the whole package still gets it.  Nothing happens when the package
-    was imported already.
-    """
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        return  # not a package we can find: the import that follows fails as it would
-    loader = spec.loader
-    package = importlib.util.module_from_spec(spec)
-
-    def complete(attr: str) -> Any:
-        found = importlib.util.find_spec(f"{name}.{attr}")
-        if found is not None:  # a subpackage (``from pyroute2 import netns``): just that
-            return importlib.import_module(f"{name}.{attr}")
-        del package.__getattr__
-        loader.exec_module(package)
-        return getattr(package, attr)
-
-    package.__getattr__ = complete  # type: ignore[method-assign]
-    sys.modules[name] = package
-
-
-defer_package_init("pyroute2")
+defer_package_init("pyroute2")  # pyroute2's __init__ loads ~70 modules; we use a few
 
 from backends import rtlink, rtnl
 from backends.base import InterfaceAddress, InterfaceInfo, KernelProbe, RouteLookup, Scope
@@ -348,7 +317,7 @@ class Netlink:
             )
             self.delete_link(existing.index)
         self._request(f"link add {spec.name}", rtlink.RTM_NEWLINK, rtlink.CREATE,
-                      rtlink.vxlan_add(_vxlan_request(spec)))
+                      _vxlan_add(spec))
         created = self.link(spec.name)
         if created is None:
             raise DataplaneError(f"link {spec.name} vanished right after it was created")
@@ -376,7 +345,7 @@ class Netlink:
                         existing.kind or "tun")
             self.delete_link(existing.index)
         self._request(f"link add {name} type wireguard", rtlink.RTM_NEWLINK, rtlink.CREATE,
-                      rtlink.kind_add(name, "wireguard"))
+                      rtlink.link_add(name, "wireguard"))
         created = self.link(name)
         if created is None:
             raise DataplaneError(f"link {name} vanished right after it was created")
@@ -945,9 +914,10 @@ def _link_state(payload: bytes) -> LinkState:
     )
 
 
-def _vxlan_request(spec: VxlanSpec) -> rtlink.Vxlan:
-    return rtlink.Vxlan(spec.name, spec.vni, spec.port, spec.local, spec.underlay,
-                        spec.learning, spec.gbp, spec.mac, spec.mtu)
+def _vxlan_add(spec: VxlanSpec) -> bytes:
+    data = rtlink.vxlan_data(vni=spec.vni, port=spec.port, local=spec.local,
+                             underlay=spec.underlay, learning=spec.learning, gbp=spec.gbp)
+    return rtlink.link_add(spec.name, "vxlan", data, spec.mac, spec.mtu)
 
 
 def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:

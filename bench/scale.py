@@ -2,7 +2,8 @@
 
 For each size N (``--sizes``), in a fresh lab (``--mode etcd``: N peer leases
 in etcd, written in transactions of 128 puts; ``--mode kube``: N peer Node
-objects in the lab's Kubernetes API server double), flanneld is started and
+objects in the lab's Kubernetes API server double, reached by ``--kube-api-url``
+or with ``--kubeconfig`` by a kubeconfig file), flanneld is started and
 timed until /readyz answers 200 and until the kernel holds all 3N objects
 (N routes, N neighbours, N FDB entries; counted from rtnetlink notifications
 and checked against an ``ip``/``bridge`` dump afterwards), with the daemon's
@@ -29,7 +30,7 @@ read from /proc/PID/status after convergence.  Then:
 Unless ``--no-py-spy``, py-spy samples the daemon during the cold start and
 during the samples, and the functions with the most samples are reported.
 
-Usage (root): ``python3 bench/scale.py [--mode etcd|kube] [--sizes 1000,5000]
+Usage (root): ``python3 bench/scale.py [--mode etcd|kube [--kubeconfig]] [--sizes 1000,5000]
 [--samples 20] [--out bench/results/scale.json]``.
 """
 
@@ -73,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--mode", choices=("etcd", "kube"), default="etcd",
                         help="subnet manager: leases in etcd, or Node objects in the API double")
+    parser.add_argument("--kubeconfig", action="store_true",
+                        help="kube mode: flanneld reads a kubeconfig file (default: "
+                        "--kube-api-url alone, which loads what a pod's in-cluster config does)")
     parser.add_argument("--sizes", default="1000,5000", help="comma-separated peer counts")
     parser.add_argument("--idle", type=float, default=30.0,
                         help="seconds converged and left alone, for the idle CPU share")
@@ -96,10 +100,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _mode(args: argparse.Namespace) -> str:
+    if args.mode == "etcd":
+        return "etcd mode"
+    return "kube mode, " + ("kubeconfig file" if args.kubeconfig else "--kube-api-url")
+
+
 def run_size(n: int, args: argparse.Namespace, profile_dir: str | None) -> dict[str, Any]:
     peers = [Peer(i) for i in range(n)]
-    result: dict[str, Any] = {"peers": n, "mode": args.mode}
-    with running_kube_lab() if args.mode == "kube" else running_lab() as lab:
+    result: dict[str, Any] = {"peers": n, "mode": _mode(args)}
+    with running_kube_lab(args.kubeconfig) if args.mode == "kube" else running_lab() as lab:
         result["store_write_s"] = round(lab.put_peers(peers), 3)
         monitor = lab.monitor()
         daemon = lab.flanneld()
@@ -346,7 +356,7 @@ def main() -> int:
               flush=True)
 
     print_table(
-        f"flanneld cold start with N peers ({args.mode} mode, vxlan; 3 kernel objects per peer)"
+        f"flanneld cold start with N peers ({_mode(args)}, vxlan; 3 kernel objects per peer)"
         " next to ip -batch of the same objects",
         ["peers", "store write s", "start->1st route s", "start->ready s", "start->all s",
          "target s", "ip -batch s", "routes/neigh/fdb", "kernel=leases", "VmRSS MiB",

