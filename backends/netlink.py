@@ -317,7 +317,7 @@ class Netlink:
             )
             self.delete_link(existing.index)
         self._request(f"link add {spec.name}", rtlink.RTM_NEWLINK, rtlink.CREATE,
-                      rtlink.vxlan_add(_vxlan_request(spec)))
+                      _vxlan_add(spec))
         created = self.link(spec.name)
         if created is None:
             raise DataplaneError(f"link {spec.name} vanished right after it was created")
@@ -345,7 +345,7 @@ class Netlink:
                         existing.kind or "tun")
             self.delete_link(existing.index)
         self._request(f"link add {name} type wireguard", rtlink.RTM_NEWLINK, rtlink.CREATE,
-                      rtlink.kind_add(name, "wireguard"))
+                      rtlink.link_add(name, "wireguard"))
         created = self.link(name)
         if created is None:
             raise DataplaneError(f"link {name} vanished right after it was created")
@@ -914,9 +914,10 @@ def _link_state(payload: bytes) -> LinkState:
     )
 
 
-def _vxlan_request(spec: VxlanSpec) -> rtlink.Vxlan:
-    return rtlink.Vxlan(spec.name, spec.vni, spec.port, spec.local, spec.underlay,
-                        spec.learning, spec.gbp, spec.mac, spec.mtu)
+def _vxlan_add(spec: VxlanSpec) -> bytes:
+    data = rtlink.vxlan_data(vni=spec.vni, port=spec.port, local=spec.local,
+                             underlay=spec.underlay, learning=spec.learning, gbp=spec.gbp)
+    return rtlink.link_add(spec.name, "vxlan", data, spec.mac, spec.mtu)
 
 
 def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:

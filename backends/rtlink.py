@@ -66,20 +66,6 @@ BE16 = struct.Struct("!H")
 Attributes = dict[int, bytes]
 
 
-class Vxlan(NamedTuple):
-    """What a new VXLAN device is made with (``port`` 0: the kernel's default)."""
-
-    name: str
-    vni: int
-    port: int
-    local: IPAddress | None
-    underlay: int | None
-    learning: bool
-    gbp: bool
-    mac: str | None
-    mtu: int | None
-
-
 class Link(NamedTuple):
     """An RTM_NEWLINK reply: header fields, attributes, and those of its IFLA_LINKINFO."""
 
@@ -130,35 +116,35 @@ def link_index(index: int) -> bytes:
     return IFINFOMSG.pack(0, 0, index, 0, 0)
 
 
-def vxlan_add(spec: Vxlan) -> bytes:
-    """RTM_NEWLINK body creating a VXLAN device with learning and L2/L3 miss reports off
-    (unless asked), on ``underlay`` and ``local`` when given."""
+def vxlan_data(
+    *, vni: int, port: int, local: IPAddress | None, underlay: int | None, learning: bool,
+    gbp: bool,
+) -> bytes:
+    """The IFLA_INFO_DATA of a new VXLAN device: L2/L3 miss reports off, ``port`` (0: the
+    kernel's default), ``underlay`` and ``local`` when given."""
     data = [
-        attr(IFLA_VXLAN_ID, U32.pack(spec.vni)),
-        attr(IFLA_VXLAN_LEARNING, U8.pack(int(spec.learning))),
+        attr(IFLA_VXLAN_ID, U32.pack(vni)),
+        attr(IFLA_VXLAN_LEARNING, U8.pack(int(learning))),
         attr(IFLA_VXLAN_L2MISS, U8.pack(0)),
         attr(IFLA_VXLAN_L3MISS, U8.pack(0)),
     ]
-    if spec.port:
-        data.append(attr(IFLA_VXLAN_PORT, BE16.pack(spec.port)))
-    if spec.underlay:
-        data.append(attr(IFLA_VXLAN_LINK, U32.pack(spec.underlay)))
-    if spec.local is not None:
-        kind = IFLA_VXLAN_LOCAL if spec.local.version == 4 else IFLA_VXLAN_LOCAL6
-        data.append(attr(kind, spec.local.packed))
-    if spec.gbp:
+    if port:
+        data.append(attr(IFLA_VXLAN_PORT, BE16.pack(port)))
+    if underlay:
+        data.append(attr(IFLA_VXLAN_LINK, U32.pack(underlay)))
+    if local is not None:
+        data.append(attr(IFLA_VXLAN_LOCAL if local.version == 4 else IFLA_VXLAN_LOCAL6,
+                         local.packed))
+    if gbp:
         data.append(attr(IFLA_VXLAN_GBP, b""))
-    return _link_add(spec.name, "vxlan", b"".join(data), spec.mac, spec.mtu)
+    return b"".join(data)
 
 
-def kind_add(name: str, kind: str) -> bytes:
-    """RTM_NEWLINK body creating a link of ``kind`` with no attributes of its own."""
-    return _link_add(name, kind, None, None, None)
-
-
-def _link_add(
-    name: str, kind: str, data: bytes | None, mac: str | None, mtu: int | None
+def link_add(
+    name: str, kind: str, data: bytes | None = None, mac: str | None = None,
+    mtu: int | None = None,
 ) -> bytes:
+    """RTM_NEWLINK body creating link ``name`` of ``kind`` (``data``: its IFLA_INFO_DATA)."""
     parts = [IFINFOMSG.pack(0, 0, 0, 0, 0), attr(IFLA_IFNAME, _text(name))]
     if mac is not None:
         parts.append(attr(IFLA_ADDRESS, mac_bytes(mac)))

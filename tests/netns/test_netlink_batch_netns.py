@@ -129,6 +129,31 @@ def test_a_fresh_sync_reads_the_kernel_once_and_a_cold_one_computes_no_signature
     assert netlink.observe([dev], [2]) == desired
 
 
+def test_the_full_pass_and_the_probe_share_one_signature_set(
+    node: tuple[str, Netlink, int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, netlink, dev = node
+    desired = DataplaneState.of(peer_objects(PEERS, dev))
+    assert not netlink.sync(desired, [dev], [2]).failed
+    signed: list[KernelObject] = []
+    real_signature = rtnl.signature
+
+    def signature(obj: KernelObject) -> rtnl.Signature:
+        signed.append(obj)
+        return real_signature(obj)
+
+    monkeypatch.setattr(rtnl, "signature", signature)
+    assert netlink.sync(desired, [dev], [2]).applied == ()  # the periodic pass: signs once
+    assert len(signed) == 3 * PEERS
+    read = netlink.begin_probe()
+    assert read is not None
+    probe = read_in_thread(read)
+    assert isinstance(probe, KernelProbe)
+    assert netlink.repairs(probe, [dev], [2]) == []
+    assert netlink.sync(desired, [dev], [2]).applied == ()
+    assert len(signed) == 3 * PEERS  # neither the probe nor the next pass signed again
+
+
 def test_the_dump_reads_only_our_objects(node: tuple[str, Netlink, int]) -> None:
     ns, netlink, dev = node
     mine = peer_objects(3, dev)

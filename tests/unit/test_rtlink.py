@@ -14,7 +14,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from backends import rtlink, rtnl
-from backends.netlink import LinkState, Rtnl, VxlanAttrs, VxlanSpec, _link_state, _vxlan_request
+from backends.netlink import LinkState, Rtnl, VxlanAttrs, VxlanSpec, _link_state, _vxlan_add
 
 IP = ipaddress.ip_address
 ADD = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtlink.CREATE
@@ -64,7 +64,7 @@ def test_vxlan_add_is_what_pyroute2s_ifinfmsg_encodes(spec: VxlanSpec, extra: li
     if spec.mtu:
         attrs.append(("IFLA_MTU", spec.mtu))
     attrs.append(vxlan_linkinfo(data))
-    body = rtlink.vxlan_add(_vxlan_request(spec))
+    body = _vxlan_add(spec)
     assert ours(rtlink.RTM_NEWLINK, ADD, body) == pyroute2_bytes(
         ifinfmsg(), rtlink.RTM_NEWLINK, ADD, attrs)
 
@@ -72,7 +72,7 @@ def test_vxlan_add_is_what_pyroute2s_ifinfmsg_encodes(spec: VxlanSpec, extra: li
 def test_wireguard_add_and_link_set_are_what_pyroute2s_ifinfmsg_encodes() -> None:
     wg = [("IFLA_IFNAME", "flannel-wg"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND",
                                                                          "wireguard")]})]
-    assert ours(rtlink.RTM_NEWLINK, ADD, rtlink.kind_add("flannel-wg", "wireguard")) == (
+    assert ours(rtlink.RTM_NEWLINK, ADD, rtlink.link_add("flannel-wg", "wireguard")) == (
         pyroute2_bytes(ifinfmsg(), rtlink.RTM_NEWLINK, ADD, wg))
     req = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK
     assert ours(rtlink.RTM_NEWLINK, req, rtlink.link_set(4, 1450, MAC, True)) == pyroute2_bytes(
@@ -164,5 +164,5 @@ def test_a_call_returns_its_replies_read_up_to_its_ack() -> None:
 def test_a_refused_call_raises_the_kernels_errno() -> None:
     sock = Rtnl(OneAnswer([], errno.EEXIST))
     with pytest.raises(OSError) as failure:
-        sock.call(rtlink.RTM_NEWLINK, rtlink.CREATE, rtlink.kind_add("x", "wireguard"))
+        sock.call(rtlink.RTM_NEWLINK, rtlink.CREATE, rtlink.link_add("x", "wireguard"))
     assert failure.value.errno == errno.EEXIST and failure.value.strerror == "File exists"
