@@ -6,7 +6,8 @@ about 4 MiB of every start for the same).  A :class:`Registry` holds metrics
 in the order they were made, plus collectors that produce :class:`Family`
 values at scrape time.  A counter named ``x`` is exposed as ``x_total``; a
 histogram as ``x_bucket{le=...}`` (cumulative, ``+Inf`` last), ``x_sum``
-and ``x_count``.  Values are updated under one lock per metric, so threads
+and ``x_count``.  Unlike ``prometheus_client`` there are no ``x_created``
+series (the time each series was made).  Values are updated under one lock per metric, so threads
 may update and scrape at once.
 """
 
@@ -209,18 +210,21 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
-                 *, registry: Registry, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+    def __init__(self, name: str, documentation: str, *, registry: Registry,
+                 buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        """No label names: each histogram here is one series."""
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         self._bounds = (*bounds, math.inf)
-        super().__init__(name, documentation, labelnames, registry=registry)
+        super().__init__(name, documentation, registry=registry)
 
     def _zero(self) -> list[float]:
         return [0.0] * (len(self._bounds) + 1)  # per bucket (not cumulative), then the sum
 
     def observe(self, value: float) -> None:
         cell = self._own_cell()
-        index = next(i for i, bound in enumerate(self._bounds) if value <= bound)
+        # NaN is above no bound: it counts in +Inf only
+        index = next((i for i, bound in enumerate(self._bounds) if value <= bound),
+                     len(self._bounds) - 1)
         with self._lock:
             cell[index] += 1
             cell[-1] += value

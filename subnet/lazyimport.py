@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from typing import Any
 
 
@@ -38,13 +39,16 @@ def _defer(name: str) -> None:
         return  # not a package we can find: the import that follows fails as it would
     loader = spec.loader
     package = importlib.util.module_from_spec(spec)
+    lock = threading.Lock()  # two threads asking at once run ``__init__`` once
 
     def complete(attr: str) -> Any:
         found = importlib.util.find_spec(f"{name}.{attr}")
         if found is not None:  # a subpackage (``from pyroute2 import netns``): just that
             return importlib.import_module(f"{name}.{attr}")
-        del package.__getattr__
-        loader.exec_module(package)
+        with lock:
+            if "__getattr__" in package.__dict__:
+                del package.__getattr__
+                loader.exec_module(package)
         return getattr(package, attr)
 
     package.__getattr__ = complete  # type: ignore[method-assign]

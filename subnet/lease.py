@@ -157,7 +157,7 @@ def _canonical_networks(
     v4_part, amp, v6_part = key.partition("&")
     v4_text, _, v4_len = v4_part.partition("-")
     length = _V4_LENGTHS.get(v4_len)
-    address = _canonical_ipv4_int(v4_text)
+    address = canonical_ipv4_int(v4_text)
     if length is None or address is None or address & (0xFFFFFFFF >> length):
         return None
     v4 = ipaddress.IPv4Network((address, length))
@@ -180,7 +180,7 @@ def _canonical_networks(
 _OCTETS = {str(n): n for n in range(256)}
 
 
-def _canonical_ipv4_int(text: str) -> int | None:
+def canonical_ipv4_int(text: str) -> int | None:
     """The address of a dotted quad spelt canonically (``10.5.1.0``), else None."""
     octets = text.split(".")
     if len(octets) != 4:
@@ -314,7 +314,7 @@ def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
     if not isinstance(value, str):
         raise PeerDataError(f"{name} must be an address string, not {value!r}")
     if kind is ipaddress.IPv4Address:
-        address = _canonical_ipv4_int(value)
+        address = canonical_ipv4_int(value)
         if address is not None:  # the usual spelling, read without the text parser
             return ipaddress.IPv4Address(address)
     try:

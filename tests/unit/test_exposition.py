@@ -44,6 +44,15 @@ def test_histogram_buckets_are_cumulative_with_inf_count_and_sum() -> None:
     ]
 
 
+def test_a_nan_observation_counts_in_inf_only() -> None:
+    reg = Registry()
+    h = Histogram("x_seconds", "Durations.", registry=reg, buckets=(1.0,))
+    h.observe(float("nan"))
+    assert reg.sample_value("x_seconds_bucket", {"le": "1.0"}) == 0
+    assert reg.sample_value("x_seconds_bucket", {"le": "+Inf"}) == 1
+    assert reg.sample_value("x_seconds_count") == 1
+
+
 def test_label_values_and_help_are_escaped() -> None:
     reg = Registry()
     g = Gauge("x_drops", 'Drops\\by "policy"\nper table.', ["policy"], registry=reg)
