@@ -65,7 +65,6 @@ F = TypeVar("F")
 B = TypeVar("B")
 Request: TypeAlias = tuple[int, int, bytes]  # message type, flags, body
 
-RTN_BLACKHOLE = 6
 IFA_F_TEMPORARY = 0x01
 IFA_F_DEPRECATED = 0x20
 IFA_F_PERMANENT = 0x80
@@ -75,7 +74,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 4 << 20
 BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
-AHEAD_MIN = 256  # from this many requests on, the next send's are encoded during this one
+AHEAD_MIN = 256  # above this many requests, the next send's are encoded during this one
 RECV_BYTES = 64 << 10
 REPLY_TIMEOUT = 10.0
 ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
@@ -284,7 +283,7 @@ class Netlink:
     # --- links ---------------------------------------------------------------------------
 
     def links(self) -> list[LinkState]:
-        """Every link (one dump); read-only, for diagnostics."""
+        """Every link (one dump)."""
         found = self._dump("dump links", rtlink.RTM_GETLINK, rtlink.link_dump(), _link_state)
         self._names.update((state.index, state.name) for state in found)
         return found
@@ -766,7 +765,7 @@ class Netlink:
             route.dst
             for family in (socket.AF_INET, socket.AF_INET6)
             for route in self._dump(
-                "dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family, RTN_BLACKHOLE),
+                "dump routes", rtnl.RTM_GETROUTE, rtnl.route_dump(family, rtnl.RTN_BLACKHOLE),
                 _our_blackhole,
             )
             if route.dst.prefixlen
@@ -774,11 +773,11 @@ class Netlink:
         want = set(subnets)
         for subnet in sorted(want - have, key=str):
             self._request(f"add blackhole route {subnet}", rtnl.RTM_NEWROUTE, rtlink.REPLACE,
-                          rtlink.blackhole(subnet, True, RTN_BLACKHOLE))
+                          rtlink.blackhole(subnet, True))
             log.info("blackhole route %s: added", subnet)
         for subnet in sorted(have - want, key=str):
             self._request(f"delete blackhole route {subnet}", rtnl.RTM_DELROUTE, 0,
-                          rtlink.blackhole(subnet, False, RTN_BLACKHOLE))
+                          rtlink.blackhole(subnet, False))
             log.info("blackhole route %s: removed (no longer our subnet)", subnet)
         return len(want ^ have)
 
@@ -827,7 +826,7 @@ class Netlink:
         return f"fdb {obj.lladdr} dst {obj.dst} dev {self._name(obj.ifindex)} self"
 
 
-# --- message decoding (pyroute2 messages are untyped) ---------------------------------------
+# --- message decoding and errors -----------------------------------------------------------
 
 
 def _failures() -> tuple[type[Exception], ...]:
@@ -925,7 +924,7 @@ def _scope(ifindexes: Iterable[int], families: Iterable[int]) -> Scope:
 
 
 def _our_blackhole(payload: bytes) -> Route | None:
-    return rtnl.our_route(payload, RTN_BLACKHOLE)
+    return rtnl.our_route(payload, rtnl.RTN_BLACKHOLE)
 
 
 def _in_netns(netns: str | None, action: Callable[[], T]) -> T:

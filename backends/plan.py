@@ -37,12 +37,12 @@ Rank: TypeAlias = tuple[int | str, ...]
 def plan(observed: DataplaneState, desired: DataplaneState) -> list[Change]:
     """The changes that make ``observed`` equal to ``desired``; empty when equal.
 
-    Each state holds at most one object per slot (``key``).  The diff is a set
+    The diff is a set
     difference per kind, which reuses the hashes the frozensets stored, so
     only the objects that differ are looked at again (a cold start against an
     empty kernel is all puts, and an unchanged kind costs next to nothing).
     """
-    routes = _diff(observed.routes, desired.routes, _route_rank)
+    routes = _diff(observed.routes, desired.routes, _route_rank, spare_wanted_slots=True)
     fdb = _diff(observed.fdb, desired.fdb, _fdb_rank)
     neighbours = _diff(observed.neighbours, desired.neighbours, _neighbour_rank)
     changes: list[Change] = []
@@ -54,14 +54,26 @@ def plan(observed: DataplaneState, desired: DataplaneState) -> list[Change]:
 
 
 def _diff(
-    have: frozenset[K], want: frozenset[K], rank: Callable[[K], Rank]
+    have: frozenset[K], want: frozenset[K], rank: Callable[[K], Rank],
+    spare_wanted_slots: bool = False,
 ) -> tuple[list[K], list[K]]:
-    """(to delete, to write) of one kind, each in ``rank`` order."""
+    """(to delete, to write) of one kind, each in ``rank`` order.
+
+    An object written replaces what its slot held, so that is not deleted as
+    well.  The kernel can hold two objects in one slot (a second route of our
+    protocol to the same destination, at another metric); a route delete names
+    only the slot, so the kernel would remove whichever comes first, perhaps
+    the one we want: with ``spare_wanted_slots`` nothing is deleted from a
+    slot we want (FDB deletes name the exact entry).
+    """
     if not have:
         return [], sorted(want, key=rank)
     written = sorted(want - have, key=rank)
-    replaced = {obj.key for obj in written}
-    return [obj for obj in sorted(have - want, key=rank) if obj.key not in replaced], written
+    stale = have - want
+    if not stale:
+        return [], written
+    spared = {obj.key for obj in (want if spare_wanted_slots else written)}
+    return [obj for obj in sorted(stale, key=rank) if obj.key not in spared], written
 
 
 # Cheap total orders within one kind (the same in every process, unlike hashes).

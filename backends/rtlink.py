@@ -35,6 +35,7 @@ from backends.rtnl import (
     RTA_OIF,
     RTA_TABLE,
     RTMSG,
+    RTN_BLACKHOLE,
     RTN_UNICAST,
     U32,
     attr,
@@ -198,11 +199,11 @@ def route_lookup(addr: IPAddress) -> bytes:
     )
 
 
-def blackhole(subnet: IPNetwork, put: bool, rtype: int) -> bytes:
+def blackhole(subnet: IPNetwork, put: bool) -> bytes:
     """RTM_NEWROUTE (replace) or RTM_DELROUTE body for our blackhole route to ``subnet``."""
     scope = RT_SCOPE_UNIVERSE if put else RT_SCOPE_NOWHERE
     head = RTMSG.pack(_family(subnet.version), subnet.prefixlen, 0, 0, MAIN_TABLE,
-                      ROUTE_PROTOCOL, scope, rtype, 0)
+                      ROUTE_PROTOCOL, scope, RTN_BLACKHOLE, 0)
     return head + attr(RTA_DST, subnet.network_address.packed)
 
 

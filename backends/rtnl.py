@@ -107,7 +107,8 @@ _FDB4_PUT = struct.Struct("=BBHiHBBHH6s2xHH4s")  # ndmsg, NDA_LLADDR, NDA_DST
 def route_body(route: Route, put: bool) -> bytes:
     """An ``rtmsg`` for our route: add/replace it, or delete it (matched by protocol id)."""
     dst = route.dst.network_address.packed
-    if put and len(dst) == 4 and route.gateway is not None and route.ifindex is not None:
+    if (put and len(dst) == 4 and route.gateway is not None and route.gateway.version == 4
+            and route.ifindex is not None):
         return _ROUTE4_PUT.pack(
             AF_INET, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL, RT_SCOPE_UNIVERSE,
             RTN_UNICAST, RTNH_F_ONLINK if route.onlink else 0, 8, RTA_DST, dst, 8, RTA_GATEWAY,

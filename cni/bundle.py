@@ -90,7 +90,7 @@ def _compile(name: str, source: str) -> CodeType:
     The same code as the source compiles to, but without importing
     ``__future__`` when the module runs: that would be VERSION's only module
     searched on ``sys.path`` (listing the standard library's directories).
-    The file name is replaced at load time by the plugin file's own path.
+    The loader gives each module it loads the plugin file's path as file name.
     """
     tree = ast.parse(source)
     flags = 0

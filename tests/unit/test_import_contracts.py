@@ -166,7 +166,7 @@ def test_etcd_mode_start_imports_only_what_it_runs() -> None:
 
 def test_the_daemon_starts_without_pyroute2s_request_layer_or_asyncio() -> None:
     """Links, addresses and route lookups are encoded by ``backends.rtlink`` and sent over
-    the seam's own socket: pyroute2's ``IPRoute`` (which pulls in asyncio, ~60 modules,
+    the seam's own socket: pyroute2's ``IPRoute`` (which pulls in asyncio, ~115 modules,
     about 0.1 s and several MiB) is not loaded by the daemon and its backends (issue 13);
     the kernel WireGuard driver loads pyroute2's generic netlink when it is first used."""
     script = (

@@ -117,3 +117,37 @@ def test_plan_orders_kinds_as_the_rule_says(
     }
     ranks = [rank[(type(c), type(c.obj))] for c in plan(observed, desired)]
     assert ranks == sorted(ranks)
+
+
+# --- a kernel holding two objects in one slot ------------------------------------------------
+
+
+def test_a_second_route_in_a_wanted_slot_is_not_deleted() -> None:
+    """A route delete names only its slot: the kernel would take the first route there,
+    perhaps ours, and the next pass would put it back (a flap every pass)."""
+    dst = ipaddress.IPv4Network("10.244.2.0/24")
+    ours = Route(dst, ipaddress.IPv4Address("10.244.2.0"), DEV, onlink=True)
+    extra = Route(dst, ipaddress.IPv4Address("198.18.0.9"), 2)
+    gone = Route(ipaddress.IPv4Network("10.244.3.0/24"), ipaddress.IPv4Address("10.244.3.0"),
+                 DEV, onlink=True)
+    observed = DataplaneState.of([ours, extra, gone])
+    assert plan(observed, DataplaneState.of([ours])) == [Delete(gone)]
+
+
+def test_a_second_fdb_entry_for_a_wanted_mac_is_deleted() -> None:
+    """An FDB delete names its destination too, so the stale one goes."""
+    mac = "0a:00:00:00:00:02"
+    ours = FdbEntry(DEV, mac, ipaddress.IPv4Address("198.18.0.2"))
+    stale = FdbEntry(DEV, mac, ipaddress.IPv4Address("198.18.0.9"))
+    assert plan(DataplaneState.of([ours, stale]), DataplaneState.of([ours])) == [Delete(stale)]
+
+
+@given(st.lists(routes, max_size=12), st.lists(routes, max_size=12))
+def test_no_route_is_deleted_from_a_slot_that_is_wanted(
+    observed: list[Route], desired: list[Route]
+) -> None:
+    wanted = DataplaneState.of(list({r.key: r for r in desired}.values()))
+    changes = plan(DataplaneState.of(observed), wanted)
+    slots = {r.key for r in wanted.routes}
+    assert not [c for c in changes if isinstance(c, Delete) and c.obj.key in slots]
+    assert {c.obj for c in changes if isinstance(c, Put)} == wanted.routes - set(observed)

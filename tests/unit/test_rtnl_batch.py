@@ -91,6 +91,13 @@ def test_the_shapes_without_a_one_pack_encoding_are_what_pyroute2_encodes() -> N
     )
 
 
+def test_an_ipv4_route_via_an_ipv6_gateway_keeps_its_16_gateway_bytes() -> None:
+    # the one pack has room for 4: the general path sends all 16 (the kernel judges them)
+    route = Route(NET("10.244.2.0/24"), IP("fd00::9"), 3)
+    _, _, body = rtnl.change_body(Put(route))
+    assert IP("fd00::9").packed in body and len(body) == rtnl.RTMSG.size + 8 + 20 + 8
+
+
 def test_route_delete_matches_by_protocol_id_and_any_scope() -> None:
     kind, flags, body = rtnl.change_body(Delete(ROUTE))
     assert kind == rtnl.RTM_DELROUTE and flags == rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK
