@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import select
 import shlex
 import socket
 import struct
@@ -70,7 +71,7 @@ class KernelMonitor:
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH))
-            sock.settimeout(0.5)  # so the reader notices close()
+            sock.setblocking(False)  # the reader waits in select(), so it notices close()
             return sock
 
         self._sock = thread.run(open_sock)
@@ -92,23 +93,35 @@ class KernelMonitor:
         self._sock.close()
 
     def _read(self) -> None:
+        """Notifications, each stamped when it was read from the socket.
+
+        The queue is drained before any is decoded: decoding takes longer than
+        reading, and a burst (a cold start writes 3000 objects in 40 ms) would
+        otherwise be stamped by how far the decoding got, ~0.1 s late.
+        """
         while not self._closing:
-            try:
-                data = self._sock.recv(1 << 20)
-            except TimeoutError:
+            readable, _, _ = select.select([self._sock], [], [], 0.5)
+            if not readable:
                 continue
-            except OSError as err:
-                if err.errno == errno.ENOBUFS:
+            batch: list[tuple[float, bytes]] = []
+            while True:
+                try:
+                    data = self._sock.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                except OSError as err:
+                    if err.errno != errno.ENOBUFS:
+                        return
                     with self._cond:
                         self.overflows += 1
                     continue
-                return
-            if not data:
-                return
-            now = time.monotonic()
+                if not data:
+                    return
+                batch.append((time.monotonic(), data))
             with self._cond:
-                for kind, body in _messages(data):
-                    self._handle(kind, body, now)
+                for now, data in batch:
+                    for kind, body in _messages(data):
+                        self._handle(kind, body, now)
                 self._cond.notify_all()
 
     def _handle(self, kind: int, body: bytes, now: float) -> None:
