@@ -270,7 +270,7 @@ def run(flags: Flags) -> int:
     """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
     stop = threading.Event()
     install_signal_handlers(stop)
-    daemon = Daemon(flags, stop)
+    daemon = Daemon(flags, stop, serving=lambda: sys.setswitchinterval(SERVING_SWITCH_INTERVAL))
     try:
         daemon.serve()
     except StopRequested:
@@ -284,8 +284,17 @@ def run(flags: Flags) -> int:
 class Daemon:
     """One flanneld: start-up in upstream's order, the main loop, and shutdown."""
 
-    def __init__(self, flags: Flags, stop: threading.Event, parts: Parts | None = None) -> None:
+    def __init__(
+        self,
+        flags: Flags,
+        stop: threading.Event,
+        parts: Parts | None = None,
+        serving: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``serving`` runs once the first pass programmed the peers (the process's
+        tuning for serving events; unit tests run the daemon in their own process)."""
         self._flags = flags
+        self._serving = serving
         self._stop = stop
         self._parts = parts or Parts()
         self._health = HealthState()
@@ -334,7 +343,7 @@ class Daemon:
             metrics.record_start(phases.seconds)
             node.on_synced()
             release_start_memory()
-            sys.setswitchinterval(SERVING_SWITCH_INTERVAL)
+            self._serving()
 
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
         loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)

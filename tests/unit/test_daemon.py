@@ -451,3 +451,11 @@ def test_the_backend_is_seeded_with_both_families_previous_data(flags: Flags) ->
     ctx = rig.backends[0].ctx
     assert (ctx.previous_data, ctx.previous_v6_data) == (
         '{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}', '{"VNI":1,"VtepMAC":"0a:00:00:00:00:06"}')
+
+
+def test_the_serving_hook_runs_once_the_first_pass_programmed_the_peers(flags: Flags) -> None:
+    rig = make_rig(flags, peers=(peer(2),))
+    calls: list[int] = []
+    rig.serve(Daemon(flags, rig.stop, rig.parts(),
+                     serving=lambda: calls.append(len(rig.backends[0].networks[0].calls))))
+    assert calls == [1]  # after the first reconcile, not before it
