@@ -144,22 +144,18 @@ def check_lease(obs: Observations, ctx: Context) -> CheckResult:
     found = f"{ctx.own.key}, public IP {attrs.public_ip}"
     if ctx.own.ipv6_subnet is not None:
         found += f", public IPv6 {attrs.public_ipv6}"
-    if ctx.own.subnet is not None and obs.external_ip is not None and (
-            attrs.public_ip != obs.external_ip):
-        return CheckResult(
-            "daemon", name, Status.FAIL,
-            f"{found}, but this node's address is {obs.external_ip}",
-            "peers send to the lease's public IP: restart flanneld with the right --iface or "
-            "--public-ip so it re-advertises this node's address",
-        )
-    if ctx.own.ipv6_subnet is not None and obs.external_ip6 is not None and (
-            attrs.public_ipv6 != obs.external_ip6):
-        return CheckResult(
-            "daemon", name, Status.FAIL,
-            f"{found}, but this node's IPv6 address is {obs.external_ip6}",
-            "peers send IPv6 to the lease's PublicIPv6: restart flanneld with the right --iface "
-            "or --public-ipv6 so it re-advertises this node's IPv6 address",
-        )
+    for subnet, advertised, node, what, sends, flag in (
+        (ctx.own.subnet, attrs.public_ip, obs.external_ip, "address",
+         "send to the lease's public IP", "--public-ip"),
+        (ctx.own.ipv6_subnet, attrs.public_ipv6, obs.external_ip6, "IPv6 address",
+         "send IPv6 to the lease's PublicIPv6", "--public-ipv6"),
+    ):
+        if subnet is not None and node is not None and advertised != node:
+            return CheckResult(
+                "daemon", name, Status.FAIL, f"{found}, but this node's {what} is {node}",
+                f"peers {sends}: restart flanneld with the right --iface or {flag} so it "
+                f"re-advertises this node's {what}",
+            )
     expiry = obs.metrics.get(METRIC_LEASE_EXPIRY)
     if expiry:
         left = expiry - obs.now
