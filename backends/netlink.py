@@ -247,7 +247,8 @@ class Netlink:
     def default_route_ifindex(self, family: int) -> int | None:
         """The output interface of the main table's best default route, if any."""
         best: tuple[int, int] | None = None
-        routes = self._dump("dump routes", rtnl.RTM_GETROUTE, rtlink.unicast_dump(family),
+        routes = self._dump("dump routes", rtnl.RTM_GETROUTE,
+                            rtnl.route_dump(family, rtnl.RTN_UNICAST, protocol=0),
                             rtlink.default_route)
         for msg in routes:
             if msg.table != rtnl.MAIN_TABLE or msg.kind != rtnl.RTN_UNICAST:
@@ -773,11 +774,11 @@ class Netlink:
         want = set(subnets)
         for subnet in sorted(want - have, key=str):
             self._request(f"add blackhole route {subnet}", rtnl.RTM_NEWROUTE, rtlink.REPLACE,
-                          rtlink.blackhole(subnet, True))
+                          rtnl.route_body(Route(subnet, None, None), True, rtnl.RTN_BLACKHOLE))
             log.info("blackhole route %s: added", subnet)
         for subnet in sorted(have - want, key=str):
             self._request(f"delete blackhole route {subnet}", rtnl.RTM_DELROUTE, 0,
-                          rtlink.blackhole(subnet, False))
+                          rtnl.route_body(Route(subnet, None, None), False, rtnl.RTN_BLACKHOLE))
             log.info("blackhole route %s: removed (no longer our subnet)", subnet)
         return len(want ^ have)
 
@@ -860,10 +861,6 @@ def _dataplane_error(what: str, err: Exception) -> DataplaneError:
 
 def _netns_path(netns: str) -> str:
     return netns if "/" in netns else os.path.join("/var/run/netns", netns)
-
-
-def _family(net: IPNetwork | IPAddress) -> int:
-    return socket.AF_INET if net.version == 4 else socket.AF_INET6
 
 
 def _within(addr: IPAddress, networks: Sequence[IPNetwork]) -> bool:

@@ -1,4 +1,4 @@
-"""rtnetlink messages for links, addresses, route lookups and blackholes, as bytes (pure).
+"""rtnetlink messages for links, addresses and route lookups, as bytes (pure).
 
 The few requests flanneld makes about its devices (create the VXLAN or
 WireGuard link, set its MTU, MAC and state, give it its address, ask which
@@ -21,27 +21,21 @@ import struct
 import sys
 from typing import NamedTuple
 
-from backends.model import ROUTE_PROTOCOL
 from backends.rtnl import (
     AF_INET,
-    AF_INET6,
     ATTR,
-    MAIN_TABLE,
     NLM_F_CREATE,
     NLM_F_REPLACE,
-    RT_SCOPE_NOWHERE,
-    RT_SCOPE_UNIVERSE,
     RTA_DST,
     RTA_OIF,
     RTA_TABLE,
     RTMSG,
-    RTN_BLACKHOLE,
-    RTN_UNICAST,
     U32,
     attr,
+    family_of,
     mac_bytes,
 )
-from subnet.lease import IPAddress, IPNetwork
+from subnet.lease import IPAddress
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -176,7 +170,7 @@ def address_dump() -> bytes:
 def address(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bytes:
     """RTM_NEWADDR/RTM_DELADDR body for ``iface`` on link ``index`` (IPv4 carries the
     address as both IFA_LOCAL and IFA_ADDRESS, as ``ip address add`` sends it)."""
-    family = _family(iface.version)
+    family = family_of(iface.version)
     head = IFADDRMSG.pack(family, iface.network.prefixlen, 0, 0, index)
     packed = iface.ip.packed
     if family == AF_INET:
@@ -184,35 +178,15 @@ def address(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     return head + attr(IFA_ADDRESS, packed)
 
 
-def unicast_dump(family: int) -> bytes:
-    """Route dump body that a strict-checking kernel filters to the main table's
-    unicast routes."""
-    return RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, 0, 0, RTN_UNICAST, 0) + attr(
-        RTA_TABLE, U32.pack(MAIN_TABLE)
-    )
-
-
 def route_lookup(addr: IPAddress) -> bytes:
     """RTM_GETROUTE body asking how ``addr`` is reached (``ip route get``)."""
-    return RTMSG.pack(_family(addr.version), addr.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attr(
+    return RTMSG.pack(family_of(addr.version), addr.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attr(
         RTA_DST, addr.packed
     )
 
 
-def blackhole(subnet: IPNetwork, put: bool) -> bytes:
-    """RTM_NEWROUTE (replace) or RTM_DELROUTE body for our blackhole route to ``subnet``."""
-    scope = RT_SCOPE_UNIVERSE if put else RT_SCOPE_NOWHERE
-    head = RTMSG.pack(_family(subnet.version), subnet.prefixlen, 0, 0, MAIN_TABLE,
-                      ROUTE_PROTOCOL, scope, RTN_BLACKHOLE, 0)
-    return head + attr(RTA_DST, subnet.network_address.packed)
-
-
 def _text(value: str) -> bytes:
     return value.encode() + b"\0"
-
-
-def _family(version: int) -> int:
-    return AF_INET if version == 4 else AF_INET6
 
 
 # --- decoding -----------------------------------------------------------------------------

@@ -104,23 +104,29 @@ _NEIGH4_PUT = struct.Struct("=BBHiHBBHH4sHH6s2x")  # ndmsg, NDA_DST, NDA_LLADDR
 _FDB4_PUT = struct.Struct("=BBHiHBBHH6s2xHH4s")  # ndmsg, NDA_LLADDR, NDA_DST
 
 
-def route_body(route: Route, put: bool) -> bytes:
-    """An ``rtmsg`` for our route: add/replace it, or delete it (matched by protocol id)."""
+def family_of(version: int) -> int:
+    """The address family (AF_INET, AF_INET6) of an IP version."""
+    return AF_INET if version == 4 else AF_INET6
+
+
+def route_body(route: Route, put: bool, rtype: int = RTN_UNICAST) -> bytes:
+    """An ``rtmsg`` for our route: add/replace it, or delete it (matched by protocol id,
+    and by ``rtype`` unless it is unicast)."""
     dst = route.dst.network_address.packed
-    if (put and len(dst) == 4 and route.gateway is not None and route.gateway.version == 4
-            and route.ifindex is not None):
+    if (put and rtype == RTN_UNICAST and len(dst) == 4 and route.gateway is not None
+            and route.gateway.version == 4 and route.ifindex is not None):
         return _ROUTE4_PUT.pack(
             AF_INET, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL, RT_SCOPE_UNIVERSE,
             RTN_UNICAST, RTNH_F_ONLINK if route.onlink else 0, 8, RTA_DST, dst, 8, RTA_GATEWAY,
             route.gateway.packed, 8, RTA_OIF, route.ifindex,
         )
-    family = AF_INET if len(dst) == 4 else AF_INET6
+    family = family_of(route.dst.version)
     if put:
         head = RTMSG.pack(family, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL,
-                          RT_SCOPE_UNIVERSE, RTN_UNICAST, RTNH_F_ONLINK if route.onlink else 0)
+                          RT_SCOPE_UNIVERSE, rtype, RTNH_F_ONLINK if route.onlink else 0)
     else:
         head = RTMSG.pack(family, route.dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL,
-                          RT_SCOPE_NOWHERE, 0, 0)
+                          RT_SCOPE_NOWHERE, 0 if rtype == RTN_UNICAST else rtype, 0)
     parts = [head, attr(RTA_DST, dst)]
     if put and route.gateway is not None:
         parts.append(attr(RTA_GATEWAY, route.gateway.packed))
@@ -137,7 +143,7 @@ def neighbour_body(neigh: Neighbour, put: bool) -> bytes:
         if len(dst) == 4 and len(mac) == 6:
             return _NEIGH4_PUT.pack(AF_INET, 0, 0, neigh.ifindex, NUD_PERMANENT, 0, 0,
                                     8, NDA_DST, dst, 10, NDA_LLADDR, mac)
-    head = NDMSG.pack(AF_INET if len(dst) == 4 else AF_INET6, 0, 0, neigh.ifindex,
+    head = NDMSG.pack(family_of(neigh.dst.version), 0, 0, neigh.ifindex,
                       NUD_PERMANENT if put else 0, 0, 0)
     parts = [head, attr(NDA_DST, dst)]
     if put:
@@ -155,10 +161,10 @@ def fdb_body(entry: FdbEntry) -> bytes:
     return head + attr(NDA_LLADDR, mac) + attr(NDA_DST, dst)
 
 
-def route_dump(family: int, rtype: int = 0) -> bytes:
-    """A route dump request body that a strict-checking kernel filters to our
-    protocol id in the main table (and to ``rtype`` if given)."""
-    return RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, ROUTE_PROTOCOL, 0, rtype, 0) + attr(
+def route_dump(family: int, rtype: int = 0, protocol: int = ROUTE_PROTOCOL) -> bytes:
+    """A route dump request body that a strict-checking kernel filters to the main
+    table and ``protocol`` (our id by default; 0: any) and to ``rtype`` if given."""
+    return RTMSG.pack(family, 0, 0, 0, MAIN_TABLE, protocol, 0, rtype, 0) + attr(
         RTA_TABLE, U32.pack(MAIN_TABLE)
     )
 

@@ -14,6 +14,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from backends import rtlink, rtnl
+from backends.model import Route
 from backends.netlink import LinkState, Rtnl, VxlanAttrs, VxlanSpec, _link_state, _vxlan_add
 
 IP = ipaddress.ip_address
@@ -99,7 +100,8 @@ def test_address_add_is_what_pyroute2s_ifaddrmsg_encodes(iface: str, attrs: list
 
 def test_blackhole_replace_is_what_pyroute2s_rtmsg_encodes() -> None:
     flags = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtlink.REPLACE
-    body = rtlink.blackhole(ipaddress.ip_network("10.244.3.0/24"), True)
+    body = rtnl.route_body(Route(ipaddress.ip_network("10.244.3.0/24"), None, None), True,
+                           rtnl.RTN_BLACKHOLE)
     assert ours(rtnl.RTM_NEWROUTE, flags, body) == pyroute2_bytes(
         rtmsg(), rtnl.RTM_NEWROUTE, flags, [("RTA_DST", "10.244.3.0")], family=2, dst_len=24,
         table=254, proto=44, type=6)
