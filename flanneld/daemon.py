@@ -258,11 +258,13 @@ class Blackholes:
         self._netlink.sync_blackholes(self._holder.get().subnets())
 
 
-# How long a thread holding the GIL may keep it while another waits, once the peers are
-# programmed (CPython's default, kept for the start's bulk work: 5 ms).  The loop thread
-# serving a lease event gives the GIL up at every socket call and queue wait; while a full
-# pass's kernel read decodes on its own thread, each of those took up to one interval to
-# win back, so one event could wait 60-100 ms at 5000 peers.
+# How long a thread holding the GIL may keep it while another waits (CPython's default:
+# 5 ms).  The loop thread serving a lease event gives the GIL up at every socket call and
+# queue wait; while a full pass's kernel read decodes on its own thread, each of those
+# took up to one interval to win back.  1 ms from the main loop's start (the start-up
+# before it keeps the default), 0.5 ms once the peers are programmed: at 5000 peers single
+# events waited 60-100 ms with 1 ms.
+LOOP_SWITCH_INTERVAL = 0.001
 SERVING_SWITCH_INTERVAL = 0.0005
 
 
@@ -270,7 +272,7 @@ def run(flags: Flags) -> int:
     """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
     stop = threading.Event()
     install_signal_handlers(stop)
-    daemon = Daemon(flags, stop, serving=lambda: sys.setswitchinterval(SERVING_SWITCH_INTERVAL))
+    daemon = Daemon(flags, stop, switch_interval=sys.setswitchinterval)
     try:
         daemon.serve()
     except StopRequested:
@@ -289,12 +291,12 @@ class Daemon:
         flags: Flags,
         stop: threading.Event,
         parts: Parts | None = None,
-        serving: Callable[[], None] = lambda: None,
+        switch_interval: Callable[[float], None] = lambda _seconds: None,
     ) -> None:
-        """``serving`` runs once the first pass programmed the peers (the process's
-        tuning for serving events; unit tests run the daemon in their own process)."""
+        """``switch_interval`` sets the process's GIL switch interval (``run`` passes
+        ``sys.setswitchinterval``; unit tests run the daemon in their own process)."""
         self._flags = flags
-        self._serving = serving
+        self._switch_interval = switch_interval
         self._stop = stop
         self._parts = parts or Parts()
         self._health = HealthState()
@@ -343,7 +345,7 @@ class Daemon:
             metrics.record_start(phases.seconds)
             node.on_synced()
             release_start_memory()
-            self._serving()
+            self._switch_interval(SERVING_SWITCH_INTERVAL)
 
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
         loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)
@@ -356,6 +358,7 @@ class Daemon:
                 name="policy-table-cleanup", daemon=True))
         for thread in self._threads:
             thread.start()
+        self._switch_interval(LOOP_SWITCH_INTERVAL)
         loop.run(network, holder)
 
     def _policy_threads(self, manager: SubnetManager, holder: LeaseHolder) -> list[threading.Thread]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -49,10 +48,6 @@ from subnet.retry import Backoff, wait
 log = logging.getLogger(__name__)
 
 RENEW_RETRY_MAX = 60.0
-# The full pass's kernel read decodes thousands of messages on its own thread; with
-# Python's default switch interval (5 ms) an event waits up to that long each time the
-# loop thread wants the interpreter back (after every socket call), 1 ms bounds it.
-SWITCH_INTERVAL = 0.001
 T = TypeVar("T")
 
 
@@ -278,7 +273,6 @@ class MainLoop:
 
     def run(self, network: Network, holder: LeaseHolder) -> None:
         """Wait, let ``loop_state.step`` decide, do what it says; until stopped."""
-        sys.setswitchinterval(SWITCH_INTERVAL)  # the daemon's process: the loop owns it
         table = PeerTable(network.lease.key)
         state = loop_state.start(network.lease.key, self._settings.resync_interval, self._clock(),
                                  self._settings.resync_budget)

@@ -28,7 +28,13 @@ from backends.base import (
 from backends.kernelwatch import OwnDeletions
 from backends.registry import BackendContext, BackendEntry
 from bench.fakes import FakeSubnetManager
-from flanneld.daemon import Daemon, Parts, backend_entry
+from flanneld.daemon import (
+    LOOP_SWITCH_INTERVAL,
+    SERVING_SWITCH_INTERVAL,
+    Daemon,
+    Parts,
+    backend_entry,
+)
 from flanneld.flags import Flags
 from flanneld.subnetfile import PreviousRun
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
@@ -453,9 +459,16 @@ def test_the_backend_is_seeded_with_both_families_previous_data(flags: Flags) ->
         '{"VNI":1,"VtepMAC":"0a:00:00:00:00:04"}', '{"VNI":1,"VtepMAC":"0a:00:00:00:00:06"}')
 
 
-def test_the_serving_hook_runs_once_the_first_pass_programmed_the_peers(flags: Flags) -> None:
+def test_the_switch_interval_is_lowered_for_the_loop_and_again_once_peers_are_programmed(
+    flags: Flags,
+) -> None:
     rig = make_rig(flags, peers=(peer(2),))
-    calls: list[int] = []
-    rig.serve(Daemon(flags, rig.stop, rig.parts(),
-                     serving=lambda: calls.append(len(rig.backends[0].networks[0].calls))))
-    assert calls == [1]  # after the first reconcile, not before it
+    calls: list[tuple[float, int]] = []
+
+    def switch_interval(seconds: float) -> None:
+        passes = len(rig.backends[0].networks[0].calls) if rig.backends else 0
+        calls.append((seconds, passes))
+
+    rig.serve(Daemon(flags, rig.stop, rig.parts(), switch_interval=switch_interval))
+    # the loop's interval before its first pass, the serving one after it
+    assert calls == [(LOOP_SWITCH_INTERVAL, 0), (SERVING_SWITCH_INTERVAL, 1)]
