@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from subnet.errors import ConfigError, LeaseError, PeerDataError
-from subnet.lease import UNSPECIFIED_V4, Lease, LeaseAttrs, canonical_ipv4_int, compact_json
+from subnet.lease import (
+    UNSPECIFIED_V4,
+    Lease,
+    LeaseAttrs,
+    canonical_ipv4_int,
+    compact_json,
+    ipv4_address,
+)
 from subnet.manager import LeaseAdded, LeaseMessage, LeaseRemoved
 from subnet.netconf import NetConfig
 
@@ -194,14 +201,6 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
-def _ipv4(text: str) -> ipaddress.IPv4Address:
-    """``IPv4Address(text)``, faster (see :func:`_network`); ValueError if it is not one."""
-    value = canonical_ipv4_int(text)
-    if value is None:
-        raise ValueError(f"{text!r} is not an IPv4 address")
-    return ipaddress.IPv4Address(value)
-
-
 def _backend_json(annotations: Mapping[str, str], key: str) -> str | None:
     raw = annotations.get(key)
     if raw is None or raw == "":
@@ -242,7 +241,7 @@ def node_to_lease(
     public_ip = UNSPECIFIED_V4
     public_ipv6 = None
     if use4:
-        public_ip = _parse_ip(ann, keys.public_ip, _ipv4)
+        public_ip = _parse_ip(ann, keys.public_ip, ipv4_address)
         if v4 is None:
             raise PeerDataError("missing IPv4 address on n.Spec.PodCIDRs")
     if use6:

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -243,7 +244,7 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     if not isinstance(doc, dict):
         raise PeerDataError("lease value is not a JSON object")
     fields = _fold_keys(doc)
-    public_ip = _optional_ip(fields.get("publicip"), ipaddress.IPv4Address, "PublicIP")
+    public_ip = _optional_ip(fields.get("publicip"), ipv4_address, "PublicIP")
     public_ipv6 = _optional_ip(fields.get("publicipv6"), ipaddress.IPv6Address, "PublicIPv6")
     backend_type = fields.get("backendtype")
     if backend_type is None:
@@ -289,7 +290,7 @@ def _decode_go_value(text: str | bytes) -> LeaseAttrs | None:
     if not (_distinct_keys(data) and _distinct_keys(v6_data)):
         return None  # json keeps the last of twice-named keys: let it
     return LeaseAttrs(
-        public_ip=_optional_ip(public_ip, ipaddress.IPv4Address, "PublicIP"),
+        public_ip=_optional_ip(public_ip, ipv4_address, "PublicIP"),
         public_ipv6=_optional_ip(public_ipv6, ipaddress.IPv6Address, "PublicIPv6"),
         backend_type=sys.intern(backend_type or ""),
         backend_data=data,
@@ -308,17 +309,19 @@ def _fold_keys(doc: dict[str, Any]) -> dict[str, Any]:
     return {key.lower(): value for key, value in doc.items()}
 
 
-def _optional_ip(value: Any, kind: type[Any], name: str) -> Any:
+def ipv4_address(text: str) -> ipaddress.IPv4Address:
+    """``IPv4Address(text)``; the usual spelling is read without the text parser."""
+    address = canonical_ipv4_int(text)
+    return ipaddress.IPv4Address(text if address is None else address)
+
+
+def _optional_ip(value: Any, parse: Callable[[str], Any], name: str) -> Any:
     if value is None:
         return None
     if not isinstance(value, str):
         raise PeerDataError(f"{name} must be an address string, not {value!r}")
-    if kind is ipaddress.IPv4Address:
-        address = canonical_ipv4_int(value)
-        if address is not None:  # the usual spelling, read without the text parser
-            return ipaddress.IPv4Address(address)
     try:
-        return kind(value)
+        return parse(value)
     except ValueError as err:
         raise PeerDataError(f"{name} is not a valid address: {value!r}") from err
 
