@@ -18,16 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 from backends.base import ExternalInterface, KernelProbe, ReconcileReport, summarize
 from backends.hostgw_state import (
-    BACKEND_TYPE,
     check_no_nat,
-    hostgw_peers,
     lease_attrs,
     peer_routes,
     route,
+    screen_hostgw_peers,
 )
 from backends.model import DataplaneState, KernelObject, Skipped
 from backends.netlink import Netlink
-from backends.peers import PeerEntries, PeerIndex
+from backends.peers import PeerEntries
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from subnet.errors import ConfigError, InterfaceError
@@ -122,14 +121,11 @@ class HostGwNetwork:
 
     def _compute_all(self, peers: Sequence[Lease]) -> list[Skipped]:
         """Every peer's routes from scratch; keeps the index when no peer was skipped."""
-        usable, skipped = hostgw_peers(self._lease, peers, self._networks)
+        usable, skipped, index = screen_hostgw_peers(self._lease, peers, self._networks)
         self._skips.report(skipped)
         routes: dict[str, list[KernelObject]] = {}
         for peer in usable:
             routes.setdefault(peer.key, []).append(route(peer, self._ext.index))
-        index = None
-        if not skipped:
-            index = PeerIndex.holding(self._lease, self._networks, BACKEND_TYPE, peers)
         self._routes.reset(index, routes)
         self._desired = None
         return skipped

@@ -14,7 +14,7 @@ from functools import partial
 
 from backends.base import ExternalInterface
 from backends.model import DataplaneState, Route, Skipped
-from backends.peers import usable_peers
+from backends.peers import PeerIndex, screen_peers
 from subnet.errors import ConfigError
 from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs
 
@@ -64,7 +64,15 @@ def hostgw_peers(
     peer routed for one family only is also reported, with what the other
     lacks.
     """
-    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    found, skipped, _ = screen_hostgw_peers(own, peers, networks)
+    return found, skipped
+
+
+def screen_hostgw_peers(
+    own: Lease, peers: Sequence[Lease], networks: Sequence[IPNetwork]
+) -> tuple[list[HostGwPeer], list[Skipped], PeerIndex | None]:
+    """:func:`hostgw_peers`, and the pass's :class:`PeerIndex` when it skipped no peer."""
+    usable, skipped, index = screen_peers(own, peers, networks, BACKEND_TYPE)
     versions = sorted({net.version for net in networks})
     result: list[HostGwPeer] = []
     for peer in usable:
@@ -74,7 +82,7 @@ def hostgw_peers(
         elif missing:
             skipped.append(Skipped(peer.key, "; ".join(missing)))
         result.extend(found)
-    return result, skipped
+    return result, skipped, None if skipped else index
 
 
 def peer_routes(peer: Lease, versions: Collection[int]) -> tuple[list[HostGwPeer], list[str]]:

@@ -142,23 +142,6 @@ class PeerIndex:
         # per held peer: its subnets in enabled families, and its tokens
         self._held: dict[str, tuple[tuple[IPNetwork, ...], tuple[Hashable, ...]]] = {}
 
-    @classmethod
-    def holding(
-        cls,
-        own: Lease,
-        networks: Sequence[IPNetwork],
-        backend_type: str | None,
-        peers: Iterable[Lease],
-        tokens: Mapping[str, Iterable[Hashable]] | None = None,
-        own_tokens: Iterable[Hashable] = (),
-    ) -> PeerIndex:
-        """The index of a full pass that found every one of ``peers`` usable, each
-        holding its ``tokens`` (by lease key)."""
-        index = cls(own, networks, backend_type, own_tokens)
-        for lease in peers:
-            index.hold(lease, tokens.get(lease.key, ()) if tokens else ())
-        return index
-
     def _spans(self, lease: Lease) -> list[_Span]:
         return [_span(s) for s in lease.subnets() if s.version in self._enabled]
 

@@ -48,7 +48,7 @@ from backends.base import (
 )
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import LinkState, Netlink
-from backends.peers import PeerEntries, PeerIndex, usable_peers
+from backends.peers import PeerEntries, PeerIndex, screen_peers
 from backends.skiplog import SkipLog
 from backends.udp_packet import (
     DEFAULT_PORT,
@@ -618,11 +618,8 @@ class UdpNetwork:
         return None
 
     def _compute_all(self, peers: Sequence[Lease]) -> list[Skipped]:
-        usable, skipped = udp_peers(self._lease, peers, [self._network])
+        usable, skipped, index = screen_udp_peers(self._lease, peers, [self._network])
         self._skips.report(skipped)
-        index = None
-        if not skipped:
-            index = PeerIndex.holding(self._lease, [self._network], None, peers)
         self._routes.reset(
             index, {p.key: [(p.subnet, p.attrs.public_ip)] for p in usable if p.subnet is not None}
         )
@@ -666,11 +663,19 @@ def udp_peers(
     own: Lease, peers: Sequence[Lease], networks: Sequence[IPNetwork]
 ) -> tuple[list[Lease], list[Skipped]]:
     """Peers of any backend type (as upstream) with an IPv4 subnet and public address."""
-    usable, skipped = usable_peers(own, peers, networks, None)
+    found, skipped, _ = screen_udp_peers(own, peers, networks)
+    return found, skipped
+
+
+def screen_udp_peers(
+    own: Lease, peers: Sequence[Lease], networks: Sequence[IPNetwork]
+) -> tuple[list[Lease], list[Skipped], PeerIndex | None]:
+    """:func:`udp_peers`, and the pass's :class:`PeerIndex` when it skipped no peer."""
+    usable, skipped, index = screen_peers(own, peers, networks, None)
     result = []
     for peer in usable:
         if peer.subnet is None or peer.attrs.public_ip == UNSPECIFIED_V4:
             skipped.append(Skipped(peer.key, "no IPv4 subnet and public address"))
             continue
         result.append(peer)
-    return result, skipped
+    return result, skipped, None if skipped else index

@@ -40,13 +40,12 @@ from typing import Protocol
 from backends.base import ExternalInterface, KernelProbe, ReconcileReport
 from backends.model import DataplaneState, Route, Skipped
 from backends.netlink import ApplyResult, LinkState, Netlink, WireGuardKernel
-from backends.peers import PeerEntries, PeerIndex
+from backends.peers import PeerEntries
 from backends.plan import Delete, Put
 from backends.skiplog import SkipLog
 from backends.udp_packet import ForwardStats
 from backends.wireguard_go import WireguardGo, find_binary
 from backends.wireguard_state import (
-    BACKEND_TYPE,
     DEFAULT_KEY_FILE,
     KEY_FILE_ENV,
     KEY_LEN,
@@ -66,9 +65,9 @@ from backends.wireguard_state import (
     plan_changes,
     plan_peers,
     public_key,
+    screen_wireguard_peers,
     tunnel_peer,
     tunnels,
-    wireguard_peers,
 )
 from subnet.errors import ConfigError, DataplaneError, InterfaceError, LeaseError
 from subnet.lease import IPNetwork, Lease
@@ -378,14 +377,9 @@ class WireguardNetwork:
         """Every device's peers from scratch; keeps an index per device that skipped none."""
         skipped: list[Skipped] = []
         for tunnel, _ in self._devices:
-            usable, refused = wireguard_peers(
+            usable, refused, index = screen_wireguard_peers(
                 self._lease, self._public_key, peers, self._networks, self._options, tunnel)
             skipped += refused
-            index = None
-            if not refused:
-                keys = {p.lease_key: (p.public_key,) for p in usable}
-                index = PeerIndex.holding(self._lease, self._networks, BACKEND_TYPE, peers,
-                                          keys, [self._public_key])
             self._programmed[tunnel.name].peers.reset(index, {p.lease_key: [p] for p in usable})
         merged = merge_skipped(skipped)
         self._skips.report(merged)

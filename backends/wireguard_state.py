@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.model import Skipped
-from backends.peers import usable_peers
+from backends.peers import PeerIndex, screen_peers
 from subnet.errors import ConfigError, PeerDataError
 from subnet.lease import UNSPECIFIED_V4, IPAddress, IPNetwork, Lease, LeaseAttrs, compact_json
 from subnet.netconf import BackendConfig, NetConfig
@@ -419,10 +419,25 @@ def wireguard_peers(
     without a port (old upstream leases) is reached at the device's own
     listen port, as upstream does.
     """
+    found, skipped, _ = screen_wireguard_peers(own, own_public_key, peers, networks, options,
+                                               tunnel)
+    return found, skipped
+
+
+def screen_wireguard_peers(
+    own: Lease,
+    own_public_key: bytes,
+    peers: Sequence[Lease],
+    networks: Sequence[IPNetwork],
+    options: WireguardOptions,
+    tunnel: Tunnel | None = None,
+) -> tuple[list[WgPeer], list[Skipped], PeerIndex | None]:
+    """:func:`wireguard_peers`, and the device's :class:`PeerIndex` (each peer holding its
+    public key) when it skipped no peer."""
     versions = sorted({n.version for n in networks})
     device = tunnel or tunnels(options, versions)[0]
     carried = [v for v in versions if v in device.versions]
-    usable, skipped = usable_peers(own, peers, networks, BACKEND_TYPE)
+    usable, skipped, index = screen_peers(own, peers, networks, BACKEND_TYPE, [own_public_key])
     keys: dict[bytes, str] = {own_public_key: "ours"}
     tag = len(versions) > 1
     result: list[WgPeer] = []
@@ -433,11 +448,12 @@ def wireguard_peers(
             if owner is None:
                 keys[found.public_key] = f"by {peer.key}"
                 result.append(found)
+                index.add_tokens(peer.key, (found.public_key,))
             else:
                 reasons = [f"PublicKey {key_b64(found.public_key)} is already used ({owner})"]
         if reasons:
             skipped.append(Skipped(peer.key, "; ".join(reasons)))
-    return result, skipped
+    return result, skipped, None if skipped else index
 
 
 def merge_skipped(skipped: Iterable[Skipped]) -> list[Skipped]:
