@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar
 
 from subnet.lazyimport import defer_package_init
 
@@ -974,17 +974,9 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    @overload
-    def transact(self, requests: Sequence[Request]) -> list[int]: ...
-
-    @overload
-    def transact(self, requests: Sequence[T], encode: Callable[[T], Request]) -> list[int]: ...
-
-    def transact(
-        self, requests: Sequence[Any], encode: Callable[[Any], Request] | None = None
-    ) -> list[int]:
-        """The errno of each request, in order (0: done): (type, flags, body) triples, or
-        anything ``encode`` turns into one.
+    def transact(self, requests: Sequence[T], encode: Callable[[T], Request]) -> list[int]:
+        """The errno of each request, in order (0: done); ``encode`` turns a request into
+        its (type, flags, body) triple.
 
         A bulk of requests is encoded on another thread while the kernel works
         through the previous send (``send()`` releases the GIL): encoding
@@ -992,12 +984,11 @@ class Rtnl:
         receive buffer overran) are sent again, up to ``ATTEMPTS`` times; every
         one of our writes is idempotent.
         """
-        made = _same if encode is None else encode
         codes: list[int | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for _ in range(ATTEMPTS):
             lost: list[int] = []
-            batches = self._batches(pending, requests, made)
+            batches = self._batches(pending, requests, encode)
             for seqs, datagram in (_made_ahead(batches) if len(pending) > AHEAD_MIN else batches):
                 self._sock.send(datagram)
                 lost += self._collect(seqs, codes)
@@ -1117,10 +1108,6 @@ def open_rtnl_socket() -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _same(request: Request) -> Request:
-    return request
 
 
 def _made_ahead(batches: Iterator[B]) -> Iterator[B]:

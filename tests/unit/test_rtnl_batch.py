@@ -165,10 +165,6 @@ class FakeKernel:
         pass
 
 
-def requests(changes: list[Change]) -> list[tuple[int, int, bytes]]:
-    return [rtnl.change_body(c) for c in changes]
-
-
 def routes(count: int) -> list[Change]:
     return [Put(Route(NET(f"10.{i // 256}.{i % 256}.0/24"), IP("10.0.0.1"), 3)) for i in range(count)]
 
@@ -180,7 +176,7 @@ def third_octet(body: bytes) -> int:
 def test_each_object_gets_its_own_result_matched_by_sequence_number() -> None:
     changes = routes(300)
     kernel = FakeKernel(lambda body: errno.ENETUNREACH if third_octet(body) % 7 == 0 else 0)
-    codes = Rtnl(kernel).transact(requests(changes))
+    codes = Rtnl(kernel).transact(changes, rtnl.change_body)
     assert codes == [errno.ENETUNREACH if i % 256 % 7 == 0 else 0 for i in range(300)]
     assert len(kernel.sends) >= 1 and sum(map(len, kernel.sends)) == 300
 
@@ -188,7 +184,7 @@ def test_each_object_gets_its_own_result_matched_by_sequence_number() -> None:
 def test_requests_are_cut_into_sends_that_fit_the_batch_size() -> None:
     changes = routes(2000)
     kernel = FakeKernel(lambda body: 0)
-    assert Rtnl(kernel).transact(requests(changes)) == [0] * 2000
+    assert Rtnl(kernel).transact(changes, rtnl.change_body) == [0] * 2000
     assert len(kernel.sends) > 1
     size = len(rtnl.message(*rtnl.change_body(changes[0])[:2], 1, rtnl.change_body(changes[0])[2]))
     assert all(len(seqs) * size <= BATCH_BYTES for seqs in kernel.sends)
@@ -215,7 +211,7 @@ def test_a_bulk_is_encoded_on_a_thread_whose_failure_reaches_the_caller() -> Non
 def test_a_lost_ack_sends_only_the_unanswered_requests_again() -> None:
     changes = routes(10)
     kernel = FakeKernel(lambda body: errno.EEXIST if third_octet(body) == 1 else 0, drop=3)
-    codes = Rtnl(kernel).transact(requests(changes))
+    codes = Rtnl(kernel).transact(changes, rtnl.change_body)
     assert codes == [errno.EEXIST if i == 1 else 0 for i in range(10)]
     first, again = kernel.sends
     assert len(first) == 10 and len(again) == 3  # acks were sent in reverse: the first 3 lost
