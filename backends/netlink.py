@@ -526,13 +526,14 @@ class Netlink:
         cold start (nothing of ours in the kernel) computes no signatures."""
         if len(kernel) != desired.count():
             return False
-        if self._view_of.get(scope) is desired:
+        known = self._view_of.get(scope) is desired
+        if known:
             want = self._view_signatures(scope, self._versions[scope], desired.objects())
         else:
             want = frozenset(map(rtnl.signature, desired.objects()))
         if kernel != want:
             return False
-        if self._view_of.get(scope) is not desired:
+        if not known:
             self._set_view(scope, desired)
             self._signed[scope] = self._versions[scope], want
         return True
