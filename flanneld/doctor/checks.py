@@ -9,14 +9,17 @@ settings and the cluster view live in :mod:`flanneld.doctor.hostchecks`.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from backends.model import Skipped
 from flanneld.doctor.model import CheckResult, Observations, PeerProbe, Status
 from flanneld.doctor.profile import Peer, Profile, own_lease, profile, split_peers
 from subnet.errors import ConfigError
-from subnet.lease import IPNetwork, Lease
+from subnet.lease import Lease
+
+N = TypeVar("N", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 METRIC_LEASE_EXPIRY = "flannel_lease_expiry_timestamp_seconds"
 NETCONF_DETAIL = "net-conf.json"
@@ -35,28 +38,20 @@ class Context:
     subnet6: ipaddress.IPv6Network | None = None  # FLANNEL_IPV6_SUBNET, masked
 
 
-def _subnet_of(env: dict[str, str] | None, key: str) -> ipaddress.IPv4Network | None:
-    found = _network_of(env, key)
-    return found if isinstance(found, ipaddress.IPv4Network) else None
-
-
-def _subnet6_of(env: dict[str, str] | None, key: str) -> ipaddress.IPv6Network | None:
-    found = _network_of(env, key)
-    return found if isinstance(found, ipaddress.IPv6Network) else None
-
-
-def _network_of(env: dict[str, str] | None, key: str) -> IPNetwork | None:
+def _network_of(env: Mapping[str, str] | None, key: str, kind: type[N]) -> N | None:
+    """subnet.env's ``key`` as a network of ``kind``; None when absent, invalid or of
+    the other family."""
     text = (env or {}).get(key, "")
     try:
-        return ipaddress.ip_network(text, strict=False) if text else None
+        found = ipaddress.ip_network(text, strict=False) if text else None
     except ValueError:
         return None
+    return found if isinstance(found, kind) else None
 
 
 def context(obs: Observations) -> Context:
-    env = dict(obs.subnet_env) if obs.subnet_env is not None else None
-    subnet = _subnet_of(env, "FLANNEL_SUBNET")
-    subnet6 = _subnet6_of(env, "FLANNEL_IPV6_SUBNET")
+    subnet = _network_of(obs.subnet_env, "FLANNEL_SUBNET", ipaddress.IPv4Network)
+    subnet6 = _network_of(obs.subnet_env, "FLANNEL_IPV6_SUBNET", ipaddress.IPv6Network)
     config = obs.store.config
     if config is None:
         return Context(None, subnet, None, (), (), f"lease store not read: {obs.store.error}",
@@ -178,20 +173,23 @@ def check_subnet_env(obs: Observations, ctx: Context) -> CheckResult:
             "flanneld writes it once it holds a lease: start flanneld or read its log",
         )
     env = obs.subnet_env
-    wrong = []
-    if ctx.own is not None and ctx.subnet != ctx.own.subnet:
-        wrong.append(f"FLANNEL_SUBNET={env.get('FLANNEL_SUBNET')} (lease {ctx.own.subnet})")
-    config = obs.store.config
+    own, config = ctx.own, obs.store.config
     network = config.network if config is not None else None
-    if network is not None and _subnet_of(dict(env), "FLANNEL_NETWORK") != network:
-        wrong.append(f"FLANNEL_NETWORK={env.get('FLANNEL_NETWORK')} (net-conf {network})")
-    if ctx.own is not None and ctx.subnet6 != ctx.own.ipv6_subnet:
-        wrong.append(f"FLANNEL_IPV6_SUBNET={env.get('FLANNEL_IPV6_SUBNET')} "
-                     f"(lease {ctx.own.ipv6_subnet})")
     network6 = config.ipv6_network if config is not None and config.enable_ipv6 else None
-    if network6 is not None and _subnet6_of(dict(env), "FLANNEL_IPV6_NETWORK") != network6:
-        wrong.append(f"FLANNEL_IPV6_NETWORK={env.get('FLANNEL_IPV6_NETWORK')} "
-                     f"(net-conf {network6})")
+    wrong = [
+        f"{key}={env.get(key)} ({source} {expected})"
+        for key, applies, found, expected, source in (
+            ("FLANNEL_SUBNET", own is not None, ctx.subnet, own.subnet if own else None, "lease"),
+            ("FLANNEL_NETWORK", network is not None,
+             _network_of(env, "FLANNEL_NETWORK", ipaddress.IPv4Network), network, "net-conf"),
+            ("FLANNEL_IPV6_SUBNET", own is not None, ctx.subnet6, own.ipv6_subnet if own else None,
+             "lease"),
+            ("FLANNEL_IPV6_NETWORK", network6 is not None,
+             _network_of(env, "FLANNEL_IPV6_NETWORK", ipaddress.IPv6Network), network6,
+             "net-conf"),
+        )
+        if applies and found != expected
+    ]
     device_mtu = _overlay_mtu(obs, ctx.profile)
     if device_mtu is not None and env.get("FLANNEL_MTU") != str(device_mtu):
         wrong.append(f"FLANNEL_MTU={env.get('FLANNEL_MTU')} (overlay MTU {device_mtu})")
