@@ -1027,24 +1027,31 @@ class Rtnl:
             seq = next(self._seq)
             self._sock.send(rtnl.message(kind, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, body))
             found, interrupted = [], False
-            done = False
-            while not done:
-                for reply in rtnl.replies(self._sock.recv(RECV_BYTES)):
-                    if reply.seq != seq:
-                        continue  # a late answer to an earlier request
-                    interrupted = interrupted or bool(reply.flags & rtnl.NLM_F_DUMP_INTR)
-                    if reply.kind == rtnl.NLMSG_DONE:
-                        done = True
-                    elif reply.kind == rtnl.NLMSG_ERROR:
-                        code = rtnl.ack_errno(reply.payload)
-                        raise OSError(code, os.strerror(code))
-                    else:
-                        obj = decode(reply.payload)
-                        if obj is not None:
-                            found.append(obj)
+            for reply in self._answers(seq):
+                interrupted = interrupted or bool(reply.flags & rtnl.NLM_F_DUMP_INTR)
+                obj = decode(reply.payload)
+                if obj is not None:
+                    found.append(obj)
             if not interrupted:
                 break
         return found
+
+    def _answers(self, seq: int) -> Iterator[rtnl.Reply]:
+        """The replies to request ``seq`` up to its end (a dump's NLMSG_DONE or an ack);
+        OSError with the kernel's errno when it refused."""
+        while True:
+            for reply in rtnl.replies(self._sock.recv(RECV_BYTES)):
+                if reply.seq != seq:
+                    continue  # a late answer to an earlier request
+                if reply.kind == rtnl.NLMSG_DONE:
+                    return
+                if reply.kind != rtnl.NLMSG_ERROR:
+                    yield reply
+                    continue
+                code = rtnl.ack_errno(reply.payload)
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return
 
     def _collect(self, seqs: dict[int, int], codes: list[int | None]) -> list[int]:
         """Read the acks of ``seqs`` into ``codes``; the indexes whose ack was lost."""
@@ -1071,18 +1078,7 @@ class Rtnl:
         seq = next(self._seq)
         self._sock.send(rtnl.message(kind, flags | rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK, seq,
                                      body))
-        found: list[bytes] = []
-        while True:
-            for reply in rtnl.replies(self._sock.recv(RECV_BYTES)):
-                if reply.seq != seq:
-                    continue  # a late answer to an earlier request
-                if reply.kind != rtnl.NLMSG_ERROR:
-                    found.append(reply.payload)
-                    continue
-                code = rtnl.ack_errno(reply.payload)
-                if code:
-                    raise OSError(code, os.strerror(code))
-                return found
+        return [reply.payload for reply in self._answers(seq)]
 
 
 def open_rtnl_socket() -> socket.socket:
