@@ -31,7 +31,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar
@@ -263,12 +263,10 @@ class Netlink:
 
     def route_get(self, addr: IPAddress) -> list[RouteLookup]:
         """How the kernel would route to ``addr``; empty when it is unreachable."""
-        try:
-            answer = self._rtnl.call(rtnl.RTM_GETROUTE, 0, rtlink.route_lookup(addr))
-        except OSError as err:
-            if err.errno in _UNREACHABLE:
-                return []
-            raise _dataplane_error(f"route get {addr}", err) from err
+        answer = self._request(f"route get {addr}", rtnl.RTM_GETROUTE, 0,
+                               rtlink.route_lookup(addr), tolerate=_UNREACHABLE)
+        if answer is None:
+            return []
         result = []
         for payload in answer:
             msg = rtlink.route_reply(payload)
@@ -291,12 +289,10 @@ class Netlink:
 
     def link(self, name: str) -> LinkState | None:
         """The link called ``name``, or None if there is none."""
-        try:
-            msgs = self._rtnl.call(rtlink.RTM_GETLINK, 0, rtlink.link_by_name(name))
-        except OSError as err:
-            if err.errno in _ABSENT:
-                return None
-            raise _dataplane_error(f"link get {name}", err) from err
+        msgs = self._request(f"link get {name}", rtlink.RTM_GETLINK, 0,
+                             rtlink.link_by_name(name), tolerate=_ABSENT)
+        if msgs is None:
+            return None
         if not msgs:
             raise DataplaneError(f"link get {name}: no answer")
         state = _link_state(msgs[0])
@@ -355,11 +351,8 @@ class Netlink:
     def delete_link(self, index: int) -> None:
         """Delete a link; a link that is already gone is fine."""
         name = self._name(index)
-        try:
-            self._rtnl.call(rtlink.RTM_DELLINK, 0, rtlink.link_index(index))
-        except OSError as err:
-            if err.errno not in _ABSENT:
-                raise _dataplane_error(f"link del {name}", err) from err
+        self._request(f"link del {name}", rtlink.RTM_DELLINK, 0, rtlink.link_index(index),
+                      tolerate=_ABSENT)
         self._names.pop(index, None)
         log.info("link %s: removed", name)
 
@@ -783,11 +776,18 @@ class Netlink:
             log.info("blackhole route %s: removed (no longer our subnet)", subnet)
         return len(want ^ have)
 
-    def _request(self, what: str, kind: int, flags: int, body: bytes) -> None:
-        """One acknowledged request (:meth:`Rtnl.call`); DataplaneError on failure."""
+    def _request(
+        self, what: str, kind: int, flags: int, body: bytes,
+        tolerate: Collection[int] = frozenset(),
+    ) -> list[bytes] | None:
+        """One acknowledged request (:meth:`Rtnl.call`) and its replies' payloads; None
+        when the kernel refused it with an errno in ``tolerate``, DataplaneError when it
+        refused it otherwise."""
         try:
-            self._rtnl.call(kind, flags, body)
+            return self._rtnl.call(kind, flags, body)
         except OSError as err:
+            if err.errno in tolerate:
+                return None
             raise _dataplane_error(what, err) from err
 
     def _address(self, verb: str, index: int, iface: HostAddress) -> None:
