@@ -268,11 +268,15 @@ LOOP_SWITCH_INTERVAL = 0.001
 SERVING_SWITCH_INTERVAL = 0.0005
 
 
-def run(flags: Flags) -> int:
-    """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
+def run(flags: Flags, start_done: Callable[[], None] = lambda: None) -> int:
+    """Run flanneld until SIGTERM/SIGINT; returns the exit code.
+
+    ``start_done`` is called once the peers are programmed (the entry point
+    resumes the garbage collection it paused for the start).
+    """
     stop = threading.Event()
     install_signal_handlers(stop)
-    daemon = Daemon(flags, stop, switch_interval=sys.setswitchinterval)
+    daemon = Daemon(flags, stop, switch_interval=sys.setswitchinterval, start_done=start_done)
     try:
         daemon.serve()
     except StopRequested:
@@ -292,11 +296,15 @@ class Daemon:
         stop: threading.Event,
         parts: Parts | None = None,
         switch_interval: Callable[[float], None] = lambda _seconds: None,
+        start_done: Callable[[], None] = lambda: None,
     ) -> None:
         """``switch_interval`` sets the process's GIL switch interval (``run`` passes
-        ``sys.setswitchinterval``; unit tests run the daemon in their own process)."""
+        ``sys.setswitchinterval``; unit tests run the daemon in their own process);
+        ``start_done`` is called once the peers are programmed and the start's
+        garbage is collected (``run`` passes what the entry point gave it)."""
         self._flags = flags
         self._switch_interval = switch_interval
+        self._start_done = start_done
         self._stop = stop
         self._parts = parts or Parts()
         self._health = HealthState()
@@ -345,6 +353,7 @@ class Daemon:
             metrics.record_start(phases.seconds)
             node.on_synced()
             release_start_memory()
+            self._start_done()
             self._switch_interval(SERVING_SWITCH_INTERVAL)
 
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)

@@ -472,3 +472,14 @@ def test_the_switch_interval_is_lowered_for_the_loop_and_again_once_peers_are_pr
     rig.serve(Daemon(flags, rig.stop, rig.parts(), switch_interval=switch_interval))
     # the loop's interval before its first pass, the serving one after it
     assert calls == [(LOOP_SWITCH_INTERVAL, 0), (SERVING_SWITCH_INTERVAL, 1)]
+
+
+def test_start_done_is_called_once_after_the_first_pass(flags: Flags) -> None:
+    rig = make_rig(flags, peers=(peer(2),))
+    calls: list[int] = []
+
+    def start_done() -> None:
+        calls.append(len(rig.backends[0].networks[0].calls))
+
+    rig.serve(Daemon(flags, rig.stop, rig.parts(), start_done=start_done))
+    assert calls == [1]
