@@ -313,6 +313,7 @@ class Daemon:
         self._server: HealthServer | None = None
         self._manager: SubnetManager | None = None
         self._node: Node | None = None
+        self._announcing: Beside | None = None
         self._threads: list[threading.Thread] = []
 
     def serve(self) -> None:
@@ -342,12 +343,17 @@ class Daemon:
         rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
-        node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
-                                                     strict=True)))
+        previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
+        # Rules and subnet.env go in beside the first pass: iptables runs as processes of
+        # its own and the pass's kernel writes release the GIL, so neither waits for the
+        # other.  The daemon is ready once both are done.
+        announcing = self._announcing = Beside(
+            "announce-lease", lambda: node.announce(network.lease, previous_nets))
         phases.mark("rules and subnet.env")
         holder = LeaseHolder(network.lease)
 
         def synced() -> None:
+            announcing.wait()
             phases.mark("first pass")
             log.info("start-up %s", phases.summary())
             metrics.record_start(phases.seconds)
@@ -385,6 +391,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop the threads; leave devices, routes and the lease in place."""
+        if self._announcing is not None:
+            self._announcing.join(JOIN_TIMEOUT)
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT)
             if thread.is_alive():
@@ -395,6 +403,33 @@ class Daemon:
             self._manager.close()
         if self._server is not None:
             self._server.stop()
+
+
+class Beside:
+    """``action`` run once on a thread of its own, beside what the caller goes on with."""
+
+    def __init__(self, name: str, action: Callable[[], None]) -> None:
+        self._action = action
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._action()
+        except BaseException as err:  # noqa: BLE001 - wait() raises it on the caller's thread
+            self._error = err
+
+    def wait(self) -> None:
+        """Until ``action`` is done; what it raised is raised here."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def join(self, timeout: float) -> None:
+        """Until ``action`` is done or ``timeout`` passed (shutdown: its error is not ours)."""
+        self._thread.join(timeout)
 
 
 class StoreStatus:
@@ -456,18 +491,20 @@ class Node:
         self._metrics = metrics
         self.network = network
         self._announced = network.lease
+        self._announce_lock = threading.Lock()  # the start's thread, the loop's re-acquire
 
     def announce(self, lease: Lease, previous: list[FamilyNets]) -> None:
         """Rules, subnet.env, metrics and /readyz for ``lease``, replacing ``previous``."""
-        log.info("holding lease %s (%s)", lease.key, _expiry(lease))
-        setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
-        write_subnet_env(self._flags, self._config, self.network)
-        self._metrics.set_lease_expiry(lease.expiration)
-        network = self.network
-        self._metrics.track_udp(network.forward_stats)
-        ready = "" if self._health.ready else "; peers not synced yet"
-        self._health.set_detail("lease", f"lease {lease.key}{ready}")
-        self._announced = lease
+        with self._announce_lock:
+            log.info("holding lease %s (%s)", lease.key, _expiry(lease))
+            setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
+            write_subnet_env(self._flags, self._config, self.network)
+            self._metrics.set_lease_expiry(lease.expiration)
+            network = self.network
+            self._metrics.track_udp(network.forward_stats)
+            ready = "" if self._health.ready else "; peers not synced yet"
+            self._health.set_detail("lease", f"lease {lease.key}{ready}")
+            self._announced = lease
 
     def on_lease(self, lease: Lease) -> None:
         """Our lease was re-acquired (maybe with another subnet)."""
