@@ -60,7 +60,7 @@ if __name__ == "__main__":
     else:
         source = loads(decompress(a2b_base64(SOURCES)))["cni.loader"]
         exec(compile(source, __file__ + "/cni/loader.py", "exec"), loader)
-    sys.exit(loader["run"](__file__, MAGIC, COMPILED, SOURCES, PACKAGES))
+    loader["run"](__file__, MAGIC, COMPILED, SOURCES, PACKAGES)
 """
 
 

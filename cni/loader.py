@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from importlib.abc import Loader as _LoaderBase
     from importlib.machinery import ModuleSpec
     from types import CodeType, ModuleType
+    from typing import NoReturn
 else:
     _LoaderBase = object
 
@@ -120,9 +121,9 @@ def run(
     compiled: Mapping[str, str],
     sources: str,
     packages: frozenset[str],
-) -> int:
-    """Put the bundle's importer first on ``sys.meta_path`` and serve the call."""
+) -> NoReturn:
+    """Put the bundle's importer first on ``sys.meta_path``; serve the call and exit."""
     sys.meta_path.insert(0, BundleImporter(location, magic, compiled, sources, packages))
     from cni.plugin import main
 
-    return main()
+    main()

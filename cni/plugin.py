@@ -41,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable, Mapping
-    from typing import BinaryIO, TextIO
+    from typing import BinaryIO, NoReturn, TextIO
 
     from cni.invoke import PluginResult
     from cni.stdin_config import NetConf
@@ -177,9 +177,28 @@ def environment() -> dict[str, str]:
     }
 
 
-def main() -> int:
-    return run(environment(), sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+def finish(status: int) -> NoReturn:
+    """End the process with ``status`` once stdout and stderr are flushed.
+
+    The interpreter's own exit (freeing every module and object) costs a
+    millisecond or two of each call and does nothing the kernel does not do
+    anyway: no file is left open for writing by then, and the plugin has no
+    exit handlers. A flush that fails ends with 120, as the interpreter's exit
+    does then.
+    """
+    import posix
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = 120
+    posix._exit(status)
+
+
+def main() -> NoReturn:
+    finish(run(environment(), sys.stdin.buffer, sys.stdout.buffer, sys.stderr))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

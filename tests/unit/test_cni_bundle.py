@@ -107,6 +107,22 @@ def test_version_with_a_bare_interpreter_from_a_clean_directory(
     assert json.loads(proc.stdout)["supportedVersions"][-1] == "1.1.0"
 
 
+def test_output_the_runtime_cannot_receive_is_a_failed_call(bundle: Path, tmp_path: Path) -> None:
+    # The plugin skips the interpreter's teardown, but not the flush: a result that
+    # cannot be written (stdout on a full device) must not end as a success.
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", str(bundle)],
+            env={"CNI_COMMAND": "VERSION"},
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=30,
+        )
+    assert proc.returncode == 120, proc.stderr
+
+
 def test_shebang_execution(bundle: Path, tmp_path: Path) -> None:
     # The runtime execs the file: env finds python3 on PATH and (-S) runs it without
     # site, so no .pth file of the node's Python runs first.

@@ -190,9 +190,11 @@ def test_check_succeeds_without_asking_the_delegate(node: Node, prev_result: obj
     assert [call["command"] for call in node.calls()] == ["ADD"]
 
 
-def test_unreadable_cache_on_del_is_left_alone_and_del_succeeds(node: Node) -> None:
+# An empty or cut-off file is what a power loss can leave (the cache is not fsynced).
+@pytest.mark.parametrize("content", ["{garbage", "", '{"cniVersion":"1.0.0","ty'])
+def test_unreadable_cache_on_del_is_left_alone_and_del_succeeds(node: Node, content: str) -> None:
     node.cache.mkdir(mode=0o700)
-    node.cached().write_text("{garbage")
+    node.cached().write_text(content)
     assert node.call("DEL")[0] == 0
     assert node.calls() == []
-    assert node.cached().read_text() == "{garbage"
+    assert node.cached().read_text() == content
