@@ -662,8 +662,8 @@ class KubeSubnetManager:
         if shared is not None:
             try:
                 return shared, own_lease(shared, self.node_name, cfg, attrs)
-            except LeaseError as err:  # e.g. read before our pod CIDR was assigned
-                log.debug("our node as read at start-up: %s; reading it again", err)
+            except LeaseError:  # e.g. read before our pod CIDR was assigned
+                log.debug("our node as read at start-up cannot be acquired: reading it again")
         node = self._retrying("get node", self._read_own_node, fail=LeaseError)
         return node, own_lease(node, self.node_name, cfg, attrs)
 
