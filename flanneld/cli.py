@@ -16,6 +16,7 @@ from typing import TextIO
 
 import flanneld
 from flanneld.flags import FlagsExit, parse_flags
+from flanneld.startphases import CollectorPause
 from subnet.errors import (
     ConfigError,
     DataplaneError,
@@ -93,6 +94,7 @@ def failure_summary(err: FlannelError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``flanneld`` entry point: flags, logging, then the daemon; returns the exit code."""
+    pause = CollectorPause()  # until the peers are programmed: see its docstring
     args = sys.argv[1:] if argv is None else argv
     logs = _LoggingSetup(sys.stderr)
     try:
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "kube" if flags.kube_subnet_mgr else "etcd")
         from flanneld.daemon import run
 
-        return run(flags)
+        return run(flags, start_done=pause.finish)
     except FlagsExit as done:
         return int(done.code or 0)
     except FlannelError as err:
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("Interrupted, exiting")
         return 0
     finally:
+        pause.resume()
         logs.close()
 
 

@@ -268,11 +268,15 @@ LOOP_SWITCH_INTERVAL = 0.001
 SERVING_SWITCH_INTERVAL = 0.0005
 
 
-def run(flags: Flags) -> int:
-    """Run flanneld until SIGTERM/SIGINT; returns the exit code."""
+def run(flags: Flags, start_done: Callable[[], None] = lambda: None) -> int:
+    """Run flanneld until SIGTERM/SIGINT; returns the exit code.
+
+    ``start_done`` is called once the peers are programmed (the entry point
+    resumes the garbage collection it paused for the start).
+    """
     stop = threading.Event()
     install_signal_handlers(stop)
-    daemon = Daemon(flags, stop, switch_interval=sys.setswitchinterval)
+    daemon = Daemon(flags, stop, switch_interval=sys.setswitchinterval, start_done=start_done)
     try:
         daemon.serve()
     except StopRequested:
@@ -292,11 +296,15 @@ class Daemon:
         stop: threading.Event,
         parts: Parts | None = None,
         switch_interval: Callable[[float], None] = lambda _seconds: None,
+        start_done: Callable[[], None] = lambda: None,
     ) -> None:
         """``switch_interval`` sets the process's GIL switch interval (``run`` passes
-        ``sys.setswitchinterval``; unit tests run the daemon in their own process)."""
+        ``sys.setswitchinterval``; unit tests run the daemon in their own process);
+        ``start_done`` is called once the peers are programmed and the start's
+        garbage is collected (``run`` passes what the entry point gave it)."""
         self._flags = flags
         self._switch_interval = switch_interval
+        self._start_done = start_done
         self._stop = stop
         self._parts = parts or Parts()
         self._health = HealthState()
@@ -305,6 +313,7 @@ class Daemon:
         self._server: HealthServer | None = None
         self._manager: SubnetManager | None = None
         self._node: Node | None = None
+        self._announcing: Beside | None = None
         self._threads: list[threading.Thread] = []
 
     def serve(self) -> None:
@@ -334,18 +343,24 @@ class Daemon:
         rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
-        node.announce(network.lease, family_nets(zip(previous.networks, previous.subnets,
-                                                     strict=True)))
+        previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
+        # Rules and subnet.env go in beside the first pass: iptables runs as processes of
+        # its own and the pass's kernel writes release the GIL, so neither waits for the
+        # other.  The daemon is ready once both are done.
+        announcing = self._announcing = Beside(
+            "announce-lease", lambda: node.announce(network.lease, previous_nets))
         phases.mark("rules and subnet.env")
         holder = LeaseHolder(network.lease)
         after_sync: list[threading.Thread] = []
 
         def synced() -> None:
+            announcing.wait()
             phases.mark("first pass")
             log.info("start-up %s", phases.summary())
             metrics.record_start(phases.seconds)
             node.on_synced()
             release_start_memory()
+            self._start_done()
             self._switch_interval(SERVING_SWITCH_INTERVAL)
             while after_sync:
                 thread = after_sync.pop()
@@ -383,6 +398,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop the threads; leave devices, routes and the lease in place."""
+        if self._announcing is not None:
+            self._announcing.join(JOIN_TIMEOUT)
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT)
             if thread.is_alive():
@@ -393,6 +410,33 @@ class Daemon:
             self._manager.close()
         if self._server is not None:
             self._server.stop()
+
+
+class Beside:
+    """``action`` run once on a thread of its own, beside what the caller goes on with."""
+
+    def __init__(self, name: str, action: Callable[[], None]) -> None:
+        self._action = action
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._action()
+        except BaseException as err:  # noqa: BLE001 - wait() raises it on the caller's thread
+            self._error = err
+
+    def wait(self) -> None:
+        """Until ``action`` is done; what it raised is raised here."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def join(self, timeout: float) -> None:
+        """Until ``action`` is done or ``timeout`` passed (shutdown: its error is not ours)."""
+        self._thread.join(timeout)
 
 
 class StoreStatus:
@@ -454,18 +498,20 @@ class Node:
         self._metrics = metrics
         self.network = network
         self._announced = network.lease
+        self._announce_lock = threading.Lock()  # the start's thread, the loop's re-acquire
 
     def announce(self, lease: Lease, previous: list[FamilyNets]) -> None:
         """Rules, subnet.env, metrics and /readyz for ``lease``, replacing ``previous``."""
-        log.info("holding lease %s (%s)", lease.key, _expiry(lease))
-        setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
-        write_subnet_env(self._flags, self._config, self.network)
-        self._metrics.set_lease_expiry(lease.expiration)
-        network = self.network
-        self._metrics.track_udp(network.forward_stats)
-        ready = "" if self._health.ready else "; peers not synced yet"
-        self._health.set_detail("lease", f"lease {lease.key}{ready}")
-        self._announced = lease
+        with self._announce_lock:
+            log.info("holding lease %s (%s)", lease.key, _expiry(lease))
+            setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
+            write_subnet_env(self._flags, self._config, self.network)
+            self._metrics.set_lease_expiry(lease.expiration)
+            network = self.network
+            self._metrics.track_udp(network.forward_stats)
+            ready = "" if self._health.ready else "; peers not synced yet"
+            self._health.set_detail("lease", f"lease {lease.key}{ready}")
+            self._announced = lease
 
     def on_lease(self, lease: Lease) -> None:
         """Our lease was re-acquired (maybe with another subnet)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import logging
 import sys
@@ -345,7 +346,7 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[Flags], 
     def install(run: Callable[[Flags], int]) -> list[Flags]:
         seen: list[Flags] = []
 
-        def recording_run(flags: Flags) -> int:
+        def recording_run(flags: Flags, start_done: Callable[[], None] = lambda: None) -> int:
             seen.append(flags)
             return run(flags)
 
@@ -472,3 +473,39 @@ def test_network_policy_needs_kube_mode() -> None:
     env = {"FLANNELD_NETWORK_POLICY": "true", "FLANNELD_KUBE_SUBNET_MGR": "true"}
     assert parse(env=env).network_policy is True
     assert parse().network_policy is False
+
+
+def test_main_pauses_collection_until_the_daemon_has_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bool] = []
+
+    def run(flags: Flags, start_done: Callable[[], None]) -> int:
+        seen.append(gc.isenabled())
+        start_done()
+        seen.append(gc.isenabled())
+        return 0
+
+    module = types.ModuleType("flanneld.daemon")
+    module.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flanneld.daemon", module)
+    gc.enable()
+    try:
+        assert cli.main([]) == 0
+    finally:
+        gc.unfreeze()
+    assert seen == [False, True]
+    assert gc.isenabled()
+
+
+def test_main_resumes_collection_when_the_start_fails(
+    fake_daemon: Callable[[Callable[[Flags], int]], list[Flags]],
+) -> None:
+    def run(flags: Flags) -> int:
+        assert not gc.isenabled()
+        raise StoreError("etcd down")
+
+    fake_daemon(run)
+    gc.enable()
+    assert cli.main([]) == 1
+    assert gc.isenabled() and gc.get_freeze_count() == 0

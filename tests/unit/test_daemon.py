@@ -472,3 +472,65 @@ def test_the_switch_interval_is_lowered_for_the_loop_and_again_once_peers_are_pr
     rig.serve(Daemon(flags, rig.stop, rig.parts(), switch_interval=switch_interval))
     # the loop's interval before its first pass, the serving one after it
     assert calls == [(LOOP_SWITCH_INTERVAL, 0), (SERVING_SWITCH_INTERVAL, 1)]
+
+
+def test_start_done_is_called_once_after_the_first_pass(flags: Flags) -> None:
+    rig = make_rig(flags, peers=(peer(2),))
+    calls: list[int] = []
+
+    def start_done() -> None:
+        calls.append(len(rig.backends[0].networks[0].calls))
+
+    rig.serve(Daemon(flags, rig.stop, rig.parts(), start_done=start_done))
+    assert calls == [1]
+
+
+class RulesAfterFirstPass(FakeRules):
+    """Rules whose setup waits for the first pass to begin (as slow iptables would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_pass = threading.Event()
+        self.beside: list[bool] = []
+
+    def setup(
+        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+        previous: Sequence[FamilyNets] = (),
+    ) -> None:
+        self.beside.append(self.first_pass.wait(GUARD_SECONDS / 3))
+        super().setup(masq, forward, nets, previous)
+
+
+def test_rules_and_subnet_env_go_in_beside_the_first_pass_and_ready_waits_for_them(
+    flags: Flags,
+) -> None:
+    rules = RulesAfterFirstPass()
+    env_at_first_pass: list[bool] = []
+
+    def done(network: FakeNetwork) -> bool:
+        env_at_first_pass.append(Path(flags.subnet_file).exists())
+        rules.first_pass.set()
+        return True
+
+    rig = Rig(flags, FakeSubnetManager(CONFIG, "10.244.7.0/24", peers=(peer(2),)), done)
+    rig.rules = rules
+    daemon = rig.serve()
+    assert rules.beside == [True]  # the first pass began while the rules were going in
+    assert env_at_first_pass == [False]  # subnet.env is written after the rules, as before
+    assert Path(flags.subnet_file).read_text().startswith("FLANNEL_NETWORK=10.244.0.0/16\n")
+    assert daemon._health.ready
+
+
+class BrokenRules(FakeRules):
+    def setup(
+        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+        previous: Sequence[FamilyNets] = (),
+    ) -> None:
+        raise RuntimeError("a bug in the rules code")
+
+
+def test_an_unexpected_error_while_announcing_ends_the_start(flags: Flags) -> None:
+    rig = make_rig(flags, peers=(peer(2),))
+    rig.rules = BrokenRules()
+    with pytest.raises(RuntimeError, match="a bug in the rules code"):
+        rig.serve()

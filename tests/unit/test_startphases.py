@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from flanneld.startphases import StartPhases, process_age
+import pytest
+
+from flanneld.startphases import CollectorPause, StartPhases, process_age
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """Automatic collection on, nothing frozen, before and after the test."""
+    gc.enable()
+    yield
+    gc.unfreeze()
+    gc.enable()
 
 
 def test_phases_are_consecutive_from_the_process_start() -> None:
@@ -51,3 +65,38 @@ def test_process_age_without_proc_is_zero(tmp_path: Path) -> None:
     assert process_age(str(tmp_path / "missing")) == 0.0
     (tmp_path / "garbage").write_text("no parens here")
     assert process_age(str(tmp_path / "garbage")) == 0.0
+
+
+def test_the_collector_is_paused_until_the_start_is_done(collector: None) -> None:
+    pause = CollectorPause()
+    assert not gc.isenabled()
+    kept = [object(), [1, 2]]
+    gc.collect()
+    pause.finish()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(kept)  # what the start built is frozen
+    pause.resume()  # the entry point's finally: nothing more happens
+    assert gc.isenabled()
+
+
+def test_the_pause_ends_by_itself_when_the_start_hangs(collector: None) -> None:
+    CollectorPause(limit=0.05)
+    deadline = time.monotonic() + 30.0
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # only a finished start is frozen
+
+
+def test_resume_without_finish_freezes_nothing(collector: None) -> None:
+    pause = CollectorPause()
+    pause.resume()  # the start failed
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_collector_off_before_stays_off(collector: None) -> None:
+    gc.disable()
+    pause = CollectorPause(limit=0.01)
+    pause.finish()
+    pause.resume()
+    assert not gc.isenabled() and gc.get_freeze_count() == 0
