@@ -351,6 +351,7 @@ class Daemon:
             "announce-lease", lambda: node.announce(network.lease, previous_nets))
         phases.mark("rules and subnet.env")
         holder = LeaseHolder(network.lease)
+        after_sync: list[threading.Thread] = []
 
         def synced() -> None:
             announcing.wait()
@@ -361,14 +362,20 @@ class Daemon:
             release_start_memory()
             self._start_done()
             self._switch_interval(SERVING_SWITCH_INTERVAL)
+            while after_sync:
+                thread = after_sync.pop()
+                thread.start()
+                self._threads.append(thread)
 
         settings = LoopSettings(flags.resync_interval, 100.0 / flags.resync_max_cpu)
         loop = MainLoop(node.reregister, node.on_lease, synced, settings, stop, metrics)
         policy = self._policy_threads(manager, holder) if flags.network_policy else []
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy
-        if not flags.network_policy and flags.kube_subnet_mgr:  # beside the first pass
-            self._threads.append(threading.Thread(
+        if not flags.network_policy and flags.kube_subnet_mgr:
+            # after the first pass: its imports (the policy engine, ~30 ms) and nft call took
+            # the GIL from the pass when they ran beside it
+            after_sync.append(threading.Thread(
                 target=lambda: remove_policy_table(parts.policy_table()),
                 name="policy-table-cleanup", daemon=True))
         for thread in self._threads:

@@ -449,6 +449,12 @@ class KubeSubnetManager:
         self._config: NetConfig | None = None
         self._config_lock = threading.Lock()
         self._prefetch: _Prefetch | None = None
+        # our Node as the start-up steps share it: read once for the public IP overrides, the
+        # previous attributes and the first acquire_lease; then as that acquire left it, for
+        # the first snapshot (see _own_node and _with_own_node)
+        self._starting = True  # until the first acquire_lease
+        self._start_node: JSON | None = None
+        self._acquired_node: JSON | None = None
 
     @classmethod
     def connect(
@@ -493,8 +499,7 @@ class KubeSubnetManager:
     def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
         """Our Node's pod CIDRs as the lease; advertise ``attrs`` as annotations."""
         cfg = self.get_network_config()
-        node = self._retrying("get node", self._read_own_node, fail=LeaseError)
-        lease = own_lease(node, self.node_name, cfg, attrs)
+        node, lease = self._node_to_acquire(cfg, attrs)
         current = annotations_of(node)
         overwrite = current.get(self.keys.public_ip_overwrite)
         if overwrite and overwrite != str(attrs.public_ip):
@@ -502,9 +507,10 @@ class KubeSubnetManager:
                      overwrite, self.keys.public_ip_overwrite)
         changes = annotation_changes(current, desired_annotations(current, attrs, self.keys))
         if changes:
-            self._retrying("patch node", self._patch_status,
-                           {"metadata": {"annotations": changes}}, fail=LeaseError)
+            node = self._retrying("patch node", self._patch_status,
+                                  {"metadata": {"annotations": changes}}, fail=LeaseError)
             log.info("Annotated node %s: %s", self.node_name, ", ".join(sorted(changes)))
+        self._acquired_node = node  # the PATCH answers with the Node as it is now
         return lease
 
     def renew_lease(self, lease: Lease) -> Lease:
@@ -594,14 +600,13 @@ class KubeSubnetManager:
         """What our Node's annotations advertised (``public_ip`` is not needed here:
         the Node is ours by name)."""
         del public_ip
-        node = self._retrying("get node", self._read_own_node)
-        return attrs_from_annotations(annotations_of(node), self.keys)
+        return attrs_from_annotations(annotations_of(self._own_node()), self.keys)
 
     def node_public_ip_override(
         self,
     ) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
         """Our Node's ``node-public-ip`` / ``node-public-ipv6`` annotations (acts as --public-ip)."""
-        ann = annotations_of(self._retrying("get node", self._read_own_node))
+        ann = annotations_of(self._own_node())
         found: list[Any] = []
         for key, kind in ((self.keys.node_public_ip, ipaddress.IPv4Address),
                           (self.keys.node_public_ipv6, ipaddress.IPv6Address)):
@@ -638,10 +643,35 @@ class KubeSubnetManager:
         return self._rest.json("GET node", "GET", NODE, self._timeout(),
                                path_params={"name": self.node_name})
 
-    def _patch_status(self, body: JSON) -> None:
-        self._rest.json("PATCH node status", "PATCH", NODE_STATUS, self._timeout(),
-                        path_params={"name": self.node_name}, body=body,
-                        content_type=STRATEGIC_MERGE_PATCH)
+    def _own_node(self) -> JSON:
+        """Our Node; the start-up steps before the first acquire_lease share one read.
+
+        They run within a fraction of a second of each other and upstream reads its Node
+        from its informer's cache, no fresher; the first acquire_lease takes the read over
+        (and reads again if it lacks what acquiring needs).  Later calls read afresh.
+        """
+        node = self._start_node or self._retrying("get node", self._read_own_node)
+        if self._starting:
+            self._start_node = node
+        return node
+
+    def _node_to_acquire(self, cfg: NetConfig, attrs: LeaseAttrs) -> tuple[JSON, Lease]:
+        """Our Node and our lease from it: the start-up steps' read if it will do, else a
+        fresh read."""
+        shared, self._start_node, self._starting = self._start_node, None, False
+        if shared is not None:
+            try:
+                return shared, own_lease(shared, self.node_name, cfg, attrs)
+            except LeaseError:  # e.g. read before our pod CIDR was assigned
+                log.debug("our node as read at start-up cannot be acquired: reading it again")
+        node = self._retrying("get node", self._read_own_node, fail=LeaseError)
+        return node, own_lease(node, self.node_name, cfg, attrs)
+
+    def _patch_status(self, body: JSON) -> JSON:
+        """Patch our Node (status subresource); the Node as the API server stored it."""
+        return self._rest.json("PATCH node status", "PATCH", NODE_STATUS, self._timeout(),
+                               path_params={"name": self.node_name}, body=body,
+                               content_type=STRATEGIC_MERGE_PATCH)
 
     def _retrying(
         self, what: str, fn: Callable[..., T], *args: Any,
@@ -686,17 +716,24 @@ class KubeSubnetManager:
 
     def _with_own_node(self, cfg: NetConfig, listed: _Listed, state: _WatchState
                        ) -> _Listed | None:
-        """A list made ahead of acquire_lease, with our own Node as it is now.
+        """A list made ahead of acquire_lease, with our own lease in it.
 
         Without this the snapshot would lack the lease we have just annotated
-        and the daemon would acquire it again.  None (list again) if our Node
+        and the daemon would acquire it again.  A list that holds our lease
+        already is kept as it is (the watch replays any later change); otherwise
+        our Node as acquire_lease left it (the PATCH's answer) goes in, or, if
+        there was no acquire, our Node read now.  None (list again) if our Node
         cannot be read.
         """
-        try:
-            own = self._read_own_node()
-        except StoreError as err:
-            log.debug("reading our node after the early list failed: %s", err)
-            return None
+        own, self._acquired_node = self._acquired_node, None
+        if listed.table.lease(self.node_name) is not None:
+            return listed
+        if own is None:
+            try:
+                own = self._read_own_node()
+            except StoreError as err:
+                log.debug("reading our node after the early list failed: %s", err)
+                return None
         listed.table.set(self.node_name, self._lease_of(cfg, own, state))
         return listed
 

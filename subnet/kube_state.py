@@ -415,6 +415,10 @@ class NodeLeaseTable:
     def leases(self) -> tuple[Lease, ...]:
         return tuple(self._leases[name] for name in sorted(self._leases))
 
+    def lease(self, name: str) -> Lease | None:
+        """``name``'s lease (None: unknown or unmanaged)."""
+        return self._leases.get(name)
+
     def set(self, name: str, lease: Lease | None) -> list[LeaseMessage]:
         """Record ``name``'s lease (None: gone or unmanaged); the messages to send."""
         old = self._leases.get(name)

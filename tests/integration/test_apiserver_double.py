@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
@@ -129,6 +130,23 @@ def test_each_write_bumps_the_resource_version(double: KubeAPIDouble) -> None:
     second = double.annotate_node("a", {"x/y": "1"})
     assert int(second["metadata"]["resourceVersion"]) == int(first["metadata"]["resourceVersion"]) + 1
     assert double.resource_version == int(second["metadata"]["resourceVersion"])
+
+
+def test_connections_send_without_waiting_for_delayed_acks(double: KubeAPIDouble) -> None:
+    """Headers and body go out in two writes: with Nagle's algorithm on, the body of a
+    response on a kept-alive connection waited for the client's delayed ACK (40 ms each,
+    where kube-apiserver, like every Go server, sets TCP_NODELAY)."""
+    double.add_node("a")
+    http = urllib3.PoolManager(retries=False)
+    try:
+        for _ in range(3):  # one kept-alive connection
+            assert http.request("GET", f"{double.url}/api/v1/nodes/a").status == 200
+        conns = list(double._conns)
+        assert conns
+        for conn in conns:
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        http.clear()
 
 
 # --- watch -------------------------------------------------------------------------

@@ -579,6 +579,56 @@ def test_list_made_ahead_of_acquire_carries_our_own_new_lease(
         manager.close()
 
 
+@pytest.mark.parametrize("annotated", [False, True], ids=["first start", "restart"])
+def test_start_up_reads_our_node_once(
+    api: KubeAPIDouble, net_conf: Path, annotated: bool
+) -> None:
+    """The daemon's start-up order: public IP overrides, previous attributes, acquire, then
+    the first snapshot from the early list; all from one GET of our Node (the PATCH's
+    answer stands in for a read-back)."""
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    if annotated:  # a restart: our annotations from the last run, another VTEP MAC
+        api.annotate_node("me", peer_annotations("192.168.50.1", mac="aa:bb:cc:00:00:07"))
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
+    try:
+        assert manager.public_ip_override() is None
+        assert manager.public_ipv6_override() is None
+        previous = manager.previous_attrs(None)
+        assert (previous is not None) == annotated
+        assert manager.acquire_lease(OWN_ATTRS).key == "10.244.7.0-24"
+        w = Watcher(manager)
+        try:
+            w.wait_for_keys({"10.244.1.0-24", "10.244.7.0-24"}, timeout=30)
+            w.settle()
+            assert isinstance(w.log[0], Snapshot)
+            assert {lease.key for lease in w.log[0].leases} == {"10.244.1.0-24",
+                                                                 "10.244.7.0-24"}
+        finally:
+            w.close()
+        assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 1
+        assert len(api.requests_matching("PATCH", "/api/v1/nodes/me/status")) == 1
+        assert api.node("me")["metadata"]["annotations"][P + "backend-data"] == VXLAN_DATA
+        # after start-up every call reads afresh
+        api.annotate_node("me", {P + "node-public-ip": "198.51.100.4"})
+        assert manager.public_ip_override() == ipaddress.IPv4Address("198.51.100.4")
+    finally:
+        manager.close()
+
+
+def test_a_start_up_read_without_our_pod_cidr_is_read_again_to_acquire(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    api.add_node("me")  # registered; kube-controller-manager has not assigned a CIDR yet
+    manager = make_manager()
+    assert manager.previous_attrs(None) is None  # the read the start-up steps share
+    api.update_node("me", lambda node: node["spec"].update(
+        podCIDR="10.244.7.0/24", podCIDRs=["10.244.7.0/24"]))
+    assert manager.acquire_lease(OWN_ATTRS).key == "10.244.7.0-24"
+    assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 2
+
+
 def test_pod_cidr_change_moves_the_lease(api: KubeAPIDouble,
                                          watch: Callable[[], Watcher]) -> None:
     api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
