@@ -24,6 +24,7 @@ AF_INET = 2
 AF_INET6 = 10
 AF_BRIDGE = 7
 
+NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
@@ -56,8 +57,11 @@ ATTR = struct.Struct("=HH")
 ERROR = struct.Struct("=i")
 U32 = struct.Struct("=I")
 
-_PUT = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-_DEL = NLM_F_REQUEST | NLM_F_ACK
+# No NLM_F_ACK: rtnetlink answers a request that fails whether it asked or not,
+# and the batch's closing NOOP is acked once all of them are handled (see
+# netlink.Rtnl.transact), so a request that succeeded needs no answer of its own.
+_PUT = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+_DEL = NLM_F_REQUEST
 
 
 class Reply(NamedTuple):

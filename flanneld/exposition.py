@@ -26,6 +26,8 @@ Labels = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    """One line of a metric family: a name suffix, its labels and its value."""
+
     suffix: str  # appended to the family's name: "", "_total", "_bucket", ...
     labels: Labels
     value: float

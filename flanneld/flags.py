@@ -24,7 +24,6 @@ data-plane reconcile.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import re
 import sys
@@ -187,6 +186,8 @@ class Flags:
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
+    """One flag: the Flags field it sets, its name, how its value is read, help, default."""
+
     attr: str
     name: str
     parser: Parser
@@ -257,6 +258,8 @@ def _unknown(name: str, has_value: bool, value: str, stderr: TextIO) -> bool:
         except ValueError as err:
             raise _usage_error(f"invalid boolean value {value!r} for -version: {err}",
                                stderr) from None
+    import difflib  # only here, on a mistyped flag: not part of every start
+
     close = difflib.get_close_matches(name, _SPECS, n=1)
     hint = f" (did you mean --{close[0]}?)" if close else ""
     raise _usage_error(f"flag provided but not defined: -{name}{hint}", stderr)

@@ -62,6 +62,8 @@ _REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """What a health or metrics handler answers."""
+
     status: int
     body: str
     content_type: str = TEXT_PLAIN

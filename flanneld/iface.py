@@ -127,6 +127,8 @@ def choose_address(info: InterfaceInfo, version: int) -> IPAddress | None:
 
 @dataclass(frozen=True, slots=True)
 class _Match:
+    """An interface a flag (or the default route) chose, and how it was chosen."""
+
     info: InterfaceInfo
     via: str
     # the address a flag named (None: choose the interface's best one)

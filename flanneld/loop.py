@@ -53,6 +53,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class LoopSettings:
+    """How often the main loop makes a full pass, and the most of the time full passes take."""
+
     resync_interval: float
     resync_budget: float = RESYNC_BUDGET  # full passes take at most 1/budget of the time
 

@@ -10,7 +10,6 @@ once); an invalid one is reported and the running config is kept.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,20 +90,21 @@ class NetConfWatcher:
         self._running = running
         self._mode = mode
         self._health = health
-        self._seen = self._digest()
+        self._seen = self._content()
 
-    def _digest(self) -> str | None:
+    def _content(self) -> bytes | None:
+        """The file as it is now (a few hundred bytes), None when it cannot be read."""
         try:
-            return hashlib.sha256(self._path.read_bytes()).hexdigest()
+            return self._path.read_bytes()
         except OSError:
             return None
 
     def poll(self) -> None:
-        digest = self._digest()
-        if digest == self._seen:
+        content = self._content()
+        if content == self._seen:
             return
-        self._seen = digest
-        if digest is None:
+        self._seen = content
+        if content is None:
             message = f"{self._path} is gone; keeping the running config"
             log.error("%s", message)
             self._health.set_detail(DETAIL_TOPIC, message)

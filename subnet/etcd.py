@@ -35,7 +35,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -123,8 +123,10 @@ LIST_PAGE = 500
 # lists again.  Not with IPv6: the compare cannot cover the IPv6 half of a key,
 # and an old listing would widen the window in which two nodes starting together
 # pick the same IPv6 subnet (one of them then finds out and chooses again, see
-# _first_ipv6_claimant).  (The watch lists afresh: its snapshot must hold the
-# lease we just acquired.)
+# _first_ipv6_claimant).  The watch's first snapshot uses that listing too, as
+# long as our own write is the only change etcd made since (see
+# _listing_with_ours): the snapshot is then exactly the store at our write's
+# revision, and the watch goes on from the next one.
 LIST_REUSE = 10.0
 
 T = TypeVar("T")
@@ -217,6 +219,7 @@ class EtcdSubnetManager:
         self._warned: set[tuple[bytes, int]] = set()
         self._listed: dict[bytes, ListedLease] = {}
         self._recent: tuple[list[ListedLease], int, float] | None = None  # see LIST_REUSE
+        self._ours: tuple[Lease, int] | None = None  # as listed, and its write's revision
         self._closed = False
         self._timeout = rpc_timeout
         self._login_lock = threading.Lock()
@@ -281,7 +284,7 @@ class EtcdSubnetManager:
         if holder != str(lease.attrs.public_ip):
             raise LeaseConflictError(f"subnet {lease.key} is now held by {holder}")
         compare = self._client.transactions.mod(key) == meta.mod_revision
-        ok, expiration = self._put(key, lease.attrs, compare, ttl_less=meta.lease_id == 0)
+        ok, expiration, _ = self._put(key, lease.attrs, compare, ttl_less=meta.lease_id == 0)
         if not ok:
             raise LeaseConflictError(f"lease {lease.key} changed while renewing; retry")
         self._revoke(meta.lease_id)
@@ -296,7 +299,7 @@ class EtcdSubnetManager:
         while not stop.is_set():
             try:
                 if revision == 0:
-                    leases, revision = self._snapshot()
+                    leases, revision = self._listing_with_ours() or self._snapshot()
                     self._forget_listing()  # the peer table holds the leases now
                     sink(Snapshot(leases))
                 watch_id, responses = self._open_watch(revision + 1)
@@ -391,22 +394,25 @@ class EtcdSubnetManager:
 
     def _reuse(self, entry: ListedLease, attrs: LeaseAttrs) -> Lease | None:
         compare = self._client.transactions.mod(entry.key) == entry.mod_revision
-        ok, expiration = self._put(entry.key, attrs, compare, ttl_less=entry.etcd_lease == 0)
+        ok, expiration, revision = self._put(entry.key, attrs, compare,
+                                             ttl_less=entry.etcd_lease == 0)
         if not ok:
             return None
         self._revoke(entry.etcd_lease)
         lease = Lease(entry.v4, entry.v6, attrs, expiration)
+        self._wrote_ours(lease, revision, entry.create_revision)
         log.info("reusing lease %s of this host (%s)", lease.key, attrs.public_ip)
         return lease
 
     def _repair(self, entry: ListedLease, attrs: LeaseAttrs) -> Lease | None:
         """Write our lease again over an unreadable value (unless it changes meanwhile)."""
         compare = self._client.transactions.mod(entry.key) == entry.mod_revision
-        ok, expiration = self._put(entry.key, attrs, compare, ttl_less=False)
+        ok, expiration, revision = self._put(entry.key, attrs, compare, ttl_less=False)
         if not ok:
             return None
         self._revoke(entry.etcd_lease)
         lease = Lease(entry.v4, entry.v6, attrs, expiration)
+        self._wrote_ours(lease, revision, entry.create_revision)
         log.warning("our lease %s held an unreadable value; wrote it again", lease.key)
         return lease
 
@@ -414,12 +420,14 @@ class EtcdSubnetManager:
         # No key with this IPv4 subnet may exist, whatever its IPv6 part.
         v4_prefix = self._subnets + subnet_key(lease.subnet, None)
         compare = self._client.transactions.create(v4_prefix, prefix_range_end(v4_prefix.encode())) == 0
-        ok, expiration = self._put(self._subnets + lease.key, lease.attrs, compare, ttl_less=False)
+        ok, expiration, revision = self._put(self._subnets + lease.key, lease.attrs, compare,
+                                             ttl_less=False)
         if not ok:
             log.info("subnet %s was taken by another node meanwhile; choosing again", lease.key)
             return None
         if lease.ipv6_subnet is not None and not self._first_ipv6_claimant(lease):
             return None
+        self._wrote_ours(lease, revision, revision)
         log.info("acquired lease %s for %s", lease.key, lease.attrs.public_ip)
         return lease.with_expiration(expiration)
 
@@ -443,17 +451,18 @@ class EtcdSubnetManager:
 
     def _put(
         self, key: str | bytes, attrs: LeaseAttrs, compare: Any, *, ttl_less: bool
-    ) -> tuple[bool, datetime | None]:
+    ) -> tuple[bool, datetime | None, int]:
         """Put ``attrs`` under ``key`` if ``compare`` holds, with a fresh etcd lease.
 
-        Returns (done, new expiration; None when TTL-less).  When the
-        comparison fails, the granted etcd lease is revoked again.
+        Returns (done, new expiration or None when TTL-less, the store's revision
+        after the put).  When the comparison fails, the granted etcd lease is
+        revoked again.
         """
         granted = None if ttl_less else self._rpc(lambda: self._client.lease(self._ttl))
         lease_id = granted.id if granted is not None else 0
         put = self._client.transactions.put(key, encode_attrs(attrs), lease=lease_id)
         try:
-            ok, _ = self._rpc(
+            ok, answers = self._rpc(
                 lambda: self._client.transaction(compare=[compare], success=[put], failure=[])
             )
         except StoreError:
@@ -461,10 +470,11 @@ class EtcdSubnetManager:
             raise
         if not ok:
             self._revoke(lease_id)
-            return False, None
+            return False, None, 0
+        revision = int(answers[0].response_put.header.revision)
         if granted is None:
-            return True, None
-        return True, datetime.now(UTC) + timedelta(seconds=granted.ttl)
+            return True, None, revision
+        return True, datetime.now(UTC) + timedelta(seconds=granted.ttl), revision
 
     def _delete_if_unchanged(self, entry: ListedLease) -> bool:
         compare = self._client.transactions.mod(entry.key) == entry.mod_revision
@@ -541,17 +551,47 @@ class EtcdSubnetManager:
     def _forget_listing(self) -> None:
         """Let the last listing and the parse cache go (until the next listing)."""
         self._recent = None
+        self._ours = None
         self._listed = {}
 
     def _snapshot(self) -> tuple[tuple[Lease, ...], int]:
         entries, revision = self._list()
-        leases = tuple(
-            Lease(e.v4, e.v6, e.attrs, claim_order=float(e.create_revision))
-            for e in entries
-            if e.attrs is not None
-        )
+        leases = tuple(_leases(entries))
         log.debug("listed %d leases at revision %d", len(leases), revision)
         return leases, revision
+
+    def _wrote_ours(self, lease: Lease, revision: int, created: int) -> None:
+        """Our lease is in etcd since ``revision`` (created at ``created``)."""
+        self._ours = (Lease(lease.subnet, lease.ipv6_subnet, lease.attrs,
+                            claim_order=float(created)), revision)
+
+    def _listing_with_ours(self) -> tuple[tuple[Lease, ...], int] | None:
+        """The start's recent listing brought up to our lease's write, or None.
+
+        A start lists every lease (for our previous one) and then writes ours;
+        when that write's revision directly follows the listing's, nothing else
+        changed in etcd between the two, so the listing with our lease in it is
+        the store at that revision, and the watch's first snapshot need not read
+        5000 leases a third time.  A listing made after the write (the IPv6
+        check) is the store at its own revision as it stands.  Anything else
+        (another write in between, an old listing): None, list again.
+        """
+        recent, ours = self._recent, self._ours
+        if recent is None or ours is None or time.monotonic() - recent[2] > LIST_REUSE:
+            return None
+        entries, revision, _ = recent
+        lease, written = ours
+        if written <= 0 or written > revision + 1:
+            return None
+        if written <= revision:
+            leases = _leases(entries)
+        else:
+            leases = _leases(entries, leaving_out=(self._subnets + lease.key).encode())
+            leases.append(lease)
+            revision = written
+        log.debug("%d leases at revision %d: the start's listing and our lease", len(leases),
+                  revision)
+        return tuple(leases), revision
 
     def _open_watch(self, start: int) -> tuple[int, queue.Queue[Any]]:
         """Start a prefix watch at revision ``start``; its responses arrive on the queue."""
@@ -696,6 +736,13 @@ class EtcdSubnetManager:
 
 
 # --- module helpers ----------------------------------------------------------------
+
+
+def _leases(entries: Iterable[ListedLease], leaving_out: bytes = b"") -> list[Lease]:
+    """The listed keys with a readable value (but ``leaving_out``), as the watch hands
+    them on."""
+    return [Lease(e.v4, e.v6, e.attrs, claim_order=float(e.create_revision))
+            for e in entries if e.attrs is not None and e.key != leaving_out]
 
 
 def _make_client(settings: EtcdSettings, timeout: float) -> MultiEndpointEtcd3Client:

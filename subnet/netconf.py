@@ -203,6 +203,8 @@ def _backend(value: Any) -> BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class _FamilyRules:
+    """What net-conf.json checks for one family's network, and the words its errors use."""
+
     network_key: str
     max_len: int
     too_small_prefix: int

@@ -25,6 +25,8 @@ RANDOM_FULLY_MIN_VERSION = (1, 6, 2)
 
 @dataclass(frozen=True, slots=True)
 class _Binaries:
+    """The iptables programs of one IP family."""
+
     iptables: str
     restore: str
 
@@ -37,6 +39,8 @@ _BINARIES = {
 
 @dataclass(frozen=True, slots=True)
 class _RuleSet:
+    """The rules of one of our chains in one IP family, installed as a whole."""
+
     version: int
     rules: tuple[R.IptRule, ...]
 

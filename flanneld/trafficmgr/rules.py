@@ -221,6 +221,8 @@ def nft_forward_rules(network: IPNetwork) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class NftChain:
+    """One base chain of our nftables table: its hook and its rules."""
+
     name: str
     comment: str
     hook: str

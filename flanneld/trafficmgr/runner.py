@@ -12,6 +12,8 @@ from subnet.errors import DataplaneError
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
+    """How a program run ended: its exit status and what it printed."""
+
     returncode: int
     stdout: str
     stderr: str

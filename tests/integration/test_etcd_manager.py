@@ -578,6 +578,73 @@ def test_watch_reports_snapshot_then_additions_and_removals(
     watch.quiet()
 
 
+def test_the_first_snapshot_is_the_starts_listing_with_our_lease_when_nothing_else_changed(
+    etcd: Etcd,
+    managers: Callable[..., EtcdSubnetManager],
+    watches: Callable[[EtcdSubnetManager], Watch],
+) -> None:
+    etcd.put(PREFIX + "/config", CONFIG)
+    foreign(etcd, "10.5.50.0-24", "192.168.5.50")
+    manager = managers()
+    assert manager.previous_attrs(IP4("192.168.1.1")) is None  # the start's listing
+    own = manager.acquire_lease(attrs("192.168.1.1"))
+    lists = counting_lists(manager)
+    watch = watches(manager)
+
+    leases = by_key(watch.expect(Snapshot).leases)
+    assert lists == []  # not listed a third time
+    fresh = by_key(managers().leases())  # what a listing now says: the same, claim order too
+    assert leases == fresh and set(leases) == {"10.5.50.0-24", own.key}
+    assert [leases[k].claim_order for k in sorted(leases)] == [
+        fresh[k].claim_order for k in sorted(fresh)]
+    # the watch goes on from our write: what comes after it arrives, nothing twice
+    foreign(etcd, "10.5.51.0-24", "192.168.5.51")
+    assert watch.expect(LeaseAdded).lease.key == "10.5.51.0-24"
+    watch.quiet()
+
+
+def test_the_first_snapshot_lists_again_when_another_write_came_between(
+    etcd: Etcd,
+    managers: Callable[..., EtcdSubnetManager],
+    watches: Callable[[EtcdSubnetManager], Watch],
+) -> None:
+    etcd.put(PREFIX + "/config", CONFIG)
+    manager = managers()
+    assert manager.previous_attrs(IP4("192.168.1.1")) is None
+    foreign(etcd, "10.5.50.0-24", "192.168.5.50")  # after the start's listing
+    own = manager.acquire_lease(attrs("192.168.1.1"))
+    lists = counting_lists(manager)
+    watch = watches(manager)
+
+    leases = by_key(watch.expect(Snapshot).leases)
+    assert lists == [1]
+    assert set(leases) == {"10.5.50.0-24", own.key}
+    watch.quiet()
+
+
+def test_a_reused_lease_is_in_the_first_snapshot_with_its_new_value(
+    etcd: Etcd,
+    managers: Callable[..., EtcdSubnetManager],
+    watches: Callable[[EtcdSubnetManager], Watch],
+) -> None:
+    etcd.put(PREFIX + "/config", CONFIG)
+    foreign(etcd, "10.5.9.0-24", "192.168.1.1")  # ours, from before a restart
+    manager = managers()
+    previous = manager.previous_attrs(IP4("192.168.1.1"))
+    assert previous is not None
+    new_attrs = attrs("192.168.1.1", '{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}')
+    own = manager.acquire_lease(new_attrs)
+    assert own.key == "10.5.9.0-24"
+    lists = counting_lists(manager)
+    watch = watches(manager)
+
+    leases = by_key(watch.expect(Snapshot).leases)
+    assert lists == []
+    assert leases == by_key(managers().leases())
+    assert leases[own.key].attrs == new_attrs
+    watch.quiet()
+
+
 def test_watch_misses_nothing_written_between_list_and_watch(
     etcd: Etcd, managers: Callable[..., EtcdSubnetManager]
 ) -> None:

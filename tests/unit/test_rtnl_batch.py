@@ -1,4 +1,5 @@
-"""Batched rtnetlink: request encoding, ack matching by sequence number, lost acks, dumps."""
+"""Batched rtnetlink: request encoding, errors matched by sequence number, the closing
+ack, lost answers, dumps."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ NET = ipaddress.ip_network
 ROUTE = Route(NET("10.244.1.0/24"), IP("10.244.1.0"), 5, onlink=True)
 NEIGH = Neighbour(5, IP("10.244.1.0"), "0e:00:00:00:00:01")
 FDB = FdbEntry(5, "0e:00:00:00:00:01", IP("198.18.0.5"))
-PUT_FLAGS = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+PUT_FLAGS = rtnl.NLM_F_REQUEST | rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE  # errors come unasked
 
 
 def encoded(change: Change, seq: int) -> bytes:
@@ -100,7 +101,7 @@ def test_an_ipv4_route_via_an_ipv6_gateway_keeps_its_16_gateway_bytes() -> None:
 
 def test_route_delete_matches_by_protocol_id_and_any_scope() -> None:
     kind, flags, body = rtnl.change_body(Delete(ROUTE))
-    assert kind == rtnl.RTM_DELROUTE and flags == rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK
+    assert kind == rtnl.RTM_DELROUTE and flags == rtnl.NLM_F_REQUEST
     family, dst_len, _, _, table, proto, scope, _, _ = rtnl.RTMSG.unpack_from(body)
     assert (family, dst_len, table, proto, scope) == (2, 24, 254, 44, rtnl.RT_SCOPE_NOWHERE)
 
@@ -128,31 +129,36 @@ def test_neighbour_and_fdb_replies_decode_back() -> None:
 
 
 class FakeKernel:
-    """Answers each request of a send() with an ack, in a scrambled order, the way
-    the test says: ``verdict(obj_bytes) -> errno``; ``drop`` loses acks once."""
+    """Handles the requests of a send() in order, as rtnetlink does: ``verdict(obj_bytes)
+    -> errno``; an error is always answered, success only when NLM_F_ACK asks, a NOOP
+    (control message) is acked when asked.  ``drop`` loses the last answers of a send
+    once (the receive buffer overran)."""
 
     def __init__(self, verdict: Callable[[bytes], int], drop: int = 0) -> None:
         self._verdict = verdict
         self._drop = drop
         self._queue: list[bytes] = []
-        self.sends: list[list[int]] = []  # the sequence numbers of each send()
+        self.sends: list[list[int]] = []  # the sequence numbers of each send's requests
 
     def send(self, data: bytes, /) -> int:
-        replies = list(rtnl.replies(data))
-        self.sends.append([r.seq for r in replies])
-        acks = []
-        for reply in replies:
-            header = rtnl.HEADER.pack(16 + len(reply.payload), reply.kind, reply.flags, reply.seq, 0)
-            body = rtnl.ERROR.pack(-self._verdict(reply.payload)) + header
-            acks.append(rtnl.message(rtnl.NLMSG_ERROR, 0, reply.seq, body))
-        acks.reverse()  # the matching must not rely on order
-        acks.insert(0, rtnl.message(rtnl.NLMSG_ERROR, 0, 99999, rtnl.ERROR.pack(0) + header))
+        requests = list(rtnl.replies(data))
+        self.sends.append([r.seq for r in requests if r.kind != rtnl.NLMSG_NOOP])
+        # a late answer to an earlier send comes first: it must match nothing of this one
+        answers = [rtnl.message(rtnl.NLMSG_ERROR, 0, 99999, rtnl.ERROR.pack(-errno.EEXIST)
+                                + rtnl.HEADER.pack(16, rtnl.RTM_NEWROUTE, 0, 99999, 0))]
+        for request in requests:
+            code = 0 if request.kind == rtnl.NLMSG_NOOP else self._verdict(request.payload)
+            if code or request.flags & rtnl.NLM_F_ACK:
+                header = rtnl.HEADER.pack(16 + len(request.payload), request.kind,
+                                          request.flags, request.seq, 0)
+                answers.append(rtnl.message(rtnl.NLMSG_ERROR, 0, request.seq,
+                                            rtnl.ERROR.pack(-code) + header))
         if self._drop:
-            acks, self._drop = acks[: -self._drop], 0
-            self._queue += acks
+            answers, self._drop = answers[: -self._drop], 0
+            self._queue += answers
             self._queue.append(b"ENOBUFS")
         else:
-            self._queue += acks
+            self._queue += answers
         return len(data)
 
     def recv(self, size: int, /) -> bytes:
@@ -208,14 +214,36 @@ def test_a_bulk_is_encoded_on_a_thread_whose_failure_reaches_the_caller() -> Non
     assert Rtnl(kernel).transact(changes, rtnl.change_body) == [0] * 2000
 
 
-def test_a_lost_ack_sends_only_the_unanswered_requests_again() -> None:
+def test_a_lost_answer_sends_again_only_the_requests_whose_outcome_is_unknown() -> None:
     changes = routes(10)
-    kernel = FakeKernel(lambda body: errno.EEXIST if third_octet(body) == 1 else 0, drop=3)
+    kernel = FakeKernel(lambda body: errno.EEXIST if third_octet(body) in (1, 8) else 0, drop=2)
     codes = Rtnl(kernel).transact(changes, rtnl.change_body)
-    assert codes == [errno.EEXIST if i == 1 else 0 for i in range(10)]
+    assert codes == [errno.EEXIST if i in (1, 8) else 0 for i in range(10)]
     first, again = kernel.sends
-    assert len(first) == 10 and len(again) == 3  # acks were sent in reverse: the first 3 lost
-    assert not set(first) & set(again)  # fresh sequence numbers, stale acks ignored
+    # lost: the error of 8 and the closing ack; 1's error came, so 1 is not sent again
+    assert len(first) == 10 and len(again) == 9
+    assert not set(first) & set(again)  # fresh sequence numbers, stale answers ignored
+
+
+def test_successful_requests_ask_for_no_answer_and_each_send_is_closed_by_an_acked_noop() -> None:
+    changes = routes(700)
+    sent: list[bytes] = []
+    kernel = FakeKernel(lambda body: 0)
+    original = kernel.send
+
+    def send(data: bytes, /) -> int:
+        sent.append(data)
+        return original(data)
+
+    kernel.send = send  # type: ignore[method-assign]
+    assert Rtnl(kernel).transact(changes, rtnl.change_body) == [0] * 700
+    assert len(sent) > 1
+    for data in sent:
+        requests = list(rtnl.replies(data))
+        assert [r.kind for r in requests[:-1]] == [rtnl.RTM_NEWROUTE] * (len(requests) - 1)
+        assert not any(r.flags & rtnl.NLM_F_ACK for r in requests[:-1])
+        assert (requests[-1].kind, requests[-1].flags) == (
+            rtnl.NLMSG_NOOP, rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK)
 
 
 def test_a_dump_decodes_only_its_own_replies_until_done() -> None:
