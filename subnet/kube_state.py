@@ -27,6 +27,7 @@ from subnet.lease import (
     Lease,
     LeaseAttrs,
     canonical_ipv4_int,
+    compact_flat_object,
     compact_json,
     ipv4_address,
 )
@@ -205,6 +206,9 @@ def _backend_json(annotations: Mapping[str, str], key: str) -> str | None:
     raw = annotations.get(key)
     if raw is None or raw == "":
         return None
+    flat = compact_flat_object(raw)  # as Go wrote it: no decoding and re-encoding
+    if flat is not None:
+        return flat
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply

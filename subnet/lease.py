@@ -298,6 +298,17 @@ def _decode_go_value(text: str | bytes) -> LeaseAttrs | None:
     )
 
 
+_FLAT_OBJECT_RE = re.compile(_FLAT_OBJECT)
+
+
+def compact_flat_object(text: str) -> str | None:
+    """``text`` if it is a flat object in compact form, as Go writes backend data (then it
+    is what ``compact_json(json.loads(text))`` gives); else None."""
+    if _FLAT_OBJECT_RE.fullmatch(text) is None or not _distinct_keys(text):
+        return None
+    return text
+
+
 def _distinct_keys(flat: str | None) -> bool:
     if flat is None:
         return True

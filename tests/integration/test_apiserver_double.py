@@ -149,6 +149,23 @@ def test_connections_send_without_waiting_for_delayed_acks(double: KubeAPIDouble
         http.clear()
 
 
+def test_list_items_are_encoded_when_written_and_only_live_versions_are_kept(
+    double: KubeAPIDouble,
+) -> None:
+    double.add_node("a")
+    double.add_node("b")
+    for n in range(50):
+        double.annotate_node("a", {"x/n": str(n)})
+    double.delete_node("b")
+    assert len(double._encodings) == 1  # "a" as it is now; no old version, nothing of "b"
+    http = urllib3.PoolManager(retries=False)
+    try:
+        body = json.loads(http.request("GET", f"{double.url}/api/v1/nodes").data)
+    finally:
+        http.clear()
+    assert [item["metadata"]["annotations"]["x/n"] for item in body["items"]] == ["49"]
+
+
 # --- watch -------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from subnet.errors import PeerDataError
 from subnet.lease import (
     Lease,
     LeaseAttrs,
+    compact_flat_object,
     compact_json,
     decode_attrs,
     encode_attrs,
@@ -374,3 +375,20 @@ go_like_values = st.builds(
 def test_go_like_values_decode_as_through_json(text: str) -> None:
     # The same document with a trailing space never takes the regular-expression path.
     assert decoded(text) == decoded(text + " ")
+
+
+@given(st.one_of(flat_objects, json_fragments))
+@example('{"VNI":1,"VNI":2}')
+@example('{"Port":-0}')
+def test_compact_flat_objects_are_what_the_json_path_gives(text: str) -> None:
+    flat = compact_flat_object(text)
+    if flat is not None:
+        assert flat == compact_json(json.loads(text))
+
+
+@pytest.mark.parametrize("data", [
+    '{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}', "{}",
+    '{"PublicKey":"q0cW1b5n4eGJ2JmZQ0XbT3QkU7uQd1oL8m3wA2y4hF0=","Port":51820}',
+])
+def test_backend_data_as_go_writes_it_is_taken_as_it_is(data: str) -> None:
+    assert compact_flat_object(data) == data

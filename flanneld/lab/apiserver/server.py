@@ -545,6 +545,9 @@ class KubeAPIDouble:
         if resource.plural == "namespaces":
             obj["metadata"].setdefault("labels", {})[NAMESPACE_NAME_LABEL] = key[1]
         self._objects[resource.plural][key] = self._stamp(obj)
+        if before is not None:
+            self._encodings.pop(id(before), None)
+        self._encoded(obj)
         self._record(resource.plural, "MODIFIED" if before is not None else "ADDED", obj, before)
         return copy.deepcopy(obj)
 
@@ -556,6 +559,7 @@ class KubeAPIDouble:
                     for inner in [k for k in self._objects[other.plural] if k[0] == key[1]]:
                         self._delete(other, inner)
         del self._objects[resource.plural][key]
+        self._encodings.pop(id(obj), None)
         self._rv += 1
         gone = copy.deepcopy(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
@@ -686,9 +690,11 @@ class KubeAPIDouble:
                          b",".join(self._encoded(obj) for obj in items), b"]}"))
 
     def _encoded(self, obj: JSON) -> bytes:
-        """A stored object as a list item (no kind/apiVersion), encoded once per version, as
-        the real API server's cache does: listing thousands of Nodes is not the double's
-        JSON encoder at work."""
+        """A stored object as a list item (no kind/apiVersion), encoded once per version,
+        when it is written (as the real API server's watch cache serialises each version
+        once for its watchers): a list of thousands of Nodes costs about what it costs
+        kube-apiserver (1-2 ms per 500 Nodes), not 7 ms of Python's JSON encoder per page
+        on the client's clock."""
         cached = self._encodings.get(id(obj))
         if cached is not None and cached[0] is obj:
             return cached[1]
