@@ -97,6 +97,7 @@ class CollectorPause:
         self._ours = gc.isenabled()
         gc.disable()
         self._timer = threading.Timer(limit, self.resume)
+        self._timer.name = "gc-pause-limit"
         self._timer.daemon = True
         if self._ours:
             self._timer.start()

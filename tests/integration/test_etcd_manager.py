@@ -578,21 +578,33 @@ def test_watch_reports_snapshot_then_additions_and_removals(
     watch.quiet()
 
 
-def test_the_first_snapshot_is_the_starts_listing_with_our_lease_when_nothing_else_changed(
+def first_snapshot(
+    manager: EtcdSubnetManager, watches: Callable[[EtcdSubnetManager], Watch]
+) -> tuple[dict[str, Lease], list[int], Watch]:
+    """Open the watch after the start's acquire: its first snapshot by key, the listings
+    it made, and the watch."""
+    lists = counting_lists(manager)
+    watch = watches(manager)
+    return by_key(watch.expect(Snapshot).leases), lists, watch
+
+
+@pytest.mark.parametrize("write_between", [False, True])
+def test_the_first_snapshot_is_the_starts_listing_and_our_lease_unless_another_write_came_between(
     etcd: Etcd,
     managers: Callable[..., EtcdSubnetManager],
     watches: Callable[[EtcdSubnetManager], Watch],
+    write_between: bool,
 ) -> None:
     etcd.put(PREFIX + "/config", CONFIG)
-    foreign(etcd, "10.5.50.0-24", "192.168.5.50")
+    if not write_between:
+        foreign(etcd, "10.5.50.0-24", "192.168.5.50")
     manager = managers()
     assert manager.previous_attrs(IP4("192.168.1.1")) is None  # the start's listing
+    if write_between:
+        foreign(etcd, "10.5.50.0-24", "192.168.5.50")
     own = manager.acquire_lease(attrs("192.168.1.1"))
-    lists = counting_lists(manager)
-    watch = watches(manager)
-
-    leases = by_key(watch.expect(Snapshot).leases)
-    assert lists == []  # not listed a third time
+    leases, lists, watch = first_snapshot(manager, watches)
+    assert lists == ([1] if write_between else [])  # not listed a third time unless needed
     fresh = by_key(managers().leases())  # what a listing now says: the same, claim order too
     assert leases == fresh and set(leases) == {"10.5.50.0-24", own.key}
     assert [leases[k].claim_order for k in sorted(leases)] == [
@@ -600,25 +612,6 @@ def test_the_first_snapshot_is_the_starts_listing_with_our_lease_when_nothing_el
     # the watch goes on from our write: what comes after it arrives, nothing twice
     foreign(etcd, "10.5.51.0-24", "192.168.5.51")
     assert watch.expect(LeaseAdded).lease.key == "10.5.51.0-24"
-    watch.quiet()
-
-
-def test_the_first_snapshot_lists_again_when_another_write_came_between(
-    etcd: Etcd,
-    managers: Callable[..., EtcdSubnetManager],
-    watches: Callable[[EtcdSubnetManager], Watch],
-) -> None:
-    etcd.put(PREFIX + "/config", CONFIG)
-    manager = managers()
-    assert manager.previous_attrs(IP4("192.168.1.1")) is None
-    foreign(etcd, "10.5.50.0-24", "192.168.5.50")  # after the start's listing
-    own = manager.acquire_lease(attrs("192.168.1.1"))
-    lists = counting_lists(manager)
-    watch = watches(manager)
-
-    leases = by_key(watch.expect(Snapshot).leases)
-    assert lists == [1]
-    assert set(leases) == {"10.5.50.0-24", own.key}
     watch.quiet()
 
 
@@ -635,10 +628,7 @@ def test_a_reused_lease_is_in_the_first_snapshot_with_its_new_value(
     new_attrs = attrs("192.168.1.1", '{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}')
     own = manager.acquire_lease(new_attrs)
     assert own.key == "10.5.9.0-24"
-    lists = counting_lists(manager)
-    watch = watches(manager)
-
-    leases = by_key(watch.expect(Snapshot).leases)
+    leases, lists, watch = first_snapshot(manager, watches)
     assert lists == []
     assert leases == by_key(managers().leases())
     assert leases[own.key].attrs == new_attrs
