@@ -46,6 +46,10 @@ def _serve(conn: socket.socket, upstream: tuple[str, int]) -> None:
             return
         with far:
             far.settimeout(None)
+            # Bytes go on as they come: with Nagle's algorithm a response's body, read
+            # apart from its headers, would wait for the far end's delayed ACK (40 ms).
+            for end in (conn, far):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             back = threading.Thread(target=_pump, args=(far, conn), daemon=True)
             back.start()
             _pump(conn, far)
