@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -80,6 +79,10 @@ def write_subnet_env(path: str | os.PathLike[str], text: str) -> None:
     Temp file in the same directory, fsync, rename over the target, fsync the
     directory: readers see the old file or the new one, never a partial one.
     """
+    # tempfile brings shutil, bz2 and lzma: imported here, on the start's announce thread
+    # (beside the first pass), not with the module on the way to it
+    import tempfile
+
     target = Path(path)
     directory = target.parent
     _make_dirs(directory)
