@@ -343,12 +343,8 @@ class Daemon:
         rules = parts.rules(config, flags)
         node = self._node = Node(flags, config, manager, backend, rules, self._health, metrics,
                                  network)
-        previous_nets = family_nets(zip(previous.networks, previous.subnets, strict=True))
-        # Rules and subnet.env go in beside the first pass: iptables runs as processes of
-        # its own and the pass's kernel writes release the GIL, so neither waits for the
-        # other.  The daemon is ready once both are done.
-        announcing = self._announcing = Beside(
-            "announce-lease", lambda: node.announce(network.lease, previous_nets))
+        announcing = self._announcing = self._announce_beside(
+            node, family_nets(zip(previous.networks, previous.subnets, strict=True)))
         phases.mark("rules and subnet.env")
         holder = LeaseHolder(network.lease)
         after_sync: list[threading.Thread] = []
@@ -382,6 +378,26 @@ class Daemon:
             thread.start()
         self._switch_interval(LOOP_SWITCH_INTERVAL)
         loop.run(network, holder)
+        announcing.raise_error()  # when the loop ended because the announce failed
+
+    def _announce_beside(self, node: Node, previous: list[FamilyNets]) -> Beside:
+        """The start's rules and subnet.env, on a thread of their own beside the first pass.
+
+        iptables runs as processes of its own and the pass's kernel writes release the
+        GIL, so neither waits for the other; the daemon is ready once both are done.
+        An unexpected error there is logged at once (the first pass may keep failing
+        and never ask) and stops the daemon, which ``serve`` then raises it from.
+        """
+        lease, stop = node.network.lease, self._stop
+
+        def failed(err: BaseException) -> None:
+            log.error("installing the traffic rules and writing %s for lease %s failed "
+                      "unexpectedly: %r; flanneld stops (routes and the lease stay in place): "
+                      "restart it, and report the error if it repeats",
+                      self._flags.subnet_file, lease.key, err)
+            stop.set()
+
+        return Beside("announce-lease", lambda: node.announce(lease, previous), failed)
 
     def _policy_threads(self, manager: SubnetManager, holder: LeaseHolder) -> list[threading.Thread]:
         """``--network-policy``: informers and the policy reconciler (table kept on shutdown)."""
@@ -413,10 +429,18 @@ class Daemon:
 
 
 class Beside:
-    """``action`` run once on a thread of its own, beside what the caller goes on with."""
+    """``action`` run once on a thread of its own, beside what the caller goes on with.
 
-    def __init__(self, name: str, action: Callable[[], None]) -> None:
+    What it raises is handed to ``on_error`` on that thread as it happens (the caller
+    may be busy elsewhere for long), and raised again on the caller's thread by
+    ``wait`` or ``raise_error``.
+    """
+
+    def __init__(
+        self, name: str, action: Callable[[], None], on_error: Callable[[BaseException], None]
+    ) -> None:
         self._action = action
+        self._on_error = on_error
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -424,12 +448,17 @@ class Beside:
     def _run(self) -> None:
         try:
             self._action()
-        except BaseException as err:  # noqa: BLE001 - wait() raises it on the caller's thread
+        except BaseException as err:  # noqa: BLE001 - raised again on the caller's thread
             self._error = err
+            self._on_error(err)
 
     def wait(self) -> None:
         """Until ``action`` is done; what it raised is raised here."""
         self._thread.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        """What ``action`` raised, if it has (once: it is not raised twice); never waits."""
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -498,24 +527,44 @@ class Node:
         self._metrics = metrics
         self.network = network
         self._announced = network.lease
-        self._announce_lock = threading.Lock()  # the start's thread, the loop's re-acquire
+        # set once the start's announce (on a thread of its own) is over, whatever its end:
+        # a re-acquire's announce and the rules' resync come after it
+        self._started = threading.Event()
 
     def announce(self, lease: Lease, previous: list[FamilyNets]) -> None:
+        """The start's announce of ``lease``, replacing ``previous`` (the last run's)."""
+        try:
+            self._announce(lease, previous)
+        finally:
+            self._started.set()
+
+    def _announce(self, lease: Lease, previous: list[FamilyNets]) -> None:
         """Rules, subnet.env, metrics and /readyz for ``lease``, replacing ``previous``."""
-        with self._announce_lock:
-            log.info("holding lease %s (%s)", lease.key, _expiry(lease))
-            setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
-            write_subnet_env(self._flags, self._config, self.network)
-            self._metrics.set_lease_expiry(lease.expiration)
-            network = self.network
-            self._metrics.track_udp(network.forward_stats)
-            ready = "" if self._health.ready else "; peers not synced yet"
-            self._health.set_detail("lease", f"lease {lease.key}{ready}")
-            self._announced = lease
+        log.info("holding lease %s (%s)", lease.key, _expiry(lease))
+        setup_rules(self._flags, self._rules, rule_nets(self._config, lease), previous)
+        write_subnet_env(self._flags, self._config, self.network)
+        self._metrics.set_lease_expiry(lease.expiration)
+        network = self.network
+        self._metrics.track_udp(network.forward_stats)
+        ready = "" if self._health.ready else "; peers not synced yet"
+        self._health.set_detail("lease", f"lease {lease.key}{ready}")
+        self._announced = lease
 
     def on_lease(self, lease: Lease) -> None:
-        """Our lease was re-acquired (maybe with another subnet)."""
-        self.announce(lease, rule_nets(self._config, self._announced))
+        """Our lease was re-acquired (maybe with another subnet).
+
+        After the start's announce, which may still run (its commands time out): the
+        newer lease's rules and subnet.env must be the ones that stay.
+        """
+        self._started.wait()
+        self._announce(lease, rule_nets(self._config, self._announced))
+
+    def resync_rules(self) -> int:
+        """Restore incomplete traffic rules; how many sets were.  None before the start's
+        announce is over: until then they are still going in, not damaged."""
+        if not self._started.is_set():
+            return 0
+        return self._rules.resync()
 
     def on_synced(self) -> None:
         self._health.mark_ready()
@@ -543,7 +592,7 @@ class Node:
             Watcher(self._manager, loop.messages.put, stop, status, status),
             Renewer(self._manager, holder, margin, stop, renewed, status),
             Periodic("traffic-rules-resync", flags.iptables_resync,
-                     lambda: metrics.record_rules_restored(self._rules.resync()), stop),
+                     lambda: metrics.record_rules_restored(self.resync_rules()), stop),
             parts.kernel_watch(lambda: loop.messages.put(Kick()), stop, deletions),
         ]
         if flags.ip_blackhole_route:

@@ -108,7 +108,8 @@ class CollectorPause:
         ``gc.freeze`` puts every object alive now (call it after a collection)
         in the permanent generation: later collections, also the full ones that
         a single lease event can land in, walk only what was made since, not the
-        start's leases and modules again.
+        start's leases and modules again.  The price: a frozen object that later
+        becomes part of a garbage cycle is never reclaimed, at most what the start built.
         """
         if self._ours:
             gc.freeze()

@@ -32,13 +32,16 @@ from flanneld.daemon import (
     LOOP_SWITCH_INTERVAL,
     SERVING_SWITCH_INTERVAL,
     Daemon,
+    Node,
     Parts,
     backend_entry,
 )
 from flanneld.flags import Flags
+from flanneld.health import HealthState
+from flanneld.metrics import Metrics
 from flanneld.subnetfile import PreviousRun
 from flanneld.trafficmgr.rules import FamilyNets, family_nets
-from subnet.errors import ConfigError, StoreError
+from subnet.errors import ConfigError, DataplaneError, StoreError
 from subnet.lease import IPNetwork, Lease, LeaseAttrs
 from subnet.manager import SubnetManager
 from subnet.netconf import NetConfig, parse_net_config
@@ -534,3 +537,99 @@ def test_an_unexpected_error_while_announcing_ends_the_start(flags: Flags) -> No
     rig.rules = BrokenRules()
     with pytest.raises(RuntimeError, match="a bug in the rules code"):
         rig.serve()
+
+
+def test_an_unexpected_error_while_announcing_is_logged_at_once_and_ends_the_start_even_if_the_first_pass_keeps_failing(
+    flags: Flags, caplog: pytest.LogCaptureFixture,
+) -> None:
+    first_pass_failed = threading.Event()
+
+    class BrokenAfterTheFirstPass(FakeRules):
+        def setup(
+            self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+            previous: Sequence[FamilyNets] = (),
+        ) -> None:
+            first_pass_failed.wait(GUARD_SECONDS / 3)
+            raise RuntimeError("a bug in the rules code")
+
+    def fail(network: FakeNetwork) -> bool:
+        first_pass_failed.set()
+        raise DataplaneError("the kernel refused")
+
+    rig = make_rig(flags, peers=(peer(2),), done=fail)
+    rig.rules = BrokenAfterTheFirstPass()
+    # (before: the daemon ran on, silent, until the guard stopped it without an error)
+    with pytest.raises(RuntimeError, match="a bug in the rules code"):
+        rig.serve()
+    errors = [r.getMessage() for r in caplog.records
+              if r.name == "flanneld.daemon" and r.levelname == "ERROR"]
+    assert len(errors) == 1 and "a bug in the rules code" in errors[0], errors
+    assert "failed unexpectedly" in errors[0] and "flanneld stops" in errors[0]
+    assert not rig.manager.marked_available.is_set()
+
+
+class SlowRules(FakeRules):
+    """Rules whose setup takes longer than --iptables-resync; notes resyncs during it."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self._stop = stop
+        self.resynced = threading.Event()
+        self.resync_during_setup: list[bool] = []
+
+    def setup(
+        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+        previous: Sequence[FamilyNets] = (),
+    ) -> None:
+        self.resync_during_setup.append(self.resynced.wait(2.5))  # --iptables-resync is 1 s
+        super().setup(masq, forward, nets, previous)
+
+    def resync(self) -> int:
+        self.resynced.set()
+        if self.setups:  # the resync after the rules went in: the test has seen enough
+            self._stop.set()
+        return 0
+
+
+def test_the_rules_resync_waits_for_the_first_announce(flags: Flags) -> None:
+    """Else it finds the chains the first setup is still installing "incomplete" and
+    restores them, a second iptables-restore beside the first."""
+    rig = make_rig(dataclasses.replace(flags, iptables_resync=1), peers=(peer(2),),
+                   done=lambda n: False)
+    rules = rig.rules = SlowRules(rig.stop)
+    rig.serve()
+    assert rules.resync_during_setup == [False]
+    assert rules.resynced.is_set()  # and it runs once they are in
+
+
+class FirstSetupSeen(FakeRules):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = threading.Event()
+
+    def setup(
+        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
+        previous: Sequence[FamilyNets] = (),
+    ) -> None:
+        super().setup(masq, forward, nets, previous)
+        self.first.set()
+
+
+def test_a_reacquire_announces_after_the_start_whichever_thread_runs_first(flags: Flags) -> None:
+    """The start's announce runs on a thread of its own: when that thread is scheduled
+    late, the loop's re-acquire must still announce last, replacing the start's lease."""
+    manager = FakeSubnetManager(CONFIG, "10.244.7.0/24")
+    old = manager.acquire_lease(LeaseAttrs(public_ip=OUR_ADDRESS, backend_type="fake"))
+    new = dataclasses.replace(old, subnet=ipaddress.IPv4Network("10.244.8.0/24"))
+    rules = FirstSetupSeen()
+    node = Node(flags, CONFIG, manager, None, rules,  # type: ignore[arg-type] # no re-register
+                HealthState(), Metrics(), FakeNetwork(old, lambda n: None))
+    reacquire = threading.Thread(target=node.on_lease, args=(new,), name="test-reacquire")
+    reacquire.start()
+    try:
+        rules.first.wait(1.0)  # (before: the re-acquire's rules went in here, first)
+        node.announce(old, [])
+    finally:
+        reacquire.join(GUARD_SECONDS)
+    nets = [family_nets([(CONFIG.network, lease.subnet)]) for lease in (old, new)]
+    assert [(setup[2], setup[3]) for setup in rules.setups] == [(nets[0], []), (nets[1], nets[0])]
