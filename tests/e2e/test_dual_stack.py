@@ -94,9 +94,27 @@ def test_dual_stack_lab_reaches_every_pod_in_both_families(
             assert sorted(d["VtepMAC"] for d in v6_data) == macs, v6_data
         else:
             assert v6_data == [None] * 3
+        if subnet_mgr == "kube":
+            _restart_on_a_node_annotated_by_ipv4_runs(lab, "n1")
     finally:
         down(prefix)
     assert not [n for n in list_netns() if is_lab_netns(prefix, n)]
+
+
+def _restart_on_a_node_annotated_by_ipv4_runs(lab: Lab, node: str) -> None:
+    """IPv4 -> dual stack: flanneld starts on a Node without the v6 annotations, which lists
+    its lease under the IPv4 key alone; the first snapshot still holds the lease it acquires
+    (no re-acquire, no warning that the lease was lost)."""
+    lab.kill_flanneld(node)
+    lab.kube_api.annotate_node(node, {f"{ANNOTATION}/public-ipv6": None,
+                                      f"{ANNOTATION}/backend-v6-data": None})
+    log_start = len(lab.logs(node))
+    lab.start_flanneld(node)  # ready: its first pass, after the first snapshot, is done
+    log = lab.logs(node)[log_start:]
+    assert "made during start-up" in log, log[-3000:]  # the early list was used
+    assert "re-acquir" not in log and "deleted or expired" not in log, log[-3000:]
+    annotations = lab.kube_api.node(node)["metadata"]["annotations"]
+    assert annotations[f"{ANNOTATION}/public-ipv6"] == str(lab.plan.node(node).address6.ip)
 
 
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
