@@ -450,11 +450,13 @@ class KubeSubnetManager:
         self._config_lock = threading.Lock()
         self._prefetch: _Prefetch | None = None
         # our Node as the start-up steps share it: read once for the public IP overrides, the
-        # previous attributes and the first acquire_lease; then as that acquire left it, for
-        # the first snapshot (see _own_node and _with_own_node)
+        # previous attributes and the first acquire_lease (see _own_node)
         self._starting = True  # until the first acquire_lease
         self._start_node: JSON | None = None
-        self._acquired_node: JSON | None = None
+        # our Node and lease as acquire_lease left them, kept only while the early list
+        # waits to be taken: the first snapshot needs them (see _with_own_node)
+        self._early_lock = threading.Lock()
+        self._acquired: tuple[JSON, Lease] | None = None
 
     @classmethod
     def connect(
@@ -510,7 +512,9 @@ class KubeSubnetManager:
             node = self._retrying("patch node", self._patch_status,
                                   {"metadata": {"annotations": changes}}, fail=LeaseError)
             log.info("Annotated node %s: %s", self.node_name, ", ".join(sorted(changes)))
-        self._acquired_node = node  # the PATCH answers with the Node as it is now
+        with self._early_lock:
+            if self._prefetch is not None:  # the PATCH answers with the Node as it is now
+                self._acquired = (node, lease)
         return lease
 
     def renew_lease(self, lease: Lease) -> Lease:
@@ -714,26 +718,37 @@ class KubeSubnetManager:
             pages += 1
         return _Listed(rv, table, count, pages, time.monotonic() - started)
 
-    def _with_own_node(self, cfg: NetConfig, listed: _Listed, state: _WatchState
+    def _with_own_node(self, cfg: NetConfig, listed: _Listed,
+                       acquired: tuple[JSON, Lease] | None, state: _WatchState
                        ) -> _Listed | None:
-        """A list made ahead of acquire_lease, with our own lease in it.
+        """A list made ahead of acquire_lease, with our own lease as the store has it.
 
-        Without this the snapshot would lack the lease we have just annotated
-        and the daemon would acquire it again.  A list that holds our lease
-        already is kept as it is (the watch replays any later change); otherwise
-        our Node as acquire_lease left it (the PATCH's answer) goes in, or, if
-        there was no acquire, our Node read now.  None (list again) if our Node
-        cannot be read.
+        Else the first snapshot may lack the lease we have just annotated, or hold it
+        under another key (in dual stack the key follows the annotations, and a Node
+        from IPv4 runs has no public-ipv6), and the daemon would acquire it again.
+        ``acquired`` is our Node and lease as acquire_lease left them (the PATCH's
+        answer, or the start-up read when nothing needed patching).  The list stays as
+        it is if it holds that very lease, or if it was made after that version of our
+        Node (it shows our acquire and whatever followed); that Node's lease goes in if
+        the Node is the newer (the watch replays what follows the list).  Without an
+        acquire, or with resourceVersions that cannot be compared, our Node read now
+        goes in.  None (list again) if it cannot be read.
         """
-        own, self._acquired_node = self._acquired_node, None
-        if listed.table.lease(self.node_name) is not None:
-            return listed
-        if own is None:
-            try:
-                own = self._read_own_node()
-            except StoreError as err:
-                log.debug("reading our node after the early list failed: %s", err)
-                return None
+        if acquired is not None:
+            node, lease = acquired
+            if listed.table.lease(self.node_name) == lease:
+                return listed
+            written = _rv_number((node.get("metadata") or {}).get("resourceVersion"))
+            made = _rv_number(listed.rv)
+            if written is not None and made is not None:
+                if written > made:
+                    listed.table.set(self.node_name, self._lease_of(cfg, node, state))
+                return listed
+        try:
+            own = self._read_own_node()
+        except StoreError as err:
+            log.debug("reading our node after the early list failed: %s", err)
+            return None
         listed.table.set(self.node_name, self._lease_of(cfg, own, state))
         return listed
 
@@ -774,10 +789,12 @@ class KubeSubnetManager:
         self, cfg: NetConfig, sink: Sink, stop: threading.Event, state: _WatchState,
         report: StoreReport,
     ) -> None:
-        prefetch, self._prefetch = self._prefetch, None
+        with self._early_lock:
+            prefetch, self._prefetch = self._prefetch, None
+            acquired, self._acquired = self._acquired, None
         listed = prefetch.take(stop, state, self.timings.stop_poll) if prefetch else None
         if listed is not None:
-            listed = self._with_own_node(cfg, listed, state)
+            listed = self._with_own_node(cfg, listed, acquired, state)
         early = listed is not None
         if listed is None:
             if stop.is_set():
@@ -923,6 +940,18 @@ class ObjectWatch:
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             sink(ObjectEvent(self.kind, str(kind), (obj,)))
         return str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+
+
+def _rv_number(rv: object) -> int | None:
+    """A resourceVersion as a number to order by; None if it is not one.
+
+    The API long called them opaque; KEP-5504 (stable in Kubernetes 1.35, client-go's
+    ``CompareResourceVersion``) makes those of one resource comparable: positive decimal
+    integers without leading zeros, as kube-apiserver has always written etcd's revisions.
+    """
+    if isinstance(rv, str) and rv.isascii() and rv.isdigit() and not rv.startswith("0"):
+        return int(rv)
+    return None
 
 
 def _watch_error(what: str, status: JSON) -> StoreError:

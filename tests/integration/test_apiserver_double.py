@@ -149,21 +149,39 @@ def test_connections_send_without_waiting_for_delayed_acks(double: KubeAPIDouble
         http.clear()
 
 
-def test_list_items_are_encoded_when_written_and_only_live_versions_are_kept(
-    double: KubeAPIDouble,
+def test_a_list_is_encoded_at_each_request_not_when_written(
+    double: KubeAPIDouble, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """kube-apiserver encodes a list's items for every LIST (its watch cache keeps an
+    encoding for the watchers of one event, not for lists): the double charges each list
+    its encoding, the first list after the writes included."""
+    encoded: list[str] = []  # the Nodes the double's JSON encoder was given, in order
+    real_encode = json.JSONEncoder.encode
+
+    def encode(self: json.JSONEncoder, o: Any) -> str:
+        for obj in o.get("items", [o]) if isinstance(o, dict) else ():
+            if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+                encoded.append(obj["metadata"].get("name", ""))
+        return real_encode(self, o)
+
+    monkeypatch.setattr(json.JSONEncoder, "encode", encode)
     double.add_node("a")
     double.add_node("b")
     for n in range(50):
         double.annotate_node("a", {"x/n": str(n)})
     double.delete_node("b")
-    assert len(double._encodings) == 1  # "a" as it is now; no old version, nothing of "b"
+    assert encoded == []  # writing encodes nothing for lists
     http = urllib3.PoolManager(retries=False)
     try:
-        body = json.loads(http.request("GET", f"{double.url}/api/v1/nodes").data)
+        bodies = [http.request("GET", f"{double.url}/api/v1/nodes").data for _ in range(2)]
     finally:
         http.clear()
-    assert [item["metadata"]["annotations"]["x/n"] for item in body["items"]] == ["49"]
+    assert encoded == ["a", "a"]  # each list encoded its one item
+    for body in bodies:
+        doc = json.loads(body)
+        assert [item["metadata"]["annotations"]["x/n"] for item in doc["items"]] == ["49"]
+        assert "kind" not in doc["items"][0]
+        assert body.startswith(b'{"kind":"NodeList","apiVersion":"v1","metadata":')  # compact
 
 
 # --- watch -------------------------------------------------------------------------

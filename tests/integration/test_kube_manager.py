@@ -17,6 +17,7 @@ import pytest
 from flanneld.daemon import kube_settings
 from flanneld.flags import Flags
 from flanneld.lab.apiserver import KubeAPIDouble
+from flanneld.peertable import loses_own_lease
 from subnet.errors import ConfigError, LeaseError, StopRequested, StoreError
 from subnet.kube import KubeSubnetManager, KubeTimings, connect_and_sync
 from subnet.kube_state import KubeSettings
@@ -627,6 +628,105 @@ def test_a_start_up_read_without_our_pod_cidr_is_read_again_to_acquire(
         podCIDR="10.244.7.0/24", podCIDRs=["10.244.7.0/24"]))
     assert manager.acquire_lease(OWN_ATTRS).key == "10.244.7.0-24"
     assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 2
+
+
+DUAL_NET_CONF = ('{"Network":"10.244.0.0/16","EnableIPv6":true,'
+                 '"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}')
+V6_DATA = '{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"}'
+
+
+def first_snapshot(w: Watcher) -> Snapshot:
+    """The watch's first message, once nothing more follows it."""
+    w.wait_for(lambda: w.snapshots() == 1, timeout=30)
+    w.settle()
+    assert isinstance(w.log[0], Snapshot)
+    return w.log[0]
+
+
+def test_the_first_dual_stack_start_finds_its_lease_in_the_first_snapshot(
+    api: KubeAPIDouble, net_conf: Path
+) -> None:
+    """IPv4 -> dual stack: our Node's annotations from the IPv4 runs lack public-ipv6, so
+    the early list keys our lease by IPv4 alone; the first snapshot holds it under the key
+    acquire_lease returned, as the PATCH left it (else the daemon re-acquires at start and
+    warns that its lease was deleted)."""
+    net_conf.write_text(DUAL_NET_CONF)
+    api.add_node("me", pod_cidrs=["10.244.7.0/24", "fd00:10:244:7::/64"],
+                 annotations=peer_annotations("192.168.50.1", mac=MAC))
+    api.add_node("a", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"],
+                 annotations={**peer_annotations("192.168.50.11"), P + "public-ipv6": "fd99::11",
+                              P + "backend-v6-data": V6_DATA})
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
+    try:
+        api.wait_for_lists(2, timeout=30)  # wait_for_sync's and the early one: before our PATCH
+        assert manager.previous_attrs(None) is not None
+        lease = manager.acquire_lease(dataclasses.replace(
+            OWN_ATTRS, public_ipv6=ipaddress.IPv6Address("fd99::1"), backend_v6_data=V6_DATA))
+        assert lease.key == "10.244.7.0-24&fd00:10:244:7::-64"
+        w = Watcher(manager)
+        try:
+            snapshot = first_snapshot(w)
+        finally:
+            w.close()
+        assert not loses_own_lease(lease.key, snapshot)
+        assert {(ls.key, ls.attrs.public_ipv6) for ls in snapshot.leases} == {
+            (lease.key, ipaddress.IPv6Address("fd99::1")),
+            ("10.244.1.0-24&fd00:10:244:1::-64", ipaddress.IPv6Address("fd99::11"))}
+        assert len(w.log) == 1  # the watch's replay of our PATCH changes nothing
+        assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 1
+        assert len(api.requests_matching("PATCH", "/api/v1/nodes/me/status")) == 1
+    finally:
+        manager.close()
+
+
+def test_a_start_up_read_older_than_the_early_list_does_not_bring_back_a_gone_lease(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    """Our lease is taken away after the start-up read and before the early list, and
+    acquire_lease, working from that read, has nothing to patch: the first snapshot shows
+    the store (no lease of ours: the daemon acquires again), not the older read, which no
+    watch event would ever correct."""
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations=peer_annotations("192.168.50.1", mac=MAC))
+    manager = make_manager()
+    assert manager.previous_attrs(None) is not None  # the start-up read, our lease in it
+    api.annotate_node("me", {P + "kube-subnet-manager": None})
+    manager.prefetch_leases()  # made after that change
+    lease = manager.acquire_lease(OWN_ATTRS)
+    assert api.requests_matching("PATCH", "/api/v1/nodes/me/status") == []
+    w = Watcher(manager)
+    try:
+        assert loses_own_lease(lease.key, first_snapshot(w))
+    finally:
+        w.close()
+
+
+def nodes_held(manager: KubeSubnetManager) -> list[str]:
+    """Names of the Node objects the manager's attributes hold (alone or in a tuple)."""
+    return [item["metadata"]["name"] for value in vars(manager).values()
+            for item in (value if isinstance(value, tuple) else (value,))
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict)]
+
+
+def test_no_copy_of_our_node_is_kept_after_start_up(api: KubeAPIDouble, net_conf: Path) -> None:
+    api.add_node("me", pod_cidr="10.244.7.0/24")
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
+    try:
+        lease = manager.acquire_lease(OWN_ATTRS)
+        w = Watcher(manager)
+        try:
+            assert not loses_own_lease(lease.key, first_snapshot(w))
+        finally:
+            w.close()
+        assert nodes_held(manager) == []
+        api.annotate_node("me", {P + "backend-data": None})  # lost: the daemon acquires again
+        manager.acquire_lease(OWN_ATTRS)
+        assert len(api.requests_matching("PATCH", "/api/v1/nodes/me/status")) == 2
+        assert nodes_held(manager) == []
+    finally:
+        manager.close()
 
 
 def test_pod_cidr_change_moves_the_lease(api: KubeAPIDouble,

@@ -81,8 +81,8 @@ PATCH_TYPES = {
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 DEFAULT_WATCH_TIMEOUT = 1800
 MAX_OPEN_LISTS = 100  # unfinished paginated lists kept for their continue tokens
-MAX_ENCODINGS = 100_000  # encoded list items kept (all dropped when there are more)
 HANDSHAKE_TIMEOUT = 10.0
+_COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +238,6 @@ class KubeAPIDouble:
         self._compacted = first_resource_version  # events at or below are gone
         self._history: list[_Event] = []
         self._pages: dict[str, _Paged] = {}  # continue token -> the rest of its list
-        self._encodings: dict[int, tuple[JSON, bytes]] = {}  # id -> (stored object, JSON)
         self._objects: dict[str, dict[Key, JSON]] = {r.plural: {} for r in RESOURCES}
         self._tokens: dict[str, str] = {}  # bearer token -> the user it authenticates
         self._faults: list[_Fault] = []
@@ -246,6 +245,7 @@ class KubeAPIDouble:
         self._paused = False
         self._clean_drop = False
         self._open_watches = 0
+        self._lists = 0  # lists made (their first pages)
         self._uid = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -505,6 +505,12 @@ class KubeAPIDouble:
             if not self._cond.wait_for(lambda: self._open_watches >= count, timeout):
                 raise TimeoutError(f"{self._open_watches} open watches, wanted {count}")
 
+    def wait_for_lists(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Block until at least ``count`` lists have been made (their first pages taken)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._lists >= count, timeout):
+                raise TimeoutError(f"{self._lists} lists made, wanted {count}")
+
     def fail_next(
         self, count: int = 1, code: int = 500, *, method: str | None = None,
         path_suffix: str | None = None, query_key: str | None = None,
@@ -545,9 +551,6 @@ class KubeAPIDouble:
         if resource.plural == "namespaces":
             obj["metadata"].setdefault("labels", {})[NAMESPACE_NAME_LABEL] = key[1]
         self._objects[resource.plural][key] = self._stamp(obj)
-        if before is not None:
-            self._encodings.pop(id(before), None)
-        self._encoded(obj)
         self._record(resource.plural, "MODIFIED" if before is not None else "ADDED", obj, before)
         return copy.deepcopy(obj)
 
@@ -559,7 +562,6 @@ class KubeAPIDouble:
                     for inner in [k for k in self._objects[other.plural] if k[0] == key[1]]:
                         self._delete(other, inner)
         del self._objects[resource.plural][key]
-        self._encodings.pop(id(obj), None)
         self._rv += 1
         gone = copy.deepcopy(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
@@ -669,6 +671,8 @@ class KubeAPIDouble:
                 rv, items = paged.rv, paged.rest
             else:
                 rv = self._rv
+                self._lists += 1
+                self._cond.notify_all()
                 # no copies: a stored object is never changed in place (every write stores
                 # a new one), so the snapshot stays as it was
                 items = [obj for _, obj in
@@ -684,26 +688,14 @@ class KubeAPIDouble:
         if rest:
             meta["continue"] = following
             meta["remainingItemCount"] = len(rest)
-        head = json.dumps({"kind": f"{resource.kind}List", "apiVersion": resource.group_version,
-                           "metadata": meta})
-        return b"".join((head[:-1].encode(), b',"items":[',
-                         b",".join(self._encoded(obj) for obj in items), b"]}"))
-
-    def _encoded(self, obj: JSON) -> bytes:
-        """A stored object as a list item (no kind/apiVersion), encoded once per version,
-        when it is written (as the real API server's watch cache serialises each version
-        once for its watchers): a list of thousands of Nodes costs about what it costs
-        kube-apiserver (1-2 ms per 500 Nodes), not 7 ms of Python's JSON encoder per page
-        on the client's clock."""
-        cached = self._encodings.get(id(obj))
-        if cached is not None and cached[0] is obj:
-            return cached[1]
-        data = json.dumps({k: v for k, v in obj.items()
-                           if k not in ("kind", "apiVersion")}).encode()
-        if len(self._encodings) > MAX_ENCODINGS:
-            self._encodings.clear()
-        self._encodings[id(obj)] = (obj, data)  # holding obj keeps its id unique
-        return data
+        # encoded now, on every request, as kube-apiserver encodes a list (its watch cache
+        # keeps each version encoded for watchers, not for lists); compact, as Go writes it
+        return _COMPACT.encode({
+            "kind": f"{resource.kind}List", "apiVersion": resource.group_version,
+            "metadata": meta,
+            "items": [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+                      for obj in items],
+        }).encode()
 
     def _create(self, target: _Target, body: Any) -> JSON:
         resource = target.resource
