@@ -4,8 +4,8 @@ Everything above this module deals in plain values (``backends.model``,
 ``backends.base``); here they become netlink requests, all over one raw
 rtnetlink socket (:class:`Rtnl`).  Our routes, neighbours and FDB entries,
 thousands at a time, are encoded by :mod:`backends.rtnl`, sent many per
-``send()``, each ack matched back to its object by sequence number, and
-dumps the kernel filters to our own objects.  Links, addresses, route
+``send()``, each error answered matched back to its object by sequence
+number, and dumps the kernel filters to our own objects.  Links, addresses, route
 lookups and blackholes are one request each, encoded by
 :mod:`backends.rtlink`.  pyroute2 is imported only for what the daemon
 rarely needs (the kernel WireGuard driver's generic netlink, entering a named
@@ -73,11 +73,11 @@ NETLINK_CAP_ACK = 10
 NETLINK_GET_STRICT_CHK = 12
 SO_RCVBUFFORCE = 33
 RCVBUF_BYTES = 4 << 20
-BATCH_BYTES = 32 << 10  # requests per send(): the kernel answers each before send() returns
+BATCH_BYTES = 32 << 10  # requests per send(): the kernel handles them all before it returns
 AHEAD_MIN = 256  # above this many requests, the next send's are encoded during this one
 RECV_BYTES = 64 << 10
 REPLY_TIMEOUT = 10.0
-ATTEMPTS = 3  # a request whose ack was lost (receive buffer overrun) is sent again
+ATTEMPTS = 3  # a request whose outcome is unknown (receive buffer overrun) is sent again
 # A pass with more changes than this logs one summary line instead of one per object.
 BULK_LOG_LINES = 10
 
@@ -701,8 +701,9 @@ class Netlink:
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         """Apply ``changes`` in order, continuing past failures.
 
-        The requests go many per ``send()``, each with its own ack matched by
-        sequence number, so every object gets its own result.  Up to
+        The requests go many per ``send()``; the kernel's answer to each one that
+        fails is matched back by sequence number, so every object gets its own
+        result (see :class:`Rtnl`).  Up to
         ``BULK_LOG_LINES`` changes log one line each; a bulk pass logs one
         summary line (and each object at DEBUG).
         """
@@ -957,6 +958,10 @@ class DatagramSocket(Protocol):
 
     def recv(self, size: int, /) -> bytes: ...
 
+    def gettimeout(self) -> float | None: ...
+
+    def settimeout(self, value: float | None, /) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -971,6 +976,20 @@ class Rtnl:
     error by then succeeded.  (Asking each request for its ack cost one
     ``recv()`` per object: at 15 000 objects, about 0.1 s of Python between
     the kernel's sends.)
+
+    An answer the receive buffer has no room for is dropped, and that marks
+    the socket congested: the kernel then drops every later answer too, the
+    closing ack included, until the socket's queue has been read empty, and
+    the next ``recv()`` reports ENOBUFS before the answers queued ahead of the
+    loss.  So a send whose closing ack arrives lost no error, and after
+    ENOBUFS the requests without an answer are sent again (the queue is read
+    dry first, without waiting: left there, it would keep the socket congested
+    and the next send's answers would all be dropped).  This holds only while
+    (1) NETLINK_NO_ENOBUFS is never set on the socket (losses would go
+    unreported, and a later answer, the closing ack, could find room), and
+    (2) one thread reads the socket, the one that sends: another reader
+    emptying the queue while the kernel handles a send would end the
+    congestion in the middle of it.
     """
 
     def __init__(self, sock: DatagramSocket) -> None:
@@ -1079,21 +1098,33 @@ class Rtnl:
                     err, TimeoutError
                 ):
                     raise
+                if err.errno == errnos.ENOBUFS:
+                    self._read_dry(seqs, codes)
                 unknown = [index for index in seqs.values() if codes[index] is None]
                 log.debug("netlink: answers lost (%s); sending %d requests again", err,
                           len(unknown))
                 return unknown
-            for reply in rtnl.replies(datagram):
-                if reply.kind != rtnl.NLMSG_ERROR:
-                    continue
-                if reply.seq == closing:
-                    for index in seqs.values():
-                        if codes[index] is None:
-                            codes[index] = 0
-                    return []
-                answered = seqs.get(reply.seq)  # None: a late answer to an earlier send
-                if answered is not None:
-                    codes[answered] = rtnl.ack_errno(reply.payload)
+            if _note_answers(datagram, seqs, codes, closing):
+                for index in seqs.values():
+                    if codes[index] is None:
+                        codes[index] = 0
+                return []
+
+    def _read_dry(self, seqs: dict[int, int], codes: list[int | None]) -> None:
+        """After ENOBUFS: note the answers queued before the loss without waiting for
+        more, until the queue is empty (which ends the socket's congestion).  A closing
+        ack among them vouches for nothing: an answer before it may be the lost one."""
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(0.0)
+        try:
+            while True:
+                try:
+                    datagram = self._sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    return
+                _note_answers(datagram, seqs, codes, closing=None)
+        finally:
+            self._sock.settimeout(timeout)
 
     def call(self, kind: int, flags: int, body: bytes) -> list[bytes]:
         """Send one request (with ``NLM_F_REQUEST | NLM_F_ACK`` added to ``flags``) and
@@ -1103,6 +1134,22 @@ class Rtnl:
         self._sock.send(rtnl.message(kind, flags | rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK, seq,
                                      body))
         return [reply.payload for reply in self._answers(seq)]
+
+
+def _note_answers(
+    datagram: bytes, seqs: dict[int, int], codes: list[int | None], closing: int | None
+) -> bool:
+    """Note in ``codes`` the answers in ``datagram`` to the requests of ``seqs`` (others
+    are late answers to an earlier send); whether the ack of ``closing`` is among them."""
+    for reply in rtnl.replies(datagram):
+        if reply.kind != rtnl.NLMSG_ERROR:
+            continue
+        if reply.seq == closing:
+            return True
+        answered = seqs.get(reply.seq)
+        if answered is not None:
+            codes[answered] = rtnl.ack_errno(reply.payload)
+    return False
 
 
 def open_rtnl_socket() -> socket.socket:

@@ -560,8 +560,8 @@ class Node:
         self._announce(lease, rule_nets(self._config, self._announced))
 
     def resync_rules(self) -> int:
-        """Restore incomplete traffic rules; how many sets were.  None before the start's
-        announce is over: until then they are still going in, not damaged."""
+        """Restore incomplete traffic rules; how many sets were (none before the start's
+        announce is over: until then they are still going in, not damaged)."""
         if not self._started.is_set():
             return 0
         return self._rules.resync()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from backends import rtnl
 from backends.base import KernelProbe
 from backends.model import DataplaneState, FdbEntry, KernelObject, Neighbour, Route
 from backends.netlink import Netlink, Rtnl, open_rtnl_socket
-from backends.plan import Put, plan
+from backends.plan import Change, Delete, Put, plan
 
 pytestmark = pytest.mark.netns
 
@@ -154,6 +155,17 @@ def test_the_full_pass_and_the_probe_share_one_signature_set(
     assert len(signed) == 3 * PEERS  # neither the probe nor the next pass signed again
 
 
+def socket_in(ns: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """A socket that ``make`` opens inside namespace ``ns`` (on a thread that enters it)."""
+    made: list[socket.socket] = []
+    opener = threading.Thread(target=lambda: (pyroute2_netns.setns(ns, flags=0),
+                                              made.append(make())))
+    opener.start()
+    opener.join(10)
+    (sock,) = made
+    return sock
+
+
 def test_the_dump_reads_only_our_objects(node: tuple[str, Netlink, int]) -> None:
     ns, netlink, dev = node
     mine = peer_objects(3, dev)
@@ -170,12 +182,7 @@ def test_the_dump_reads_only_our_objects(node: tuple[str, Netlink, int]) -> None
     assert netlink.observe([dev], [2]) == DataplaneState.of(mine)
 
     # The kernel itself filtered: every raw reply of our dumps belongs to us.
-    made: list[Rtnl] = []
-    opener = threading.Thread(target=lambda: (pyroute2_netns.setns(ns, flags=0),
-                                              made.append(Rtnl(open_rtnl_socket()))))
-    opener.start()
-    opener.join(10)
-    (raw,) = made
+    raw = Rtnl(socket_in(ns, open_rtnl_socket))
     try:
         routes = raw.dump(rtnl.RTM_GETROUTE, rtnl.route_dump(2), lambda p: p)
         assert routes and all(p[5] == 44 and p[4] == 254 for p in routes)
@@ -299,3 +306,79 @@ def test_a_failed_write_keeps_the_read_from_vouching_for_the_kernel(
     assert isinstance(probe, KernelProbe)
     assert netlink.repairs(probe, [dev], [2]) is None
     assert netlink.begin_probe() is None  # until a full pass succeeds again
+
+
+class WatchedSocket:
+    """A netlink socket that counts the ENOBUFS and the timeouts its reader meets."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.overruns = 0
+        self.timeouts = 0
+
+    def send(self, data: bytes, /) -> int:
+        return self._sock.send(data)
+
+    def recv(self, size: int, /) -> bytes:
+        try:
+            return self._sock.recv(size)
+        except TimeoutError:
+            self.timeouts += 1
+            raise
+        except OSError as err:
+            self.overruns += err.errno == errno.ENOBUFS
+            raise
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def settimeout(self, value: float | None, /) -> None:
+        self._sock.settimeout(value)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_a_small_receive_buffer_loses_answers_but_never_reports_a_failed_object_as_done(
+    node: tuple[str, Netlink, int],
+) -> None:
+    ns, netlink, _ = node
+    uplink = netlink.link("ul0")
+    assert uplink is not None
+    gateway = ipaddress.IPv4Address("198.18.0.2")
+    changes: list[Change] = []
+    good: list[Change] = []
+    failing: list[Change] = []
+    for i in range(2400):
+        good.append(Put(Route(ipaddress.IPv4Network(f"10.{100 + i // 250}.{i % 250}.0/24"),
+                              gateway, uplink.index)))
+        changes.append(good[-1])
+        if i % 8 == 0:  # a route through a device that does not exist; one not there
+            failing += [
+                Put(Route(ipaddress.IPv4Network(f"10.{200 + i // 250}.{i % 250}.0/24"), gateway,
+                          99999)),
+                Delete(Route(ipaddress.IPv4Network(f"10.{50 + i // 250}.{i % 250}.0/24"), gateway,
+                             uplink.index)),
+            ]
+            changes += failing[-2:]
+
+    def small() -> socket.socket:
+        sock = open_rtnl_socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)  # ~80 answers
+        sock.settimeout(2.0)  # a wait for answers that never come fails soon
+        return sock
+
+    sock = WatchedSocket(socket_in(ns, small))
+    try:
+        codes = Rtnl(sock).transact(changes, rtnl.change_body)
+    finally:
+        sock.close()
+    outcome = dict(zip(changes, codes, strict=True))
+    assert sock.overruns > 0  # answers were lost
+    assert sock.timeouts == 0  # and each send after a loss was answered
+    assert all(outcome[change] != 0 for change in failing)
+    assert {outcome[c] for c in failing if isinstance(c, Delete)} == {errno.ESRCH}
+    done = {c.obj.dst for c in good if outcome[c] == 0}
+    assert done <= {ipaddress.IPv4Network(r["dst"])  # type: ignore[arg-type]
+                    for r in ip_json(ns, "route", "show", "proto", "44")}
+    assert len(done) == len(good)  # what was lost was sent again until known

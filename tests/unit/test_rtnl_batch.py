@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -131,41 +133,67 @@ def test_neighbour_and_fdb_replies_decode_back() -> None:
 class FakeKernel:
     """Handles the requests of a send() in order, as rtnetlink does: ``verdict(obj_bytes)
     -> errno``; an error is always answered, success only when NLM_F_ACK asks, a NOOP
-    (control message) is acked when asked.  ``drop`` loses the last answers of a send
-    once (the receive buffer overran)."""
+    (control message) is acked when asked.
 
-    def __init__(self, verdict: Callable[[bytes], int], drop: int = 0) -> None:
+    Its receive queue holds ``room`` answers (None: any number), as the kernel's
+    receive buffer does: an answer without room is dropped and the socket is then
+    congested, so every later answer is dropped too until a recv() empties the queue;
+    the next recv() raises ENOBUFS, before the answers queued ahead of the loss.  A
+    recv() of an empty queue raises BlockingIOError with timeout 0, else TimeoutError
+    (counted in ``timeouts``: the real socket waited REPLY_TIMEOUT for nothing)."""
+
+    def __init__(self, verdict: Callable[[bytes], int], room: int | None = None) -> None:
         self._verdict = verdict
-        self._drop = drop
+        self._room = room
         self._queue: list[bytes] = []
+        self._congested = False
+        self._overrun = False  # ENOBUFS not yet reported
+        self._timeout: float | None = 10.0
         self.sends: list[list[int]] = []  # the sequence numbers of each send's requests
+        self.timeouts = 0
 
     def send(self, data: bytes, /) -> int:
         requests = list(rtnl.replies(data))
         self.sends.append([r.seq for r in requests if r.kind != rtnl.NLMSG_NOOP])
         # a late answer to an earlier send comes first: it must match nothing of this one
-        answers = [rtnl.message(rtnl.NLMSG_ERROR, 0, 99999, rtnl.ERROR.pack(-errno.EEXIST)
-                                + rtnl.HEADER.pack(16, rtnl.RTM_NEWROUTE, 0, 99999, 0))]
+        self._answer(rtnl.message(rtnl.NLMSG_ERROR, 0, 99999, rtnl.ERROR.pack(-errno.EEXIST)
+                                  + rtnl.HEADER.pack(16, rtnl.RTM_NEWROUTE, 0, 99999, 0)))
         for request in requests:
             code = 0 if request.kind == rtnl.NLMSG_NOOP else self._verdict(request.payload)
             if code or request.flags & rtnl.NLM_F_ACK:
                 header = rtnl.HEADER.pack(16 + len(request.payload), request.kind,
                                           request.flags, request.seq, 0)
-                answers.append(rtnl.message(rtnl.NLMSG_ERROR, 0, request.seq,
-                                            rtnl.ERROR.pack(-code) + header))
-        if self._drop:
-            answers, self._drop = answers[: -self._drop], 0
-            self._queue += answers
-            self._queue.append(b"ENOBUFS")
-        else:
-            self._queue += answers
+                self._answer(rtnl.message(rtnl.NLMSG_ERROR, 0, request.seq,
+                                          rtnl.ERROR.pack(-code) + header))
         return len(data)
 
+    def _answer(self, datagram: bytes) -> None:
+        if self._congested:
+            return
+        if self._room is not None and len(self._queue) >= self._room:
+            self._congested = self._overrun = True
+            return
+        self._queue.append(datagram)
+
     def recv(self, size: int, /) -> bytes:
-        datagram = self._queue.pop(0)
-        if datagram == b"ENOBUFS":
+        if self._overrun:
+            self._overrun = False
             raise OSError(errno.ENOBUFS, "No buffer space available")
+        if not self._queue:
+            self._congested = False
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            self.timeouts += 1
+            raise TimeoutError("timed out")
+        datagram = self._queue.pop(0)
+        self._congested = self._congested and bool(self._queue)
         return datagram
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def settimeout(self, value: float | None, /) -> None:
+        self._timeout = value
 
     def close(self) -> None:
         pass
@@ -216,13 +244,43 @@ def test_a_bulk_is_encoded_on_a_thread_whose_failure_reaches_the_caller() -> Non
 
 def test_a_lost_answer_sends_again_only_the_requests_whose_outcome_is_unknown() -> None:
     changes = routes(10)
-    kernel = FakeKernel(lambda body: errno.EEXIST if third_octet(body) in (1, 8) else 0, drop=2)
+    # room for two answers: the late one and 1's error; 8's error and the closing ack are lost
+    kernel = FakeKernel(lambda body: errno.EEXIST if third_octet(body) in (1, 8) else 0, room=2)
     codes = Rtnl(kernel).transact(changes, rtnl.change_body)
     assert codes == [errno.EEXIST if i in (1, 8) else 0 for i in range(10)]
-    first, again = kernel.sends
-    # lost: the error of 8 and the closing ack; 1's error came, so 1 is not sent again
-    assert len(first) == 10 and len(again) == 9
-    assert not set(first) & set(again)  # fresh sequence numbers, stale answers ignored
+    first, second, third = kernel.sends
+    # 1's error came before the loss: 1 is not sent again; then 8's came, the ack was lost
+    assert (len(first), len(second), len(third)) == (10, 9, 8)
+    assert not set(first) & set(second) and not set(second) & set(third)  # fresh numbers
+    assert kernel.timeouts == 0  # what came before each loss was read before the next send
+
+
+def test_after_a_loss_the_queue_is_read_dry_so_the_next_send_is_answered() -> None:
+    """Left unread, the answers queued before the loss keep the socket congested: every
+    answer to the next send would be dropped, and the batch would wait REPLY_TIMEOUT."""
+    changes = routes(2000)  # several sends
+    kernel = FakeKernel(lambda body: errno.ENODEV if third_octet(body) % 3 == 0 else 0,
+                        room=100)
+    codes = Rtnl(kernel).transact(changes, rtnl.change_body)
+    assert kernel.timeouts == 0
+    assert codes == [errno.ENODEV if i % 256 % 3 == 0 else 0 for i in range(2000)]
+    assert len(kernel.sends) > 5  # sends overran and were sent again
+
+
+@settings(max_examples=200)
+@given(failing=st.sets(st.integers(0, 299)), room=st.integers(1, 80))
+def test_no_request_that_failed_is_reported_done_whatever_the_losses(
+    failing: set[int], room: int,
+) -> None:
+    changes = routes(300)
+    octets = {i % 256 for i in failing}  # (routes 256.. share their third octet with 0..)
+    kernel = FakeKernel(lambda body: errno.ENODEV if third_octet(body) in octets else 0,
+                        room=room)
+    codes = Rtnl(kernel).transact(changes, rtnl.change_body)
+    for i, code in enumerate(codes):
+        # known, or unknown after ATTEMPTS sends: never done when it failed
+        assert code in ((errno.ENODEV,) if i % 256 in octets else (0,)) + (errno.ETIMEDOUT,)
+    assert kernel.timeouts == 0
 
 
 def test_successful_requests_ask_for_no_answer_and_each_send_is_closed_by_an_acked_noop() -> None:
