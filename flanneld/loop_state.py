@@ -4,7 +4,8 @@
 kernel-watch kicks, the kernel read of a full pass) and the clock's reading, and
 returns the new state and what to do, in order: fold the lease messages into the
 peer table, re-acquire our lease if a message shows it gone, reconcile (a full
-pass when a kick arrived outside the echo window or before the first sync).
+pass when a kick arrived outside the echo window or before the first sync; nothing
+before the first lease message: the peers are unknown until then, not none).
 ``settle(state, outcome, now)`` takes what the driver did (a re-acquired lease,
 a finished reconcile) and moves the deadlines: the resync stretch, the echo
 window, the first sync.
@@ -164,9 +165,13 @@ def step(
         actions.append(Fold(batch))
     if any(loses_own_lease(state.own_key, m) for m in batch):
         actions.append(Reacquire())
-    due = now >= next_resync or kicked
-    if due:
+    heard = state.heard or bool(batch)
+    timed = now >= next_resync or kicked
+    if timed:
         next_resync = now + state.interval
+    # Before the first lease message the peers are unknown, not none: a pass would delete
+    # every route a restarted node kept.  That message's own pass is a full one.
+    due = timed and heard
     here = due and (kicked or not state.synced)  # a full pass on this thread, now
     if batch or here:
         actions.append(Reconcile(full=here or not state.synced, resync=here,
@@ -179,7 +184,7 @@ def step(
     elif due and not here and not probing:
         probing, probe_started = True, now
         actions.append(Probe())
-    new = replace(state, next_resync=next_resync, heard=state.heard or bool(batch),
+    new = replace(state, next_resync=next_resync, heard=heard,
                   probing=probing, probe_started=probe_started)
     return new, tuple(actions)
 

@@ -149,10 +149,17 @@ def test_kick_outside_the_echo_window_reconciles_at_once() -> None:
     assert reconciles(actions) == [HERE]
 
 
-def test_kick_alone_does_not_mark_synced() -> None:
+def test_nothing_is_reconciled_before_the_first_lease_message() -> None:
+    """The peers are unknown until then, not none: a pass would delete every route a
+    restarted node kept (a kick, or a resync due before a slow first list)."""
     state, actions = run_pass(start(OWN.key, INTERVAL, 0.0), [Kick()], 1.0)
-    assert reconciles(actions) == [HERE]
-    assert MarkSynced() not in actions and not state.synced
+    assert actions == [] and not state.synced
+    state, actions = run_pass(state, [], INTERVAL + 1.0)
+    assert actions == [] and not state.probing
+    assert wait_seconds(state, INTERVAL + 1.0) > 0  # rescheduled, not a busy loop
+    state, actions = run_pass(state, [Snapshot((OWN, lease(2)))], INTERVAL + 2.0)
+    assert reconciles(actions) == [Reconcile(full=True, resync=False, resync_only=False)]
+    assert MarkSynced() in actions and state.synced
 
 
 def test_first_lease_messages_are_a_full_pass_and_mark_synced_once() -> None:

@@ -100,6 +100,7 @@ def test_resync_reconciles_without_messages() -> None:
                     LoopSettings(resync_interval=0.05), stop)
     thread = run_loop(loop, network, stop)
     try:
+        loop.messages.put(Snapshot((lease(1),)))  # known: no peers (unknown before it)
         wait_until(lambda: len(network.calls) >= 3, WAIT, "3 resync reconciles")
     finally:
         stop.set()
@@ -127,7 +128,8 @@ def test_lost_own_lease_is_reacquired_and_reported() -> None:
     assert second.calls[-1] == ["10.244.2.0-24"]
 
 
-def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
+def test_kick_before_the_first_lease_message_waits_for_its_peers() -> None:
+    """A pass with the peers still unknown would delete every route a restarted node kept."""
     stop = threading.Event()
     synced = threading.Event()
     network = FakeNetwork(lease(1))
@@ -135,8 +137,10 @@ def test_kick_reconciles_at_once_but_does_not_count_as_synced() -> None:
     thread = run_loop(loop, network, stop)
     try:
         loop.messages.put(Kick())
-        wait_until(lambda: len(network.calls) == 1, WAIT, "the kicked reconcile")
-        assert not synced.is_set()
+        wait_until(loop.messages.empty, WAIT, "the loop to take the kick")
+        loop.messages.put(Snapshot((lease(1), lease(2))))
+        wait_until(synced.is_set, WAIT, "the first lease message's pass")
+        assert network.calls == [["10.244.2.0-24"]]
     finally:
         stop.set()
         thread.join(5)
