@@ -28,7 +28,7 @@ from pathlib import Path
 from flanneld.lab import topology
 from flanneld.lab.apiserver import KubeAPIDouble
 from flanneld.netpol.controller import policy_threads
-from flanneld.netpol.ruleset import FAMILY, TABLE
+from flanneld.netpol.table import FAMILY, TABLE
 from flanneld.trafficmgr.policy import PolicyTable
 from flanneld.trafficmgr.runner import CommandRunner
 from subnet.kube import KubeSubnetManager

@@ -369,8 +369,8 @@ class Daemon:
         self._threads = node.helpers(loop, holder, stop, parts, netlink.deletions, status)
         self._threads += policy
         if not flags.network_policy and flags.kube_subnet_mgr:
-            # after the first pass: its imports (the policy engine, ~30 ms) and nft call took
-            # the GIL from the pass when they ran beside it
+            # after the first pass: its nft calls took the GIL from the pass when they ran
+            # beside it (the policy engine itself is not loaded for this: see PolicyTable.remove)
             after_sync.append(threading.Thread(
                 target=lambda: remove_policy_table(parts.policy_table()),
                 name="policy-table-cleanup", daemon=True))

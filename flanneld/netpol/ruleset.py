@@ -62,8 +62,6 @@ from flanneld.netpol.model import (
     peer_scopes,
 )
 
-TABLE = "pyflannel-policy"
-FAMILY = "inet"
 FAMILIES = (4, 6)
 EGRESS_HOOK, INGRESS_HOOK = "egress_hook", "ingress_hook"
 _ADDR = {4: "ip", 6: "ip6"}

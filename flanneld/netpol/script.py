@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flanneld.netpol.ruleset import FAMILY, TABLE, NftChain, NftSet, Ruleset
+from flanneld.netpol.ruleset import NftChain, NftSet, Ruleset
+from flanneld.netpol.table import FAMILY, TABLE
 
 _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 _T = f"{FAMILY} {TABLE}"
@@ -79,11 +80,6 @@ def render(ruleset: Ruleset) -> str:
         if m.elements
     ]
     return "\n".join(out) + "\n"
-
-
-def remove_script() -> str:
-    """Deletes our table whether or not it exists."""
-    return f"add table {_T}\ndelete table {_T}\n"
 
 
 def _addr_type(family: int) -> str:

@@ -28,11 +28,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flanneld.netpol import script as S
-from flanneld.netpol.ruleset import FAMILY, TABLE, Ruleset
+from flanneld.netpol.table import FAMILY, TABLE, remove_script
 from flanneld.trafficmgr.runner import CommandRunner
 from subnet.errors import ConfigError, DataplaneError
+
+if TYPE_CHECKING:
+    from flanneld.netpol import script as S
+    from flanneld.netpol.ruleset import Ruleset
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class PolicyTable:
 
     def observe(self) -> S.Observed | None:
         """Our table as the kernel holds it; None when it does not exist."""
+        from flanneld.netpol import script as S  # loaded here: see remove()
         result = self._run.run(["nft", "-j", "list", "table", FAMILY, TABLE])
         if not result.ok:
             return None
@@ -71,6 +76,7 @@ class PolicyTable:
         the table back (saves the listing on every pod change); the periodic
         resync verifies, so manual damage is still repaired.
         """
+        from flanneld.netpol import script as S  # loaded here: see remove()
         observed = self._known if not verify and self._known is not None else self.observe()
         text = S.plan(observed, desired)
         if not text:
@@ -97,10 +103,15 @@ class PolicyTable:
         return dict(self._counters)
 
     def remove(self) -> bool:
-        """Delete our table; True when there was one."""
+        """Delete our table; True when there was one.
+
+        The policy engine's modules load when a table is first read or applied: a
+        daemon without ``--network-policy`` only calls this (see
+        :mod:`flanneld.netpol.table`).
+        """
         self._known = None
         if self._run.run(["nft", "list", "table", FAMILY, TABLE]).ok:
-            self._run.check(["nft", "-f", "-"], stdin=S.remove_script())
+            self._run.check(["nft", "-f", "-"], stdin=remove_script())
             log.info("removed nftables table %s %s (network policy off)", FAMILY, TABLE)
             return True
         return False

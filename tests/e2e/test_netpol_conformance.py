@@ -37,8 +37,9 @@ from flanneld.lab.lab import Lab
 from flanneld.lab.netprobe import ProbeResult, render, sctp_error
 from flanneld.lab.topology import netns_argv
 from flanneld.netpol.model import Cluster, allowed, parse_namespace, parse_pod, parse_policy
-from flanneld.netpol.ruleset import FAMILY, TABLE, LocalNode, desired_ruleset
+from flanneld.netpol.ruleset import LocalNode, desired_ruleset
 from flanneld.netpol.script import Observed, expected, observe
+from flanneld.netpol.table import FAMILY, TABLE
 from tests.conftest import RUN_PREFIX
 from tests.labs import module_lab
 

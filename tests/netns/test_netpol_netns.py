@@ -21,8 +21,9 @@ import pytest
 
 from flanneld.lab import topology
 from flanneld.netpol.model import Cluster, Pod, parse_namespace, parse_policy
-from flanneld.netpol.ruleset import FAMILY, TABLE, LocalNode, desired_ruleset
+from flanneld.netpol.ruleset import LocalNode, desired_ruleset
 from flanneld.netpol.script import expected, observe
+from flanneld.netpol.table import FAMILY, TABLE
 from flanneld.trafficmgr.policy import PolicyTable, ensure_bridge_netfilter
 from flanneld.trafficmgr.runner import CommandRunner
 

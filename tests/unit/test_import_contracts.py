@@ -164,6 +164,36 @@ def test_etcd_mode_start_imports_only_what_it_runs() -> None:
     assert not [name for name in unwanted if name in loaded]
 
 
+def test_removing_the_policy_table_loads_no_policy_engine() -> None:
+    """A kube-mode daemon without ``--network-policy`` removes a left-over table after its
+    first pass; importing the policy engine for that (20-50 ms of the GIL) held up the
+    lease events that came meanwhile (issue 13: one added Node, p99)."""
+    script = (
+        "import sys\n"
+        "from flanneld.trafficmgr.policy import PolicyTable\n"
+        "from flanneld.trafficmgr.runner import CommandResult\n"
+        "class Runner:\n"
+        "    calls = []\n"
+        "    def run(self, argv, stdin=None):\n"
+        "        self.calls.append(argv)\n"
+        "        return CommandResult(0, '', '')\n"
+        "    def check(self, argv, stdin=None):\n"
+        "        self.calls.append([*argv, stdin])\n"
+        "        return CommandResult(0, '', '')\n"
+        "runner = Runner()\n"
+        "assert PolicyTable(runner).remove()\n"
+        "print(runner.calls[-1][-1].replace(chr(10), ';'))\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split("\n")
+    assert out[0] == "add table inet pyflannel-policy;delete table inet pyflannel-policy;"
+    loaded = set(out[1:])
+    assert "flanneld.trafficmgr.policy" in loaded
+    engine = ["flanneld.netpol.model", "flanneld.netpol.ruleset", "flanneld.netpol.script"]
+    assert [name for name in engine if name in loaded] == []
+
+
 def test_the_daemon_starts_without_pyroute2s_request_layer_or_asyncio() -> None:
     """Links, addresses and route lookups are encoded by ``backends.rtlink`` and sent over
     the seam's own socket: pyroute2's ``IPRoute`` (which pulls in asyncio, ~115 modules,
