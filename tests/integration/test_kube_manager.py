@@ -680,6 +680,69 @@ def test_the_first_dual_stack_start_finds_its_lease_in_the_first_snapshot(
         manager.close()
 
 
+def test_the_watch_replay_of_our_node_older_than_the_snapshot_changes_nothing(
+    api: KubeAPIDouble, net_conf: Path
+) -> None:
+    """As above, and our Node also changes between the early list and our PATCH (kubelet
+    status, a label: likely while a node boots).  The watch, from the list's version,
+    replays that older version, without public-ipv6; it must not take our lease back to
+    its IPv4 key (the daemon would re-acquire at start and warn it was deleted)."""
+    net_conf.write_text(DUAL_NET_CONF)
+    api.add_node("me", pod_cidrs=["10.244.7.0/24", "fd00:10:244:7::/64"],
+                 annotations=peer_annotations("192.168.50.1", mac=MAC))
+    api.add_node("a", pod_cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"],
+                 annotations={**peer_annotations("192.168.50.11"), P + "public-ipv6": "fd99::11",
+                              P + "backend-v6-data": V6_DATA})
+    settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
+    manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
+    try:
+        api.wait_for_lists(2, timeout=30)  # wait_for_sync's and the early one
+        api.annotate_node("me", {"example.com/booting": "1"})  # after the list, before PATCH
+        lease = manager.acquire_lease(dataclasses.replace(
+            OWN_ATTRS, public_ipv6=ipaddress.IPv6Address("fd99::1"), backend_v6_data=V6_DATA))
+        assert lease.key == "10.244.7.0-24&fd00:10:244:7::-64"
+        api.annotate_node("a", {P + "public-ip": "192.168.50.12"})  # after all of ours
+        w = Watcher(manager)
+        try:
+            assert not loses_own_lease(lease.key, first_snapshot(w))
+            # the watch delivers in order: once "a" moved, every older event was handled
+            w.wait_for(lambda: any(ls.attrs.public_ip == ipaddress.IPv4Address("192.168.50.12")
+                                   for ls in w.peers.values()), timeout=30)
+        finally:
+            w.close()
+        assert [m for m in w.log if loses_own_lease(lease.key, m)] == []
+        assert [type(m) for m in w.log] == [Snapshot, LeaseAdded]
+        assert w.peers[lease.key] == lease
+    finally:
+        manager.close()
+
+
+def test_without_an_acquire_the_replay_of_our_node_older_than_its_read_changes_nothing(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    """No acquire: our Node as read after the early list goes in the snapshot; its
+    versions between that list and the read, replayed by the watch, send nothing."""
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations=peer_annotations("192.168.50.1", mac=MAC))
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    manager = make_manager()
+    manager.prefetch_leases()
+    api.wait_for_lists(1, timeout=30)
+    api.annotate_node("me", {P + "kube-subnet-manager": None})  # gone for a moment
+    api.annotate_node("me", {P + "kube-subnet-manager": "true"})
+    api.annotate_node("a", {P + "public-ip": "192.168.50.12"})  # after all of ours
+    w = Watcher(manager)
+    try:
+        assert {ls.key for ls in first_snapshot(w).leases} == {"10.244.1.0-24", "10.244.7.0-24"}
+        w.wait_for(lambda: w.peers["10.244.1.0-24"].attrs.public_ip
+                   == ipaddress.IPv4Address("192.168.50.12"), timeout=30)
+        assert [type(m) for m in w.log] == [Snapshot, LeaseAdded]
+        api.annotate_node("me", {P + "kube-subnet-manager": None})  # newer: it counts
+        w.wait_for_keys({"10.244.1.0-24"}, timeout=30)
+    finally:
+        w.close()
+
+
 def test_a_start_up_read_older_than_the_early_list_does_not_bring_back_a_gone_lease(
     api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
 ) -> None:
