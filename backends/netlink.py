@@ -4,8 +4,9 @@ Everything above this module deals in plain values (``backends.model``,
 ``backends.base``); here they become netlink requests, all over one raw
 rtnetlink socket (:class:`Rtnl`).  Our routes, neighbours and FDB entries,
 thousands at a time, are encoded by :mod:`backends.rtnl`, sent many per
-``send()``, each error answered matched back to its object by sequence
-number, and dumps the kernel filters to our own objects.  Links, addresses, route
+``send()``; the kernel answers a failed request with its error and the
+request's sequence number, which tells which object failed.  Dumps are
+filtered by the kernel to our own objects.  Links, addresses, route
 lookups and blackholes are one request each, encoded by
 :mod:`backends.rtlink`.  pyroute2 is imported only for what the daemon
 rarely needs (the kernel WireGuard driver's generic netlink, entering a named
@@ -989,7 +990,13 @@ class Rtnl:
     unreported, and a later answer, the closing ack, could find room), and
     (2) one thread reads the socket, the one that sends: another reader
     emptying the queue while the kernel handles a send would end the
-    congestion in the middle of it.
+    congestion in the middle of it.  Reading dry cannot meet a second ENOBUFS
+    (``_read_dry`` would let it out as an error) because (3) the socket joins no
+    multicast group (``open_rtnl_socket`` binds it with none), so nothing but
+    answers to our requests reaches it, and (4) the batched requests are no
+    dumps: rtnetlink writes each of their answers inside the ``send()`` that
+    carries it, so once ``send()`` has returned no new answer is queued and
+    the queue only drains.
     """
 
     def __init__(self, sock: DatagramSocket) -> None:

@@ -553,8 +553,10 @@ class Node:
     def on_lease(self, lease: Lease) -> None:
         """Our lease was re-acquired (maybe with another subnet).
 
-        After the start's announce, which may still run (its commands time out): the
-        newer lease's rules and subnet.env must be the ones that stay.
+        After the start's announce, which may still run: the newer lease's rules and
+        subnet.env must be the ones that stay.  That wait has no bound of its own: each
+        iptables or nft command the announce runs is stopped after 30 s, but writing
+        subnet.env (a file write and fsync) is not.
         """
         self._started.wait()
         self._announce(lease, rule_nets(self._config, self._announced))

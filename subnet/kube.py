@@ -422,12 +422,15 @@ class _Prefetch:
 
 @dataclass(slots=True)
 class _WatchState:
-    """Per watch_leases call: the open stream (for interruption), bad nodes logged."""
+    """Per watch_leases call: the open stream (for interruption), bad nodes logged, and
+    ``own_floor``: while set, the resourceVersion of the copy of our Node the snapshot
+    holds, newer than the list the watch replays from (see _with_own_node)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     response: Any = None
     done: bool = False
     bad: dict[str, str] = field(default_factory=dict)
+    own_floor: int | None = None
 
 
 class KubeSubnetManager:
@@ -727,12 +730,15 @@ class KubeSubnetManager:
         under another key (in dual stack the key follows the annotations, and a Node
         from IPv4 runs has no public-ipv6), and the daemon would acquire it again.
         ``acquired`` is our Node and lease as acquire_lease left them (the PATCH's
-        answer, or the start-up read when nothing needed patching).  The list stays as
-        it is if it holds that very lease, or if it was made after that version of our
-        Node (it shows our acquire and whatever followed); that Node's lease goes in if
-        the Node is the newer (the watch replays what follows the list).  Without an
-        acquire, or with resourceVersions that cannot be compared, our Node read now
-        goes in.  None (list again) if it cannot be read.
+        answer, or the read acquire_lease worked from).  The list stays as it is if it
+        holds that very lease, or if it was made after that version of our Node (it
+        shows our acquire and whatever followed); that Node's lease goes in if the Node
+        is the newer.  Without an acquire, or with resourceVersions that cannot be
+        compared, our Node read now goes in.  None (list again) if it cannot be read.
+
+        The watch replays what follows the list, older versions of our Node among them:
+        a copy put in sets ``state.own_floor`` to its resourceVersion (when it is a
+        number), below which _handle_event leaves our Node alone.
         """
         if acquired is not None:
             node, lease = acquired
@@ -743,6 +749,7 @@ class KubeSubnetManager:
             if written is not None and made is not None:
                 if written > made:
                     listed.table.set(self.node_name, self._lease_of(cfg, node, state))
+                    state.own_floor = written
                 return listed
         try:
             own = self._read_own_node()
@@ -750,6 +757,7 @@ class KubeSubnetManager:
             log.debug("reading our node after the early list failed: %s", err)
             return None
         listed.table.set(self.node_name, self._lease_of(cfg, own, state))
+        state.own_floor = _rv_number((own.get("metadata") or {}).get("resourceVersion"))
         return listed
 
     def prefetch_leases(self) -> None:
@@ -793,6 +801,7 @@ class KubeSubnetManager:
             prefetch, self._prefetch = self._prefetch, None
             acquired, self._acquired = self._acquired, None
         listed = prefetch.take(stop, state, self.timings.stop_poll) if prefetch else None
+        state.own_floor = None  # a list of its own holds our Node as of that list
         if listed is not None:
             listed = self._with_own_node(cfg, listed, acquired, state)
         early = listed is not None
@@ -828,6 +837,11 @@ class KubeSubnetManager:
         if kind == "ERROR":
             raise _watch_error("node", obj)
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+        if state.own_floor is not None and node_name_of(obj) == self.node_name:
+            number = _rv_number(new_rv)
+            if number is not None and number < state.own_floor:
+                return new_rv  # older than the copy of our Node the snapshot took
+            state.own_floor = None
         if kind in ("ADDED", "MODIFIED"):
             for msg in table.set(node_name_of(obj), self._lease_of(cfg, obj, state)):
                 sink(msg)

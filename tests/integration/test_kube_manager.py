@@ -643,13 +643,10 @@ def first_snapshot(w: Watcher) -> Snapshot:
     return w.log[0]
 
 
-def test_the_first_dual_stack_start_finds_its_lease_in_the_first_snapshot(
-    api: KubeAPIDouble, net_conf: Path
-) -> None:
-    """IPv4 -> dual stack: our Node's annotations from the IPv4 runs lack public-ipv6, so
-    the early list keys our lease by IPv4 alone; the first snapshot holds it under the key
-    acquire_lease returned, as the PATCH left it (else the daemon re-acquires at start and
-    warns that its lease was deleted)."""
+@pytest.fixture
+def dual_stack_start(api: KubeAPIDouble, net_conf: Path) -> Iterator[KubeSubnetManager]:
+    """A first dual-stack start: our Node "me" as IPv4 runs left it (no public-ipv6), a
+    dual-stack peer "a"; the manager connected and synced, its early list made."""
     net_conf.write_text(DUAL_NET_CONF)
     api.add_node("me", pod_cidrs=["10.244.7.0/24", "fd00:10:244:7::/64"],
                  annotations=peer_annotations("192.168.50.1", mac=MAC))
@@ -659,25 +656,91 @@ def test_the_first_dual_stack_start_finds_its_lease_in_the_first_snapshot(
     settings = KubeSettings(api_url=api.url, net_config_path=str(net_conf))
     manager = connect_and_sync(settings, threading.Event(), {"NODE_NAME": "me"})
     try:
-        api.wait_for_lists(2, timeout=30)  # wait_for_sync's and the early one: before our PATCH
-        assert manager.previous_attrs(None) is not None
-        lease = manager.acquire_lease(dataclasses.replace(
-            OWN_ATTRS, public_ipv6=ipaddress.IPv6Address("fd99::1"), backend_v6_data=V6_DATA))
-        assert lease.key == "10.244.7.0-24&fd00:10:244:7::-64"
-        w = Watcher(manager)
-        try:
-            snapshot = first_snapshot(w)
-        finally:
-            w.close()
-        assert not loses_own_lease(lease.key, snapshot)
-        assert {(ls.key, ls.attrs.public_ipv6) for ls in snapshot.leases} == {
-            (lease.key, ipaddress.IPv6Address("fd99::1")),
-            ("10.244.1.0-24&fd00:10:244:1::-64", ipaddress.IPv6Address("fd99::11"))}
-        assert len(w.log) == 1  # the watch's replay of our PATCH changes nothing
-        assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 1
-        assert len(api.requests_matching("PATCH", "/api/v1/nodes/me/status")) == 1
+        api.wait_for_lists(2, timeout=30)  # wait_for_sync's and the early one
+        yield manager
     finally:
         manager.close()
+
+
+def acquire_dual_stack(manager: KubeSubnetManager) -> Lease:
+    lease = manager.acquire_lease(dataclasses.replace(
+        OWN_ATTRS, public_ipv6=ipaddress.IPv6Address("fd99::1"), backend_v6_data=V6_DATA))
+    assert lease.key == "10.244.7.0-24&fd00:10:244:7::-64"
+    return lease
+
+
+def test_the_first_dual_stack_start_finds_its_lease_in_the_first_snapshot(
+    api: KubeAPIDouble, dual_stack_start: KubeSubnetManager
+) -> None:
+    """IPv4 -> dual stack: our Node's annotations from the IPv4 runs lack public-ipv6, so
+    the early list keys our lease by IPv4 alone; the first snapshot holds it under the key
+    acquire_lease returned, as the PATCH left it (else the daemon re-acquires at start and
+    warns that its lease was deleted)."""
+    manager = dual_stack_start
+    assert manager.previous_attrs(None) is not None
+    lease = acquire_dual_stack(manager)
+    w = Watcher(manager)
+    try:
+        snapshot = first_snapshot(w)
+    finally:
+        w.close()
+    assert not loses_own_lease(lease.key, snapshot)
+    assert {(ls.key, ls.attrs.public_ipv6) for ls in snapshot.leases} == {
+        (lease.key, ipaddress.IPv6Address("fd99::1")),
+        ("10.244.1.0-24&fd00:10:244:1::-64", ipaddress.IPv6Address("fd99::11"))}
+    assert len(w.log) == 1  # the watch's replay of our PATCH changes nothing
+    assert len(api.requests_matching("GET", "/api/v1/nodes/me")) == 1
+    assert len(api.requests_matching("PATCH", "/api/v1/nodes/me/status")) == 1
+
+
+def test_the_watch_replay_of_our_node_older_than_the_snapshot_changes_nothing(
+    api: KubeAPIDouble, dual_stack_start: KubeSubnetManager
+) -> None:
+    """As above, and our Node also changes between the early list and our PATCH (kubelet
+    status, a label: likely while a node boots).  The watch, from the list's version,
+    replays that older version, without public-ipv6; it must not take our lease back to
+    its IPv4 key (the daemon would re-acquire at start and warn it was deleted)."""
+    manager = dual_stack_start
+    api.annotate_node("me", {"example.com/booting": "1"})  # after the list, before our PATCH
+    lease = acquire_dual_stack(manager)
+    api.annotate_node("a", {P + "public-ip": "192.168.50.12"})  # after all of ours
+    w = Watcher(manager)
+    try:
+        assert not loses_own_lease(lease.key, first_snapshot(w))
+        # the watch delivers in order: once "a" moved, every older event was handled
+        w.wait_for(lambda: any(ls.attrs.public_ip == ipaddress.IPv4Address("192.168.50.12")
+                               for ls in w.peers.values()), timeout=30)
+    finally:
+        w.close()
+    assert [m for m in w.log if loses_own_lease(lease.key, m)] == []
+    assert [type(m) for m in w.log] == [Snapshot, LeaseAdded]
+    assert w.peers[lease.key] == lease
+
+
+def test_without_an_acquire_the_replay_of_our_node_older_than_its_read_changes_nothing(
+    api: KubeAPIDouble, make_manager: Callable[..., KubeSubnetManager]
+) -> None:
+    """No acquire: our Node as read after the early list goes in the snapshot; its
+    versions between that list and the read, replayed by the watch, send nothing."""
+    api.add_node("me", pod_cidr="10.244.7.0/24",
+                 annotations=peer_annotations("192.168.50.1", mac=MAC))
+    api.add_node("a", pod_cidr="10.244.1.0/24", annotations=peer_annotations("192.168.50.11"))
+    manager = make_manager()
+    manager.prefetch_leases()
+    api.wait_for_lists(1, timeout=30)
+    api.annotate_node("me", {P + "kube-subnet-manager": None})  # gone for a moment
+    api.annotate_node("me", {P + "kube-subnet-manager": "true"})
+    api.annotate_node("a", {P + "public-ip": "192.168.50.12"})  # after all of ours
+    w = Watcher(manager)
+    try:
+        assert {ls.key for ls in first_snapshot(w).leases} == {"10.244.1.0-24", "10.244.7.0-24"}
+        w.wait_for(lambda: w.peers["10.244.1.0-24"].attrs.public_ip
+                   == ipaddress.IPv4Address("192.168.50.12"), timeout=30)
+        assert [type(m) for m in w.log] == [Snapshot, LeaseAdded]
+        api.annotate_node("me", {P + "kube-subnet-manager": None})  # newer: it counts
+        w.wait_for_keys({"10.244.1.0-24"}, timeout=30)
+    finally:
+        w.close()
 
 
 def test_a_start_up_read_older_than_the_early_list_does_not_bring_back_a_gone_lease(

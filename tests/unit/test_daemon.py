@@ -568,51 +568,48 @@ def test_an_unexpected_error_while_announcing_is_logged_at_once_and_ends_the_sta
     assert not rig.manager.marked_available.is_set()
 
 
-class SlowRules(FakeRules):
-    """Rules whose setup takes longer than --iptables-resync; notes resyncs during it."""
+class HeldRules(FakeRules):
+    """Rules whose setup holds until the test releases it; counts the resyncs that reach them."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._stop = stop
-        self.resynced = threading.Event()
-        self.resync_during_setup: list[bool] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.resyncs = 0
 
     def setup(
         self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
         previous: Sequence[FamilyNets] = (),
     ) -> None:
-        self.resync_during_setup.append(self.resynced.wait(2.5))  # --iptables-resync is 1 s
+        self.entered.set()
+        assert self.release.wait(GUARD_SECONDS)
         super().setup(masq, forward, nets, previous)
 
     def resync(self) -> int:
-        self.resynced.set()
-        if self.setups:  # the resync after the rules went in: the test has seen enough
-            self._stop.set()
-        return 0
+        self.resyncs += 1
+        return 2
 
 
-def test_the_rules_resync_waits_for_the_first_announce(flags: Flags) -> None:
+def test_the_rules_resync_waits_for_the_start_announce(flags: Flags) -> None:
     """Else it finds the chains the first setup is still installing "incomplete" and
     restores them, a second iptables-restore beside the first."""
-    rig = make_rig(dataclasses.replace(flags, iptables_resync=1), peers=(peer(2),),
-                   done=lambda n: False)
-    rules = rig.rules = SlowRules(rig.stop)
-    rig.serve()
-    assert rules.resync_during_setup == [False]
-    assert rules.resynced.is_set()  # and it runs once they are in
-
-
-class FirstSetupSeen(FakeRules):
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = threading.Event()
-
-    def setup(
-        self, masq: bool, forward: bool, nets: Sequence[FamilyNets],
-        previous: Sequence[FamilyNets] = (),
-    ) -> None:
-        super().setup(masq, forward, nets, previous)
-        self.first.set()
+    manager = FakeSubnetManager(CONFIG, "10.244.7.0/24")
+    lease = manager.acquire_lease(LeaseAttrs(public_ip=OUR_ADDRESS, backend_type="fake"))
+    rules = HeldRules()
+    node = Node(flags, CONFIG, manager, None, rules,  # type: ignore[arg-type] # no re-register
+                HealthState(), Metrics(), FakeNetwork(lease, lambda n: None))
+    start = threading.Thread(target=node.announce, args=(lease, []), name="test-announce")
+    start.start()
+    try:
+        assert rules.entered.wait(GUARD_SECONDS)
+        assert node.resync_rules() == 0  # the rules are going in, not damaged
+        assert rules.resyncs == 0
+    finally:
+        rules.release.set()
+        start.join(GUARD_SECONDS)
+    assert not start.is_alive()
+    assert node.resync_rules() == 2  # and once they are in, it restores what is missing
+    assert rules.resyncs == 1
 
 
 def test_a_reacquire_announces_after_the_start_whichever_thread_runs_first(flags: Flags) -> None:
@@ -621,15 +618,25 @@ def test_a_reacquire_announces_after_the_start_whichever_thread_runs_first(flags
     manager = FakeSubnetManager(CONFIG, "10.244.7.0/24")
     old = manager.acquire_lease(LeaseAttrs(public_ip=OUR_ADDRESS, backend_type="fake"))
     new = dataclasses.replace(old, subnet=ipaddress.IPv4Network("10.244.8.0/24"))
-    rules = FirstSetupSeen()
+    rules = FakeRules()
     node = Node(flags, CONFIG, manager, None, rules,  # type: ignore[arg-type] # no re-register
                 HealthState(), Metrics(), FakeNetwork(old, lambda n: None))
+    waiting = threading.Event()
+
+    class SeenWaiting(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()
+            return super().wait(timeout)
+
+    node._started = SeenWaiting()
     reacquire = threading.Thread(target=node.on_lease, args=(new,), name="test-reacquire")
     reacquire.start()
     try:
-        rules.first.wait(1.0)  # (before: the re-acquire's rules went in here, first)
+        assert waiting.wait(GUARD_SECONDS)  # the re-acquire waits for the start's announce
+        assert rules.setups == []  # (before: its rules went in here, first)
         node.announce(old, [])
     finally:
         reacquire.join(GUARD_SECONDS)
+    assert not reacquire.is_alive()
     nets = [family_nets([(CONFIG.network, lease.subnet)]) for lease in (old, new)]
     assert [(setup[2], setup[3]) for setup in rules.setups] == [(nets[0], []), (nets[1], nets[0])]

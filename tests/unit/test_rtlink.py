@@ -140,6 +140,7 @@ class OneAnswer:
     def __init__(self, replies: list[bytes], code: int) -> None:
         self._replies, self._code = replies, code
         self._queue: list[bytes] = []
+        self._timeout: float | None = None
 
     def send(self, data: bytes, /) -> int:
         (request,) = rtnl.replies(data)
@@ -152,6 +153,12 @@ class OneAnswer:
 
     def recv(self, size: int, /) -> bytes:
         return self._queue.pop(0)
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def settimeout(self, value: float | None, /) -> None:
+        self._timeout = value
 
     def close(self) -> None:
         pass
