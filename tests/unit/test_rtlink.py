@@ -16,6 +16,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from backends import rtlink, rtnl
 from backends.model import Route
 from backends.netlink import LinkState, Rtnl, VxlanAttrs, VxlanSpec, _link_state, _vxlan_add
+from tests.fakesocket import FakeSocketBase
 
 IP = ipaddress.ip_address
 ADD = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtlink.CREATE
@@ -133,14 +134,14 @@ def test_route_oif_falls_back_to_the_first_multipath_hop() -> None:
     assert (route.table, route.dst_len, rtlink.route_oif(route)) == (254, 0, 7)
 
 
-class OneAnswer:
+class OneAnswer(FakeSocketBase):
     """Answers a request with ``replies`` (payloads) and then its ack carrying ``code``,
     after a stale ack of another sequence number."""
 
     def __init__(self, replies: list[bytes], code: int) -> None:
+        super().__init__(None)
         self._replies, self._code = replies, code
         self._queue: list[bytes] = []
-        self._timeout: float | None = None
 
     def send(self, data: bytes, /) -> int:
         (request,) = rtnl.replies(data)
@@ -153,15 +154,6 @@ class OneAnswer:
 
     def recv(self, size: int, /) -> bytes:
         return self._queue.pop(0)
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def settimeout(self, value: float | None, /) -> None:
-        self._timeout = value
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_call_returns_its_replies_read_up_to_its_ack() -> None:

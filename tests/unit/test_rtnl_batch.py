@@ -18,6 +18,7 @@ from backends import rtnl
 from backends.model import FdbEntry, Neighbour, Route
 from backends.netlink import BATCH_BYTES, Rtnl
 from backends.plan import Change, Delete, Put
+from tests.fakesocket import FakeSocketBase
 
 IP = ipaddress.ip_address
 NET = ipaddress.ip_network
@@ -130,7 +131,7 @@ def test_neighbour_and_fdb_replies_decode_back() -> None:
     assert rtnl.permanent_neighbour(stale) is None
 
 
-class FakeKernel:
+class FakeKernel(FakeSocketBase):
     """Handles the requests of a send() in order, as rtnetlink does: ``verdict(obj_bytes)
     -> errno``; an error is always answered, success only when NLM_F_ACK asks, a NOOP
     (control message) is acked when asked.
@@ -143,12 +144,12 @@ class FakeKernel:
     (counted in ``timeouts``: the real socket waited REPLY_TIMEOUT for nothing)."""
 
     def __init__(self, verdict: Callable[[bytes], int], room: int | None = None) -> None:
+        super().__init__(10.0)
         self._verdict = verdict
         self._room = room
         self._queue: list[bytes] = []
         self._congested = False
         self._overrun = False  # ENOBUFS not yet reported
-        self._timeout: float | None = 10.0
         self.sends: list[list[int]] = []  # the sequence numbers of each send's requests
         self.timeouts = 0
 
@@ -188,15 +189,6 @@ class FakeKernel:
         datagram = self._queue.pop(0)
         self._congested = self._congested and bool(self._queue)
         return datagram
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def settimeout(self, value: float | None, /) -> None:
-        self._timeout = value
-
-    def close(self) -> None:
-        pass
 
 
 def routes(count: int) -> list[Change]:
