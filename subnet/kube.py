@@ -744,7 +744,7 @@ class KubeSubnetManager:
             node, lease = acquired
             if listed.table.lease(self.node_name) == lease:
                 return listed
-            written = _rv_number((node.get("metadata") or {}).get("resourceVersion"))
+            written = _rv_number(_object_rv(node))
             made = _rv_number(listed.rv)
             if written is not None and made is not None:
                 if written > made:
@@ -757,7 +757,7 @@ class KubeSubnetManager:
             log.debug("reading our node after the early list failed: %s", err)
             return None
         listed.table.set(self.node_name, self._lease_of(cfg, own, state))
-        state.own_floor = _rv_number((own.get("metadata") or {}).get("resourceVersion"))
+        state.own_floor = _rv_number(_object_rv(own))
         return listed
 
     def prefetch_leases(self) -> None:
@@ -836,7 +836,7 @@ class KubeSubnetManager:
         obj = event.get("object") or {}
         if kind == "ERROR":
             raise _watch_error("node", obj)
-        new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+        new_rv = str(_object_rv(obj) or rv)
         if state.own_floor is not None and node_name_of(obj) == self.node_name:
             number = _rv_number(new_rv)
             if number is not None and number < state.own_floor:
@@ -953,7 +953,12 @@ class ObjectWatch:
             raise _watch_error(self.kind, obj)
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             sink(ObjectEvent(self.kind, str(kind), (obj,)))
-        return str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+        return str(_object_rv(obj) or rv)
+
+
+def _object_rv(obj: JSON) -> object:
+    """An object's ``metadata.resourceVersion`` as the API sent it (None if absent)."""
+    return (obj.get("metadata") or {}).get("resourceVersion")
 
 
 def _rv_number(rv: object) -> int | None:
